@@ -1,0 +1,18 @@
+"""The `chunkrec` command. Each group lives in its own module under services/commands."""
+
+from __future__ import annotations
+
+import typer
+
+from services.commands import bench, data
+
+app = typer.Typer(
+    help="chunkrec: online-learning CTR with self-resizing (FIITED) embedding tables.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data.app, name="data", help="Fetch and inspect data sets.")
+app.add_typer(bench.app, name="bench", help="Benchmarks: quality, reading speed.")
+
+if __name__ == "__main__":
+    app()
