@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-# A fixed key makes the value -> ID mapping identical across processes and machines.
-_HASH_KEY = "chunkrec-ids-v1"
+# A fixed key makes the value -> ID mapping identical across processes and machines
+# (pandas requires exactly 16 bytes).
+_HASH_KEY = "chunkrec-ids-v01"
 MISSING_ID = 0  # a missing categorical value is its own ID in every field
 
 
@@ -146,9 +147,9 @@ def hash_values(values: np.ndarray | pd.Series) -> np.ndarray:
     hash_values(object[N]) -> int64[N]
     """
     s = pd.Series(values, copy=False)
-    missing = s.isna().to_numpy()
-    if s.dtype == object:
-        missing |= (s == "").to_numpy()
+    missing = s.isna().to_numpy().copy()  # to_numpy() may be a read-only view
+    if s.dtype == object or isinstance(s.dtype, pd.StringDtype):
+        missing |= (s == "").to_numpy(dtype=bool, na_value=False)
     text = s.astype(str).to_numpy(dtype=object)
     out = pd.util.hash_array(text, hash_key=_HASH_KEY, categorize=True).view(np.int64)
     out = out.copy()
