@@ -1,0 +1,1 @@
+"""Embedding-dimension policies (see models.policy for the interface)."""
