@@ -4,9 +4,13 @@ during training against a memory budget.
 Entries are a structure of arrays indexed by the hash index's entry slot:
 
     addr       int32[E, K]    chunk address per position, -1 = pruned (reads zeros)
-    util       float16[E, K]  utility per chunk, u <- gamma * u + a * ||g|| (decayed lazily)
-    count      int32[E]       accesses seen in training (admission)
-    last       int32[E]       the step the entry was last trained (lazy decay, eviction)
+    util       float16[E, K]  utility per chunk, u <- gamma * u + a * ||g||, kept as
+                              u * gamma^-(t - t0) so that decaying every chunk every step
+                              costs nothing: one rescale of all of them every `interval` steps
+    count      uint16[E]      accesses seen in training, saturating (admission)
+    last       uint16[E]      the maintenance epoch (interval steps) it was last trained in
+
+Fixed-dimension stores (no budget) keep no utilities: `util` has width 0 and costs nothing.
 
 Training step, as the trainer drives it:
 
@@ -70,6 +74,17 @@ class StoreConfig:
             raise ValueError(f"budget must be in (0, 1], got {self.budget}")
         if self.normalize not in ("field", "none"):
             raise ValueError(f"normalize must be 'field' or 'none', got {self.normalize!r}")
+        if self.budget is not None:
+            # Per-ID metadata and index slots (up to ~12 B at the lowest table load) are paid
+            # before any chunk; a budget below them cannot be held.
+            meta = 8 + 2 + 1 + self.num_chunks * (4 + 2) + 2 + 2 + 12
+            fixed = 4 * (self.dim + (self.dim if self.optimizer == "adagrad" else 1)) + 19
+            if meta >= self.budget * fixed:
+                raise ValueError(
+                    f"budget {self.budget:g} of fixed-{self.dim} is {self.budget * fixed:.0f} "
+                    f"bytes per ID, but K={self.num_chunks} chunks need {meta} bytes of "
+                    "addresses and utilities per ID alone; use fewer chunks or a larger budget"
+                )
 
 
 @dataclass
@@ -94,10 +109,13 @@ class ChunkStore:
         )
         cap = self.index.entry_capacity
         self.addr = np.full((cap, self.K), -1, dtype=np.int32)
-        self.util = np.zeros((cap, self.K), dtype=np.float16)
-        self.count = np.zeros(cap, dtype=np.int32)
-        self.last = np.zeros(cap, dtype=np.int32)
+        self.tracks_utility = config.budget is not None
+        self.util = np.zeros((cap, self.K if self.tracks_utility else 0), dtype=np.float16)
+        self.count = np.zeros(cap, dtype=np.uint16)
+        self.last = np.zeros(cap, dtype=np.uint16)
         self.step = 0
+        self.util_origin = 0  # t0: the step the stored utilities are scaled to
+        self.epoch = 0  # maintenance epochs so far (mod 2^16 in `last`)
         self.unseen_lookups = 0  # serving-side: IDs looked up that the store does not hold
         self.prunes = 0
 
@@ -105,7 +123,7 @@ class ChunkStore:
     def metadata_bytes_per_entry(self) -> int:
         """key + field + alive flag + addresses + utilities + count + last step."""
         return (
-            8 + 2 + 1 + self.K * (self.addr.itemsize + self.util.itemsize)
+            8 + 2 + 1 + self.K * self.addr.itemsize + self.util.shape[1] * self.util.itemsize
             + self.count.itemsize + self.last.itemsize
         )
 
@@ -113,7 +131,7 @@ class ChunkStore:
         """What one entry costs in the same store at fixed dimension D (K = 1, same optimizer):
         the reference the budget is a fraction of (the index table is added separately)."""
         state = self.config.dim if self.config.optimizer == "adagrad" else 1
-        meta = 8 + 2 + 1 + (4 + 2) + 4 + 4
+        meta = 8 + 2 + 1 + 4 + 2 + 2
         return 4 * (self.config.dim + state) + meta
 
     def memory(self) -> dict[str, int]:
@@ -149,9 +167,11 @@ class ChunkStore:
         if cap <= old:
             return
         self.addr = np.concatenate([self.addr, np.full((cap - old, self.K), -1, np.int32)])
-        self.util = np.concatenate([self.util, np.zeros((cap - old, self.K), np.float16)])
-        self.count = np.concatenate([self.count, np.zeros(cap - old, np.int32)])
-        self.last = np.concatenate([self.last, np.zeros(cap - old, np.int32)])
+        self.util = np.concatenate(
+            [self.util, np.zeros((cap - old, self.util.shape[1]), np.float16)]
+        )
+        self.count = np.concatenate([self.count, np.zeros(cap - old, np.uint16)])
+        self.last = np.concatenate([self.last, np.zeros(cap - old, np.uint16)])
 
     # ---- lookup ------------------------------------------------------------------------
     def lookup(
@@ -179,9 +199,9 @@ class ChunkStore:
             self.addr[new] = -1
             self.util[new] = 0
             self.count[new] = 0
-            self.last[new] = self.step
         before = self.count[uniq].astype(np.int64)
-        self.count[uniq] = np.minimum(before + counts, np.iinfo(np.int32).max)
+        self.count[uniq] = np.minimum(before + counts, np.iinfo(np.uint16).max)
+        self.last[uniq] = self.epoch & 0xFFFF
         crossed = uniq[(before < self.config.min_count) & (before + counts >= self.config.min_count)]
         if crossed.size:
             self._admit(crossed)
@@ -224,33 +244,41 @@ class ChunkStore:
         U = ctx.unique.size
         g = torch.zeros(U, self.K, c.chunk_dim)
         g.index_add_(0, torch.from_numpy(ctx.inverse), grad.reshape(-1, self.K, c.chunk_dim))
-        norms = torch.linalg.vector_norm(g, dim=2).numpy()  # [U, K]
-        a = ctx.counts.astype(np.float32)
-        if c.freq_power != 1.0:
-            a = a**c.freq_power
-        decay = np.power(np.float32(c.gamma), (self.step - self.last[ctx.unique]).astype(np.float32))
-        u = self.util[ctx.unique].astype(np.float32) * decay[:, None] + a[:, None] * norms
-        self.util[ctx.unique] = np.minimum(u, _UTIL_MAX).astype(np.float16)
-        self.last[ctx.unique] = self.step
+        self.step += 1
+        if self.tracks_utility:
+            norms = torch.linalg.vector_norm(g, dim=2).numpy()  # [U, K]
+            a = ctx.counts.astype(np.float32)
+            if c.freq_power != 1.0:
+                a = a**c.freq_power
+            # u_t = gamma * u_{t-1} + a g for every chunk == v_t = v_{t-1} + a g gamma^-(t-t0)
+            scale = np.float32(c.gamma) ** np.float32(-(self.step - self.util_origin))
+            v = self.util[ctx.unique].astype(np.float32) + (a * scale)[:, None] * norms
+            self.util[ctx.unique] = np.minimum(v, _UTIL_MAX).astype(np.float16)
 
         addr = self.addr[ctx.unique]
         live = addr >= 0
         if live.any():
             self.pool.adagrad_step(addr[live], g[torch.from_numpy(live)], c.lr, c.eps)
-        self.step += 1
         if self.step % c.interval == 0:
             self.maintain()
 
     def maintain(self) -> None:
         """The periodic work: evict stale or excess entries, then prune / regrow."""
         c = self.config
+        if self.tracks_utility:
+            self.util[:] = np.minimum(self.current_utilities(slice(None)), _UTIL_MAX)
+            self.util_origin = self.step
+        self.epoch += 1
         if c.evict_after is not None:
             live = self.live_slots()
-            stale = live[self.step - self.last[live] > c.evict_after]
-            self.evict(stale)
+            idle = (self.epoch - self.last[live].astype(np.int64)) & 0xFFFF
+            self.evict(live[idle * c.interval > c.evict_after])
         if c.max_entries is not None and self.index.num_entries > c.max_entries:
             live = self.live_slots()
-            worth = self.current_utilities(live).sum(axis=1)
+            worth = (
+                self.current_utilities(live).sum(axis=1)
+                if self.tracks_utility else self.count[live].astype(np.float32)
+            )
             excess = self.index.num_entries - c.max_entries
             self.evict(live[np.argpartition(worth, excess - 1)[:excess]])
         if c.budget is not None:
@@ -259,10 +287,10 @@ class ChunkStore:
     def live_slots(self) -> np.ndarray:
         return np.flatnonzero(self.index.alive[: self.index.high_water]).astype(np.int32)
 
-    def current_utilities(self, slots: np.ndarray) -> np.ndarray:
+    def current_utilities(self, slots: np.ndarray | slice) -> np.ndarray:
         """Utilities decayed to the current step: int32[E] -> float32[E, K]."""
-        dt = (self.step - self.last[slots]).astype(np.float32)
-        return self.util[slots].astype(np.float32) * np.power(np.float32(self.config.gamma), dt)[:, None]
+        decay = np.float32(self.config.gamma) ** np.float32(self.step - self.util_origin)
+        return self.util[slots].astype(np.float32) * decay
 
     def evict(self, slots: np.ndarray) -> None:
         """Drop entries: their chunks go back to the pool, their index slots are reused."""
@@ -331,6 +359,10 @@ class ChunkStore:
         return {"freed": int(freed.size), "admitted": n_admit}
 
     # ---- introspection -----------------------------------------------------------------
+    def addresses(self, slots: np.ndarray) -> np.ndarray:
+        """Chunk addresses of entries: int32[N] slots -> int32[N, K], -1 = pruned."""
+        return self.addr[slots]
+
     def live_chunks_per_id(self) -> np.ndarray:
         """int64[K + 1] histogram: how many live IDs have 0..K live chunks."""
         slots = self.live_slots()
@@ -344,7 +376,8 @@ class ChunkStore:
         arrays |= {f"pool.{k}": v for k, v in self.pool.state_dict().items()}
         arrays |= {"addr": self.addr, "util": self.util, "count": self.count, "last": self.last}
         meta = {"config": asdict(self.config), "step": self.step,
-                "unseen_lookups": self.unseen_lookups, "prunes": self.prunes}
+                "unseen_lookups": self.unseen_lookups, "prunes": self.prunes,
+                "util_origin": self.util_origin, "epoch": self.epoch}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as fh:
@@ -368,4 +401,6 @@ class ChunkStore:
         store.step = meta["step"]
         store.unseen_lookups = meta["unseen_lookups"]
         store.prunes = meta["prunes"]
+        store.util_origin = meta["util_origin"]
+        store.epoch = meta["epoch"]
         return store
