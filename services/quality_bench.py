@@ -1,0 +1,361 @@
+"""The streaming quality benchmark behind `chunkrec bench quality`.
+
+Each (policy, seed) run streams the data set once, in the same order for every run, through a
+`Learner` (progressive validation: each row is scored before it is trained on) over a fresh
+network and policy built from that seed. At the end it measures the policy's bytes
+(`policy.memory()`) and the metrics of the whole stream and of its last 30%.
+
+Paired comparison against the reference policy (`--reference`, default the first):
+- Rows are resampled with Poisson(1) weights (`models.metrics.bootstrap_auc`); one set of
+  weights per resample is shared by all runs, so every difference is paired by row.
+- Seeds are paired too: seed s of a policy is compared with seed s of the reference (same
+  network initialisation). Per run, `delta_auc` is AUC(policy, s) - AUC(reference, s) and its
+  CI the 2.5 / 97.5 percentiles of that difference over the resamples.
+- Pooled over seeds (the table's column, `delta_auc_pooled*` in the JSON): the mean of the
+  per-seed differences, on the original rows and on each resample, and its percentile CI.
+  This CI covers the row sampling of the stream with the seeds' noise averaged out; the
+  spread across seeds is shown by AUC's ± std.
+The last-30% rows get the same treatment (`delta_auc_last30*`), restricted to those rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import textwrap
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.table import Table
+
+from models.learner import DENSE_LR, Learner
+from models.metrics import StreamMetrics, bootstrap_auc
+from models.networks import build_model
+from models.policy import parse_policy
+from storage.datasets.spec import Dataset, open_dataset
+
+POLICY_KINDS = ("fixed", "fiited", "adaembed", "torch", "dml", "amtl")
+TAIL_FRACTION = 0.3
+FULL_DIM = 64  # "% of fixed-64": the total bytes of fixed:64 are 100%
+
+# A comma starts a new policy only where a policy kind follows it: fiited:K=8,budget=0.25 is one.
+_POLICY_SPLIT = re.compile(r",\s*(?=(?:" + "|".join(POLICY_KINDS) + r")\b(?!\s*=))", re.I)
+
+
+def split_policies(text: str) -> list[str]:
+    """'fixed:64,fiited:K=8,budget=0.25,torch:64' -> ['fixed:64', 'fiited:K=8,budget=0.25',
+    'torch:64']: split on commas followed by a policy kind name."""
+    return [p.strip() for p in _POLICY_SPLIT.split(text) if p.strip()]
+
+
+def policy_kind(spec: str) -> str:
+    return spec.partition(":")[0].strip().lower()
+
+
+@dataclass
+class Run:
+    """One (policy, seed) pass over the stream."""
+
+    policy: str
+    seed: int
+    dim: int
+    metrics: StreamMetrics
+    memory: dict[str, int]
+    stats: dict[str, float]
+    samples_per_s: float
+    wall_s: float
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class QualityReport:
+    data: str
+    model: str
+    reference: str
+    base: str  # the policy whose total bytes are 100%
+    policies: list[str]
+    runs: list[Run]
+    rows: list[dict[str, Any]]  # one summary per policy, in command-line order
+
+    def records(self) -> list[dict[str, Any]]:
+        """The JSON: one object per policy and seed."""
+        return [r.record for r in self.runs]
+
+
+def run_one(
+    dataset: Dataset,
+    spec: str,
+    seed: int,
+    model: str = "mlp",
+    batch_size: int = 256,
+    max_rows: int | None = None,
+    lr: float = DENSE_LR,
+) -> Run:
+    """Progressive validation of one policy and seed over the whole stream."""
+    policy = parse_policy(spec, num_fields=dataset.schema.num_fields, seed=seed)
+    net = build_model(model, dataset.schema, dim=policy.dim, seed=seed)
+    learner = Learner(net, policy, lr=lr)
+    t0 = time.perf_counter()
+    metrics = learner.run(dataset.batches(batch_size), max_rows=max_rows)
+    wall = time.perf_counter() - t0
+    return Run(
+        policy=spec,
+        seed=seed,
+        dim=policy.dim,
+        metrics=metrics,
+        memory=policy.memory().as_dict(),
+        stats={k: float(v) for k, v in policy.stats().items()},
+        samples_per_s=learner.samples_per_s,
+        wall_s=wall,
+    )
+
+
+def _ci(samples: np.ndarray) -> list[float]:
+    finite = samples[np.isfinite(samples)]
+    if finite.size == 0:
+        return [math.nan, math.nan]
+    lo, hi = np.percentile(finite, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+def _base_policy(policies: Sequence[str], runs: Sequence[Run], reference: str) -> str:
+    """The first fixed policy of D = 64 (its total bytes are 100%), else the reference."""
+    for spec in policies:
+        if _is_fixed64(spec, runs):
+            return spec
+    return reference
+
+
+def _is_fixed64(spec: str, runs: Sequence[Run]) -> bool:
+    return policy_kind(spec) == "fixed" and any(
+        r.policy == spec and r.dim == FULL_DIM for r in runs
+    )
+
+
+def run_quality_bench(
+    data: str,
+    policies: Sequence[str],
+    seeds: int = 3,
+    reference: str | None = None,
+    model: str = "mlp",
+    batch_size: int = 256,
+    max_rows: int | None = None,
+    n_bootstrap: int = 300,
+    lr: float = DENSE_LR,
+    progress: Callable[[Run], None] | None = None,
+) -> QualityReport:
+    """Run every policy with seeds 0..seeds-1 and compare them (see module docstring).
+
+    A `reference` not among `policies` is run too, after them."""
+    policies = list(dict.fromkeys(p.strip() for p in policies if p.strip()))
+    if not policies:
+        raise ValueError("no policies given")
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    reference = (reference or policies[0]).strip()
+    if reference not in policies:
+        policies.append(reference)
+    dataset = open_dataset(data)
+
+    runs: list[Run] = []
+    labels: np.ndarray | None = None
+    for spec in policies:
+        for seed in range(seeds):
+            run = run_one(dataset, spec, seed, model, batch_size, max_rows, lr)
+            if labels is None:
+                labels = run.metrics.labels.copy()
+            elif not np.array_equal(labels, run.metrics.labels):
+                raise RuntimeError(f"{data}: the stream differed between runs ({spec}, seed "
+                                   f"{seed}); a paired comparison needs the same rows")
+            runs.append(run)
+            if progress is not None:
+                progress(run)
+    assert labels is not None
+    if len(labels) == 0:
+        raise RuntimeError(f"{data}: the stream is empty")
+
+    tail = runs[0].metrics.tail_start(TAIL_FRACTION)
+    scores = np.stack([r.metrics.predictions for r in runs])  # [runs, N]
+    boot_full = bootstrap_auc(labels, scores, n_bootstrap, seed=0)  # [R, runs]
+    boot_tail = bootstrap_auc(labels, scores, n_bootstrap, seed=0, start=tail)
+    index = {(r.policy, r.seed): i for i, r in enumerate(runs)}
+
+    for run in runs:
+        run.record = _run_record(run, data, model, reference, tail)
+    for i, run in enumerate(runs):
+        j = index[(reference, run.seed)]
+        for suffix, boot in (("", boot_full), ("_last30", boot_tail)):
+            key = f"auc{suffix}"
+            run.record[f"delta_auc{suffix}"] = run.record[key] - runs[j].record[key]
+            run.record[f"delta_auc{suffix}_ci"] = _ci(boot[:, i] - boot[:, j])
+
+    base = _base_policy(policies, runs, reference)
+    base_bytes = float(np.mean([r.memory["total_bytes"] for r in runs if r.policy == base]))
+    rows = []
+    for spec in policies:
+        mine = [r for r in runs if r.policy == spec]
+        cols = [index[(spec, r.seed)] for r in mine]
+        refs = [index[(reference, r.seed)] for r in mine]
+        row = _policy_row(spec, mine, base_bytes)
+        for suffix, boot in (("", boot_full), ("_last30", boot_tail)):
+            # pooled over seeds: the mean of the per-seed paired differences, per resample
+            row[f"delta_auc{suffix}_ci"] = _ci((boot[:, cols] - boot[:, refs]).mean(axis=1))
+        for r in mine:
+            for suffix in ("", "_last30"):
+                r.record[f"delta_auc{suffix}_pooled"] = row[f"delta_auc{suffix}"]
+                r.record[f"delta_auc{suffix}_pooled_ci"] = row[f"delta_auc{suffix}_ci"]
+            r.record["pct_of_base"] = 100.0 * r.memory["total_bytes"] / base_bytes
+            r.record["base"] = base
+        rows.append(row)
+    return QualityReport(data, model, reference, base, policies, runs, rows)
+
+
+def _run_record(run: Run, data: str, model: str, reference: str, tail: int) -> dict[str, Any]:
+    """The JSON object of one run, before its paired deltas are added."""
+    full, last = run.metrics.summary(), run.metrics.summary(start=tail)
+    return {
+        "policy": run.policy,
+        "seed": run.seed,
+        "data": data,
+        "model": model,
+        "dim": run.dim,
+        "rows": full["rows"],
+        "auc": full["auc"],
+        "logloss": full["logloss"],
+        "ne": full["ne"],
+        "calibration": full["calibration"],
+        "auc_last30": last["auc"],
+        "logloss_last30": last["logloss"],
+        "ne_last30": last["ne"],
+        "embedding_bytes": run.memory["total_bytes"],
+        "value_bytes": run.memory["value_bytes"],
+        "samples_per_s": run.samples_per_s,
+        "wall_s": run.wall_s,
+        "reference": reference,
+        "memory": run.memory,
+        "stats": run.stats,
+    }
+
+
+def _policy_row(spec: str, runs: Sequence[Run], base_bytes: float) -> dict[str, Any]:
+    """The table row of one policy: means (and std) over its seeds."""
+    row: dict[str, Any] = {"policy": spec, "seeds": len(runs)}
+    for key in ("auc", "auc_last30", "logloss", "ne", "calibration", "samples_per_s"):
+        row[key], row[f"{key}_std"] = _mean_std([r.record[key] for r in runs])
+    row["value_bytes"] = float(np.mean([r.memory["value_bytes"] for r in runs]))
+    row["embedding_bytes"] = float(np.mean([r.memory["total_bytes"] for r in runs]))
+    row["pct_of_base"] = 100.0 * row["embedding_bytes"] / base_bytes if base_bytes else math.nan
+    for suffix in ("", "_last30"):
+        row[f"delta_auc{suffix}"] = float(np.mean([r.record[f"delta_auc{suffix}"] for r in runs]))
+    return row
+
+
+def _bytes(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _pct(p: float) -> str:
+    return f"{p:.1f}%" if p >= 1 else f"{p:.2g}%"
+
+
+def _delta(value: float, ci: Sequence[float]) -> str:
+    lo, hi = ci
+    mark = "" if lo <= 0 <= hi else " *"  # * : the CI excludes 0
+    return f"{value:+.4f} [{lo:+.4f}, {hi:+.4f}]{mark}"
+
+
+def base_label(report: QualityReport) -> str:
+    """What 100% of the bytes is: "fixed-64", or the reference policy's spec."""
+    return "fixed-64" if _is_fixed64(report.base, report.runs) else report.base
+
+
+def render_table(report: QualityReport) -> Table:
+    """One row per policy; * marks a delta whose 95% CI excludes 0."""
+    base_name = base_label(report)
+    n = report.rows[0]["seeds"]
+    table = Table(title=f"{report.data} · {report.model} · {n} seed(s) · "
+                        f"ΔAUC vs {report.reference} (95% paired bootstrap CI)")
+    for name in ("policy", "value bytes", "total bytes", f"% of {base_name}", "AUC", "AUC last30",
+                 "logloss", "NE", "samples/s", "ΔAUC", "ΔAUC last30"):
+        table.add_column(name, justify="left" if name == "policy" else "right")
+    for row in report.rows:
+        table.add_row(
+            row["policy"],
+            _bytes(row["value_bytes"]),
+            _bytes(row["embedding_bytes"]),
+            _pct(row["pct_of_base"]),
+            f"{row['auc']:.4f} ± {row['auc_std']:.4f}",
+            f"{row['auc_last30']:.4f} ± {row['auc_last30_std']:.4f}",
+            f"{row['logloss']:.4f}",
+            f"{row['ne']:.4f}",
+            f"{row['samples_per_s']:,.0f}",
+            _delta(row["delta_auc"], row["delta_auc_ci"]),
+            _delta(row["delta_auc_last30"], row["delta_auc_last30_ci"]),
+        )
+    return table
+
+
+def write_json(report: QualityReport, path: Path) -> None:
+    """Strict JSON (NaN, e.g. the AUC of a one-class range, is written as null)."""
+    text = json.dumps(_plain(report.records()), indent=2, allow_nan=False)
+    Path(path).write_text(text + "\n")
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_frontier_png(report: QualityReport, path: Path) -> None:
+    """Memory-vs-quality frontier: x = total bytes, % of the base (log scale), y = AUC on the
+    last 30% (mean ± std over seeds); policies of one kind joined in order of bytes."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    kinds = list(dict.fromkeys(policy_kind(r["policy"]) for r in report.rows))
+    for k, kind in enumerate(kinds):
+        rows = sorted((r for r in report.rows if policy_kind(r["policy"]) == kind),
+                      key=lambda r: r["pct_of_base"])
+        x = [r["pct_of_base"] for r in rows]
+        y = [r["auc_last30"] for r in rows]
+        ax.errorbar(x, y, yerr=[r["auc_last30_std"] for r in rows], marker="o", capsize=3,
+                    color=f"C{k}", label=kind)
+        for r in rows:
+            ax.annotate(r["policy"], (r["pct_of_base"], r["auc_last30"]), fontsize=7,
+                        xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    pct = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}%")
+    ax.xaxis.set_major_formatter(pct)
+    ax.xaxis.set_minor_formatter(pct)
+    ax.set_xlabel(f"embedding bytes, total (% of {base_label(report)})")
+    ax.set_ylabel("AUC, last 30% of the stream")
+    ax.set_title(textwrap.fill(f"{report.data} · {report.model}", 80), fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

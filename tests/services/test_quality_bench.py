@@ -1,0 +1,145 @@
+"""`chunkrec bench quality` end to end on a small in-memory stream."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import services.quality_bench as quality_bench
+from services.cli import app
+from services.quality_bench import split_policies
+from storage.batch import DatasetSchema, SparseBatch
+
+KEYS = {
+    "policy", "seed", "auc", "logloss", "ne", "embedding_bytes", "value_bytes", "samples_per_s",
+    "auc_last30", "delta_auc", "delta_auc_ci", "delta_auc_last30", "delta_auc_last30_ci",
+    "memory", "stats",
+}
+
+
+class PlantedDataset:
+    """A deterministic stream with a learnable signal, standing in for a reader."""
+
+    def __init__(self, spec: str, n: int = 4000) -> None:
+        self.spec = spec
+        self.schema = DatasetSchema("planted", fields=("u", "i", "c"), dense=("x",))
+        rng = np.random.default_rng(0)
+        weight = rng.normal(0, 1.2, (3, 200))
+        self.ids = np.minimum(rng.zipf(1.4, (n, 3)) - 1, 199)
+        self.dense = rng.normal(size=(n, 1)).astype(np.float32)
+        logit = weight[np.arange(3), self.ids].sum(1) + self.dense[:, 0] - 1.0
+        self.labels = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+
+    def batches(self, batch_size: int) -> Iterator[SparseBatch]:
+        for i in range(0, len(self.labels), batch_size):
+            s = slice(i, i + batch_size)
+            yield SparseBatch(self.schema, self.labels[s], self.ids[s], self.dense[s])
+
+
+@pytest.fixture
+def planted(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(quality_bench, "open_dataset", PlantedDataset)
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)  # --threads sets it for the process
+
+
+def test_split_policies_keeps_parameters_with_their_policy() -> None:
+    assert split_policies("fixed:64,fixed:8,fiited:K=8,budget=0.25") == [
+        "fixed:64", "fixed:8", "fiited:K=8,budget=0.25",
+    ]
+    assert split_policies("fiited:K=4,budget=0.5, adaembed:budget=0.25,torch:64,rows=1000") == [
+        "fiited:K=4,budget=0.5", "adaembed:budget=0.25", "torch:64,rows=1000",
+    ]
+    assert split_policies("dml:dim=16,amtl,Fixed:2") == ["dml:dim=16", "amtl", "Fixed:2"]
+    assert split_policies("fiited:K=8,dim=64,torch:8") == ["fiited:K=8,dim=64", "torch:8"]
+    assert split_policies("") == []
+
+
+def test_bench_quality_end_to_end(planted: None, tmp_path: Path) -> None:
+    out, png = tmp_path / "results.json", tmp_path / "frontier.png"
+    result = CliRunner().invoke(
+        app,
+        ["bench", "quality", "--data", "planted", "--policies", "torch:8,rows=4096",
+         "--policy", "torch:4,rows=512", "--seeds", "2", "--out", str(out), "--png", str(png),
+         "--batch-size", "128", "--max-rows", "3000", "--bootstrap", "50", "--threads", "1"],
+        env={"COLUMNS": "250"},
+    )
+    assert result.exit_code == 0, result.output
+    records = json.loads(out.read_text())
+    assert [(r["policy"], r["seed"]) for r in records] == [
+        ("torch:8,rows=4096", 0), ("torch:8,rows=4096", 1),
+        ("torch:4,rows=512", 0), ("torch:4,rows=512", 1),
+    ]
+    for r in records:
+        assert KEYS <= r.keys()
+        assert r["embedding_bytes"] == r["memory"]["total_bytes"] > r["value_bytes"] > 0
+        assert r["memory"]["value_bytes"] == r["value_bytes"]
+        assert 0.6 < r["auc"] < 1 and 0.6 < r["auc_last30"] < 1  # it learned something
+        assert r["stats"]["rows_touched"] > 0
+        lo, hi = r["delta_auc_ci"]
+        assert lo <= hi
+    ref, small = records[0], records[2]
+    assert ref["delta_auc"] == 0 and ref["delta_auc_ci"] == [0, 0]
+    assert small["delta_auc"] == pytest.approx(small["auc"] - ref["auc"])
+    assert small["delta_auc_last30"] == pytest.approx(small["auc_last30"] - ref["auc_last30"])
+    lo, hi = small["delta_auc_ci"]
+    assert lo < small["delta_auc"] < hi and hi - lo > 1e-4
+    assert small["value_bytes"] == 512 * 4 * 4 and ref["value_bytes"] == 4096 * 8 * 4
+    assert small["pct_of_base"] == pytest.approx(
+        100 * small["embedding_bytes"] / ref["embedding_bytes"]
+    )
+    assert png.stat().st_size > 1000
+    table = result.stdout
+    for text in ("torch:8,rows=4096", "torch:4,rows=512", "% of torch:8,rows=4096", "AUC last30",
+                 "ΔAUC", "100.0%", "samples/s"):
+        assert text in table
+
+
+def test_reference_option_and_rows_capped(planted: None, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(
+        app,
+        ["bench", "quality", "--data", "planted", "--policies", "torch:4,rows=512",
+         "--reference", "torch:8,rows=512", "--seeds", "1", "--out", str(out),
+         "--max-rows", "1000", "--bootstrap", "20", "--threads", "1", "--model", "dlrm"],
+    )
+    assert result.exit_code == 0, result.output
+    records = json.loads(out.read_text())
+    # a reference that is not among the policies is run too, and is the zero of ΔAUC
+    assert [r["policy"] for r in records] == ["torch:4,rows=512", "torch:8,rows=512"]
+    assert records[1]["delta_auc"] == 0 and records[0]["delta_auc"] != 0
+    assert all(r["rows"] == 1000 and r["model"] == "dlrm" for r in records)
+
+
+def test_chunked_policies_run_end_to_end(planted: None, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(
+        app,
+        ["bench", "quality", "--data", "planted", "--policies", "fixed:16,fiited:K=4,budget=0.25",
+         "--seeds", "1", "--out", str(out), "--max-rows", "2000", "--bootstrap", "20",
+         "--threads", "1"],
+    )
+    assert result.exit_code == 0, result.output
+    fixed, fiited = json.loads(out.read_text())
+    assert (fixed["policy"], fiited["policy"]) == ("fixed:16", "fiited:K=4,budget=0.25")
+    assert fiited["embedding_bytes"] == fiited["memory"]["total_bytes"] > 0
+    assert fiited["pct_of_base"] == pytest.approx(
+        100 * fiited["embedding_bytes"] / fixed["embedding_bytes"]
+    )
+    assert 0 < fiited["auc"] < 1 and fiited["stats"]
+
+
+def test_bad_input_is_one_line(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["bench", "quality", "--data", "nosuch:x", "--policies",
+                                 "torch:4", "--out", str(tmp_path / "r.json")])
+    assert result.exit_code == 2 and "unknown data set kind" in result.output
+    result = runner.invoke(app, ["bench", "quality", "--data", "planted"])
+    assert result.exit_code != 0
