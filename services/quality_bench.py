@@ -47,6 +47,10 @@ FULL_DIM = 64  # "% of fixed-64": the total bytes of fixed:64 are 100%
 _POLICY_SPLIT = re.compile(r",\s*(?=(?:" + "|".join(POLICY_KINDS) + r")\b(?!\s*=))", re.I)
 
 
+class PolicySpecError(ValueError):
+    """A policy spec that cannot be built; str() is one line naming the spec."""
+
+
 def split_policies(text: str) -> list[str]:
     """'fixed:64,fiited:K=8,budget=0.25,torch:64' -> ['fixed:64', 'fiited:K=8,budget=0.25',
     'torch:64']: split on commas followed by a policy kind name."""
@@ -156,7 +160,8 @@ def run_quality_bench(
 ) -> QualityReport:
     """Run every policy with seeds 0..seeds-1 and compare them (see module docstring).
 
-    A `reference` not among `policies` is run too, after them."""
+    A `reference` not among `policies` is run too, after them. Every spec is built once
+    before any run, so a bad one raises PolicySpecError at once."""
     policies = list(dict.fromkeys(p.strip() for p in policies if p.strip()))
     if not policies:
         raise ValueError("no policies given")
@@ -166,6 +171,11 @@ def run_quality_bench(
     if reference not in policies:
         policies.append(reference)
     dataset = open_dataset(data)
+    for spec in policies:  # fail on a bad spec now, not after hours of the others' runs
+        try:
+            parse_policy(spec, num_fields=dataset.schema.num_fields, seed=0)
+        except (ValueError, TypeError) as exc:
+            raise PolicySpecError(f"{spec}: {exc}") from exc
 
     runs: list[Run] = []
     labels: np.ndarray | None = None

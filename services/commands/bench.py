@@ -16,6 +16,7 @@ from rich.console import Console
 from models.learner import DENSE_LR
 from models.networks import MODEL_NAMES
 from services.quality_bench import (
+    PolicySpecError,
     Run,
     render_table,
     run_quality_bench,
@@ -94,7 +95,7 @@ def quality(
             lr=lr,
             progress=progress,
         )
-    except DatasetError as exc:
+    except (DatasetError, PolicySpecError) as exc:
         log.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     console.print(render_table(report))

@@ -143,3 +143,13 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "unknown data set kind" in result.output
     result = runner.invoke(app, ["bench", "quality", "--data", "planted"])
     assert result.exit_code != 0
+
+
+def test_bad_policy_fails_before_any_run(planted: None, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["bench", "quality", "--data", "planted", "--policies", "torch:4,rows=64",
+         "--policy", "magic:3", "--out", str(tmp_path / "r.json")],
+    )
+    assert result.exit_code == 2
+    assert "magic:3" in result.output and "seed 0" not in result.output
