@@ -111,7 +111,10 @@ def parse_policy(spec: str, num_fields: int, seed: int = 0) -> EmbeddingPolicy:
 
         dim = int(positional[0]) if positional else int(params.pop("dim", 64))
         return TorchEmbeddingPolicy(
-            dim, num_fields=num_fields, seed=seed, spec=spec,
+            dim,
+            num_fields=num_fields,
+            seed=seed,
+            spec=spec,
             rows=int(params.get("rows", 1 << 20)),
         )
     raise ValueError(f"unknown policy {spec!r}; expected fixed:d, fiited:..., adaembed, torch:d")

@@ -113,9 +113,7 @@ class ChunkPool:
         return self.num_live * self.chunk_dim * 4, self.num_live * self.state_width * 4
 
     def allocated_bytes(self) -> int:
-        return int(
-            self.values.numel() * 4 + self.state.numel() * 4 + self.free.nbytes
-        )
+        return int(self.values.numel() * 4 + self.state.numel() * 4 + self.free.nbytes)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {

@@ -72,7 +72,11 @@ class HashIndex:
             p = pos[pending]
             v = self.table[p]
             safe = np.maximum(v, 0)
-            hit = (v >= 0) & (self.keys[safe] == keys[pending]) & (self.fields[safe] == fields[pending])
+            hit = (
+                (v >= 0)
+                & (self.keys[safe] == keys[pending])
+                & (self.fields[safe] == fields[pending])
+            )
             out[pending[hit]] = v[hit]
             go_on = ~hit & (v != EMPTY)
             pending = pending[go_on]
@@ -85,9 +89,7 @@ class HashIndex:
         keys = np.asarray(keys, dtype=np.int64).ravel()
         return self._probe(fields, keys, mix64(fields, keys))
 
-    def get_or_insert(
-        self, fields: np.ndarray, keys: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def get_or_insert(self, fields: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Entry slot of every key, inserting the absent ones (duplicates get one slot).
         Returns (int32[N] slots, bool[N] true where the key was inserted by this call)."""
         fields = np.asarray(fields, dtype=np.int16).ravel()

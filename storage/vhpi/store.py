@@ -61,7 +61,7 @@ class StoreConfig:
     min_count: int = 1  # accesses before an ID gets chunks (until then it reads zeros)
     evict_after: int | None = None  # evict entries not trained for this many steps
     max_entries: int | None = None  # evict the lowest-utility entries past this many
-    initial_capacity: int = 4096
+    initial_capacity: int = 1024
 
     @property
     def chunk_dim(self) -> int:
@@ -123,8 +123,13 @@ class ChunkStore:
     def metadata_bytes_per_entry(self) -> int:
         """key + field + alive flag + addresses + utilities + count + last step."""
         return (
-            8 + 2 + 1 + self.K * self.addr.itemsize + self.util.shape[1] * self.util.itemsize
-            + self.count.itemsize + self.last.itemsize
+            8
+            + 2
+            + 1
+            + self.K * self.addr.itemsize
+            + self.util.shape[1] * self.util.itemsize
+            + self.count.itemsize
+            + self.last.itemsize
         )
 
     def fixed_bytes_per_entry(self) -> int:
@@ -147,7 +152,9 @@ class ChunkStore:
             "allocated_bytes": self.pool.allocated_bytes()
             + self.index.table_bytes
             + sum(a.nbytes for a in (self.addr, self.util, self.count, self.last))
-            + self.index.keys.nbytes + self.index.fields.nbytes + self.index.alive.nbytes,
+            + self.index.keys.nbytes
+            + self.index.fields.nbytes
+            + self.index.alive.nbytes,
             "live_ids": n,
             "live_chunks": self.pool.num_live,
         }
@@ -202,7 +209,9 @@ class ChunkStore:
         before = self.count[uniq].astype(np.int64)
         self.count[uniq] = np.minimum(before + counts, np.iinfo(np.uint16).max)
         self.last[uniq] = self.epoch & 0xFFFF
-        crossed = uniq[(before < self.config.min_count) & (before + counts >= self.config.min_count)]
+        crossed = uniq[
+            (before < self.config.min_count) & (before + counts >= self.config.min_count)
+        ]
         if crossed.size:
             self._admit(crossed)
         emb = self.pool.gather(self.addr[slots]).reshape(B, F, self.config.dim)
@@ -261,6 +270,10 @@ class ChunkStore:
             self.pool.adagrad_step(addr[live], g[torch.from_numpy(live)], c.lr, c.eps)
         if self.step % c.interval == 0:
             self.maintain()
+        elif self.pool.num_live > self.chunk_capacity():
+            # The index grew (its table doubled) and took room from the chunks: shed the
+            # least useful ones now, so the budget holds after every step.
+            self.prune_regrow()
 
     def maintain(self) -> None:
         """The periodic work: evict stale or excess entries, then prune / regrow."""
@@ -277,7 +290,8 @@ class ChunkStore:
             live = self.live_slots()
             worth = (
                 self.current_utilities(live).sum(axis=1)
-                if self.tracks_utility else self.count[live].astype(np.float32)
+                if self.tracks_utility
+                else self.count[live].astype(np.float32)
             )
             excess = self.index.num_entries - c.max_entries
             self.evict(live[np.argpartition(worth, excess - 1)[:excess]])
@@ -375,9 +389,14 @@ class ChunkStore:
         arrays = {f"index.{k}": v for k, v in self.index.state().items()}
         arrays |= {f"pool.{k}": v for k, v in self.pool.state_dict().items()}
         arrays |= {"addr": self.addr, "util": self.util, "count": self.count, "last": self.last}
-        meta = {"config": asdict(self.config), "step": self.step,
-                "unseen_lookups": self.unseen_lookups, "prunes": self.prunes,
-                "util_origin": self.util_origin, "epoch": self.epoch}
+        meta = {
+            "config": asdict(self.config),
+            "step": self.step,
+            "unseen_lookups": self.unseen_lookups,
+            "prunes": self.prunes,
+            "util_origin": self.util_origin,
+            "epoch": self.epoch,
+        }
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as fh:

@@ -1,0 +1,192 @@
+"""Invariants of the FIITED chunk store (storage/vhpi/store.py)."""
+
+import numpy as np
+import pytest
+import torch
+
+from storage.vhpi.store import ChunkStore, StoreConfig
+
+
+def zipf_ids(rng: np.random.Generator, rows: int, fields: int, vocab: int = 3000) -> np.ndarray:
+    return (rng.zipf(1.3, size=(rows, fields)) % vocab).astype(np.int64)
+
+
+def train_step(store: ChunkStore, ids: np.ndarray, w: torch.Tensor) -> None:
+    """One step of a fixed random linear model: loss = sum(sin(emb . w))."""
+    emb, ctx = store.lookup(ids, train=True)
+    emb.requires_grad_(True)
+    torch.sin(emb @ w).sum().backward()
+    store.apply_gradients(ctx, emb.grad)
+
+
+def check_pool(store: ChunkStore) -> None:
+    slots = store.live_slots()
+    addr = store.addresses(slots)
+    live = addr[addr >= 0]
+    assert len(np.unique(live)) == live.size, "a chunk address is owned twice"
+    assert live.size == store.pool.num_live
+    assert live.size + store.pool.free.size == store.pool.capacity
+    assert not np.intersect1d(live, store.pool.free).size, "a live chunk is on the free stack"
+    assert live.size <= store.chunk_capacity(), "over budget"
+    if store.config.prefix:
+        on = addr >= 0
+        assert (on[:, 1:] <= on[:, :-1]).all(), "live chunks are not a prefix"
+
+
+def test_prune_regrow_invariants_hold_after_every_step() -> None:
+    rng = np.random.default_rng(0)
+    store = StoreConfig(dim=64, num_chunks=4, budget=0.4, interval=5, lr=0.1)
+    store = ChunkStore(store)
+    w = torch.randn(64)
+    freed = admitted = 0
+    for step in range(60):
+        ids = zipf_ids(rng, 128, 3)
+        before = {
+            int(s): a.copy()
+            for s, a in zip(store.live_slots(), store.addresses(store.live_slots()))
+        }
+        train_step(store, ids, w)
+        check_pool(store)
+        if store.step % store.config.interval == 0:
+            # Chunks admitted by this prune step start at zero.
+            slots = store.live_slots()
+            addr = store.addresses(slots)
+            emb = store.pool.gather(addr)
+            for i, s in enumerate(slots):
+                old = before.get(int(s))
+                if old is None:
+                    continue
+                grown = (old < 0) & (addr[i] >= 0)
+                freed += int(((old >= 0) & (addr[i] < 0)).sum())
+                admitted += int(grown.sum())
+                assert torch.all(emb[i][torch.from_numpy(grown)] == 0)
+    assert store.prunes >= 12  # every interval, plus any forced by index growth
+    assert freed > 0 and admitted > 0, "the schedule never moved a chunk"
+
+
+def test_pruned_chunks_read_zero() -> None:
+    rng = np.random.default_rng(1)
+    store = ChunkStore(StoreConfig(dim=64, num_chunks=4, budget=0.3, interval=3))
+    w = torch.randn(64)
+    for _ in range(12):
+        train_step(store, zipf_ids(rng, 256, 2), w)
+    ids = zipf_ids(rng, 256, 2)
+    emb, _ = store.lookup(ids, train=False)
+    slots = store.index.lookup(np.tile([0, 1], 256), ids.ravel())
+    addr = np.where((slots >= 0)[:, None], store.addresses(np.maximum(slots, 0)), -1)
+    chunks = emb.reshape(-1, 4, 16)
+    dead = torch.from_numpy(addr < 0)
+    assert dead.any() and (~dead).any()
+    assert torch.all(chunks[dead] == 0)
+    # Live chunks hold trained values (a chunk re-admitted at the last prune may still be 0).
+    assert (chunks[~dead].abs().sum(dim=1) > 0).float().mean() > 0.5
+
+
+def test_utilities_decay_as_specified_across_rescales() -> None:
+    gamma = 0.9
+    store = ChunkStore(
+        StoreConfig(dim=64, num_chunks=2, budget=0.9, gamma=gamma, interval=4, min_count=1)
+    )
+    target = np.array([[5]], dtype=np.int64)
+    other = np.array([[6]], dtype=np.int64)
+    expected = np.zeros(2)
+    for step in range(13):
+        ids = target if step in (0, 1, 7) else other
+        emb, ctx = store.lookup(ids, train=True)
+        grad = torch.arange(1.0, 65.0).reshape(1, 1, 64) * (step + 1) / 64
+        store.apply_gradients(ctx, grad)
+        a_g = np.linalg.norm(grad.numpy().reshape(2, 32), axis=1) if ids is target else 0.0
+        expected = gamma * expected + a_g
+        slot = store.index.lookup(np.array([0]), np.array([5]))
+        got = store.current_utilities(slot)[0]
+        np.testing.assert_allclose(got, expected, rtol=2e-3)  # float16 storage
+
+
+def test_repeated_ids_accumulate_like_a_dense_reference() -> None:
+    cfg = StoreConfig(dim=4, num_chunks=2, optimizer="adagrad", lr=0.3, eps=1e-10)
+    store = ChunkStore(cfg)
+    ids = np.array([[1, 2], [1, 3], [1, 2]], dtype=np.int64)  # 1 three times in field 0
+    emb, ctx = store.lookup(ids, train=True)
+    # Dense reference: one parameter row per distinct (field, id).
+    keys = [(j, int(ids[i, j])) for i in range(3) for j in range(2)]
+    uniq = sorted(set(keys))
+    table = (
+        torch.stack([emb.reshape(-1, 4)[keys.index(k)] for k in uniq]).clone().requires_grad_(True)
+    )
+    rows = torch.tensor([uniq.index(k) for k in keys])
+    target = torch.randn(3, 2, 4)
+    ref_loss = ((table[rows].reshape(3, 2, 4) - target) ** 2).sum()
+    ref_loss.backward()
+    opt = torch.optim.Adagrad([table], lr=0.3, eps=1e-10)
+    opt.step()
+
+    emb.requires_grad_(True)
+    ((emb - target) ** 2).sum().backward()
+    np.testing.assert_allclose(emb.grad.reshape(-1, 4)[0], 2 * (emb[0, 0] - target[0, 0]).detach())
+    store.apply_gradients(ctx, emb.grad)
+    after, _ = store.lookup(ids, train=False)
+    expected = table.detach()[rows].reshape(3, 2, 4)
+    torch.testing.assert_close(after, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_admission_reads_zero_until_min_count() -> None:
+    store = ChunkStore(
+        StoreConfig(dim=64, num_chunks=4, budget=0.6, min_count=3, initial_capacity=16)
+    )
+    ids = np.array([[42]], dtype=np.int64)
+    norms = []
+    for _ in range(4):
+        emb, ctx = store.lookup(ids, train=True)
+        norms.append(float(emb.abs().sum()))
+        store.apply_gradients(ctx, torch.ones_like(emb))
+    assert norms[0] == 0 and norms[1] == 0
+    assert norms[2] > 0 and norms[3] > 0
+
+
+def test_stale_entries_are_evicted_and_their_chunks_freed() -> None:
+    store = ChunkStore(StoreConfig(dim=8, num_chunks=2, budget=None, interval=5, evict_after=10))
+    w = torch.randn(8)
+    train_step(store, np.array([[1], [2]], dtype=np.int64), w)
+    assert store.pool.num_live == 4
+    for _ in range(20):
+        train_step(store, np.array([[2]], dtype=np.int64), w)
+    assert store.index.lookup(np.array([0]), np.array([1]))[0] == -1
+    assert store.index.lookup(np.array([0]), np.array([2]))[0] >= 0
+    assert store.pool.num_live == 2
+    check_pool(store)
+
+
+def test_max_entries_evicts_the_least_useful() -> None:
+    store = ChunkStore(StoreConfig(dim=64, num_chunks=2, budget=0.9, interval=1, max_entries=2))
+    for i, ids in enumerate([[[1], [2]], [[1], [3]], [[1], [3]]]):
+        emb, ctx = store.lookup(np.array(ids, dtype=np.int64), train=True)
+        store.apply_gradients(ctx, torch.ones_like(emb) * (i + 1))
+    assert store.index.num_entries == 2
+    found = store.index.lookup(np.zeros(3, np.int16), np.array([1, 2, 3]))
+    assert found[0] >= 0 and found[2] >= 0 and found[1] == -1
+
+
+def test_infeasible_budget_is_refused_with_a_reason() -> None:
+    with pytest.raises(ValueError, match="fewer chunks"):
+        StoreConfig(dim=64, num_chunks=8, budget=0.2)
+
+
+def test_snapshot_round_trips_bit_exactly(tmp_path) -> None:
+    rng = np.random.default_rng(3)
+    store = ChunkStore(StoreConfig(dim=64, num_chunks=4, budget=0.4, interval=4))
+    w = torch.randn(64)
+    for _ in range(10):
+        train_step(store, zipf_ids(rng, 64, 3), w)
+    store.save(tmp_path / "s.npz")
+    back = ChunkStore.load(tmp_path / "s.npz")
+    for name in ("addr", "util", "count", "last"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(store, name))
+    assert torch.equal(back.pool.values, store.pool.values)
+    assert torch.equal(back.pool.state, store.pool.state)
+    assert back.step == store.step and back.memory() == store.memory()
+    # And both continue identically.
+    ids = zipf_ids(rng, 64, 3)
+    train_step(store, ids, w)
+    train_step(back, ids, w)
+    assert torch.equal(back.pool.values, store.pool.values)
+    np.testing.assert_array_equal(back.addr, store.addr)
