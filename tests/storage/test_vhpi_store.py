@@ -39,11 +39,11 @@ def test_prune_regrow_invariants_hold_after_every_step() -> None:
     store = ChunkStore(store)
     w = torch.randn(64)
     freed = admitted = 0
-    for step in range(60):
+    for _ in range(60):
         ids = zipf_ids(rng, 128, 3)
         before = {
             int(s): a.copy()
-            for s, a in zip(store.live_slots(), store.addresses(store.live_slots()))
+            for s, a in zip(store.live_slots(), store.addresses(store.live_slots()), strict=True)
         }
         train_step(store, ids, w)
         check_pool(store)
