@@ -50,6 +50,30 @@ class MemoryReport:
         return d
 
 
+@dataclass
+class EmbeddingExport:
+    """Embeddings to publish to serving: the stored part of each entry, and entries removed.
+
+    fields   int16[N]      field index of each entry
+    keys     int64[N]      raw ID
+    masks    uint32[N]     bit j set = chunk j is stored (live); 0 = nothing stored (delete it)
+    values   float32[N, D] zero-padded embedding (zeros where a chunk is not stored)
+    widths   tuple[int]    chunk widths, summing to D: chunk j is values[:, sum(widths[:j]):...]
+    deleted_fields, deleted_keys: int16[M], int64[M] entries evicted since the last export
+    """
+
+    fields: np.ndarray
+    keys: np.ndarray
+    masks: np.ndarray
+    values: np.ndarray
+    widths: tuple[int, ...]
+    deleted_fields: np.ndarray
+    deleted_keys: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.keys.shape[0])
+
+
 class EmbeddingPolicy(ABC):
     """See module docstring. `dim` is D, the width of the padded embeddings."""
 
@@ -75,6 +99,11 @@ class EmbeddingPolicy(ABC):
     def stats(self) -> dict[str, float]:
         """Policy-specific gauges (live chunks per ID, thresholds...), for logs and dashboards."""
         return {}
+
+    @abstractmethod
+    def export(self, dirty_only: bool = True) -> EmbeddingExport:
+        """Entries changed since the last export (dirty_only) or all of them, and the entries
+        evicted since the last export; an export clears both sets."""
 
     @abstractmethod
     def save(self, path: Path) -> None: ...

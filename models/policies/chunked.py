@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.policy import EmbeddingPolicy, MemoryReport
+from models.policy import EmbeddingExport, EmbeddingPolicy, MemoryReport
 from storage.vhpi.store import ChunkStore, LookupContext, StoreConfig
 
 _ALIASES = {"K": "num_chunks", "k": "num_chunks", "D": "dim", "d": "dim"}
@@ -94,6 +94,14 @@ class ChunkedPolicy(EmbeddingPolicy):
         out["allocated_bytes"] = float(self.store.memory()["allocated_bytes"])
         out["unseen_lookups"] = float(self.store.unseen_lookups)
         return out
+
+    def export(self, dirty_only: bool = True) -> EmbeddingExport:
+        slots, del_fields, del_keys = self.store.take_changes(dirty_only)
+        fields_, keys, masks, values = self.store.export(slots)
+        return EmbeddingExport(
+            fields=fields_, keys=keys, masks=masks, values=values.numpy(),
+            widths=self.store.widths, deleted_fields=del_fields, deleted_keys=del_keys,
+        )
 
     def save(self, path: Path) -> None:
         self.store.save(path)

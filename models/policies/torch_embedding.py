@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.policy import EmbeddingPolicy, MemoryReport
+from models.policy import EmbeddingExport, EmbeddingPolicy, MemoryReport
 
 EMBEDDING_LR = 0.05  # Adagrad learning rate of the embedding values
 ADAGRAD_EPS = 1e-10  # torch.optim.Adagrad's default
@@ -133,6 +133,11 @@ class TorchEmbeddingPolicy(EmbeddingPolicy):
         touched = int(self._touched.sum())
         return {"rows": float(self.rows), "rows_touched": float(touched),
                 "rows_touched_frac": touched / self.rows}
+
+    def export(self, dirty_only: bool = True) -> EmbeddingExport:
+        raise NotImplementedError(
+            "torch:d hashes IDs into shared rows: a speed reference that cannot be published"
+        )
 
     def save(self, path: Path) -> None:
         torch.save(

@@ -103,6 +103,7 @@ class ChunkStore:
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
         self.K = config.num_chunks
+        self.widths = (config.chunk_dim,) * config.num_chunks
         self.index = HashIndex(initial_capacity=config.initial_capacity)
         self.pool = ChunkPool(
             config.chunk_dim, config.optimizer, initial_capacity=config.initial_capacity
@@ -113,6 +114,8 @@ class ChunkStore:
         self.util = np.zeros((cap, self.K if self.tracks_utility else 0), dtype=np.float16)
         self.count = np.zeros(cap, dtype=np.uint16)
         self.last = np.zeros(cap, dtype=np.uint16)
+        self.dirty = np.zeros(cap, dtype=bool)  # changed since the last export
+        self._deleted: list[tuple[np.ndarray, np.ndarray]] = []  # (fields, keys) evicted
         self.step = 0
         self.util_origin = 0  # t0: the step the stored utilities are scaled to
         self.epoch = 0  # maintenance epochs so far (mod 2^16 in `last`)
@@ -179,6 +182,7 @@ class ChunkStore:
         )
         self.count = np.concatenate([self.count, np.zeros(cap - old, np.uint16)])
         self.last = np.concatenate([self.last, np.zeros(cap - old, np.uint16)])
+        self.dirty = np.concatenate([self.dirty, np.zeros(cap - old, bool)])
 
     # ---- lookup ------------------------------------------------------------------------
     def lookup(
@@ -264,6 +268,7 @@ class ChunkStore:
             v = self.util[ctx.unique].astype(np.float32) + (a * scale)[:, None] * norms
             self.util[ctx.unique] = np.minimum(v, _UTIL_MAX).astype(np.float16)
 
+        self.dirty[ctx.unique] = True
         addr = self.addr[ctx.unique]
         live = addr >= 0
         if live.any():
@@ -312,6 +317,8 @@ class ChunkStore:
             return
         addr = self.addr[slots]
         self.pool.release(addr[addr >= 0])
+        self._deleted.append((self.index.fields[slots].copy(), self.index.keys[slots].copy()))
+        self.dirty[slots] = False
         self.addr[slots] = -1
         self.util[slots] = 0
         self.count[slots] = 0
@@ -369,6 +376,7 @@ class ChunkStore:
         self.pool.write(new, torch.zeros(n_admit, self.config.chunk_dim))
         addr[to_admit] = new
         self.addr[slots] = addr
+        self.dirty[slots[(to_free | to_admit).any(axis=1)]] = True
         self.prunes += 1
         return {"freed": int(freed.size), "admitted": n_admit}
 
@@ -381,6 +389,28 @@ class ChunkStore:
         """int64[K + 1] histogram: how many live IDs have 0..K live chunks."""
         slots = self.live_slots()
         return np.bincount((self.addr[slots] >= 0).sum(axis=1), minlength=self.K + 1)
+
+    def export(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
+        """(fields int16[N], keys int64[N], masks uint32[N], values float32[N, D]) of entries;
+        bit j of a mask is set where chunk j is live."""
+        addr = self.addresses(slots)
+        bits = (addr >= 0).astype(np.uint32) << np.arange(self.K, dtype=np.uint32)
+        values = self.pool.gather(addr).reshape(len(slots), self.config.dim)
+        return self.index.fields[slots], self.index.keys[slots], bits.sum(axis=1, dtype=np.uint32), values
+
+    def take_changes(self, dirty_only: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Entry slots changed since the last call (or all live ones), and the (fields, keys)
+        evicted since then; clears both."""
+        live = self.live_slots()
+        slots = live[self.dirty[live]] if dirty_only else live
+        self.dirty[:] = False
+        if self._deleted:
+            df = np.concatenate([f for f, _ in self._deleted])
+            dk = np.concatenate([k for _, k in self._deleted])
+        else:
+            df, dk = np.zeros(0, np.int16), np.zeros(0, np.int64)
+        self._deleted = []
+        return slots, df, dk
 
     # ---- snapshot ----------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
