@@ -1,29 +1,31 @@
 """The FIITED chunk store: per-ID embeddings split into K chunks that are pruned and regrown
 during training against a memory budget.
 
-Entries are a structure of arrays indexed by the hash index's entry slot:
+Entries are a structure of arrays indexed by the hash index's entry slot, in two tiers so that
+the many IDs with at most one live chunk pay for one address, not K (the virtual entry points
+to a physical extension record only when it needs one):
 
-    addr       int32[E, K]    chunk address per position, -1 = pruned (reads zeros)
-    util       float16[E, K]  utility per chunk, u <- gamma * u + a * ||g||, kept as
-                              u * gamma^-(t - t0) so that decaying every chunk every step
-                              costs nothing: one rescale of all of them every `interval` steps
-    count      uint16[E]      accesses seen in training, saturating (admission)
-    last       uint16[E]      the maintenance epoch (interval steps) it was last trained in
+    head_addr  int32[E]          address of chunk 0, -1 = pruned (reads zeros)
+    ext        int32[E]          extension record, -1 = none (chunks 1.. all pruned)
+    head_util  float16[E, 2]     utilities of chunks 0 and 1
+    count      uint16[E]         accesses seen in training, saturating (admission)
+    last       uint16[E]         the maintenance epoch it was last trained in (eviction)
+    dirty      bool[E]           changed since the last export (incremental publishing)
+  extension records:
+    ext_addr   int32[R, K-1]     addresses of chunks 1..K-1
+    ext_util   float16[R, K-2]   utilities of chunks 2..K-1
 
-Fixed-dimension stores (no budget) keep no utilities: `util` has width 0 and costs nothing.
+`addresses(slots)` and `utilities(slots)` give the full int32[N, K] / float32[N, K] views.
+Chunk j lives in pool j (`widths[j]` floats each), so first chunks can be narrower than later
+ones. Utilities follow u <- gamma * u + a * ||g|| for every chunk every step, stored as
+u * gamma^-(t - t0) so that decaying the untouched ones costs nothing but one rescale of all of
+them every `interval` steps. A chunk with no extension record (position >= 2) has utility 0.
 
 Training step, as the trainer drives it:
 
     emb, ctx = store.lookup(ids, train=True)     # int64[B, F] -> float32[B, F, D]
     ... loss.backward() on a model of emb ...
     store.apply_gradients(ctx, emb_grad)         # utilities, Adagrad on live chunks, schedule
-
-Every `interval` steps `prune_regrow()` ranks chunks by utility and keeps the best ones that
-fit the budget: live chunks that fall out are freed, pruned chunks that rise in are re-admitted
-at zero with fresh optimizer state. Beyond the paper (each measured in the benchmarks):
-utilities are normalised per field (AdaEmbed), an admitted ID always keeps its first chunk,
-and live chunks form a prefix (chunk j only lives if chunk j-1 does), so an ID's live
-dimensions are always its first n * chunk_dim.
 """
 
 from __future__ import annotations
@@ -36,16 +38,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from storage.vhpi.allocation import chunk_scores, select_chunks
 from storage.vhpi.chunk_pool import ChunkPool
 from storage.vhpi.hash_index import HashIndex, mix64
 
 _UTIL_MAX = 60000.0  # float16 headroom
+_ENTRY_BASE_BYTES = 8 + 2 + 1 + 4 + 2 + 2 + 1  # key, field, alive, head address, count, last, dirty
+_INDEX_ALLOWANCE = 12  # index-table bytes per entry at the lowest load the table runs at
 
 
 @dataclass
 class StoreConfig:
     dim: int = 64  # D: padded embedding width
-    num_chunks: int = 8  # K
+    num_chunks: int = 8  # K (ignored when `widths` is given)
+    widths: str | None = None  # chunk widths, e.g. "4-4-8-16-32" (sum = dim); default D/K each
     optimizer: str = "rowwise_adagrad"  # or "adagrad"
     lr: float = 0.05
     eps: float = 1e-8
@@ -54,137 +60,264 @@ class StoreConfig:
     budget: float | None = None  # fraction of fixed-D total bytes for the same IDs; None: all
     gamma: float = 0.99
     interval: int = 50  # prune / regrow every this many steps
-    keep_first: bool = True  # an admitted ID never loses its first chunk
+    keep_first: bool = True  # an admitted ID's first chunk goes before any other chunk
     prefix: bool = True  # live chunks form a prefix of the K positions
-    normalize: str = "field"  # "field": utilities relative to their field's mean; "none"
+    normalize: str = "field"  # "field": utilities relative to their (field, position) mean
     freq_power: float = 1.0  # u += a**freq_power * ||g||; the paper's rule is 1
     min_count: int = 1  # accesses before an ID gets chunks (until then it reads zeros)
+    init_chunks: int | None = None  # chunks a new ID starts with; default all (no budget) or 1
     evict_after: int | None = None  # evict entries not trained for this many steps
     max_entries: int | None = None  # evict the lowest-utility entries past this many
     initial_capacity: int = 1024
 
-    @property
-    def chunk_dim(self) -> int:
-        return self.dim // self.num_chunks
+    def chunk_widths(self) -> tuple[int, ...]:
+        if self.widths:
+            return tuple(int(w) for w in str(self.widths).replace("/", "-").split("-"))
+        return (self.dim // self.num_chunks,) * self.num_chunks
 
     def __post_init__(self) -> None:
-        if self.dim % self.num_chunks:
+        if self.widths:
+            w = self.chunk_widths()
+            if sum(w) != self.dim or min(w) <= 0:
+                raise ValueError(f"widths {self.widths} must be positive and sum to dim {self.dim}")
+            self.num_chunks = len(w)
+        elif self.dim % self.num_chunks:
             raise ValueError(f"dim {self.dim} is not a multiple of K={self.num_chunks}")
+        if self.num_chunks > 32:
+            raise ValueError("at most 32 chunks (a chunk mask is 32 bits)")
         if self.budget is not None and not 0 < self.budget <= 1:
             raise ValueError(f"budget must be in (0, 1], got {self.budget}")
         if self.normalize not in ("field", "none"):
             raise ValueError(f"normalize must be 'field' or 'none', got {self.normalize!r}")
         if self.budget is not None:
-            # Per-ID metadata and index slots (up to ~12 B at the lowest table load) are paid
-            # before any chunk; a budget below them cannot be held.
-            meta = 8 + 2 + 1 + self.num_chunks * (4 + 2) + 2 + 2 + 12
-            fixed = 4 * (self.dim + (self.dim if self.optimizer == "adagrad" else 1)) + 19
+            # An ID's own record and index slot are paid before any chunk; a budget that does
+            # not cover them cannot be held.
+            meta = entry_bytes(self.num_chunks, True) + _INDEX_ALLOWANCE
+            fixed = fixed_entry_bytes(self.dim, self.optimizer)
             if meta >= self.budget * fixed:
                 raise ValueError(
                     f"budget {self.budget:g} of fixed-{self.dim} is {self.budget * fixed:.0f} "
-                    f"bytes per ID, but K={self.num_chunks} chunks need {meta} bytes of "
-                    "addresses and utilities per ID alone; use fewer chunks or a larger budget"
+                    f"bytes per ID, but an ID's entry and index slot alone take {meta}; "
+                    "use a larger budget (or min_count/max_entries to store fewer IDs)"
                 )
+
+
+def entry_bytes(num_chunks: int, tracks_utility: bool) -> int:
+    """Bytes of one entry's head record."""
+    head_utils = min(num_chunks, 2) if tracks_utility else 0
+    return _ENTRY_BASE_BYTES + (4 if num_chunks > 1 else 0) + 2 * head_utils
+
+
+def fixed_entry_bytes(dim: int, optimizer: str) -> int:
+    """What one ID costs in a fixed-dim store of width `dim` (K = 1, same optimizer), without
+    the index table: the reference a budget is a fraction of."""
+    state = dim if optimizer == "adagrad" else 1
+    return 4 * (dim + state) + entry_bytes(1, False)
 
 
 @dataclass
 class LookupContext:
-    """What a train lookup hands to apply_gradients: entry slot per (row, field), and the
-    unique slots with the inverse map."""
+    """What a train lookup hands to apply_gradients."""
 
-    slots: np.ndarray  # int32[B*F]
-    unique: np.ndarray  # int32[U]
-    inverse: np.ndarray  # int64[B*F]
+    unique: np.ndarray  # int32[U] entry slots in the batch
+    inverse: np.ndarray  # int64[B*F] position of each (row, field) in `unique`
     counts: np.ndarray  # int64[U] accesses of each unique entry in this step
-    shape: tuple[int, int]
 
 
 class ChunkStore:
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
-        self.K = config.num_chunks
-        self.widths = (config.chunk_dim,) * config.num_chunks
-        self.index = HashIndex(initial_capacity=config.initial_capacity)
-        self.pool = ChunkPool(
-            config.chunk_dim, config.optimizer, initial_capacity=config.initial_capacity
-        )
-        cap = self.index.entry_capacity
-        self.addr = np.full((cap, self.K), -1, dtype=np.int32)
+        self.widths = config.chunk_widths()
+        self.K = len(self.widths)
+        self.offsets = np.concatenate([[0], np.cumsum(self.widths)]).astype(np.int64)
         self.tracks_utility = config.budget is not None
-        self.util = np.zeros((cap, self.K if self.tracks_utility else 0), dtype=np.float16)
+        self.index = HashIndex(initial_capacity=config.initial_capacity)
+        self.pools = [
+            ChunkPool(w, config.optimizer, initial_capacity=config.initial_capacity)
+            for w in self.widths
+        ]
+        cap = self.index.entry_capacity
+        hu = min(self.K, 2) if self.tracks_utility else 0
+        eu = max(self.K - 2, 0) if self.tracks_utility else 0
+        self.head_addr = np.full(cap, -1, dtype=np.int32)
+        self.ext = np.full(cap, -1, dtype=np.int32)
+        self.head_util = np.zeros((cap, hu), dtype=np.float16)
         self.count = np.zeros(cap, dtype=np.uint16)
         self.last = np.zeros(cap, dtype=np.uint16)
-        self.dirty = np.zeros(cap, dtype=bool)  # changed since the last export
-        self._deleted: list[tuple[np.ndarray, np.ndarray]] = []  # (fields, keys) evicted
+        self.dirty = np.zeros(cap, dtype=bool)
+        self.ext_addr = np.full((0, max(self.K - 1, 0)), -1, dtype=np.int32)
+        self.ext_util = np.zeros((0, eu), dtype=np.float16)
+        self.ext_free = np.zeros(0, dtype=np.int32)
+        self._deleted: list[tuple[np.ndarray, np.ndarray]] = []
         self.step = 0
         self.util_origin = 0  # t0: the step the stored utilities are scaled to
         self.epoch = 0  # maintenance epochs so far (mod 2^16 in `last`)
-        self.unseen_lookups = 0  # serving-side: IDs looked up that the store does not hold
+        self.unseen_lookups = 0  # lookups (not training) of IDs the store does not hold
         self.prunes = 0
+        self._rng = np.random.default_rng(config.seed)
+
+    # ---- views over the two tiers ------------------------------------------------------
+    @property
+    def ext_live(self) -> int:
+        return int(self.ext_addr.shape[0] - self.ext_free.size)
+
+    def addresses(self, slots: np.ndarray) -> np.ndarray:
+        """Chunk addresses: int32[N] slots -> int32[N, K], -1 = pruned."""
+        out = np.full((slots.shape[0], self.K), -1, dtype=np.int32)
+        out[:, 0] = self.head_addr[slots]
+        if self.K > 1:
+            e = self.ext[slots]
+            has = e >= 0
+            out[has, 1:] = self.ext_addr[e[has]]
+        return out
+
+    def _stored_utilities(self, slots: np.ndarray) -> np.ndarray:
+        out = np.zeros((slots.shape[0], self.K), dtype=np.float32)
+        if not self.tracks_utility:
+            return out
+        h = self.head_util.shape[1]
+        out[:, :h] = self.head_util[slots]
+        if self.K > 2:
+            e = self.ext[slots]
+            has = e >= 0
+            out[has, 2:] = self.ext_util[e[has]]
+        return out
+
+    def _store_utilities(self, slots: np.ndarray, v: np.ndarray) -> None:
+        v = np.minimum(v, _UTIL_MAX).astype(np.float16)
+        self.head_util[slots] = v[:, : self.head_util.shape[1]]
+        if self.K > 2:
+            e = self.ext[slots]
+            has = e >= 0
+            self.ext_util[e[has]] = v[has, 2:]
+
+    def utilities(self, slots: np.ndarray) -> np.ndarray:
+        """Utilities decayed to the current step: int32[N] -> float32[N, K]."""
+        decay = np.float32(self.config.gamma) ** np.float32(self.step - self.util_origin)
+        return self._stored_utilities(slots) * decay
+
+    def _set_addresses(self, slots: np.ndarray, addr: np.ndarray) -> None:
+        """Write full int32[N, K] addresses, taking or returning extension records."""
+        self.head_addr[slots] = addr[:, 0]
+        if self.K == 1:
+            return
+        need = (addr[:, 1:] >= 0).any(axis=1)
+        e = self.ext[slots]
+        drop = ~need & (e >= 0)
+        if drop.any():
+            self.ext_free = np.concatenate([self.ext_free, e[drop]])
+            self.ext[slots[drop]] = -1
+        take = need & (e < 0)
+        if take.any():
+            rec = self._alloc_ext(int(take.sum()))
+            self.ext_addr[rec] = -1
+            self.ext_util[rec] = 0
+            self.ext[slots[take]] = rec
+        e = self.ext[slots]
+        has = e >= 0
+        self.ext_addr[e[has]] = addr[has, 1:]
+
+    def _alloc_ext(self, n: int) -> np.ndarray:
+        if n > self.ext_free.size:
+            old = self.ext_addr.shape[0]
+            new = max(old + n - self.ext_free.size, int(old * 1.25) + 64)
+            self.ext_addr = np.concatenate(
+                [self.ext_addr, np.full((new - old, self.K - 1), -1, np.int32)]
+            )
+            self.ext_util = np.concatenate(
+                [self.ext_util, np.zeros((new - old, self.ext_util.shape[1]), np.float16)]
+            )
+            self.ext_free = np.concatenate(
+                [np.arange(new - 1, old - 1, -1, dtype=np.int32), self.ext_free]
+            )
+        out = self.ext_free[self.ext_free.size - n :].copy()
+        self.ext_free = self.ext_free[: self.ext_free.size - n]
+        return out
 
     # ---- sizes and accounting ----------------------------------------------------------
-    def metadata_bytes_per_entry(self) -> int:
-        """key + field + alive flag + addresses + utilities + count + last step."""
-        return (
-            8
-            + 2
-            + 1
-            + self.K * self.addr.itemsize
-            + self.util.shape[1] * self.util.itemsize
-            + self.count.itemsize
-            + self.last.itemsize
-        )
+    def entry_bytes(self) -> int:
+        return entry_bytes(self.K, self.tracks_utility)
 
-    def fixed_bytes_per_entry(self) -> int:
-        """What one entry costs in the same store at fixed dimension D (K = 1, same optimizer):
-        the reference the budget is a fraction of (the index table is added separately)."""
-        state = self.config.dim if self.config.optimizer == "adagrad" else 1
-        meta = 8 + 2 + 1 + 4 + 2 + 2
-        return 4 * (self.config.dim + state) + meta
+    def ext_record_bytes(self) -> int:
+        return int(self.ext_addr.itemsize * self.ext_addr.shape[1] + 2 * self.ext_util.shape[1])
+
+    def chunk_costs(self) -> np.ndarray:
+        """float64[K] bytes one live chunk costs at each position (values + optimizer)."""
+        return np.array([p.chunk_bytes for p in self.pools], dtype=np.float64)
+
+    def live_chunks(self) -> int:
+        return sum(p.num_live for p in self.pools)
 
     def memory(self) -> dict[str, int]:
-        """Bytes measured from the arrays: live values, their optimizer state, per-entry
-        metadata of live entries, index table; and everything allocated (capacity)."""
-        value, opt = self.pool.live_bytes()
+        """Bytes measured from the arrays: live values, their optimizer state, entry and
+        extension records in use, index table; and everything allocated (capacity)."""
+        value = sum(p.live_bytes()[0] for p in self.pools)
+        opt = sum(p.live_bytes()[1] for p in self.pools)
         n = self.index.num_entries
+        arrays = (
+            self.head_addr,
+            self.ext,
+            self.head_util,
+            self.count,
+            self.last,
+            self.dirty,
+            self.ext_addr,
+            self.ext_util,
+            self.ext_free,
+            self.index.keys,
+            self.index.fields,
+            self.index.alive,
+            self.index.table,
+        )
         return {
             "value_bytes": value,
             "optimizer_bytes": opt,
-            "metadata_bytes": n * self.metadata_bytes_per_entry(),
+            "metadata_bytes": n * self.entry_bytes() + self.ext_live * self.ext_record_bytes(),
             "index_bytes": self.index.table_bytes,
-            "allocated_bytes": self.pool.allocated_bytes()
-            + self.index.table_bytes
-            + sum(a.nbytes for a in (self.addr, self.util, self.count, self.last))
-            + self.index.keys.nbytes
-            + self.index.fields.nbytes
-            + self.index.alive.nbytes,
+            "allocated_bytes": sum(p.allocated_bytes() for p in self.pools)
+            + sum(int(a.nbytes) for a in arrays),
             "live_ids": n,
-            "live_chunks": self.pool.num_live,
+            "live_chunks": self.live_chunks(),
         }
 
-    def chunk_capacity(self) -> int:
-        """Live chunks the budget allows now, after metadata and index are paid for."""
+    def budget_bytes(self) -> float:
+        """Total bytes the budget allows now: a fraction of what a fixed-D store would take
+        for the same IDs (infinite without a budget)."""
         if self.config.budget is None:
-            return np.iinfo(np.int64).max
+            return float("inf")
         n = self.index.num_entries
-        target = self.config.budget * (n * self.fixed_bytes_per_entry() + self.index.table_bytes)
-        spare = target - n * self.metadata_bytes_per_entry() - self.index.table_bytes
-        return max(0, int(spare // self.pool.chunk_bytes))
+        fixed = n * fixed_entry_bytes(self.config.dim, self.config.optimizer)
+        return self.config.budget * (fixed + self.index.table_bytes)
+
+    def used_bytes(self) -> int:
+        m = self.memory()
+        return m["value_bytes"] + m["optimizer_bytes"] + m["metadata_bytes"] + m["index_bytes"]
 
     def _ensure_entry_arrays(self) -> None:
         cap = self.index.entry_capacity
-        old = self.addr.shape[0]
+        old = self.head_addr.shape[0]
         if cap <= old:
             return
-        self.addr = np.concatenate([self.addr, np.full((cap - old, self.K), -1, np.int32)])
-        self.util = np.concatenate(
-            [self.util, np.zeros((cap - old, self.util.shape[1]), np.float16)]
+        grow = cap - old
+        self.head_addr = np.concatenate([self.head_addr, np.full(grow, -1, np.int32)])
+        self.ext = np.concatenate([self.ext, np.full(grow, -1, np.int32)])
+        self.head_util = np.concatenate(
+            [self.head_util, np.zeros((grow, self.head_util.shape[1]), np.float16)]
         )
-        self.count = np.concatenate([self.count, np.zeros(cap - old, np.uint16)])
-        self.last = np.concatenate([self.last, np.zeros(cap - old, np.uint16)])
-        self.dirty = np.concatenate([self.dirty, np.zeros(cap - old, bool)])
+        self.count = np.concatenate([self.count, np.zeros(grow, np.uint16)])
+        self.last = np.concatenate([self.last, np.zeros(grow, np.uint16)])
+        self.dirty = np.concatenate([self.dirty, np.zeros(grow, bool)])
 
     # ---- lookup ------------------------------------------------------------------------
+    def _gather(self, slots: np.ndarray) -> torch.Tensor:
+        """float32[N, D] embeddings of entry slots (-1: zeros)."""
+        ok = slots >= 0
+        addr = np.full((slots.shape[0], self.K), -1, dtype=np.int32)
+        addr[ok] = self.addresses(slots[ok])
+        if self.K == 1:
+            return self.pools[0].gather(addr[:, 0])
+        return torch.cat([p.gather(addr[:, j]) for j, p in enumerate(self.pools)], dim=1)
+
     def lookup(
         self, ids: np.ndarray, train: bool = False
     ) -> tuple[torch.Tensor, LookupContext | None]:
@@ -194,60 +327,69 @@ class ChunkStore:
         access counts grow, and the returned context goes to `apply_gradients`."""
         ids = np.asarray(ids, dtype=np.int64)
         B, F = ids.shape
+        D = self.config.dim
         fields = np.broadcast_to(np.arange(F, dtype=np.int16), (B, F)).ravel()
         keys = ids.ravel()
         if not train:
             slots = self.index.lookup(fields, keys)
             self.unseen_lookups += int((slots < 0).sum())
-            addr = np.where((slots >= 0)[:, None], self.addr[np.maximum(slots, 0)], -1)
-            return self.pool.gather(addr).reshape(B, F, self.config.dim), None
+            uniq, inverse = np.unique(slots, return_inverse=True)
+            emb = self._gather(uniq)[torch.from_numpy(inverse.ravel())]
+            return emb.reshape(B, F, D), None
 
         slots, inserted = self.index.get_or_insert(fields, keys)
         self._ensure_entry_arrays()
         uniq, inverse, counts = np.unique(slots, return_inverse=True, return_counts=True)
+        inverse = inverse.ravel()
         if inserted.any():
             new = np.unique(slots[inserted])
-            self.addr[new] = -1
-            self.util[new] = 0
+            self.head_addr[new] = -1
+            self.ext[new] = -1
+            self.head_util[new] = 0
             self.count[new] = 0
         before = self.count[uniq].astype(np.int64)
         self.count[uniq] = np.minimum(before + counts, np.iinfo(np.uint16).max)
         self.last[uniq] = self.epoch & 0xFFFF
-        crossed = uniq[
-            (before < self.config.min_count) & (before + counts >= self.config.min_count)
-        ]
+        mc = self.config.min_count
+        crossed = uniq[(before < mc) & (before + counts >= mc)]
         if crossed.size:
             self._admit(crossed)
-        emb = self.pool.gather(self.addr[slots]).reshape(B, F, self.config.dim)
-        ctx = LookupContext(slots, uniq, inverse.ravel(), counts, (B, F))
-        return emb, ctx
+        emb = self._gather(uniq)[torch.from_numpy(inverse)]
+        return emb.reshape(B, F, D), LookupContext(uniq, inverse, counts)
 
     def _admit(self, slots: np.ndarray) -> None:
-        """Give newly admitted entries their first chunks (all K when unbudgeted), while the
-        budget has room; the rest read zeros until a prune step finds them room."""
-        n_init = self.K if self.config.budget is None else 1
-        room = self.chunk_capacity() - self.pool.num_live
-        take = slots[: max(0, min(slots.size, room // n_init))]
+        """Give newly admitted entries their first chunks (init_chunks; all K without a budget)
+        while the budget has room; the rest read zeros until a prune step finds them room."""
+        c = self.config
+        n_init = c.init_chunks or (self.K if c.budget is None else 1)
+        n_init = min(n_init, self.K)
+        per_entry = float(self.chunk_costs()[:n_init].sum())
+        if n_init > 1:
+            per_entry += self.ext_record_bytes()
+        room = self.budget_bytes() - self.used_bytes()
+        n = slots.size if np.isinf(room) else max(0, min(slots.size, int(room // per_entry)))
+        take = slots[:n]
         if take.size == 0:
             return
-        addrs = self.pool.alloc(take.size * n_init).reshape(take.size, n_init)
-        self.addr[take, :n_init] = addrs
-        self.pool.write(addrs.ravel(), self._initial_values(take, n_init))
+        addr = np.full((take.size, self.K), -1, dtype=np.int32)
+        init = self._initial_values(take, int(self.offsets[n_init]))
+        for j in range(n_init):
+            addr[:, j] = self.pools[j].alloc(take.size)
+            self.pools[j].write(addr[:, j], init[:, self.offsets[j] : self.offsets[j + 1]])
+        self._set_addresses(take, addr)
+        self.dirty[take] = True
 
-    def _initial_values(self, slots: np.ndarray, n_chunks: int) -> torch.Tensor:
-        """N(0, init_std^2) values of the first n_chunks of each entry, a pure function of
-        (seed, field, raw ID, dimension) so every policy starts an ID at the same point:
-        int32[N] -> float32[N * n_chunks, chunk_dim]."""
-        width = n_chunks * self.config.chunk_dim
+    def _initial_values(self, slots: np.ndarray, width: int) -> torch.Tensor:
+        """N(0, init_std^2) values of the first `width` dimensions of each entry, a pure
+        function of (seed, field, raw ID, dimension), so every policy starts an ID at the same
+        point: int32[N] -> float32[N, width]."""
         base = mix64(self.index.fields[slots], self.index.keys[slots] ^ np.int64(self.config.seed))
         d = np.arange(2 * width, dtype=np.uint64)
         with np.errstate(over="ignore"):
             h = mix64(np.zeros(1, np.int16), (base[:, None] + d[None, :]).view(np.int64))
         u = ((h >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
-        u1, u2 = u[:, :width], u[:, width:]
-        z = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
-        vals = torch.from_numpy((z * self.config.init_std).astype(np.float32))
-        return vals.reshape(-1, self.config.chunk_dim)
+        z = np.sqrt(-2.0 * np.log(u[:, :width])) * np.cos(2.0 * np.pi * u[:, width:])
+        return torch.from_numpy((z * self.config.init_std).astype(np.float32))
 
     # ---- backward ----------------------------------------------------------------------
     def apply_gradients(self, ctx: LookupContext, grad: torch.Tensor) -> None:
@@ -255,36 +397,50 @@ class ChunkStore:
         (live or pruned), Adagrad on live chunks; then the prune / evict schedule."""
         c = self.config
         U = ctx.unique.size
-        g = torch.zeros(U, self.K, c.chunk_dim)
-        g.index_add_(0, torch.from_numpy(ctx.inverse), grad.reshape(-1, self.K, c.chunk_dim))
+        g = torch.zeros(U, c.dim)
+        g.index_add_(0, torch.from_numpy(ctx.inverse), grad.reshape(-1, c.dim))
         self.step += 1
         if self.tracks_utility:
-            norms = torch.linalg.vector_norm(g, dim=2).numpy()  # [U, K]
+            if len(set(self.widths)) == 1:
+                norms = torch.linalg.vector_norm(g.view(U, self.K, -1), dim=2).numpy()
+            else:
+                norms = torch.stack(
+                    [torch.linalg.vector_norm(p, dim=1) for p in g.split(self.widths, dim=1)],
+                    dim=1,
+                ).numpy()
             a = ctx.counts.astype(np.float32)
             if c.freq_power != 1.0:
                 a = a**c.freq_power
-            # u_t = gamma * u_{t-1} + a g for every chunk == v_t = v_{t-1} + a g gamma^-(t-t0)
+            # u_t = gamma u_{t-1} + a g for every chunk  <=>  v_t = v_{t-1} + a g gamma^-(t-t0)
             scale = np.float32(c.gamma) ** np.float32(-(self.step - self.util_origin))
-            v = self.util[ctx.unique].astype(np.float32) + (a * scale)[:, None] * norms
-            self.util[ctx.unique] = np.minimum(v, _UTIL_MAX).astype(np.float16)
-
-        self.dirty[ctx.unique] = True
-        addr = self.addr[ctx.unique]
+            v = self._stored_utilities(ctx.unique) + (a * scale)[:, None] * norms
+            self._store_utilities(ctx.unique, v)
+        addr = self.addresses(ctx.unique)
         live = addr >= 0
-        if live.any():
-            self.pool.adagrad_step(addr[live], g[torch.from_numpy(live)], c.lr, c.eps)
+        parts = g.split(self.widths, dim=1)
+        for j, pool in enumerate(self.pools):
+            on = live[:, j]
+            if on.any():
+                pool.adagrad_step(addr[on, j], parts[j][torch.from_numpy(on)], c.lr, c.eps)
+        self.dirty[ctx.unique[live.any(axis=1)]] = True
         if self.step % c.interval == 0:
             self.maintain()
-        elif self.pool.num_live > self.chunk_capacity():
-            # The index grew (its table doubled) and took room from the chunks: shed the
-            # least useful ones now, so the budget holds after every step.
+        elif self.used_bytes() > self.budget_bytes():
+            # The index table grew and took room from the chunks: shed the least useful ones
+            # now, so the budget holds after every step.
             self.prune_regrow()
 
+    # ---- maintenance -------------------------------------------------------------------
+    def live_slots(self) -> np.ndarray:
+        return np.flatnonzero(self.index.alive[: self.index.high_water]).astype(np.int32)
+
     def maintain(self) -> None:
-        """The periodic work: evict stale or excess entries, then prune / regrow."""
+        """The periodic work: rescale utilities, evict stale or excess entries, prune/regrow."""
         c = self.config
         if self.tracks_utility:
-            self.util[:] = np.minimum(self.current_utilities(slice(None)), _UTIL_MAX)
+            decay = np.float32(c.gamma) ** np.float32(self.step - self.util_origin)
+            for arr in (self.head_util, self.ext_util):
+                arr[:] = np.minimum(arr.astype(np.float32) * decay, _UTIL_MAX)
             self.util_origin = self.step
         self.epoch += 1
         if c.evict_after is not None:
@@ -293,58 +449,29 @@ class ChunkStore:
             self.evict(live[idle * c.interval > c.evict_after])
         if c.max_entries is not None and self.index.num_entries > c.max_entries:
             live = self.live_slots()
-            worth = (
-                self.current_utilities(live).sum(axis=1)
-                if self.tracks_utility
-                else self.count[live].astype(np.float32)
-            )
+            if self.tracks_utility:
+                worth = self.utilities(live).sum(axis=1)
+            else:
+                worth = self.count[live].astype(np.float32)
             excess = self.index.num_entries - c.max_entries
             self.evict(live[np.argpartition(worth, excess - 1)[:excess]])
         if c.budget is not None:
             self.prune_regrow()
 
-    def live_slots(self) -> np.ndarray:
-        return np.flatnonzero(self.index.alive[: self.index.high_water]).astype(np.int32)
-
-    def current_utilities(self, slots: np.ndarray | slice) -> np.ndarray:
-        """Utilities decayed to the current step: int32[E] -> float32[E, K]."""
-        decay = np.float32(self.config.gamma) ** np.float32(self.step - self.util_origin)
-        return self.util[slots].astype(np.float32) * decay
-
     def evict(self, slots: np.ndarray) -> None:
-        """Drop entries: their chunks go back to the pool, their index slots are reused."""
+        """Drop entries: their chunks and records go back to the pools, their index slots are
+        reused, and they are reported as deleted by the next export."""
         if slots.size == 0:
             return
-        addr = self.addr[slots]
-        self.pool.release(addr[addr >= 0])
+        addr = self.addresses(slots)
+        for j, pool in enumerate(self.pools):
+            pool.release(addr[addr[:, j] >= 0, j])
+        self._set_addresses(slots, np.full_like(addr, -1))
         self._deleted.append((self.index.fields[slots].copy(), self.index.keys[slots].copy()))
         self.dirty[slots] = False
-        self.addr[slots] = -1
-        self.util[slots] = 0
+        self.head_util[slots] = 0
         self.count[slots] = 0
         self.index.delete(slots)
-
-    # ---- prune / regrow ----------------------------------------------------------------
-    def chunk_scores(self, slots: np.ndarray) -> np.ndarray:
-        """float64[E, K] ranking score of every chunk; the budget keeps the highest.
-        -inf: never live (not admitted)."""
-        c = self.config
-        u = self.current_utilities(slots).astype(np.float64)
-        if c.normalize == "field":
-            f = self.index.fields[slots].astype(np.int64)
-            nf = int(f.max()) + 1 if f.size else 1
-            total = np.bincount(f, weights=u.sum(axis=1), minlength=nf)
-            n = np.bincount(f, minlength=nf) * self.K
-            mean = total / np.maximum(n, 1)
-            u = u / np.maximum(mean[f], 1e-12)[:, None]
-        s = np.minimum.accumulate(u, axis=1) if c.prefix else u
-        if c.prefix:
-            # Ties along a row must favour the earlier position, or a prefix could break.
-            s = s - np.arange(self.K) * (1e-9 * (1.0 + np.abs(s)))
-        if c.keep_first:
-            s[:, 0] = (s.max() if s.size else 0.0) + 1.0 + u[:, 0]
-        s[self.count[slots] < c.min_count] = -np.inf
-        return s
 
     def prune_regrow(self) -> dict[str, int]:
         """Keep the best-scored chunks that fit the budget: free live chunks that fall out,
@@ -352,51 +479,58 @@ class ChunkStore:
         slots = self.live_slots()
         if slots.size == 0:
             return {"freed": 0, "admitted": 0}
-        s = self.chunk_scores(slots)
-        flat = s.ravel()
-        eligible = np.isfinite(flat)
-        cap = self.chunk_capacity()
-        keep = eligible.copy()
-        n_eligible = int(eligible.sum())
-        if cap < n_eligible:
-            keep[:] = False
-            if cap > 0:
-                top = np.argpartition(np.where(eligible, -flat, np.inf), cap - 1)[:cap]
-                keep[top] = True
-        keep = keep.reshape(s.shape)
-        addr = self.addr[slots]
+        c = self.config
+        scores = chunk_scores(
+            self.utilities(slots),
+            self.index.fields[slots],
+            self.count[slots] >= c.min_count,
+            normalize=c.normalize == "field",
+            prefix=c.prefix,
+            keep_first=c.keep_first,
+        )
+        fixed_cost = slots.size * self.entry_bytes() + self.index.table_bytes
+        capacity = self.budget_bytes() - fixed_cost
+        costs = self.chunk_costs()
+        ext_bytes = self.ext_record_bytes()
+        folded = costs.copy()
+        if self.K > 1:
+            folded[1] += ext_bytes
+
+        def exact(keep: np.ndarray) -> float:
+            n_ext = int(keep[:, 1:].any(axis=1).sum()) if self.K > 1 else 0
+            return float(keep.sum(axis=0) @ costs) + n_ext * ext_bytes
+
+        keep = select_chunks(scores, folded, capacity, exact, self._rng)
+        addr = self.addresses(slots)
         live = addr >= 0
         to_free = live & ~keep
         to_admit = keep & ~live
-        freed = addr[to_free]
-        self.pool.release(freed)
-        addr[to_free] = -1
-        n_admit = int(to_admit.sum())
-        new = self.pool.alloc(n_admit)
-        self.pool.write(new, torch.zeros(n_admit, self.config.chunk_dim))
-        addr[to_admit] = new
-        self.addr[slots] = addr
-        self.dirty[slots[(to_free | to_admit).any(axis=1)]] = True
+        for j, pool in enumerate(self.pools):
+            pool.release(addr[to_free[:, j], j])
+            addr[to_free[:, j], j] = -1
+            n = int(to_admit[:, j].sum())
+            new = pool.alloc(n)
+            pool.write(new, torch.zeros(n, self.widths[j]))
+            addr[to_admit[:, j], j] = new
+        changed = (to_free | to_admit).any(axis=1)
+        self._set_addresses(slots[changed], addr[changed])
+        self.dirty[slots[changed]] = True
         self.prunes += 1
-        return {"freed": int(freed.size), "admitted": n_admit}
+        return {"freed": int(to_free.sum()), "admitted": int(to_admit.sum())}
 
-    # ---- introspection -----------------------------------------------------------------
-    def addresses(self, slots: np.ndarray) -> np.ndarray:
-        """Chunk addresses of entries: int32[N] slots -> int32[N, K], -1 = pruned."""
-        return self.addr[slots]
-
+    # ---- introspection and export ------------------------------------------------------
     def live_chunks_per_id(self) -> np.ndarray:
         """int64[K + 1] histogram: how many live IDs have 0..K live chunks."""
         slots = self.live_slots()
-        return np.bincount((self.addr[slots] >= 0).sum(axis=1), minlength=self.K + 1)
+        return np.bincount((self.addresses(slots) >= 0).sum(axis=1), minlength=self.K + 1)
 
     def export(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
         """(fields int16[N], keys int64[N], masks uint32[N], values float32[N, D]) of entries;
         bit j of a mask is set where chunk j is live."""
         addr = self.addresses(slots)
         bits = (addr >= 0).astype(np.uint32) << np.arange(self.K, dtype=np.uint32)
-        values = self.pool.gather(addr).reshape(len(slots), self.config.dim)
-        return self.index.fields[slots], self.index.keys[slots], bits.sum(axis=1, dtype=np.uint32), values
+        masks = bits.sum(axis=1, dtype=np.uint32)
+        return self.index.fields[slots], self.index.keys[slots], masks, self._gather(slots)
 
     def take_changes(self, dirty_only: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Entry slots changed since the last call (or all live ones), and the (fields, keys)
@@ -413,19 +547,32 @@ class ChunkStore:
         return slots, df, dk
 
     # ---- snapshot ----------------------------------------------------------------------
+    _ARRAYS = (
+        "head_addr",
+        "ext",
+        "head_util",
+        "count",
+        "last",
+        "dirty",
+        "ext_addr",
+        "ext_util",
+        "ext_free",
+    )
+
     def save(self, path: str | Path) -> None:
-        """Write the whole store to one .npz file, atomically (temp file + rename)."""
+        """Write the whole store to one .npz file, atomically (temp file, fsync, rename)."""
         path = Path(path)
         arrays = {f"index.{k}": v for k, v in self.index.state().items()}
-        arrays |= {f"pool.{k}": v for k, v in self.pool.state_dict().items()}
-        arrays |= {"addr": self.addr, "util": self.util, "count": self.count, "last": self.last}
+        for j, pool in enumerate(self.pools):
+            arrays |= {f"pool{j}.{k}": v for k, v in pool.state_dict().items()}
+        arrays |= {name: getattr(self, name) for name in self._ARRAYS}
         meta = {
             "config": asdict(self.config),
             "step": self.step,
-            "unseen_lookups": self.unseen_lookups,
-            "prunes": self.prunes,
             "util_origin": self.util_origin,
             "epoch": self.epoch,
+            "unseen_lookups": self.unseen_lookups,
+            "prunes": self.prunes,
         }
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         tmp = path.with_name(path.name + ".tmp")
@@ -444,12 +591,13 @@ class ChunkStore:
         store.index = HashIndex.from_state(
             {k[6:]: v for k, v in arrays.items() if k.startswith("index.")}
         )
-        store.pool.load_state_dict({k[5:]: v for k, v in arrays.items() if k.startswith("pool.")})
-        for name in ("addr", "util", "count", "last"):
+        for j, pool in enumerate(store.pools):
+            prefix = f"pool{j}."
+            pool.load_state_dict(
+                {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+            )
+        for name in cls._ARRAYS:
             setattr(store, name, np.array(arrays[name]))
-        store.step = meta["step"]
-        store.unseen_lookups = meta["unseen_lookups"]
-        store.prunes = meta["prunes"]
-        store.util_origin = meta["util_origin"]
-        store.epoch = meta["epoch"]
+        for key in ("step", "util_origin", "epoch", "unseen_lookups", "prunes"):
+            setattr(store, key, meta[key])
         return store

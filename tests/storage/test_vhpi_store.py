@@ -22,12 +22,16 @@ def train_step(store: ChunkStore, ids: np.ndarray, w: torch.Tensor) -> None:
 def check_pool(store: ChunkStore) -> None:
     slots = store.live_slots()
     addr = store.addresses(slots)
-    live = addr[addr >= 0]
-    assert len(np.unique(live)) == live.size, "a chunk address is owned twice"
-    assert live.size == store.pool.num_live
-    assert live.size + store.pool.free.size == store.pool.capacity
-    assert not np.intersect1d(live, store.pool.free).size, "a live chunk is on the free stack"
-    assert live.size <= store.chunk_capacity(), "over budget"
+    for j, pool in enumerate(store.pools):
+        live = addr[addr[:, j] >= 0, j]
+        assert len(np.unique(live)) == live.size, "a chunk address is owned twice"
+        assert live.size == pool.num_live
+        assert live.size + pool.free.size == pool.capacity
+        assert not np.intersect1d(live, pool.free).size, "a live chunk is on the free stack"
+    has_ext = store.ext[slots] >= 0
+    assert (has_ext == (addr[:, 1:] >= 0).any(axis=1)).all(), "extension record mismatch"
+    assert has_ext.sum() == store.ext_live
+    assert store.used_bytes() <= store.budget_bytes(), "over budget"
     if store.config.prefix:
         on = addr >= 0
         assert (on[:, 1:] <= on[:, :-1]).all(), "live chunks are not a prefix"
@@ -51,7 +55,7 @@ def test_prune_regrow_invariants_hold_after_every_step() -> None:
             # Chunks admitted by this prune step start at zero.
             slots = store.live_slots()
             addr = store.addresses(slots)
-            emb = store.pool.gather(addr)
+            emb = store._gather(slots).reshape(-1, store.K, 16)
             for i, s in enumerate(slots):
                 old = before.get(int(s))
                 if old is None:
@@ -98,7 +102,7 @@ def test_utilities_decay_as_specified_across_rescales() -> None:
         a_g = np.linalg.norm(grad.numpy().reshape(2, 32), axis=1) if ids is target else 0.0
         expected = gamma * expected + a_g
         slot = store.index.lookup(np.array([0]), np.array([5]))
-        got = store.current_utilities(slot)[0]
+        got = store.utilities(slot)[0]
         np.testing.assert_allclose(got, expected, rtol=2e-3)  # float16 storage
 
 
@@ -147,12 +151,12 @@ def test_stale_entries_are_evicted_and_their_chunks_freed() -> None:
     store = ChunkStore(StoreConfig(dim=8, num_chunks=2, budget=None, interval=5, evict_after=10))
     w = torch.randn(8)
     train_step(store, np.array([[1], [2]], dtype=np.int64), w)
-    assert store.pool.num_live == 4
+    assert store.live_chunks() == 4
     for _ in range(20):
         train_step(store, np.array([[2]], dtype=np.int64), w)
     assert store.index.lookup(np.array([0]), np.array([1]))[0] == -1
     assert store.index.lookup(np.array([0]), np.array([2]))[0] >= 0
-    assert store.pool.num_live == 2
+    assert store.live_chunks() == 2
     check_pool(store)
 
 
@@ -167,8 +171,8 @@ def test_max_entries_evicts_the_least_useful() -> None:
 
 
 def test_infeasible_budget_is_refused_with_a_reason() -> None:
-    with pytest.raises(ValueError, match="fewer chunks"):
-        StoreConfig(dim=64, num_chunks=8, budget=0.2)
+    with pytest.raises(ValueError, match="larger budget"):
+        StoreConfig(dim=64, num_chunks=8, budget=0.1)
 
 
 def test_snapshot_round_trips_bit_exactly(tmp_path) -> None:
@@ -179,14 +183,54 @@ def test_snapshot_round_trips_bit_exactly(tmp_path) -> None:
         train_step(store, zipf_ids(rng, 64, 3), w)
     store.save(tmp_path / "s.npz")
     back = ChunkStore.load(tmp_path / "s.npz")
-    for name in ("addr", "util", "count", "last"):
+    for name in ChunkStore._ARRAYS:
         np.testing.assert_array_equal(getattr(back, name), getattr(store, name))
-    assert torch.equal(back.pool.values, store.pool.values)
-    assert torch.equal(back.pool.state, store.pool.state)
+    for a, b in zip(back.pools, store.pools, strict=True):
+        assert torch.equal(a.values, b.values) and torch.equal(a.state, b.state)
     assert back.step == store.step and back.memory() == store.memory()
     # And both continue identically.
     ids = zipf_ids(rng, 64, 3)
     train_step(store, ids, w)
     train_step(back, ids, w)
-    assert torch.equal(back.pool.values, store.pool.values)
-    np.testing.assert_array_equal(back.addr, store.addr)
+    for a, b in zip(back.pools, store.pools, strict=True):
+        assert torch.equal(a.values, b.values)
+    np.testing.assert_array_equal(
+        back.addresses(back.live_slots()), store.addresses(store.live_slots())
+    )
+
+
+def test_narrow_first_chunks_and_extension_records_are_accounted() -> None:
+    rng = np.random.default_rng(4)
+    store = ChunkStore(StoreConfig(dim=64, widths="4-4-8-16-32", budget=0.3, interval=4))
+    assert store.widths == (4, 4, 8, 16, 32)
+    w = torch.randn(64)
+    for _ in range(24):
+        train_step(store, zipf_ids(rng, 256, 3), w)
+        check_pool(store)
+    m = store.memory()
+    hist = store.live_chunks_per_id()
+    assert hist[1] > 0 and hist[2:].sum() > 0, "no ID grew past its first chunk"
+    assert store.ext_live == hist[2:].sum()  # only IDs with a second chunk hold a record
+    expected_meta = m["live_ids"] * store.entry_bytes() + store.ext_live * store.ext_record_bytes()
+    assert m["metadata_bytes"] == expected_meta
+    addr = store.addresses(store.live_slots())
+    expected_values = sum(
+        4 * wj * int((addr[:, j] >= 0).sum()) for j, wj in enumerate(store.widths)
+    )
+    assert m["value_bytes"] == expected_values
+
+
+def test_export_reports_masks_changes_and_deletions() -> None:
+    store = ChunkStore(StoreConfig(dim=16, num_chunks=2, budget=None, interval=5, evict_after=5))
+    w = torch.randn(16)
+    train_step(store, np.array([[1], [2]], dtype=np.int64), w)
+    slots, df, dk = store.take_changes()
+    fields, keys, masks, values = store.export(slots)
+    assert sorted(keys.tolist()) == [1, 2] and (masks == 0b11).all()
+    assert values.shape == (2, 16)
+    for _ in range(10):
+        train_step(store, np.array([[2]], dtype=np.int64), w)
+    slots, df, dk = store.take_changes()
+    assert store.index.keys[slots].tolist() == [2]
+    assert dk.tolist() == [1] and df.tolist() == [0]
+    assert store.take_changes()[0].size == 0
