@@ -23,6 +23,31 @@ class Settings(BaseSettings):
     batch_size: int = 1024
     seed: int = 0
 
+    # --- streaming system: broker, Redis, trainer (services/trainer.py) ---
+    kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka host:port")
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis for serving")
+    checkpoint_dir: Path = Field(
+        default=Path.home() / ".cache" / "chunkrec" / "checkpoints",
+        description="trainer checkpoints, one folder per model",
+    )
+    checkpoint_interval_s: float = 30.0  # checkpoint at least this often while events arrive
+    checkpoint_every_events: int = 200_000  # ... and after this many applied events (0: off)
+    checkpoints_kept: int = 2
+    publish_interval_s: float = 2.0  # a new model version in Redis this often
+    trainer_batch_events: int = 512  # micro-batch rows of a training step
+    trainer_linger_ms: int = 50  # train a partial micro-batch after waiting this long
+    trainer_max_poll_records: int = 64  # Kafka messages per poll (each holds many events)
+    trainer_threads: int | None = None  # torch.set_num_threads for the trainer
+    trainer_start: str = "earliest"  # where a model without a checkpoint starts: or "latest"
+    metrics_window: int = 10_000  # rows of the "recent" online metrics
+    redis_write_chunk: int = 5_000  # keys per pipelined MSET / DEL
+    dense_versions_kept: int = 3  # dense-weight blobs kept in Redis (older ones deleted)
+    # tansu assigns a group's partitions only after max_poll_interval; keep it small
+    kafka_session_timeout_ms: int = 6_000
+    kafka_heartbeat_interval_ms: int = 2_000
+    kafka_max_poll_interval_ms: int = 5_000
+    replay_batch_events: int = 200  # events per Kafka message
+
 
 def get_settings() -> Settings:
     return Settings()
