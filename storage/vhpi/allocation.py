@@ -7,8 +7,8 @@ Scores (`chunk_scores`):
 - utilities are normalised per (field, chunk position) by their mean (AdaEmbed normalises per
   table), so a field whose gradients are large by nature does not take every chunk, and a wide
   chunk is not preferred for being wide;
-- with `prefix`, chunk j's score is the minimum of the scores of chunks 0..j (and a hair less
-  than chunk j-1's), so any threshold keeps a prefix: an ID's live dimensions are its first ones;
+- with `prefix`, chunk j's score is the minimum of the scores of chunks 0..j, so any threshold
+  keeps a prefix: an ID's live dimensions are its first ones;
 - with `keep_first`, every admitted ID's first chunk ranks above all other chunks, ordered by
   its utility, so first chunks go before any second one;
 - IDs not yet admitted score -inf and get nothing.
@@ -16,9 +16,11 @@ Scores (`chunk_scores`):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-_EXACT_LIMIT = 1 << 21  # up to this many chunks: exact sort; beyond: sampled threshold
+_EXACT_LIMIT = 1 << 20  # thresholds are searched among this many scores at most
 
 
 def chunk_scores(
@@ -29,73 +31,62 @@ def chunk_scores(
     prefix: bool,
     keep_first: bool,
 ) -> np.ndarray:
-    """float32[E, K] utilities, int[E] fields, bool[E] admitted -> float64[E, K] scores."""
-    u = util.astype(np.float64)
+    """float32[E, K] utilities, int[E] fields, bool[E] admitted -> float32[E, K] scores.
+
+    With `prefix` the scores fall (weakly) along every row, so any threshold `s >= tau` keeps a
+    prefix: tied positions pass or fail together."""
+    u = np.array(util, dtype=np.float32)  # a copy: everything below is in place
     E, K = u.shape
-    if normalize and E:
+    if E == 0:
+        return u
+    first = None
+    if normalize:
+        # One bincount over (field, position) cells gives every mean at once.
         f = fields.astype(np.int64)
         nf = int(f.max()) + 1
+        cell = (f[:, None] * K + np.arange(K)).ravel()
         n = np.maximum(np.bincount(f, minlength=nf), 1).astype(np.float64)
-        for j in range(K):
-            mean = np.bincount(f, weights=u[:, j], minlength=nf) / n
-            u[:, j] /= np.maximum(mean[f], 1e-12)
-    s = u
+        mean = np.bincount(cell, weights=u.ravel(), minlength=nf * K).reshape(nf, K) / n[:, None]
+        u /= np.maximum(mean, 1e-12).astype(np.float32)[f]
+    if keep_first:
+        first = u[:, 0].copy()
     if prefix:
-        s = np.minimum.accumulate(u, axis=1)
-        # Ties along a row must favour the earlier position, or a prefix could break.
-        s = s - np.arange(K) * (1e-9 * (1.0 + np.abs(s)))
-    if keep_first and E:
-        s = s.copy()
-        s[:, 0] = (s.max() + 1.0) + u[:, 0]
-    s[~admitted] = -np.inf
-    return s
+        np.minimum.accumulate(u, axis=1, out=u)
+    if keep_first:
+        u[:, 0] = (u.max() + 1.0) + first
+    u[~admitted] = -np.inf
+    return u
 
 
 def select_chunks(
     scores: np.ndarray,
-    costs: np.ndarray,
     capacity: float,
-    exact_bytes,
+    exact_bytes: Callable[[np.ndarray], float],
     rng: np.random.Generator | None = None,
 ) -> np.ndarray:
-    """Keep the highest-scored chunks whose bytes fit `capacity`.
+    """Keep the highest-scored chunks whose bytes fit `capacity`: bool[E, K] = scores >= tau
+    for the lowest threshold tau whose selection fits (so prefix-shaped scores keep prefixes).
 
-    scores float64[E, K]; costs float64[K] bytes of a chunk at each position (folding in any
-    per-entry record it brings); exact_bytes(keep bool[E, K]) -> the true bytes of a selection,
-    which must come out <= capacity. Returns bool[E, K]: a threshold on the scores (so a
-    prefix-shaped score keeps prefixes)."""
-    E, K = scores.shape
+    scores float32[E, K] (-inf: never); exact_bytes(keep bool[E, K]) -> the true bytes of a
+    selection, monotone in it. tau is searched among the scores themselves (all of them up to
+    a few million, else a uniform sample), by bisection with the exact byte count."""
     finite = np.isfinite(scores)
     if not finite.any() or capacity <= 0:
         return np.zeros_like(finite)
     if exact_bytes(finite) <= capacity:
         return finite
     flat = scores.ravel()
-    cost = np.broadcast_to(costs, (E, K)).ravel()
-    if flat.size <= _EXACT_LIMIT:
-        cand = np.flatnonzero(np.isfinite(flat))
-        order = cand[np.argsort(-flat[cand], kind="stable")]
-        sorted_scores = flat[order]
-        cum = np.cumsum(cost[order])
-        scale = 1.0
-    else:
+    if flat.size > _EXACT_LIMIT:
         rng = rng or np.random.default_rng(0)
-        sample = rng.choice(flat.size, size=1 << 18, replace=False)
-        sample = sample[np.isfinite(flat[sample])]
-        order = sample[np.argsort(-flat[sample], kind="stable")]
-        sorted_scores = flat[order]
-        cum = np.cumsum(cost[order])
-        scale = flat.size / (1 << 18)
-    # The threshold index from the (scaled) cumulative cost, then walk it down until the true
-    # bytes of the selection fit.
-    k = int(np.searchsorted(cum * scale, capacity, side="right"))
-    while k > 0:
-        tau = sorted_scores[k - 1]
-        keep = scores >= tau
-        if exact_bytes(keep) <= capacity:
-            return keep
-        over = exact_bytes(keep) - capacity
-        # Drop roughly the excess (at least one chunk) and retry.
-        step = max(1, int(over / max(costs.mean(), 1.0) / scale))
-        k -= step
-    return np.zeros_like(finite)
+        flat = flat[rng.choice(flat.size, size=_EXACT_LIMIT, replace=False)]
+    candidates = np.unique(flat[np.isfinite(flat)])[::-1]  # distinct thresholds, high to low
+    lo, hi = -1, candidates.size - 1  # candidates[lo] fits (lo = -1: nothing), [hi] does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if exact_bytes(scores >= candidates[mid]) <= capacity:
+            lo = mid
+        else:
+            hi = mid
+    if lo < 0:
+        return np.zeros_like(finite)
+    return scores >= candidates[lo]

@@ -492,15 +492,18 @@ class ChunkStore:
         capacity = self.budget_bytes() - fixed_cost
         costs = self.chunk_costs()
         ext_bytes = self.ext_record_bytes()
-        folded = costs.copy()
-        if self.K > 1:
-            folded[1] += ext_bytes
 
         def exact(keep: np.ndarray) -> float:
-            n_ext = int(keep[:, 1:].any(axis=1).sum()) if self.K > 1 else 0
-            return float(keep.sum(axis=0) @ costs) + n_ext * ext_bytes
+            per_position = np.count_nonzero(keep, axis=0)
+            if self.K == 1:
+                n_ext = 0
+            elif c.prefix:  # a prefix with a chunk 1 is exactly an entry with a record
+                n_ext = int(per_position[1])
+            else:
+                n_ext = int(np.count_nonzero(keep[:, 1:].any(axis=1)))
+            return float(per_position @ costs) + n_ext * ext_bytes
 
-        keep = select_chunks(scores, folded, capacity, exact, self._rng)
+        keep = select_chunks(scores, capacity, exact, self._rng)
         addr = self.addresses(slots)
         live = addr >= 0
         to_free = live & ~keep

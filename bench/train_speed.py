@@ -1,0 +1,114 @@
+"""Training speed: the FIITED store against torch's sparse nn.Embedding, same model, same
+optimizer, same batches; and the hash index's lookups/s. Prints two tables.
+
+    python bench/train_speed.py [--fields 26] [--batch 4096] [--steps 40] [--threads 1]
+
+Ratios matter, not absolute numbers: the machine is shared and noisy. Each policy is timed
+over the same pre-generated batches after a warm-up that inserts the vocabulary.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from models.learner import Learner
+from models.networks import build_model
+from models.policy import parse_policy
+from storage.datasets import open_dataset
+from storage.vhpi.hash_index import HashIndex
+
+app = typer.Typer(add_completion=False)
+
+
+def _time_policy(spec: str, batches: list, warmup: int, schema, threads: int) -> dict:
+    policy = parse_policy(spec, schema.num_fields, seed=0)
+    model = build_model("mlp", schema, policy.dim, seed=0)
+    learner = Learner(model, policy, num_threads=threads)
+    for b in batches[:warmup]:
+        learner.step(b)
+    learner.rows_trained = 0
+    learner.train_seconds = 0.0
+    for b in batches[warmup:]:
+        learner.step(b)
+    mem = policy.memory()
+    return {"samples_per_s": learner.samples_per_s, "bytes": mem.total_bytes}
+
+
+def _index_speed(n_keys: int, batch: int, repeats: int) -> dict[str, float]:
+    rng = np.random.default_rng(0)
+    keys = rng.integers(-(2**63), 2**63 - 1, size=n_keys, dtype=np.int64)
+    fields = rng.integers(0, 26, size=n_keys).astype(np.int16)
+    idx = HashIndex()
+    idx.get_or_insert(fields, keys)
+    q = rng.integers(0, n_keys, size=(repeats, batch))
+    t = time.perf_counter()
+    for r in range(repeats):
+        idx.lookup(fields[q[r]], keys[q[r]])
+    ours = repeats * batch / (time.perf_counter() - t)
+    d = {(int(f), int(k)): i for i, (f, k) in enumerate(zip(fields, keys, strict=True))}
+    qf, qk = fields[q[0]].tolist(), keys[q[0]].tolist()
+    t = time.perf_counter()
+    _ = [d[(f, k)] for f, k in zip(qf, qk, strict=True)]
+    py = batch / (time.perf_counter() - t)
+    used = idx.table_bytes + (idx.keys.itemsize + idx.fields.itemsize + 1) * idx.num_entries
+    return {
+        "ours": ours,
+        "dict": py,
+        "bytes_per_key": used / idx.num_entries,
+        "table_bytes_per_key": idx.table_bytes / idx.num_entries,
+    }
+
+
+@app.command()
+def main(
+    fields: int = 26,
+    batch: int = 4096,
+    steps: int = 40,
+    warmup: int = 10,
+    vocab: int = 200_000,
+    threads: int = 1,
+    policies: str = "torch:64;fixed:64,optimizer=adagrad;fiited:K=8,budget=0.25,optimizer=adagrad;"
+    "fixed:64;fiited:K=8,budget=0.25",
+) -> None:
+    console = Console()
+    ds = open_dataset(
+        f"synthetic:events={batch * (steps + warmup)},fields={fields},vocab={vocab},zipf=1.05,seed=0"
+    )
+    batches = list(ds.batches(batch))
+    table = Table(
+        title=f"training samples/s, {fields} fields, batch {batch}, MLP, {threads} thread(s)"
+    )
+    for col in ("policy", "samples/s", "vs torch:64", "embedding bytes"):
+        table.add_column(col, justify="right" if col != "policy" else "left")
+    base = None
+    for spec in policies.split(";"):
+        r = _time_policy(spec, batches, warmup, ds.schema, threads)
+        base = base or r["samples_per_s"]
+        table.add_row(
+            spec,
+            f"{r['samples_per_s']:,.0f}",
+            f"{r['samples_per_s'] / base:.2f}x",
+            f"{r['bytes'] / 1e6:,.1f} MB",
+        )
+    console.print(table)
+    s = _index_speed(2_000_000, 100_000, 20)
+    t2 = Table(title="hash index: lookups of 100k-key batches over 2M keys")
+    for col in ("implementation", "lookups/s", "vs dict", "bytes/key (table + keys)"):
+        t2.add_column(col)
+    t2.add_row(
+        "HashIndex (numpy open addressing)",
+        f"{s['ours']:,.0f}",
+        f"{s['ours'] / s['dict']:.1f}x",
+        f"{s['bytes_per_key']:.1f} (table {s['table_bytes_per_key']:.1f})",
+    )
+    t2.add_row("python dict", f"{s['dict']:,.0f}", "1.0x", "-")
+    console.print(t2)
+
+
+if __name__ == "__main__":
+    app()
