@@ -13,7 +13,9 @@ Policies with learnable parts beyond the table (Dimension Mask Layer, AMTL) expo
 `lookup`. Spec strings (`parse_policy`):
 
     fixed:d                                   every ID gets d dims (D = d)
-    fiited:K=8,budget=0.25,gamma=0.99,interval=50[,dim=64,...]
+    fiited[:budget=0.25,widths=4-4-8-16-32,gamma=0.99,interval=50,...]
+                                              default chunks: 4-4-8-16-32 (narrow first chunks);
+                                              K=8 gives the paper's K equal chunks
     adaembed[:budget=...]                     FIITED with K = 1
     torch:d[,rows=N]                          torch nn.Embedding(sparse=True), hashed rows; a
                                               reference for speed, not a product policy

@@ -3,7 +3,8 @@
 fixed:d is the store with K = 1 and no budget, so fixed-dim baselines pay for the same index
 and metadata as FIITED and "equal memory" compares like with like.
 
-    fiited:K=8,budget=0.25,gamma=0.99,interval=50   (any StoreConfig field may be given)
+    fiited:budget=0.25,widths=4-4-8-16-32,gamma=0.99,interval=50  (any StoreConfig field)
+    fiited:K=8,budget=0.25                                        (K equal chunks)
 """
 
 from __future__ import annotations
@@ -57,7 +58,16 @@ class ChunkedPolicy(EmbeddingPolicy):
 
     @classmethod
     def fiited(cls, num_fields: int, seed: int = 0, spec: str = "", **params: str):
-        params = {"budget": "0.25", "K": "8"} | dict(params)
+        params = dict(params)
+        if not {"K", "k", "num_chunks", "widths"} & params.keys():
+            # Narrow first chunks: every admitted ID can afford a small embedding, and the
+            # budget left over buys wide chunks for the IDs that earn them.
+            dim = int(params.get("dim", params.get("D", params.get("d", 64))))
+            if dim % 16 == 0:
+                params["widths"] = "-".join(str(dim // q) for q in (16, 16, 8, 4, 2))
+            else:
+                params["K"] = "1"
+        params.setdefault("budget", "0.25")
         return cls(_store_config(params, seed), num_fields, spec or "fiited")
 
     def lookup(self, ids: np.ndarray, train: bool = False) -> torch.Tensor:
