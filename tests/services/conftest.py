@@ -1,0 +1,86 @@
+"""Fixtures for the streaming system: a real tansu broker and a real redis-server, one of each
+per test session (services/infra.py starts them on free ports and stops exactly them).
+
+Tests share them without stepping on each other: each test uses its own events topic
+(`topic` fixture), model name and checkpoint folder; dead letters all go to `events.dlq` and
+carry their source topic.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from services import wire
+from services.infra import ManagedProcess, create_topics, start_redis, start_tansu
+from storage.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def infra_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("infra-logs")
+
+
+@pytest.fixture(scope="session")
+def broker(infra_logs: Path) -> Iterator[ManagedProcess]:
+    proc = start_tansu(log_dir=infra_logs)
+    try:
+        create_topics(proc.address, {wire.DLQ_TOPIC: 1})
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(infra_logs: Path) -> Iterator[ManagedProcess]:
+    proc = start_redis(log_dir=infra_logs)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: ManagedProcess) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def topic(broker: ManagedProcess) -> str:
+    """A fresh events topic with 2 partitions."""
+    name = f"events-{uuid.uuid4().hex[:8]}"
+    create_topics(broker.address, {name: 2})
+    return name
+
+
+@pytest.fixture
+def stream_settings(broker: ManagedProcess, redis_server: ManagedProcess,
+                    tmp_path: Path) -> Settings:
+    """Settings pointing at the fixtures, with intervals short enough for tests."""
+    return Settings(
+        kafka_bootstrap=broker.address,
+        redis_url=redis_server.url,
+        checkpoint_dir=tmp_path / "checkpoints",
+        publish_interval_s=0.3,
+        checkpoint_interval_s=60.0,
+        checkpoint_every_events=0,
+        trainer_batch_events=256,
+        trainer_threads=1,
+        kafka_max_poll_interval_ms=3000,
+    )
+
+
+def stream_env(settings: Settings) -> dict[str, str]:
+    """CHUNKREC_* environment of `settings`, for `chunkrec` subprocesses."""
+    keys = ("kafka_bootstrap", "redis_url", "checkpoint_dir", "publish_interval_s",
+            "checkpoint_interval_s", "checkpoint_every_events", "trainer_batch_events",
+            "trainer_threads", "kafka_max_poll_interval_ms")
+    return {f"CHUNKREC_{k.upper()}": str(getattr(settings, k)) for k in keys}

@@ -1,0 +1,191 @@
+"""Wire formats: packed embedding records, event validation, dead letters, version records."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import orjson
+import pytest
+
+from models.policy import EmbeddingExport
+from services import wire
+from storage.batch import DatasetSchema, SparseBatch, hash_values
+
+SCHEMA = DatasetSchema("toy", fields=("user", "item"), dense=("age",))
+WIDTHS = (2, 2, 4, 8)  # narrow first chunks, D = 16
+
+
+def _event(**over: object) -> dict[str, object]:
+    ev: dict[str, object] = {"event_id": "e1", "ts": 1.5, "label": 1, "unit_id": 7,
+                             "ids": {"user": 3, "item": -4}, "dense": {"age": 0.5},
+                             "schema": "toy"}
+    ev.update(over)
+    return {k: v for k, v in ev.items() if v is not _DROP}
+
+
+_DROP = object()
+
+
+# ------------------------------------------------------------------ packed records
+
+
+def test_pack_unpack_round_trip_with_pruned_chunks() -> None:
+    rng = np.random.default_rng(0)
+    masks = np.array([0b0001, 0b0011, 0b1111, 0b0101, 0b1000], np.uint32)  # any masks
+    values = rng.standard_normal((5, 16)).astype(np.float32)
+    records = wire.pack_records(masks, values, WIDTHS)
+    stored = np.array([2, 4, 16, 6, 8])
+    assert [len(r) for r in records] == list(4 + 4 * stored)
+    assert [int.from_bytes(r[:4], "little") for r in records] == masks.tolist()
+    # the float32 values of the stored chunks, in position order, little-endian
+    assert np.frombuffer(records[3][4:], "<f4").tolist() == np.r_[values[3, :2],
+                                                                   values[3, 4:8]].tolist()
+    out, found = wire.unpack_records(records[:2] + [None] + records[2:], WIDTHS, 16)
+    assert found.tolist() == [True, True, False, True, True, True]
+    expected = np.where(np.repeat((masks[:, None] >> np.arange(4)) & 1, WIDTHS, 1) > 0,
+                        values, 0.0)
+    np.testing.assert_array_equal(out[[0, 1, 3, 4, 5]], expected)
+    assert not out[2].any()
+    np.testing.assert_array_equal(wire.record_masks(records + [None]), np.r_[masks, 0])
+
+
+def test_unpack_rejects_corrupt_records() -> None:
+    good = wire.pack_records(np.array([0b11], np.uint32), np.ones((1, 16), np.float32),
+                             WIDTHS)[0]
+    with pytest.raises(ValueError, match="does not match"):
+        wire.unpack_records([good[:-4]], WIDTHS)
+    with pytest.raises(ValueError, match="beyond"):
+        wire.unpack_records([(1 << 7).to_bytes(4, "little")], WIDTHS)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        wire.unpack_records([b"\x01\x00"], WIDTHS)
+
+
+def test_pack_export_sets_deletes_and_keys() -> None:
+    values = np.arange(3 * 16, dtype=np.float32).reshape(3, 16)
+    export = EmbeddingExport(
+        fields=np.array([0, 1, 1], np.int16), keys=np.array([5, -9, 2**62], np.int64),
+        masks=np.array([0b1, 0, 0b11], np.uint32), values=values, widths=WIDTHS,
+        deleted_fields=np.array([0], np.int16), deleted_keys=np.array([77], np.int64))
+    packed = wire.pack_export("m1", SCHEMA.fields, export)
+    assert [k for k, _ in packed.sets] == ["chunkrec:m1:emb:user:5",
+                                           f"chunkrec:m1:emb:item:{2**62}"]
+    assert packed.deletes == ["chunkrec:m1:emb:item:-9", "chunkrec:m1:emb:user:77"]
+    assert packed.record_bytes == (4 + 8) + (4 + 16)
+    out, _ = wire.unpack_records([v for _, v in packed.sets], WIDTHS)
+    np.testing.assert_array_equal(out[1, :4], values[2, :4])
+    assert wire.emb_key("m1", "user", 5) == packed.sets[0][0]
+
+
+def test_key_layout() -> None:
+    assert wire.dense_key("m", 3) == "chunkrec:m:dense:3"
+    assert wire.version_key("m") == "chunkrec:m:version"
+    assert wire.versions_channel("m") == "chunkrec:m:versions"
+    assert wire.MODELS_SET == "chunkrec:models"
+    with pytest.raises(ValueError):
+        wire.check_model_name("bad:name")
+
+
+# ------------------------------------------------------------------ events
+
+
+def test_batch_to_events_round_trips_through_validation() -> None:
+    batch = SparseBatch(SCHEMA, labels=np.array([1, 0], np.float32),
+                        ids=np.array([[1, 2], [-(2**63), 2**63 - 1]]),
+                        dense=np.array([[0.25], [1.5]], np.float32),
+                        unit_ids=np.array([10, 11]), timestamps=np.array([100, 101]))
+    events = wire.batch_to_events(batch, ["a:0", "a:1"])
+    got, bad = wire.validate_message(wire.encode_events(events), SCHEMA)
+    assert bad == []
+    assert got.event_ids == ["a:0", "a:1"]
+    for name in ("labels", "ids", "dense", "unit_ids", "timestamps"):
+        np.testing.assert_array_equal(getattr(got.batch, name), getattr(batch, name))
+
+
+def test_raw_features_hash_like_the_readers() -> None:
+    ev = _event(ids=_DROP, features={"user": "196", "item": 242}, unit_id="alice")
+    got, bad = wire.validate_message(orjson.dumps([ev]), SCHEMA)
+    assert bad == []
+    np.testing.assert_array_equal(got.batch.ids[0], hash_values(np.array(["196", "242"],
+                                                                         dtype=object)))
+    assert got.batch.unit_ids[0] == hash_values(np.array(["alice"], dtype=object))[0]
+
+
+@pytest.mark.parametrize(
+    ("over", "reason"),
+    [
+        ({"label": 2}, "label"),
+        ({"label": True}, "label"),
+        ({"ts": math.inf}, "ts"),
+        ({"ts": "yesterday"}, "ts"),
+        ({"event_id": ""}, "event_id"),
+        ({"event_id": "x" * 300}, "event_id"),
+        ({"ids": {"user": 1}}, "missing fields"),
+        ({"ids": {"user": 1, "item": 2, "shop": 3}}, "unknown fields"),
+        ({"ids": {"user": 1, "item": 2**63}}, "ids.item"),
+        ({"ids": {"user": 1.5, "item": 2}}, "ids.user"),
+        ({"features": {"user": "a", "item": "b"}}, "exactly one"),
+        ({"ids": _DROP}, "exactly one"),
+        ({"ids": _DROP, "features": {"user": "a" * 2000, "item": "b"}}, "features.user"),
+        ({"dense": {"age": math.nan}}, "dense.age"),
+        ({"dense": _DROP}, "dense"),
+        ({"schema": "other"}, "schema"),
+        ({"extra": 1}, "unknown keys"),
+        ({"label": _DROP}, "missing keys"),
+        ({"unit_id": [1]}, "unit_id"),
+    ],
+)
+def test_invalid_events_are_reported_with_their_reason(over: dict[str, object],
+                                                       reason: str) -> None:
+    good = _event(event_id="good")
+    bad_ev = _event(**over)
+    value = orjson.dumps([good, bad_ev])
+    got, bad = wire.validate_message(value, SCHEMA)
+    assert got.event_ids == ["good"]
+    assert len(bad) == 1 and reason in bad[0][0]
+    assert isinstance(bad[0][1], bytes)
+
+
+@pytest.mark.parametrize(
+    "value", [b"\xff\xfe not json", b"{\"a\": ", b"42", b"", None, b"[{\"ts\": 1e999}]"])
+def test_malformed_messages_dead_letter_whole(value: bytes | None) -> None:
+    got, bad = wire.validate_message(value, SCHEMA)
+    assert len(got) == 0 and len(bad) == 1
+    assert bad[0][0].startswith("message:")
+    assert bad[0][1] == (value or b"")
+
+
+def test_dlq_record_keeps_the_original_bytes() -> None:
+    _, letters = wire.dead_letters(b"\xff\x00 binary", SCHEMA, "events", 1, 99)
+    doc = wire.parse_dlq_record(letters[0])
+    assert doc["original"] == b"\xff\x00 binary" and doc["original_encoding"] == "base64"
+    assert (doc["topic"], doc["partition"], doc["offset"], doc["event_index"]) == (
+        "events", 1, 99, None)
+    _, letters = wire.dead_letters(orjson.dumps([_event(), _event(label=5)]), SCHEMA,
+                                   "events", 0, 3)
+    doc = wire.parse_dlq_record(letters[0])
+    assert doc["event_index"] == 1 and "label" in doc["reason"]
+    assert orjson.loads(doc["original"])["label"] == 5
+
+
+def test_event_checksum_is_order_independent_and_mod_2_64() -> None:
+    ids = [f"d:{i}" for i in range(1000)]
+    whole = wire.event_id_checksum(ids)
+    parts = wire.add_checksums(wire.event_id_checksum(ids[500:]),
+                               wire.event_id_checksum(ids[:500][::-1]))
+    assert whole == parts and 0 <= whole < 2**64
+    assert wire.event_id_checksum(ids[:-1]) != whole
+
+
+def test_version_record_round_trip() -> None:
+    rec = wire.ModelVersion(
+        model="m", version=4, created_at=1.0, policy="fiited:dim=16", schema="toy",
+        fields=["user", "item"], dense_names=["age"], arch="dlrm", dim=16,
+        widths=list(WIDTHS), dense_key=wire.dense_key("m", 4), full=False, entries_written=3,
+        entries_deleted=1, embedding_bytes=1000, embedding_value_bytes=600,
+        redis_embedding_bytes=700, redis_embedding_records=3, events_applied=10,
+        events_checksum=str(2**64 - 1), events_invalid=2, offsets={"events:0": 5},
+        metrics={"auc": 0.7, "logloss": None})
+    back = wire.ModelVersion.from_json(rec.to_json())
+    assert back == rec
+    assert back.schema_obj == SCHEMA
