@@ -75,8 +75,9 @@ class ChunkPool:
     def _grow(self, need: int) -> None:
         cap = self.capacity
         new_cap = max(need, int(cap * self.growth) + 1)
-        values = torch.zeros(new_cap + 1, self.chunk_dim)
-        state = torch.zeros(new_cap + 1, self.state_width)
+        # New rows are never read before `write` sets them, so they need no zeroing.
+        values = torch.empty(new_cap + 1, self.chunk_dim)
+        state = torch.empty(new_cap + 1, self.state_width)
         values[: cap + 1] = self.values
         state[: cap + 1] = self.state
         self.values, self.state = values, state

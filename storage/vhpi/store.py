@@ -55,7 +55,7 @@ class StoreConfig:
     optimizer: str = "rowwise_adagrad"  # or "adagrad"
     lr: float = 0.05
     eps: float = 1e-8
-    init_std: float = 0.01  # new IDs start N(0, init_std^2), a function of (seed, field, ID)
+    init_std: float = 0.01  # new IDs start uniform with this std, a function of (seed, field, ID)
     seed: int = 0
     budget: float | None = None  # fraction of fixed-D total bytes for the same IDs; None: all
     gamma: float = 0.99
@@ -122,6 +122,7 @@ class LookupContext:
     unique: np.ndarray  # int32[U] entry slots in the batch
     inverse: np.ndarray  # int64[B*F] position of each (row, field) in `unique`
     counts: np.ndarray  # int64[U] accesses of each unique entry in this step
+    addresses: np.ndarray  # int32[U, K] chunk addresses at lookup time
 
 
 class ChunkStore:
@@ -130,6 +131,9 @@ class ChunkStore:
         self.widths = config.chunk_widths()
         self.K = len(self.widths)
         self.offsets = np.concatenate([[0], np.cumsum(self.widths)]).astype(np.int64)
+        self._segments = torch.zeros(config.dim, self.K)  # [D, K]: dimension d is in chunk k
+        for j in range(self.K):
+            self._segments[self.offsets[j] : self.offsets[j + 1], j] = 1.0
         self.tracks_utility = config.budget is not None
         self.index = HashIndex(initial_capacity=config.initial_capacity)
         self.pools = [
@@ -309,11 +313,12 @@ class ChunkStore:
         self.dirty = np.concatenate([self.dirty, np.zeros(grow, bool)])
 
     # ---- lookup ------------------------------------------------------------------------
-    def _gather(self, slots: np.ndarray) -> torch.Tensor:
-        """float32[N, D] embeddings of entry slots (-1: zeros)."""
-        ok = slots >= 0
-        addr = np.full((slots.shape[0], self.K), -1, dtype=np.int32)
-        addr[ok] = self.addresses(slots[ok])
+    def _gather(self, slots: np.ndarray, addr: np.ndarray | None = None) -> torch.Tensor:
+        """float32[N, D] embeddings of entry slots (-1: zeros), or of given addresses."""
+        if addr is None:
+            ok = slots >= 0
+            addr = np.full((slots.shape[0], self.K), -1, dtype=np.int32)
+            addr[ok] = self.addresses(slots[ok])
         if self.K == 1:
             return self.pools[0].gather(addr[:, 0])
         return torch.cat([p.gather(addr[:, j]) for j, p in enumerate(self.pools)], dim=1)
@@ -354,8 +359,9 @@ class ChunkStore:
         crossed = uniq[(before < mc) & (before + counts >= mc)]
         if crossed.size:
             self._admit(crossed)
-        emb = self._gather(uniq)[torch.from_numpy(inverse)]
-        return emb.reshape(B, F, D), LookupContext(uniq, inverse, counts)
+        addr = self.addresses(uniq)
+        emb = self._gather(uniq, addr)[torch.from_numpy(inverse)]
+        return emb.reshape(B, F, D), LookupContext(uniq, inverse, counts, addr)
 
     def _admit(self, slots: np.ndarray) -> None:
         """Give newly admitted entries their first chunks (init_chunks; all K without a budget)
@@ -380,16 +386,16 @@ class ChunkStore:
         self.dirty[take] = True
 
     def _initial_values(self, slots: np.ndarray, width: int) -> torch.Tensor:
-        """N(0, init_std^2) values of the first `width` dimensions of each entry, a pure
-        function of (seed, field, raw ID, dimension), so every policy starts an ID at the same
-        point: int32[N] -> float32[N, width]."""
+        """Uniform values with standard deviation init_std for the first `width` dimensions of
+        each entry, a pure function of (seed, field, raw ID, dimension), so every policy starts
+        an ID at the same point: int32[N] -> float32[N, width]. One hash per value."""
         base = mix64(self.index.fields[slots], self.index.keys[slots] ^ np.int64(self.config.seed))
-        d = np.arange(2 * width, dtype=np.uint64)
+        d = np.arange(width, dtype=np.uint64)
         with np.errstate(over="ignore"):
             h = mix64(np.zeros(1, np.int16), (base[:, None] + d[None, :]).view(np.int64))
-        u = ((h >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
-        z = np.sqrt(-2.0 * np.log(u[:, :width])) * np.cos(2.0 * np.pi * u[:, width:])
-        return torch.from_numpy((z * self.config.init_std).astype(np.float32))
+        u = (h >> np.uint64(40)).astype(np.float32) * np.float32(1.0 / (1 << 24))  # [0, 1)
+        half_width = np.float32(self.config.init_std * np.sqrt(3.0))
+        return torch.from_numpy((u * 2 - 1) * half_width)
 
     # ---- backward ----------------------------------------------------------------------
     def apply_gradients(self, ctx: LookupContext, grad: torch.Tensor) -> None:
@@ -401,13 +407,8 @@ class ChunkStore:
         g.index_add_(0, torch.from_numpy(ctx.inverse), grad.reshape(-1, c.dim))
         self.step += 1
         if self.tracks_utility:
-            if len(set(self.widths)) == 1:
-                norms = torch.linalg.vector_norm(g.view(U, self.K, -1), dim=2).numpy()
-            else:
-                norms = torch.stack(
-                    [torch.linalg.vector_norm(p, dim=1) for p in g.split(self.widths, dim=1)],
-                    dim=1,
-                ).numpy()
+            # Per-chunk L2 norms of every entry in one matmul: (g * g) @ segment-indicator.
+            norms = torch.sqrt((g * g) @ self._segments).numpy()
             a = ctx.counts.astype(np.float32)
             if c.freq_power != 1.0:
                 a = a**c.freq_power
@@ -415,7 +416,7 @@ class ChunkStore:
             scale = np.float32(c.gamma) ** np.float32(-(self.step - self.util_origin))
             v = self._stored_utilities(ctx.unique) + (a * scale)[:, None] * norms
             self._store_utilities(ctx.unique, v)
-        addr = self.addresses(ctx.unique)
+        addr = ctx.addresses  # a prune step can only run after this update
         live = addr >= 0
         parts = g.split(self.widths, dim=1)
         for j, pool in enumerate(self.pools):
