@@ -162,6 +162,7 @@ class StreamTrainer:
                                 self.learner.optimizer, self.learner.metrics,
                                 keep=self.s.checkpoints_kept)
         self.stats.checkpoints += 1
+        log.info("checkpoint %s: %d events applied", path.name, self.stats.events_applied)
         return path
 
     # ---------------------------------------------------------------- Kafka
@@ -407,7 +408,8 @@ class StreamTrainer:
                     break
             self.train_queue()
             if not self.c.decode_only:
-                self.checkpoint()
+                if self.stats.events_applied != ckpt_events or not self.stats.checkpoints:
+                    self.checkpoint()
                 self.publish()
         finally:
             self.close()
