@@ -99,9 +99,14 @@ def run_one(
     batch_size: int = 256,
     max_rows: int | None = None,
     lr: float = DENSE_LR,
+    common_dim: int = 0,
 ) -> Run:
     """Progressive validation of one policy and seed over the whole stream."""
     policy = parse_policy(spec, num_fields=dataset.schema.num_fields, seed=seed)
+    if common_dim and policy.dim < common_dim and policy_kind(spec) == "fixed":
+        # Every policy runs the same network: a fixed-dim baseline is zero-padded to the
+        # widest policy's D, so only where the embedding memory goes differs between runs.
+        policy = parse_policy(f"{spec},pad={common_dim}", dataset.schema.num_fields, seed=seed)
     net = build_model(model, dataset.schema, dim=policy.dim, seed=seed)
     learner = Learner(net, policy, lr=lr)
     t0 = time.perf_counter()
@@ -157,6 +162,7 @@ def run_quality_bench(
     n_bootstrap: int = 300,
     lr: float = DENSE_LR,
     progress: Callable[[Run], None] | None = None,
+    common_dim: bool = True,
 ) -> QualityReport:
     """Run every policy with seeds 0..seeds-1 and compare them (see module docstring).
 
@@ -171,17 +177,19 @@ def run_quality_bench(
     if reference not in policies:
         policies.append(reference)
     dataset = open_dataset(data)
+    dims = []
     for spec in policies:  # fail on a bad spec now, not after hours of the others' runs
         try:
-            parse_policy(spec, num_fields=dataset.schema.num_fields, seed=0)
+            dims.append(parse_policy(spec, num_fields=dataset.schema.num_fields, seed=0).dim)
         except (ValueError, TypeError) as exc:
             raise PolicySpecError(f"{spec}: {exc}") from exc
+    width = max(dims) if common_dim else 0
 
     runs: list[Run] = []
     labels: np.ndarray | None = None
     for spec in policies:
         for seed in range(seeds):
-            run = run_one(dataset, spec, seed, model, batch_size, max_rows, lr)
+            run = run_one(dataset, spec, seed, model, batch_size, max_rows, lr, width)
             if labels is None:
                 labels = run.metrics.labels.copy()
             elif not np.array_equal(labels, run.metrics.labels):

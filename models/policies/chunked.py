@@ -43,18 +43,21 @@ def _store_config(params: dict[str, str], seed: int) -> StoreConfig:
 
 
 class ChunkedPolicy(EmbeddingPolicy):
-    def __init__(self, config: StoreConfig, num_fields: int, spec: str) -> None:
+    def __init__(self, config: StoreConfig, num_fields: int, spec: str, pad: int = 0) -> None:
         self.spec = spec
-        self.dim = config.dim
+        self.dim = max(config.dim, pad)  # the model sees D = dim; stored dims are config.dim
         self.num_fields = num_fields
         self.store = ChunkStore(config)
         self._pending: tuple[LookupContext, torch.Tensor] | None = None
 
     @classmethod
     def fixed(cls, dim: int, num_fields: int, seed: int = 0, spec: str = "", **params: str):
+        """fixed:d[,pad=P]: d stored dims per ID; with pad, zero-padded to P for the model, so
+        a fixed-dim baseline can run the very network a wider policy runs."""
         params = dict(params) | {"dim": str(dim), "K": "1"}
+        pad = int(params.pop("pad", 0))
         params.setdefault("budget", "none")
-        return cls(_store_config(params, seed), num_fields, spec or f"fixed:{dim}")
+        return cls(_store_config(params, seed), num_fields, spec or f"fixed:{dim}", pad=pad)
 
     @classmethod
     def fiited(cls, num_fields: int, seed: int = 0, spec: str = "", **params: str):
@@ -75,6 +78,8 @@ class ChunkedPolicy(EmbeddingPolicy):
         if train:
             emb.requires_grad_(True)
             self._pending = (ctx, emb)
+        if self.dim > emb.shape[-1]:
+            return torch.nn.functional.pad(emb, (0, self.dim - emb.shape[-1]))
         return emb
 
     def apply_gradients(self) -> None:

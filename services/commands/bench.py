@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -62,6 +63,13 @@ def quality(
     bootstrap: Annotated[int, typer.Option(min=10, help="bootstrap resamples")] = 300,
     lr: Annotated[float, typer.Option(help="Adam learning rate of the network")] = DENSE_LR,
     threads: Annotated[int | None, typer.Option(min=1, help="torch.set_num_threads")] = None,
+    common_dim: Annotated[
+        bool,
+        typer.Option(
+            help="zero-pad fixed-dim baselines to the widest policy's D, so every run uses the "
+            "same network and only the embedding memory differs"
+        ),
+    ] = True,
 ) -> None:
     """Stream the data set once per policy and seed (progressive validation) and compare
     embedding bytes, AUC, log loss, NE, speed and paired ΔAUC against the reference."""
@@ -74,7 +82,7 @@ def quality(
         import torch
 
         torch.set_num_threads(threads)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)
     log = Console(stderr=True)
 
     def progress(run: Run) -> None:
@@ -94,6 +102,7 @@ def quality(
             n_bootstrap=bootstrap,
             lr=lr,
             progress=progress,
+            common_dim=common_dim,
         )
     except (DatasetError, PolicySpecError) as exc:
         log.print(f"[red]error:[/red] {exc}")

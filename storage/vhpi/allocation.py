@@ -30,8 +30,14 @@ def chunk_scores(
     normalize: bool,
     prefix: bool,
     keep_first: bool,
+    live: np.ndarray | None = None,
+    hysteresis: float = 0.0,
 ) -> np.ndarray:
     """float32[E, K] utilities, int[E] fields, bool[E] admitted -> float32[E, K] scores.
+
+    A live chunk's score is raised by the factor (1 + hysteresis) (`live` bool[E, K]): a chunk
+    must beat an incumbent by that margin to take its place, so noise in the utilities does not
+    churn chunks (each re-admission starts at zero and loses what the freed chunk had learned).
 
     With `prefix` the scores fall (weakly) along every row, so any threshold `s >= tau` keeps a
     prefix: tied positions pass or fail together."""
@@ -48,6 +54,8 @@ def chunk_scores(
         n = np.maximum(np.bincount(f, minlength=nf), 1).astype(np.float64)
         mean = np.bincount(cell, weights=u.ravel(), minlength=nf * K).reshape(nf, K) / n[:, None]
         u /= np.maximum(mean, 1e-12).astype(np.float32)[f]
+    if live is not None and hysteresis:
+        u *= np.where(live, np.float32(1.0 + hysteresis), np.float32(1.0))
     if keep_first:
         first = u[:, 0].copy()
     if prefix:

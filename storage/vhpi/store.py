@@ -64,8 +64,9 @@ class StoreConfig:
     prefix: bool = True  # live chunks form a prefix of the K positions
     normalize: str = "field"  # "field": utilities relative to their (field, position) mean
     freq_power: float = 1.0  # u += a**freq_power * ||g||; the paper's rule is 1
+    hysteresis: float = 0.5  # a pruned chunk must out-score a live one by this factor
     min_count: int = 1  # accesses before an ID gets chunks (until then it reads zeros)
-    init_chunks: int | None = None  # chunks a new ID starts with; default all (no budget) or 1
+    init_chunks: int | None = None  # chunks a new ID starts with; default: what its share pays
     evict_after: int | None = None  # evict entries not trained for this many steps
     max_entries: int | None = None  # evict the lowest-utility entries past this many
     initial_capacity: int = 1024
@@ -363,27 +364,52 @@ class ChunkStore:
         emb = self._gather(uniq, addr)[torch.from_numpy(inverse)]
         return emb.reshape(B, F, D), LookupContext(uniq, inverse, counts, addr)
 
-    def _admit(self, slots: np.ndarray) -> None:
-        """Give newly admitted entries their first chunks (init_chunks; all K without a budget)
-        while the budget has room; the rest read zeros until a prune step finds them room."""
+    def _prefix_cost(self, n: int) -> float:
+        """Bytes of an entry's first n chunks, with the extension record they need."""
+        return float(self.chunk_costs()[:n].sum()) + (self.ext_record_bytes() if n > 1 else 0)
+
+    def _initial_chunks(self) -> int:
+        """How many chunks a newly admitted ID starts with: `init_chunks` if set, all K without
+        a budget, else the longest prefix that the ID's own share of the budget pays for (the
+        budget grows by that share with every new ID), and at least one."""
         c = self.config
-        n_init = c.init_chunks or (self.K if c.budget is None else 1)
-        n_init = min(n_init, self.K)
-        per_entry = float(self.chunk_costs()[:n_init].sum())
-        if n_init > 1:
-            per_entry += self.ext_record_bytes()
+        if c.init_chunks:
+            return min(c.init_chunks, self.K)
+        if c.budget is None:
+            return self.K
+        share = (
+            c.budget * fixed_entry_bytes(c.dim, c.optimizer) - self.entry_bytes() - _INDEX_ALLOWANCE
+        )
+        n = 1
+        while n < self.K and self._prefix_cost(n + 1) <= share:
+            n += 1
+        return n
+
+    def _admit(self, slots: np.ndarray) -> None:
+        """Give newly admitted entries their first chunks (`_initial_chunks`) while the budget
+        has room, one chunk to those the room cannot pay a full start for, and none to the rest:
+        they read zeros until a prune step finds them room."""
         room = self.budget_bytes() - self.used_bytes()
-        n = slots.size if np.isinf(room) else max(0, min(slots.size, int(room // per_entry)))
-        take = slots[:n]
-        if take.size == 0:
-            return
-        addr = np.full((take.size, self.K), -1, dtype=np.int32)
-        init = self._initial_values(take, int(self.offsets[n_init]))
+        n_init = self._initial_chunks()
+        while slots.size:
+            per_entry = self._prefix_cost(n_init)
+            n = slots.size if np.isinf(room) else max(0, min(slots.size, int(room // per_entry)))
+            take, slots = slots[:n], slots[n:]
+            if take.size:
+                self._give_chunks(take, n_init)
+                room -= n * per_entry
+            if n_init == 1 or room < self._prefix_cost(1):
+                return
+            n_init = 1
+
+    def _give_chunks(self, slots: np.ndarray, n_init: int) -> None:
+        addr = np.full((slots.size, self.K), -1, dtype=np.int32)
+        init = self._initial_values(slots, int(self.offsets[n_init]))
         for j in range(n_init):
-            addr[:, j] = self.pools[j].alloc(take.size)
+            addr[:, j] = self.pools[j].alloc(slots.size)
             self.pools[j].write(addr[:, j], init[:, self.offsets[j] : self.offsets[j + 1]])
-        self._set_addresses(take, addr)
-        self.dirty[take] = True
+        self._set_addresses(slots, addr)
+        self.dirty[slots] = True
 
     def _initial_values(self, slots: np.ndarray, width: int) -> torch.Tensor:
         """Uniform values with standard deviation init_std for the first `width` dimensions of
@@ -488,6 +514,8 @@ class ChunkStore:
             normalize=c.normalize == "field",
             prefix=c.prefix,
             keep_first=c.keep_first,
+            live=self.addresses(slots) >= 0,
+            hysteresis=c.hysteresis,
         )
         fixed_cost = slots.size * self.entry_bytes() + self.index.table_bytes
         capacity = self.budget_bytes() - fixed_cost
