@@ -39,7 +39,7 @@ def check_pool(store: ChunkStore) -> None:
 
 def test_prune_regrow_invariants_hold_after_every_step() -> None:
     rng = np.random.default_rng(0)
-    store = StoreConfig(dim=64, num_chunks=4, budget=0.4, interval=5, lr=0.1)
+    store = StoreConfig(dim=64, num_chunks=4, budget=0.4, interval=5, lr=0.1, hysteresis=0.0)
     store = ChunkStore(store)
     w = torch.randn(64)
     freed = admitted = 0
@@ -234,3 +234,27 @@ def test_export_reports_masks_changes_and_deletions() -> None:
     assert store.index.keys[slots].tolist() == [2]
     assert dk.tolist() == [1] and df.tolist() == [0]
     assert store.take_changes()[0].size == 0
+
+
+def test_hysteresis_reduces_churn() -> None:
+    def moves(hysteresis: float) -> int:
+        rng = np.random.default_rng(6)
+        store = ChunkStore(
+            StoreConfig(dim=64, num_chunks=4, budget=0.4, interval=5, hysteresis=hysteresis)
+        )
+        w = torch.randn(64)
+        total = 0
+        real = store.prune_regrow
+
+        def counted() -> dict[str, int]:
+            nonlocal total
+            r = real()
+            total += r["freed"] + r["admitted"]
+            return r
+
+        store.prune_regrow = counted  # type: ignore[method-assign]
+        for _ in range(40):
+            train_step(store, zipf_ids(rng, 128, 3), w)
+        return total
+
+    assert moves(1.0) < 0.8 * moves(0.0)
