@@ -36,8 +36,7 @@ def chunk_scores(
     """float32[E, K] utilities, int[E] fields, bool[E] admitted -> float32[E, K] scores.
 
     A live chunk's score is raised by the factor (1 + hysteresis) (`live` bool[E, K]): a chunk
-    must beat an incumbent by that margin to take its place, so noise in the utilities does not
-    churn chunks (each re-admission starts at zero and loses what the freed chunk had learned).
+    must beat an incumbent by that margin to take its place.
 
     With `prefix` the scores fall (weakly) along every row, so any threshold `s >= tau` keeps a
     prefix: tied positions pass or fail together."""

@@ -64,7 +64,7 @@ class StoreConfig:
     prefix: bool = True  # live chunks form a prefix of the K positions
     normalize: str = "field"  # "field": utilities relative to their (field, position) mean
     freq_power: float = 1.0  # u += a**freq_power * ||g||; the paper's rule is 1
-    hysteresis: float = 0.5  # a pruned chunk must out-score a live one by this factor
+    hysteresis: float = 0.0  # a pruned chunk must out-score a live one by this factor
     min_count: int = 1  # accesses before an ID gets chunks (until then it reads zeros)
     init_chunks: int | None = None  # chunks a new ID starts with; default: what its share pays
     evict_after: int | None = None  # evict entries not trained for this many steps
