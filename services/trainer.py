@@ -68,8 +68,19 @@ class TrainerStats:
     messages: int = 0
     versions_published: int = 0
     checkpoints: int = 0
-    decode_seconds: float = 0.0
-    train_seconds: float = 0.0
+    decode_seconds: float = 0.0  # validating and decoding polled messages
+    train_seconds: float = 0.0  # training steps on queued events
+    first_event_at: float | None = None  # perf_counter when the first valid event was queued
+    last_applied_at: float | None = None  # perf_counter when the last events were applied
+
+    @property
+    def stream_events_per_s(self) -> float:
+        """Applied events per second of wall time from the first event queued to the last
+        applied (group join and idle time before the stream are not counted)."""
+        if self.first_event_at is None or self.last_applied_at is None:
+            return float("nan")
+        span = self.last_applied_at - self.first_event_at
+        return self.events_applied / span if span > 0 else float("nan")
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -261,6 +272,8 @@ class StreamTrainer:
             if msgs and tp not in self.applied:
                 self.applied[tp] = msgs[0].offset
         self.stats.decode_seconds += time.perf_counter() - t0
+        if n and self.stats.first_event_at is None:
+            self.stats.first_event_at = t0
         return n
 
     def _resolve_fresh(self) -> None:
@@ -298,7 +311,8 @@ class StreamTrainer:
         self.stats.events_checksum = wire.add_checksums(
             self.stats.events_checksum, wire.event_id_checksum(joined.event_ids))
         self.applied.update(self.consumed)
-        self.stats.train_seconds += time.perf_counter() - t0
+        self.stats.last_applied_at = time.perf_counter()
+        self.stats.train_seconds += self.stats.last_applied_at - t0
         return len(joined)
 
     def version_record(self) -> wire.ModelVersion:
