@@ -4,16 +4,18 @@ One publish, in this order, so that a reader that sees a version record finds ev
 names:
 
 1. embeddings: the policy's export (only the entries touched since the last publish, or all
-   of them for a full republish) as pipelined MSET (live chunks) / DEL (IDs left with no
-   chunk, evicted IDs), `redis_write_chunk` keys per round trip;
+   of them for a full republish): SET of the records with live chunks, DEL of IDs left with
+   no chunk and of evicted IDs, `redis_write_chunk` keys per round trip (a Lua script, so
+   each chunk is one command that Redis runs in a few ms);
 2. the dense weights under `chunkrec:{M}:dense:{version}` (old versions beyond the newest
    `dense_versions_kept` are deleted);
 3. the version record `chunkrec:{M}:version`;
 4. PUBLISH of the version number on `chunkrec:{M}:versions`.
 
-Redis bytes of the embedding records are tracked exactly: each chunk's pipeline first asks
-STRLEN of the keys it overwrites or deletes (replies come from before the writes, in the same
-round trip). A full republish also deletes embedding keys Redis holds that the export lacks
+Redis bytes of the embedding records are tracked exactly: the writes run as small Lua
+scripts that SET (or DEL) a chunk of keys and return the byte and key-count change (old sizes
+by STRLEN inside Redis: one round trip per chunk, no per-key command from Python, which costs
+~8 us a key). A full republish also deletes embedding keys Redis holds that the export lacks
 (left by a trainer that crashed after publishing past its checkpoint), and recounts.
 """
 
@@ -26,6 +28,30 @@ import redis
 
 from models.policy import EmbeddingPolicy
 from services import wire
+
+# KEYS: the chunk's keys; ARGV: their records. Returns {byte change, keys created}.
+_SET_LUA = """
+local delta, created = 0, 0
+for i, k in ipairs(KEYS) do
+  local old = redis.call('STRLEN', k)
+  if old == 0 then created = created + 1 end
+  delta = delta + #ARGV[i] - old
+  redis.call('SET', k, ARGV[i])
+end
+return {delta, created}
+"""
+# KEYS: keys to delete. Returns {bytes freed, keys deleted}.
+_DEL_LUA = """
+local freed, gone = 0, 0
+for _, k in ipairs(KEYS) do
+  local old = redis.call('STRLEN', k)
+  if old > 0 then
+    freed = freed + old
+    gone = gone + redis.call('DEL', k)
+  end
+end
+return {freed, gone}
+"""
 
 
 @dataclass
@@ -42,7 +68,7 @@ class RedisPublisher:
     """Writes versions of one model; holds the running count of its Redis record bytes."""
 
     def __init__(self, client: redis.Redis, model: str, field_names: tuple[str, ...],
-                 write_chunk: int = 5000, dense_versions_kept: int = 3) -> None:
+                 write_chunk: int = 2000, dense_versions_kept: int = 3) -> None:
         self.r = client
         self.model = wire.check_model_name(model)
         self.field_names = field_names
@@ -50,6 +76,8 @@ class RedisPublisher:
         self.dense_versions_kept = max(1, dense_versions_kept)
         self.redis_bytes = 0
         self.redis_records = 0
+        self._set_script = client.register_script(_SET_LUA)
+        self._del_script = client.register_script(_DEL_LUA)
 
     def current_version(self) -> wire.ModelVersion | None:
         """The version record in Redis now, or None (Redis empty, restarted, or a new model)."""
@@ -60,22 +88,14 @@ class RedisPublisher:
         sets, deletes, step = packed.sets, packed.deletes, self.write_chunk
         for a in range(0, len(sets), step):
             part = sets[a : a + step]
-            pipe = self.r.pipeline(transaction=False)
-            for key, _ in part:
-                pipe.strlen(key)
-            pipe.mset(dict(part))
-            old = pipe.execute()[:-1]
-            self.redis_bytes += sum(len(v) for _, v in part) - sum(old)
-            self.redis_records += sum(1 for n in old if n == 0)
+            delta, created = self._set_script(keys=[k for k, _ in part],
+                                              args=[v for _, v in part])
+            self.redis_bytes += int(delta)
+            self.redis_records += int(created)
         for a in range(0, len(deletes), step):
-            part = deletes[a : a + step]
-            pipe = self.r.pipeline(transaction=False)
-            for key in part:
-                pipe.strlen(key)
-            pipe.delete(*part)
-            old = pipe.execute()[:-1]
-            self.redis_bytes -= sum(old)
-            self.redis_records -= sum(1 for n in old if n > 0)
+            freed, gone = self._del_script(keys=deletes[a : a + step])
+            self.redis_bytes -= int(freed)
+            self.redis_records -= int(gone)
 
     def _sweep_stale(self, live_keys: list[str]) -> int:
         """Delete embedding keys of this model that are not in `live_keys`; returns how many."""

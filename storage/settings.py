@@ -40,13 +40,24 @@ class Settings(BaseSettings):
     trainer_threads: int | None = None  # torch.set_num_threads for the trainer
     trainer_start: str = "earliest"  # where a model without a checkpoint starts: or "latest"
     metrics_window: int = 10_000  # rows of the "recent" online metrics
-    redis_write_chunk: int = 5_000  # keys per pipelined MSET / DEL
+    redis_write_chunk: int = 2_000  # keys per Redis write script (~5 ms of Redis time)
     dense_versions_kept: int = 3  # dense-weight blobs kept in Redis (older ones deleted)
     # tansu assigns a group's partitions only after max_poll_interval; keep it small
     kafka_session_timeout_ms: int = 6_000
     kafka_heartbeat_interval_ms: int = 2_000
     kafka_max_poll_interval_ms: int = 5_000
     replay_batch_events: int = 200  # events per Kafka message
+
+    # --- serving (services/serving) and the local stack (services/stack.py) ---
+    serving_host: str = "127.0.0.1"
+    serving_port: int = 8000
+    serving_models: str = ""  # comma-separated model names to serve; empty: every model in Redis
+    serving_max_items: int = 1000  # items per /v1/score request
+    serving_max_body_bytes: int = 2 << 20  # request body limit (413 beyond it)
+    serving_cache_entries: int = 200_000  # embedding records cached per model (LRU)
+    serving_poll_s: float = 1.0  # version check interval besides the pub/sub announcements
+    serving_mget_chunk: int = 1000  # keys per MGET in one pipelined round trip
+    serving_threads: int = 1  # torch.set_num_threads for the serving process
 
 
 def get_settings() -> Settings:
