@@ -360,6 +360,12 @@ class ChunkStore:
         crossed = uniq[(before < mc) & (before + counts >= mc)]
         if crossed.size:
             self._admit(crossed)
+        if self.config.budget is not None and self.config.keep_first:
+            # Admitted IDs the budget had no room for when they came in (it grows with every
+            # new ID) get their first chunk as soon as there is room, not at the next prune.
+            waiting = uniq[(self.count[uniq] >= mc) & (self.head_addr[uniq] < 0)]
+            if waiting.size:
+                self._admit(waiting, max_chunks=1)
         addr = self.addresses(uniq)
         emb = self._gather(uniq, addr)[torch.from_numpy(inverse)]
         return emb.reshape(B, F, D), LookupContext(uniq, inverse, counts, addr)
@@ -385,12 +391,14 @@ class ChunkStore:
             n += 1
         return n
 
-    def _admit(self, slots: np.ndarray) -> None:
+    def _admit(self, slots: np.ndarray, max_chunks: int | None = None) -> None:
         """Give newly admitted entries their first chunks (`_initial_chunks`) while the budget
         has room, one chunk to those the room cannot pay a full start for, and none to the rest:
         they read zeros until a prune step finds them room."""
         room = self.budget_bytes() - self.used_bytes()
-        n_init = self._initial_chunks()
+        if room < self._prefix_cost(1):
+            return
+        n_init = min(self._initial_chunks(), max_chunks or self.K)
         while slots.size:
             per_entry = self._prefix_cost(n_init)
             n = slots.size if np.isinf(room) else max(0, min(slots.size, int(room // per_entry)))

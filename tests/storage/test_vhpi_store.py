@@ -45,11 +45,15 @@ def test_prune_regrow_invariants_hold_after_every_step() -> None:
     freed = admitted = 0
     for _ in range(60):
         ids = zipf_ids(rng, 128, 3)
+        emb, ctx = store.lookup(ids, train=True)  # may admit new IDs (random first chunks)
+        check_pool(store)
         before = {
             int(s): a.copy()
             for s, a in zip(store.live_slots(), store.addresses(store.live_slots()), strict=True)
         }
-        train_step(store, ids, w)
+        emb.requires_grad_(True)
+        torch.sin(emb @ w).sum().backward()
+        store.apply_gradients(ctx, emb.grad)  # the update, then on schedule a prune step
         check_pool(store)
         if store.step % store.config.interval == 0:
             # Chunks admitted by this prune step start at zero.
