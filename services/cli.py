@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from services.commands import bench, data, replay, train
+from services.commands import bench, data, replay, serve, train
 
 app = typer.Typer(
     help="chunkrec: online-learning CTR with self-resizing (FIITED) embedding tables.",
@@ -15,6 +15,7 @@ app.add_typer(data.app, name="data", help="Fetch and inspect data sets.")
 app.add_typer(bench.app, name="bench", help="Benchmarks: quality, reading speed.")
 app.command("replay")(replay.replay)
 app.command("train")(train.train)
+app.command("serve")(serve.serve)
 
 if __name__ == "__main__":
     app()

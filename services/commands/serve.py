@@ -1,0 +1,36 @@
+"""`chunkrec serve`: the scoring API (services/serving) on uvicorn.
+
+    chunkrec serve --host 127.0.0.1 --port 8000
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from services.serving.app import create_app
+from storage.settings import get_settings
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address (CHUNKREC_SERVING_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (CHUNKREC_SERVING_PORT)")] = None,
+    redis_url: Annotated[str | None, typer.Option("--redis", help="Redis URL")] = None,
+    models: Annotated[str | None, typer.Option(
+        help="comma-separated models to serve (default: every model in Redis)")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
+) -> None:
+    """Serve POST /v1/score, /healthz, /readyz, /metrics and /docs."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = get_settings()
+    updates = {k: v for k, v in (("serving_host", host), ("serving_port", port),
+                                 ("redis_url", redis_url), ("serving_models", models))
+               if v is not None}
+    if updates:
+        settings = settings.model_copy(update=updates)
+    uvicorn.run(create_app(settings), host=settings.serving_host, port=settings.serving_port,
+                log_level=log_level, access_log=False, loop="auto", http="auto",
+                timeout_graceful_shutdown=5)

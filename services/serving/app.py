@@ -1,0 +1,84 @@
+"""The serving app factory.
+
+    app = create_app(settings)          # FastAPI; uvicorn runs it (`chunkrec serve`)
+
+On startup (lifespan) it opens one async Redis client (hiredis parser when installed), loads
+every model version it finds, and starts the refresher (registry.py) that swaps in new
+versions; on shutdown it stops the refresher and closes the client. Routers: score, health,
+metrics (one file each under routers/); `/docs` is FastAPI's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from redis.exceptions import RedisError
+
+from services.serving.metrics import ServingMetrics
+from services.serving.middleware import BodyLimit, RequestMetrics
+from services.serving.registry import ModelRegistry
+from services.serving.responses import OrjsonResponse
+from services.serving.routers import health, metrics, score
+from storage.settings import Settings
+
+log = logging.getLogger("chunkrec.serving")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """A serving app reading models from `settings.redis_url` (see module docstring)."""
+    if settings.serving_threads:
+        torch.set_num_threads(settings.serving_threads)
+    serving_metrics = ServingMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5,
+                                         socket_connect_timeout=5, health_check_interval=30)
+        registry = ModelRegistry(settings, client, serving_metrics)
+        app.state.redis = client
+        app.state.registry = registry
+        try:
+            await registry.refresh()  # serve what Redis has from the first request on
+        except (RedisError, OSError) as exc:
+            log.warning("redis not reachable at startup (%s); retrying in the background", exc)
+        task = asyncio.create_task(registry.run())
+        try:
+            yield
+        finally:
+            registry.stop()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await client.aclose()
+
+    app = FastAPI(
+        title="chunkrec serving",
+        description="CTR scores from online-trained models with self-resizing (FIITED) "
+                    "embedding tables; embeddings read from Redis.",
+        version="1",
+        lifespan=lifespan,
+        default_response_class=OrjsonResponse,
+    )
+    app.state.settings = settings
+    app.state.metrics = serving_metrics
+    app.include_router(score.router)
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> OrjsonResponse:
+        # pydantic's errors without the offending input echoed back (it can be a whole body)
+        errors = [{"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg")}
+                  for e in exc.errors()[:20]]
+        return OrjsonResponse({"detail": errors}, status_code=422)
+
+    app.add_middleware(BodyLimit, max_bytes=settings.serving_max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=serving_metrics)  # outermost: sees 413s too
+    return app

@@ -1,0 +1,35 @@
+"""FastAPI dependencies: the objects the app factory keeps on `app.state`, injected with
+`Depends` so routers never reach for globals."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import redis.asyncio as aioredis
+from fastapi import Depends, Request
+
+from services.serving.metrics import ServingMetrics
+from services.serving.registry import ModelRegistry
+from storage.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry
+
+
+def get_redis(request: Request) -> aioredis.Redis:
+    return request.app.state.redis
+
+
+def get_metrics(request: Request) -> ServingMetrics:
+    return request.app.state.metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
+MetricsDep = Annotated[ServingMetrics, Depends(get_metrics)]

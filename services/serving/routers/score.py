@@ -1,0 +1,49 @@
+"""`POST /v1/score`: click probabilities for a batch of candidates (schemas.py shows the
+bodies; scorer.py the path from items to scores)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+
+from services.serving.deps import MetricsDep, RedisDep, RegistryDep, SettingsDep
+from services.serving.responses import OrjsonResponse
+from services.serving.schemas import ScoreRequest, ScoreResponse
+from services.serving.scorer import FieldError, gather_embeddings, items_to_arrays
+
+router = APIRouter(tags=["score"])
+
+
+@router.post(
+    "/v1/score",
+    response_model=ScoreResponse,
+    response_class=OrjsonResponse,
+    responses={404: {"description": "unknown model"},
+               413: {"description": "request body too large"},
+               422: {"description": "a field that does not fit the model (named in loc)"},
+               503: {"description": "the model is known but no version is loaded yet"}},
+)
+async def score(req: ScoreRequest, settings: SettingsDep, registry: RegistryDep,
+                client: RedisDep, metrics: MetricsDep) -> OrjsonResponse:
+    """Score `items` with the newest loaded version of `model`; every item is scored by the
+    same version (the one returned)."""
+    if len(req.items) > settings.serving_max_items:
+        raise HTTPException(422, [{
+            "type": "too_long", "loc": ["body", "items"],
+            "msg": f"{len(req.items)} items, at most {settings.serving_max_items} per request "
+                   "(CHUNKREC_SERVING_MAX_ITEMS)"}])
+    model = registry.get(req.model)  # taken once: a concurrent swap does not affect us
+    if model is None:
+        if req.model in registry.known():
+            raise HTTPException(503, f"model {req.model!r} has no version loaded yet")
+        known = ", ".join(registry.known()) or "none yet"
+        raise HTTPException(404, f"unknown model {req.model!r}; serving: {known}")
+    try:
+        ids, dense = items_to_arrays(model, req.items, req.dense)
+    except FieldError as exc:
+        raise HTTPException(422, exc.errors) from None
+    emb, unseen, hits, misses = await gather_embeddings(model, ids, client,
+                                                        settings.serving_mget_chunk)
+    probs = model.predict(emb, dense)
+    metrics.observe_score(model.name, len(req.items), unseen, hits, misses, len(model.cache))
+    return OrjsonResponse({"model": model.name, "version": model.version,
+                           "scores": probs.tolist(), "unseen_ids": unseen})

@@ -1,0 +1,111 @@
+"""Request and response bodies of the serving API (kept apart from the wire formats: these are
+what HTTP clients send, services/wire.py is what the trainer writes).
+
+    POST /v1/score
+    {"model": "fiited",
+     "items": [{"features": {"user": "196", "item": "242", ...}},     # raw values, hashed
+               {"ids": {"user": -4417..., "item": 8815..., ...}},     # already-hashed int64
+               ...],
+     "dense": {"age": 0.3}}                                           # optional, every item
+    -> {"model": "fiited", "version": 12, "scores": [0.61, ...], "unseen_ids": 3}
+
+Raw feature values are hashed exactly as the trainer hashes an event's "features"
+(storage.batch.hash_values of the value's string form), so a client may send either form.
+Whether the fields match the model's schema is checked per request against the loaded version
+(the schema is the model's, not the API's), with the same error shape pydantic gives.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictInt,
+    WithJsonSchema,
+    model_validator,
+)
+
+from services import wire
+
+Int64 = Annotated[StrictInt, Field(ge=wire.INT64_MIN, le=wire.INT64_MAX)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def _raw_value(v: object) -> str | int:
+    """A raw feature value: a string of at most MAX_STRING_CHARS, or an int64 (as events)."""
+    if isinstance(v, str):
+        if len(v) > wire.MAX_STRING_CHARS:
+            raise ValueError(f"longer than {wire.MAX_STRING_CHARS} chars")
+        return v
+    if isinstance(v, int) and not isinstance(v, bool) and wire.INT64_MIN <= v <= wire.INT64_MAX:
+        return v
+    raise ValueError(f"expected a string or an int64, got {type(v).__name__}")
+
+
+# one validator instead of a str | int union, so an error's loc ends at the field name
+RawValue = Annotated[str | int, PlainValidator(_raw_value), WithJsonSchema(
+    {"anyOf": [{"type": "string", "maxLength": wire.MAX_STRING_CHARS}, {"type": "integer"}]})]
+ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                                 examples=["fiited", "fixed64"])]
+
+
+class Item(BaseModel):
+    """One candidate: exactly one of `features` (raw values) and `ids` (hashed IDs), one entry
+    per field of the model's schema; `dense` overrides the request's dense values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    features: dict[str, RawValue] | None = Field(
+        default=None, examples=[{"user": "196", "item": "242"}],
+        description="field -> raw value (string or int64), hashed like the trainer's events")
+    ids: dict[str, Int64] | None = Field(
+        default=None, description="field -> already-hashed int64 ID")
+    dense: dict[str, Finite] | None = Field(
+        default=None, description="numeric features of this item (all of the schema's)")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Item:
+        if (self.features is None) == (self.ids is None):
+            raise ValueError("expected exactly one of 'features' and 'ids'")
+        return self
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelName
+    items: list[Item] = Field(min_length=1, description="candidates to score (at most "
+                              "CHUNKREC_SERVING_MAX_ITEMS, default 1000)")
+    dense: dict[str, Finite] | None = Field(
+        default=None, description="numeric features shared by every item without its own")
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    version: int = Field(description="the model version that scored every item")
+    scores: list[float] = Field(description="click probability per item, in request order")
+    unseen_ids: int = Field(description="distinct (field, ID) pairs of the request with no "
+                            "embedding in Redis: they read as zero vectors")
+
+
+class ModelStatus(BaseModel):
+    version: int
+    redis_version: int | None = Field(description="the newest version in Redis, as last seen")
+    stale: bool = Field(description="a newer version is in Redis than the one loaded")
+    age_s: float = Field(description="seconds since the loaded version was published")
+    events_applied: int
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    redis: bool
+    models: dict[str, ModelStatus]
+    detail: str = ""
+
+
+class HealthResponse(BaseModel):
+    status: str = "ok"

@@ -1,0 +1,204 @@
+"""The scoring path of one request: items -> IDs -> embeddings from cache / Redis -> network.
+
+    ids, dense = items_to_arrays(model, items, request_dense)   # int64[B, F], float32[B, Dn]
+    emb, unseen, hits = await gather_embeddings(model, ids, redis, mget_chunk)  # [B, F, D]
+    probs = model.predict(emb, dense)                             # float32[B]
+
+Embeddings are fetched once per distinct (field, ID) pair of the batch: pairs are found per
+field with np.unique, their Redis keys spelled by `wire.emb_keys`, looked up in the version's
+cache, the rest fetched by pipelined MGET (`mget_chunk` keys per MGET, one round trip), all
+unpacked by one `wire.unpack_records` call into a zero-padded table, and the table is indexed
+by the inverse indices into float32[B, F, D]. A pair with no record reads as zeros and counts
+as unseen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import redis.asyncio as aioredis
+import torch
+
+from services import wire
+from services.serving.embedding_cache import EmbeddingCache
+from services.serving.schemas import Item
+from storage.batch import DatasetSchema, hash_values
+
+
+@dataclass
+class LoadedModel:
+    """One model version, immutable once built: what a request reads from start to end.
+    A new version is a new LoadedModel (with an empty cache) swapped in by reference."""
+
+    record: wire.ModelVersion
+    net: torch.nn.Module
+    cache: EmbeddingCache
+    loaded_at: float
+    schema: DatasetSchema = field(init=False)
+    widths: tuple[int, ...] = field(init=False)
+    stored_dim: int = field(init=False)  # sum(widths): what a record unpacks to (<= dim)
+
+    def __post_init__(self) -> None:
+        self.schema = self.record.schema_obj
+        self.widths = tuple(int(w) for w in self.record.widths)
+        self.stored_dim = sum(self.widths)
+        self._field_set = frozenset(self.schema.fields)
+        self._dense_set = frozenset(self.schema.dense)
+
+    @property
+    def name(self) -> str:
+        return self.record.model
+
+    @property
+    def version(self) -> int:
+        return self.record.version
+
+    def predict(self, emb: np.ndarray, dense: np.ndarray | None) -> np.ndarray:
+        """float32[B, F, D], float32[B, Dn] | None -> click probabilities float32[B]."""
+        with torch.inference_mode():
+            d = torch.from_numpy(dense) if dense is not None else None
+            return torch.sigmoid(self.net(torch.from_numpy(emb), d)).numpy()
+
+
+class FieldError(ValueError):
+    """Items that do not fit the model's schema: errors in pydantic's shape, for a 422."""
+
+    def __init__(self, errors: list[dict[str, object]]) -> None:
+        super().__init__(errors[0]["msg"] if errors else "invalid items")
+        self.errors = errors
+
+
+def _field_error(loc: list[object], msg: str) -> dict[str, object]:
+    return {"type": "value_error", "loc": ["body", *loc], "msg": msg}
+
+
+def _check_keys(got: set[str] | dict[str, object], want: frozenset[str], what: str) -> str | None:
+    keys = got.keys() if isinstance(got, dict) else got
+    if keys == want:
+        return None
+    missing = sorted(want - keys)
+    unknown = sorted(keys - want)
+    parts = []
+    if missing:
+        parts.append(f"missing {what} {missing}")
+    if unknown:
+        parts.append(f"unknown {what} {unknown}")
+    return f"{', '.join(parts)}; expected exactly {sorted(want)}"
+
+
+def items_to_arrays(model: LoadedModel, items: list[Item],
+                    request_dense: dict[str, float] | None,
+                    max_errors: int = 20) -> tuple[np.ndarray, np.ndarray | None]:
+    """Items -> (ids int64[B, F], dense float32[B, Dn] | None). Raw feature values of all
+    items are hashed in one `hash_values` call. Raises FieldError naming each wrong item and
+    field (at most `max_errors` of them)."""
+    schema = model.schema
+    fields, fset, dset = schema.fields, model._field_set, model._dense_set
+    n, nf = len(items), len(fields)
+    ids = np.empty((n, nf), np.int64)
+    errors: list[dict[str, object]] = []
+    raw_rows: list[int] = []
+    raw: list[str] = []
+    id_rows: list[int] = []
+    id_vals: list[int] = []
+    for i, it in enumerate(items):
+        if it.features is not None:
+            values, where = it.features, "features"
+        else:
+            values, where = it.ids, "ids"  # type: ignore[assignment]
+        if values.keys() != fset:
+            errors.append(_field_error(["items", i, where],
+                                       _check_keys(values, fset, "fields") or ""))
+            if len(errors) >= max_errors:
+                break
+            continue
+        if where == "features":
+            raw_rows.append(i)
+            raw.extend([str(values[f]) for f in fields])
+        else:
+            id_rows.append(i)
+            id_vals.extend([values[f] for f in fields])  # type: ignore[misc]
+    dense = None
+    if schema.num_dense:
+        dense = np.empty((n, schema.num_dense), np.float32)
+        for i, it in enumerate(items):
+            vals = it.dense if it.dense is not None else request_dense
+            loc = ["items", i, "dense"] if it.dense is not None else ["dense"]
+            if vals is None:
+                errors.append(_field_error(["items", i, "dense"],
+                                           f"model {model.name} needs dense values "
+                                           f"{sorted(dset)} (per item or for the request)"))
+            elif (msg := _check_keys(vals, dset, "dense names")) is not None:
+                errors.append(_field_error(loc, msg))
+            else:
+                dense[i] = [vals[k] for k in schema.dense]
+            if len(errors) >= max_errors:
+                break
+    else:
+        for i, it in enumerate(items):
+            if it.dense:
+                errors.append(_field_error(["items", i, "dense"],
+                                           f"model {model.name} has no dense features"))
+                break
+        if request_dense:
+            errors.append(_field_error(["dense"], f"model {model.name} has no dense features"))
+    if errors:
+        raise FieldError(errors[:max_errors])
+    if raw_rows:
+        hashed = hash_values(np.array(raw, dtype=object)).reshape(len(raw_rows), nf)
+        ids[raw_rows] = hashed
+    if id_rows:
+        ids[id_rows] = np.array(id_vals, np.int64).reshape(len(id_rows), nf)
+    return ids, dense
+
+
+def distinct_pairs(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """int64[B, F] -> (fields int64[U], keys int64[U], index int64[B, F]) with
+    (fields[index[b, f]], keys[index[b, f]]) == (f, ids[b, f]): the distinct pairs, and where
+    each cell of the batch finds its pair."""
+    _, nf = ids.shape
+    fields, keys, index = [], [], np.empty(ids.shape, np.int64)
+    offset = 0
+    for f in range(nf):  # F is a handful of fields; each step is vectorised over the batch
+        uniq, inv = np.unique(ids[:, f], return_inverse=True)
+        fields.append(np.full(len(uniq), f, np.int64))
+        keys.append(uniq)
+        index[:, f] = inv.reshape(-1) + offset
+        offset += len(uniq)
+    return np.concatenate(fields), np.concatenate(keys), index
+
+
+async def fetch_records(client: aioredis.Redis, keys: list[str],
+                        mget_chunk: int) -> list[bytes | None]:
+    """MGET of `keys`, `mget_chunk` keys per command, all in one pipelined round trip."""
+    if not keys:
+        return []
+    if len(keys) <= mget_chunk:
+        return list(await client.mget(keys))
+    pipe = client.pipeline(transaction=False)
+    for a in range(0, len(keys), mget_chunk):
+        pipe.mget(keys[a : a + mget_chunk])
+    parts = await pipe.execute()
+    return [rec for part in parts for rec in part]
+
+
+async def gather_embeddings(model: LoadedModel, ids: np.ndarray, client: aioredis.Redis,
+                            mget_chunk: int) -> tuple[np.ndarray, int, int, int]:
+    """ids int64[B, F] -> (float32[B, F, D] zero-padded, unseen pairs, cache hits, misses).
+    See the module docstring."""
+    fields, keys, index = distinct_pairs(ids)
+    names = wire.emb_keys(model.name, model.schema.fields, fields, keys)
+    records, todo = model.cache.get_many(names)
+    if todo:
+        todo_keys = [names[i] for i in todo]
+        fetched = await fetch_records(client, todo_keys, mget_chunk)
+        for i, rec in zip(todo, fetched, strict=True):
+            records[i] = rec
+        model.cache.put_many(todo_keys, fetched)
+    table, found = wire.unpack_records(records, model.widths, model.stored_dim)
+    dim = int(model.record.dim)
+    if dim > model.stored_dim:  # a padded policy (fixed:d,pad=P): the network reads P dims
+        table = np.pad(table, ((0, 0), (0, dim - model.stored_dim)))
+    unseen = int(len(found) - found.sum())
+    return table[index], unseen, len(names) - len(todo), len(todo)
