@@ -54,6 +54,8 @@ import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
+from itertools import chain
+from operator import itemgetter, methodcaller
 from typing import Any
 
 import numpy as np
@@ -159,14 +161,14 @@ def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _is_number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def _check_event(ev: object, schema: DatasetSchema, field_set: frozenset[str],
-                 dense_set: frozenset[str]) -> str | None:
-    """The reason `ev` is invalid, or None."""
-    if not isinstance(ev, dict):
+                 dense_set: frozenset[str], deep: bool = True) -> str | None:
+    """The reason `ev` is invalid, or None. With deep=False the values inside "ids",
+    "features" and "dense" are left to `_bulk_values_ok` (the structure is still checked).
+
+    Runs once per event on the trainer's hot path, hence `type(x) is int` (JSON parsing
+    gives exact types; bool is not int here) and comparisons that are False for NaN."""
+    if type(ev) is not dict:
         return f"event: expected a JSON object, got {type(ev).__name__}"
     keys = ev.keys()
     if not keys <= _EVENT_KEYS:
@@ -174,60 +176,61 @@ def _check_event(ev: object, schema: DatasetSchema, field_set: frozenset[str],
     if not _REQUIRED_KEYS <= keys:
         return f"event: missing keys {sorted(_REQUIRED_KEYS - keys)}"
     eid = ev["event_id"]
-    if not isinstance(eid, str) or not 0 < len(eid) <= MAX_EVENT_ID_CHARS:
+    if type(eid) is not str or not 0 < len(eid) <= MAX_EVENT_ID_CHARS:
         return f"event_id: expected a string of 1..{MAX_EVENT_ID_CHARS} chars"
     ts = ev["ts"]
-    if not _is_number(ts) or not math.isfinite(ts) or ts < 0:
+    if (type(ts) is not float and type(ts) is not int) or not 0 <= ts < math.inf:
         return f"ts: expected finite epoch seconds >= 0, got {ts!r}"[:200]
     label = ev["label"]
-    if not _is_int(label) or label not in (0, 1):
+    if type(label) is not int or (label != 0 and label != 1):
         return f"label: expected 0 or 1, got {label!r}"[:200]
     name = ev["schema"]
-    if not isinstance(name, str) or len(name) > MAX_SCHEMA_CHARS:
-        return "schema: expected a schema name string"
     if name != schema.name:
+        if type(name) is not str or len(name) > MAX_SCHEMA_CHARS:
+            return "schema: expected a schema name string"
         return f"schema: expected {schema.name!r}, got {name!r}"
     unit = ev.get("unit_id")
     if unit is not None:
-        if isinstance(unit, str):
-            if len(unit) > MAX_STRING_CHARS:
-                return f"unit_id: longer than {MAX_STRING_CHARS} chars"
-        elif not _is_int(unit) or not INT64_MIN <= unit <= INT64_MAX:
+        if type(unit) is int:
+            if not INT64_MIN <= unit <= INT64_MAX:
+                return "unit_id: expected a string, an int64 or null"
+        elif type(unit) is not str:
             return "unit_id: expected a string, an int64 or null"
-    has_ids, has_features = "ids" in ev, "features" in ev
-    if has_ids == has_features:
+        elif len(unit) > MAX_STRING_CHARS:
+            return f"unit_id: longer than {MAX_STRING_CHARS} chars"
+    has_ids = "ids" in keys
+    if has_ids == ("features" in keys):
         return "event: expected exactly one of 'ids' and 'features'"
-    values = ev["ids" if has_ids else "features"]
     where = "ids" if has_ids else "features"
-    if not isinstance(values, dict):
+    values = ev[where]
+    if type(values) is not dict:
         return f"{where}: expected an object"
     if values.keys() != field_set:
         missing = sorted(field_set - values.keys())
         unknown = sorted(values.keys() - field_set)
         return f"{where}: missing fields {missing}, unknown fields {unknown}"[:300]
-    if has_ids:
+    if deep:
         for f, v in values.items():
-            if not _is_int(v) or not INT64_MIN <= v <= INT64_MAX:
-                return f"ids.{f}: expected an int64, got {v!r}"[:200]
-    else:
-        for f, v in values.items():
-            if isinstance(v, str):
-                if len(v) > MAX_STRING_CHARS:
-                    return f"features.{f}: longer than {MAX_STRING_CHARS} chars"
-            elif not _is_int(v) or not INT64_MIN <= v <= INT64_MAX:
-                return f"features.{f}: expected a string or an int64, got {v!r}"[:200]
+            if type(v) is int:
+                if not INT64_MIN <= v <= INT64_MAX:
+                    return f"{where}.{f}: expected an int64, got {v!r}"[:200]
+            elif has_ids or type(v) is not str:
+                kind = "an int64" if has_ids else "a string or an int64"
+                return f"{where}.{f}: expected {kind}, got {v!r}"[:200]
+            elif len(v) > MAX_STRING_CHARS:
+                return f"features.{f}: longer than {MAX_STRING_CHARS} chars"
     dense = ev.get("dense")
     if dense is None:
         if dense_set:
             return f"dense: schema {schema.name} needs {sorted(dense_set)}"
     else:
-        if not isinstance(dense, dict):
+        if type(dense) is not dict:
             return "dense: expected an object"
         if dense.keys() != dense_set:
             return (f"dense: missing {sorted(dense_set - dense.keys())}, "
                     f"unknown {sorted(dense.keys() - dense_set)}")[:300]
-        for k, v in dense.items():
-            if not _is_number(v) or not math.isfinite(v):
+        for k, v in dense.items() if deep else ():
+            if (type(v) is not float and type(v) is not int) or not -math.inf < v < math.inf:
                 return f"dense.{k}: expected a finite number, got {v!r}"[:200]
     return None
 
@@ -252,21 +255,66 @@ def parse_message(value: bytes | None) -> list[Any]:
     return doc
 
 
+def _values(events: list[dict[str, Any]], key: str) -> list[Any]:
+    """Every value of every event's `key` object, flattened (C-level iteration)."""
+    return list(chain.from_iterable(map(dict.values, map(itemgetter(key), events))))
+
+
+def _bulk_values_ok(events: list[dict[str, Any]], schema: DatasetSchema) -> bool:
+    """True when every value inside "ids", "features" and "dense" of structurally valid
+    events is valid: the per-value checks of `_check_event`, as a few C-level passes over
+    all of them (type sets, min / max, lengths, isfinite) instead of a Python loop."""
+    with_ids = [ev for ev in events if "ids" in ev]
+    if with_ids:
+        flat = _values(with_ids, "ids")
+        if not set(map(type, flat)) <= {int} or min(flat) < INT64_MIN or max(flat) > INT64_MAX:
+            return False
+    if len(with_ids) < len(events):
+        flat = _values([ev for ev in events if "features" in ev], "features")
+        if not set(map(type, flat)) <= {int, str}:
+            return False
+        ints = [v for v in flat if type(v) is int]
+        strs = [v for v in flat if type(v) is str]
+        if ints and (min(ints) < INT64_MIN or max(ints) > INT64_MAX):
+            return False
+        if strs and max(map(len, strs)) > MAX_STRING_CHARS:
+            return False
+    if schema.num_dense:
+        flat = _values(events, "dense")
+        if not set(map(type, flat)) <= {int, float}:
+            return False
+        if not np.isfinite(np.array(flat, dtype=np.float64)).all():
+            return False
+    return True
+
+
 def validate_events(events: list[Any], schema: DatasetSchema) -> tuple[EventBatch,
                                                                          list[tuple[int, str]]]:
     """Validate parsed events: (EventBatch of the valid ones in order, [(index, reason)] of the
-    invalid ones). Raw features are hashed per field in one vectorised call."""
+    invalid ones). Structure is checked per event; the values in bulk, and per event again
+    only when the bulk check finds a bad one (to name it). Raw features are hashed per
+    field in one vectorised call."""
     field_set = frozenset(schema.fields)
     dense_set = frozenset(schema.dense)
-    good: list[dict[str, Any]] = []
+    good: list[int] = []
     bad: list[tuple[int, str]] = []
     for i, ev in enumerate(events):
-        reason = _check_event(ev, schema, field_set, dense_set)
+        reason = _check_event(ev, schema, field_set, dense_set, deep=False)
         if reason is None:
-            good.append(ev)
+            good.append(i)
         else:
             bad.append((i, reason))
-    return _to_event_batch(good, schema), bad
+    if not _bulk_values_ok([events[i] for i in good], schema):
+        still: list[int] = []
+        for i in good:
+            reason = _check_event(events[i], schema, field_set, dense_set, deep=True)
+            if reason is None:
+                still.append(i)
+            else:
+                bad.append((i, reason))
+        good = still
+        bad.sort()
+    return _to_event_batch([events[i] for i in good], schema), bad
 
 
 def _to_event_batch(events: list[dict[str, Any]], schema: DatasetSchema) -> EventBatch:
@@ -274,30 +322,37 @@ def _to_event_batch(events: list[dict[str, Any]], schema: DatasetSchema) -> Even
     if n == 0:
         return EventBatch.empty(schema)
     fields = schema.fields
+    pick = itemgetter(*fields) if len(fields) > 1 else (lambda d: (d[fields[0]],))
     ids = np.empty((n, len(fields)), np.int64)
     raw_rows = [i for i, ev in enumerate(events) if "features" in ev]
-    id_rows = [i for i, ev in enumerate(events) if "ids" in ev]
-    if id_rows:
-        ids[id_rows] = np.array([[events[i]["ids"][f] for f in fields] for i in id_rows],
-                                dtype=np.int64).reshape(len(id_rows), len(fields))
+    if len(raw_rows) < n:
+        id_rows = [i for i, ev in enumerate(events) if "ids" in ev]
+        rows = list(map(pick, map(itemgetter("ids"), (events[i] for i in id_rows))))
+        ids[id_rows] = np.array(rows, dtype=np.int64).reshape(len(id_rows), len(fields))
     if raw_rows:
-        raw = np.array([[str(events[i]["features"][f]) for f in fields] for i in raw_rows],
-                       dtype=object).reshape(len(raw_rows), len(fields))
-        ids[raw_rows] = hash_values(raw.reshape(-1)).reshape(raw.shape)
-    labels = np.fromiter((ev["label"] for ev in events), np.float32, n)
-    ts = np.fromiter((ev["ts"] for ev in events), np.float64, n)
+        rows = list(map(pick, map(itemgetter("features"), (events[i] for i in raw_rows))))
+        raw = np.array([str(v) for row in rows for v in row], dtype=object)
+        ids[raw_rows] = hash_values(raw).reshape(len(raw_rows), len(fields))
+    labels = np.fromiter(map(itemgetter("label"), events), np.float32, n)
+    ts = np.fromiter(map(itemgetter("ts"), events), np.float64, n)
     dense = None
     if schema.num_dense:
-        dense = np.array([[ev["dense"][k] for k in schema.dense] for ev in events],
+        dpick = (itemgetter(*schema.dense) if schema.num_dense > 1
+                 else (lambda d: (d[schema.dense[0]],)))
+        dense = np.array(list(map(dpick, map(itemgetter("dense"), events))),
                          dtype=np.float32).reshape(n, schema.num_dense)
-    units = [ev.get("unit_id") for ev in events]
-    unit_ids = np.array([u if _is_int(u) else MISSING_ID for u in units], dtype=np.int64)
-    str_units = [i for i, u in enumerate(units) if isinstance(u, str)]
-    if str_units:
-        unit_ids[str_units] = hash_values(np.array([units[i] for i in str_units], dtype=object))
+    units = list(map(methodcaller("get", "unit_id"), events))
+    if set(map(type, units)) <= {int}:
+        unit_ids = np.array(units, dtype=np.int64)
+    else:  # null unit ids read MISSING_ID; string ones are hashed like features
+        unit_ids = np.array([u if _is_int(u) else MISSING_ID for u in units], dtype=np.int64)
+        str_units = [i for i, u in enumerate(units) if isinstance(u, str)]
+        if str_units:
+            unit_ids[str_units] = hash_values(np.array([units[i] for i in str_units],
+                                                       dtype=object))
     batch = SparseBatch(schema, labels=labels, ids=ids, dense=dense, unit_ids=unit_ids,
                         timestamps=np.floor(ts).astype(np.int64))
-    return EventBatch(batch, [ev["event_id"] for ev in events], ts)
+    return EventBatch(batch, list(map(itemgetter("event_id"), events)), ts)
 
 
 def validate_message(value: bytes | None, schema: DatasetSchema) -> tuple[EventBatch,
