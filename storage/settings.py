@@ -59,6 +59,29 @@ class Settings(BaseSettings):
     serving_mget_chunk: int = 1000  # keys per MGET in one pipelined round trip
     serving_threads: int = 1  # torch.set_num_threads for the serving process
 
+    # --- metadata database, A/B router, joiner (storage/db, services/router, services/joiner) ---
+    database_url: str = Field(
+        default="", description="SQLAlchemy URL; empty: SQLite at data_dir/chunkrec.db")
+    router_host: str = "127.0.0.1"
+    router_port: int = 8100
+    router_api_key: str = Field(default="", description="admin API key; empty: admin refused")
+    serving_url: str = Field(default="", description="serving base URL for the router; empty: "
+                             "http://serving_host:serving_port")
+    router_config_ttl_s: float = 1.0  # how long a router replica caches experiment configs
+    router_score_timeout_s: float = 2.0
+    attribution_window_s: float = 30.0  # feedback counts as a click within this after exposure
+    joiner_grace_s: float = 5.0  # an exposure closes this long after its window (late arrivals)
+    joiner_wall_clock: bool = True  # close windows by wall time too, not only by event time
+
+    @property
+    def resolved_database_url(self) -> str:
+        """`database_url`, or SQLite under `data_dir` when it is empty."""
+        return self.database_url or f"sqlite:///{Path(self.data_dir) / 'chunkrec.db'}"
+
+    @property
+    def resolved_serving_url(self) -> str:
+        return self.serving_url or f"http://{self.serving_host}:{self.serving_port}"
+
 
 def get_settings() -> Settings:
     return Settings()
