@@ -650,3 +650,33 @@ class ModelVersion:
 def finite_or_none(x: float) -> float | None:
     """JSON has no NaN: metrics that are not defined yet are written as null."""
     return float(x) if x is not None and math.isfinite(x) else None
+
+
+# ------------------------------------------------------------------------------------------
+# A/B exposures and feedback (router -> joiner)
+# ------------------------------------------------------------------------------------------
+#
+# Exposure (topic `exposures`, one JSON object per message, key = request_id), written by the
+# router for every ranked request:
+#
+#     {"request_id": "9f1c...", "experiment_id": 3, "phase": 1, "arm": "fiited",
+#      "arm_id": 7, "model": "fiited", "model_version": 12, "unit_id": "196",
+#      "ts": 1732240000.12, "latency_ms": 4.1, "schema": "movielens-100k",
+#      "shown": [{"item": "242", "position": 0, "score": 0.61,
+#                 "features": {"user": "196", "item": "242", ...}}, ...]}
+#
+# Feedback (topic `feedback`, key = request_id):
+#
+#     {"request_id": "9f1c...", "item": "242", "clicked": true, "ts": 1732240003.5}
+#
+# The joiner turns each shown item into a click event (`events`, label = clicked inside the
+# attribution window) with event_id "exp:{request_id}:{item}".
+
+EXPOSURES_TOPIC = "exposures"
+FEEDBACK_TOPIC = "feedback"
+
+
+def joined_event_id(request_id: str, item: str) -> str:
+    """The event id of a shown item's labelled event (deterministic: a re-join is a duplicate
+    id, not a new event)."""
+    return f"exp:{request_id}:{item}"[:MAX_EVENT_ID_CHARS]
