@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from services.commands import bench, data, replay, serve, train
+from services.commands import bench, data, replay, serve, stack, train
 
 app = typer.Typer(
     help="chunkrec: online-learning CTR with self-resizing (FIITED) embedding tables.",
@@ -16,6 +16,8 @@ app.add_typer(bench.app, name="bench", help="Benchmarks: quality, reading speed.
 app.command("replay")(replay.replay)
 app.command("train")(train.train)
 app.command("serve")(serve.serve)
+app.command("up")(stack.up)
+app.command("down")(stack.down_command)
 
 if __name__ == "__main__":
     app()

@@ -1,0 +1,138 @@
+"""What `chunkrec up` shows: the live table, the summary table, the PNG of online AUC and
+memory over time, and Redis's own measure of each model's embedding keys.
+
+Two byte counts per model, both from Redis's side:
+- record bytes: the sum of the packed records' sizes (the trainer's publisher tracks it
+  exactly; the version record carries it as `redis_embedding_bytes`): the payload;
+- MEMORY USAGE: Redis's estimate of what each key costs it (key, value, allocator and
+  dictionary overhead), summed over every key of the model (or a SCAN sample of `sample`
+  keys scaled to the record count, for big models).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import redis
+from rich.table import Table
+
+from services import wire
+from services.stack import Sample, StackResult
+
+
+def _kib(n: float | None) -> str:
+    return "-" if n is None else f"{n / 1024:,.1f} KiB"
+
+
+def _f(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def rate(samples: list[Sample], model: str, window_s: float = 5.0) -> float | None:
+    """Events applied per second by `model` over the last `window_s` of samples."""
+    mine = [s for s in samples if s.model == model]
+    if len(mine) < 2:
+        return None
+    last = mine[-1]
+    first = next((s for s in mine if s.t >= last.t - window_s), mine[0])
+    if last.t <= first.t:
+        return None
+    return (last.events_applied - first.events_applied) / (last.t - first.t)
+
+
+def live_table(result: StackResult, policies: dict[str, str], served: dict[str, int],
+               title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in ("model", "policy", "version (served)", "events applied", "events/s", "lag",
+                "online AUC", "recent AUC", "embedding bytes", "Redis record bytes",
+                "Redis keys"):
+        table.add_column(col, justify="left" if col in ("model", "policy") else "right")
+    for name, policy in policies.items():
+        rec = result.latest.get(name)
+        if rec is None:
+            table.add_row(name, policy, *(["-"] * 9))
+            continue
+        ev_s = rate(result.samples, name)
+        table.add_row(
+            name, policy, f"{rec.version} ({served.get(name, '-')})", f"{rec.events_applied:,}",
+            "-" if ev_s is None else f"{ev_s:,.0f}", str(rec.metrics.get("lag", "-")),
+            _f(rec.metrics.get("auc")), _f(rec.metrics.get("window_auc")),
+            _kib(rec.embedding_bytes), _kib(rec.redis_embedding_bytes),
+            f"{rec.redis_embedding_records:,}")
+    return table
+
+
+def redis_memory(r: redis.Redis, model: str, records: int, sample: int = 5000) -> int | None:
+    """Redis MEMORY USAGE of `model`'s embedding keys: all of them, or a sample of `sample`
+    scaled to `records`. None when the model has no keys."""
+    keys = []
+    for key in r.scan_iter(match=wire.emb_prefix(model) + "*", count=1000):
+        keys.append(key)
+        if len(keys) >= sample:
+            break
+    if not keys:
+        return None
+    pipe = r.pipeline(transaction=False)
+    for key in keys:
+        pipe.memory_usage(key, samples=0)
+    used = sum(int(u or 0) for u in pipe.execute())
+    return used if len(keys) < sample else round(used / len(keys) * max(records, len(keys)))
+
+
+def summary_table(result: StackResult, policies: dict[str, str],
+                  memory_usage: dict[str, int | None]) -> Table:
+    table = Table(title=f"chunkrec up: {result.reason}, {result.events_sent or 0:,} events "
+                        f"replayed, {result.seconds:.0f} s", title_justify="left")
+    for col in ("model", "policy", "versions", "events applied", "online AUC", "recent AUC",
+                "logloss", "embedding bytes", "Redis keys", "Redis record bytes",
+                "Redis MEMORY USAGE"):
+        table.add_column(col, justify="left" if col in ("model", "policy") else "right")
+    for name, policy in policies.items():
+        rec = result.latest.get(name)
+        if rec is None:
+            table.add_row(name, policy, *(["-"] * 9))
+            continue
+        m = rec.metrics
+        table.add_row(name, policy, str(rec.version), f"{rec.events_applied:,}",
+                      _f(m.get("auc")), _f(m.get("window_auc")), _f(m.get("logloss")),
+                      _kib(rec.embedding_bytes), f"{rec.redis_embedding_records:,}",
+                      _kib(rec.redis_embedding_bytes), _kib(memory_usage.get(name)))
+    return table
+
+
+def plot(result: StackResult, path: Path) -> Path:
+    """PNG: online AUC (cumulative and recent window) and memory (the trainer's embedding
+    bytes, Redis record bytes) per model over time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_model: dict[str, list[Sample]] = defaultdict(list)
+    for s in result.samples:
+        seen = by_model[s.model]
+        if not seen or seen[-1].version != s.version:
+            seen.append(s)
+    fig, (ax_auc, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for i, (model, ss) in enumerate(sorted(by_model.items())):
+        color = f"C{i}"
+        t = [s.t for s in ss]
+        ax_auc.plot(t, [s.auc if s.auc is not None else float("nan") for s in ss],
+                    color=color, label=f"{model} (cumulative)")
+        ax_auc.plot(t, [s.window_auc if s.window_auc is not None else float("nan")
+                        for s in ss], color=color, linestyle="--", label=f"{model} (recent)")
+        ax_mem.plot(t, [s.embedding_bytes / 1024 for s in ss], color=color,
+                    label=f"{model} trainer")
+        ax_mem.plot(t, [s.redis_bytes / 1024 for s in ss], color=color, linestyle="--",
+                    label=f"{model} Redis records")
+    ax_auc.set(title="online AUC (progressive validation)", xlabel="seconds", ylabel="AUC")
+    ax_mem.set(title="embedding memory", xlabel="seconds", ylabel="KiB")
+    for ax in (ax_auc, ax_mem):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
