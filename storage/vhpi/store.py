@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from storage.vhpi.admission import FrequencySketch
 from storage.vhpi.allocation import chunk_scores, select_chunks
 from storage.vhpi.chunk_pool import ChunkPool
 from storage.vhpi.hash_index import HashIndex, mix64
@@ -66,6 +67,9 @@ class StoreConfig:
     freq_power: float = 1.0  # u += a**freq_power * ||g||; the paper's rule is 1
     hysteresis: float = 0.0  # a pruned chunk must out-score a live one by this factor
     min_count: int = 1  # accesses before an ID gets chunks (until then it reads zeros)
+    sketch_width: int = 0  # >0: count not-yet-admitted IDs in a count-min sketch, not entries
+    sketch_depth: int = 4
+    sketch_decay_every: int = 10  # halve the sketch every this many maintenance epochs
     init_chunks: int | None = None  # chunks a new ID starts with; default: what its share pays
     evict_after: int | None = None  # evict entries not trained for this many steps
     max_entries: int | None = None  # evict the lowest-utility entries past this many
@@ -160,6 +164,11 @@ class ChunkStore:
         self.unseen_lookups = 0  # lookups (not training) of IDs the store does not hold
         self.prunes = 0
         self._rng = np.random.default_rng(config.seed)
+        self.sketch = (
+            FrequencySketch(config.sketch_width, config.sketch_depth)
+            if config.sketch_width and config.min_count > 1
+            else None
+        )
 
     # ---- views over the two tiers ------------------------------------------------------
     @property
@@ -277,9 +286,12 @@ class ChunkStore:
         return {
             "value_bytes": value,
             "optimizer_bytes": opt,
-            "metadata_bytes": n * self.entry_bytes() + self.ext_live * self.ext_record_bytes(),
+            "metadata_bytes": n * self.entry_bytes()
+            + self.ext_live * self.ext_record_bytes()
+            + (self.sketch.nbytes if self.sketch is not None else 0),
             "index_bytes": self.index.table_bytes,
             "allocated_bytes": sum(p.allocated_bytes() for p in self.pools)
+            + (self.sketch.nbytes if self.sketch is not None else 0)
             + sum(int(a.nbytes) for a in arrays),
             "live_ids": n,
             "live_chunks": self.live_chunks(),
@@ -343,32 +355,68 @@ class ChunkStore:
             emb = self._gather(uniq)[torch.from_numpy(inverse.ravel())]
             return emb.reshape(B, F, D), None
 
-        slots, inserted = self.index.get_or_insert(fields, keys)
-        self._ensure_entry_arrays()
+        if self.sketch is None:
+            slots, inserted = self.index.get_or_insert(fields, keys)
+            self._ensure_entry_arrays()
+            if inserted.any():
+                self._init_entries(np.unique(slots[inserted]), 0)
+        else:
+            slots = self._sketch_admission(fields, keys)
         uniq, inverse, counts = np.unique(slots, return_inverse=True, return_counts=True)
         inverse = inverse.ravel()
-        if inserted.any():
-            new = np.unique(slots[inserted])
-            self.head_addr[new] = -1
-            self.ext[new] = -1
-            self.head_util[new] = 0
-            self.count[new] = 0
-        before = self.count[uniq].astype(np.int64)
-        self.count[uniq] = np.minimum(before + counts, np.iinfo(np.uint16).max)
-        self.last[uniq] = self.epoch & 0xFFFF
+        if uniq.size and uniq[0] < 0:  # IDs the sketch has not admitted: they read zeros
+            uniq, counts = uniq.copy(), counts.copy()
+            counts[0] = 0
+        before = self.count[np.maximum(uniq, 0)].astype(np.int64)
+        before[uniq < 0] = np.iinfo(np.int64).min // 2  # never "crosses" admission
+        uniq_ok = np.maximum(uniq, 0)
+        known = uniq >= 0
+        self.count[uniq[known]] = np.minimum(before[known] + counts[known], np.iinfo(np.uint16).max)
+        self.last[uniq[known]] = self.epoch & 0xFFFF
         mc = self.config.min_count
-        crossed = uniq[(before < mc) & (before + counts >= mc)]
+        crossed = uniq[known & (before < mc) & (before + counts >= mc)]
         if crossed.size:
             self._admit(crossed)
         if self.config.budget is not None and self.config.keep_first:
             # Admitted IDs the budget had no room for when they came in (it grows with every
             # new ID) get their first chunk as soon as there is room, not at the next prune.
-            waiting = uniq[(self.count[uniq] >= mc) & (self.head_addr[uniq] < 0)]
+            waiting = uniq[known & (self.count[uniq_ok] >= mc) & (self.head_addr[uniq_ok] < 0)]
             if waiting.size:
                 self._admit(waiting, max_chunks=1)
-        addr = self.addresses(uniq)
+        addr = self.addresses(uniq_ok)
+        addr[~known] = -1
         emb = self._gather(uniq, addr)[torch.from_numpy(inverse)]
         return emb.reshape(B, F, D), LookupContext(uniq, inverse, counts, addr)
+
+    def _init_entries(self, slots: np.ndarray, count: np.ndarray | int) -> None:
+        self.head_addr[slots] = -1
+        self.ext[slots] = -1
+        self.head_util[slots] = 0
+        self.count[slots] = count
+
+    def _sketch_admission(self, fields: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """Entry slots of (field, key) pairs, -1 for IDs not admitted yet. A missing ID is
+        counted in the sketch, and gets an entry once it has been seen min_count times."""
+        slots = self.index.lookup(fields, keys)
+        miss = np.flatnonzero(slots < 0)
+        if miss.size == 0:
+            return slots
+        mf, mk = fields[miss], keys[miss]
+        _, first, inv, cnt = np.unique(
+            mix64(mf, mk), return_index=True, return_inverse=True, return_counts=True
+        )
+        uf, uk = mf[first], mk[first]
+        assert self.sketch is not None
+        est = self.sketch.add(uf, uk, cnt)
+        ok = est >= self.config.min_count
+        got = np.full(first.size, -1, dtype=np.int32)
+        if ok.any():
+            new, _ = self.index.get_or_insert(uf[ok], uk[ok])
+            self._ensure_entry_arrays()
+            self._init_entries(new, np.minimum(est[ok] - cnt[ok], np.iinfo(np.uint16).max))
+            got[ok] = new
+        slots[miss] = got[inv.ravel()]
+        return slots
 
     def _prefix_cost(self, n: int) -> float:
         """Bytes of an entry's first n chunks, with the extension record they need."""
@@ -440,6 +488,9 @@ class ChunkStore:
         g = torch.zeros(U, c.dim)
         g.index_add_(0, torch.from_numpy(ctx.inverse), grad.reshape(-1, c.dim))
         self.step += 1
+        if U and ctx.unique[0] < 0:  # rows of IDs not admitted: nothing to update
+            ctx = LookupContext(ctx.unique[1:], ctx.inverse, ctx.counts[1:], ctx.addresses[1:])
+            g = g[1:]
         if self.tracks_utility:
             # Per-chunk L2 norms of every entry in one matmul: (g * g) @ segment-indicator.
             norms = torch.sqrt((g * g) @ self._segments).numpy()
@@ -478,6 +529,8 @@ class ChunkStore:
                 arr[:] = np.minimum(arr.astype(np.float32) * decay, _UTIL_MAX)
             self.util_origin = self.step
         self.epoch += 1
+        if self.sketch is not None and self.epoch % c.sketch_decay_every == 0:
+            self.sketch.decay()
         if c.evict_after is not None:
             live = self.live_slots()
             idle = (self.epoch - self.last[live].astype(np.int64)) & 0xFFFF
@@ -606,6 +659,8 @@ class ChunkStore:
         for j, pool in enumerate(self.pools):
             arrays |= {f"pool{j}.{k}": v for k, v in pool.state_dict().items()}
         arrays |= {name: getattr(self, name) for name in self._ARRAYS}
+        if self.sketch is not None:
+            arrays["sketch"] = self.sketch.table
         meta = {
             "config": asdict(self.config),
             "step": self.step,
@@ -638,6 +693,8 @@ class ChunkStore:
             )
         for name in cls._ARRAYS:
             setattr(store, name, np.array(arrays[name]))
+        if store.sketch is not None:
+            store.sketch.table = np.array(arrays["sketch"])
         for key in ("step", "util_origin", "epoch", "unseen_lookups", "prunes"):
             setattr(store, key, meta[key])
         return store

@@ -253,3 +253,45 @@ def test_hysteresis_keeps_incumbents_within_the_margin() -> None:
 
     assert kept(0.0) == [False, True]  # the better pruned chunk takes the place
     assert kept(0.5) == [True, False]  # but not by a margin of 50%
+
+
+def test_sketch_admission_keeps_the_tail_out_of_the_store() -> None:
+    cfg = StoreConfig(dim=64, num_chunks=4, budget=None, min_count=3, sketch_width=1 << 12)
+    store = ChunkStore(cfg)
+    w = torch.randn(64)
+    hot = np.array([[7]], dtype=np.int64)
+    norms = []
+    for i in range(4):
+        ids = np.array([[7], [1000 + i]], dtype=np.int64)  # 7 recurs, the others appear once
+        emb, ctx = store.lookup(ids, train=True)
+        norms.append(float(emb[0].abs().sum()))
+        assert float(emb[1].abs().sum()) == 0.0  # a once-seen ID reads zeros
+        emb.requires_grad_(True)
+        torch.sin(emb @ w).sum().backward()
+        store.apply_gradients(ctx, emb.grad)
+    assert norms[:2] == [0.0, 0.0] and norms[2] > 0  # admitted at its third sighting
+    assert store.index.num_entries == 1  # the four singletons have no entry
+    assert store.index.lookup(np.zeros(1, np.int16), hot[0])[0] >= 0
+    m = store.memory()
+    assert m["metadata_bytes"] == (
+        store.entry_bytes() + store.ext_live * store.ext_record_bytes() + store.sketch.nbytes
+    )
+    check_pool(store)
+
+
+def test_frequency_sketch_counts_and_ages() -> None:
+    from storage.vhpi.admission import FrequencySketch
+
+    sketch = FrequencySketch(width=1 << 16)
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, 2**62, size=500, dtype=np.int64)
+    fields = np.zeros(500, dtype=np.int16)
+    true = rng.integers(1, 20, size=500)
+    est = sketch.add(fields, keys, true)
+    np.testing.assert_array_equal(est, true)  # a fresh, wide sketch: exact
+    again = sketch.estimate(fields, keys)
+    assert (again >= true).all()  # never below the truth; above it only where keys collide
+    assert (again == true).mean() > 0.95
+    sketch.decay()
+    assert (sketch.estimate(fields, keys) == again // 2).all()
+    assert sketch.nbytes == 4 * (1 << 16)
