@@ -89,7 +89,8 @@ class ScoreResponse(BaseModel):
     version: int = Field(description="the model version that scored every item")
     scores: list[float] = Field(description="click probability per item, in request order")
     unseen_ids: int = Field(description="distinct (field, ID) pairs of the request with no "
-                            "embedding in Redis: they read as zero vectors")
+                            "embedding record in Redis (never trained on, or every chunk "
+                            "pruned): they read as zero vectors")
 
 
 class ModelStatus(BaseModel):
