@@ -19,6 +19,9 @@ Policies with learnable parts beyond the table (Dimension Mask Layer, AMTL) expo
     adaembed[:budget=...]                     FIITED with K = 1
     torch:d[,rows=N]                          torch nn.Embedding(sparse=True), hashed rows; a
                                               reference for speed, not a product policy
+    dml[:penalty=0.02,...]                    Dimension Mask Layer: a learned length per field
+    amtl[:penalty=0.001,...]                  AMTL: a learned length per value, from frequency
+    any spec + ,hot=PATH                      hot start from a fixed:64 save (hot_start.py)
 """
 
 from __future__ import annotations
@@ -118,6 +121,15 @@ def parse_policy(spec: str, num_fields: int, seed: int = 0) -> EmbeddingPolicy:
     """Build a policy from its spec string (see module docstring)."""
     kind, _, arg = spec.partition(":")
     kind = kind.strip().lower()
+    hot = [p for p in arg.split(",") if p.strip().startswith("hot=")]
+    if hot:
+        from models.policies.hot_start import hot_start
+
+        cold = f"{kind}:" + ",".join(p for p in arg.split(",") if p not in hot)
+        policy = parse_policy(cold.rstrip(":"), num_fields, seed)
+        policy.spec = spec
+        hot_start(policy, Path(hot[-1].partition("=")[2].strip()))
+        return policy
     params: dict[str, str] = {}
     positional: list[str] = []
     for part in filter(None, (p.strip() for p in arg.split(","))):
@@ -137,6 +149,14 @@ def parse_policy(spec: str, num_fields: int, seed: int = 0) -> EmbeddingPolicy:
         if kind == "adaembed":
             params["K"] = "1"
         return ChunkedPolicy.fiited(num_fields=num_fields, seed=seed, spec=spec, **params)
+    if kind == "dml":
+        from models.policies.dml import DimensionMaskPolicy
+
+        return DimensionMaskPolicy(num_fields=num_fields, seed=seed, spec=spec, **params)
+    if kind == "amtl":
+        from models.policies.amtl import AMTLPolicy
+
+        return AMTLPolicy(num_fields=num_fields, seed=seed, spec=spec, **params)
     if kind == "torch":
         from models.policies.torch_embedding import TorchEmbeddingPolicy
 
@@ -148,4 +168,5 @@ def parse_policy(spec: str, num_fields: int, seed: int = 0) -> EmbeddingPolicy:
             spec=spec,
             rows=int(params.get("rows", 1 << 20)),
         )
-    raise ValueError(f"unknown policy {spec!r}; expected fixed:d, fiited:..., adaembed, torch:d")
+    raise ValueError(f"unknown policy {spec!r}; expected fixed:d, fiited:..., adaembed, "
+                     "dml, amtl, torch:d")

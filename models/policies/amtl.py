@@ -1,0 +1,137 @@
+"""`amtl`: Adaptively-Masked Twins-based Layer (arXiv 2108.11513): per feature value, a mask
+keeping its first k dims, k chosen from the value's frequency; only the kept dims are stored.
+
+    amtl[:penalty=0.001,warmup=100,tau=1,gain=5,hidden=16,hot=1000,start=K,widths=4-4-8-16-32,...]
+
+How k is learned:
+- Input per entry: x = log1p(count) / log1p(hot), the store's training access count (`count`)
+  on a log scale, 1.0 at `hot` accesses.
+- Twin mask networks, one for high- and one for low-frequency values, not shared: each is a
+  per-field MLP 1 -> hidden -> K (ReLU), weights in the policy's dense parameters (trained by
+  the Learner's optimizer). Their logits are mixed by the frequency weight
+  a = clip(x, 0, 1): z = gain * (a * high(x) + (1 - a) * low(x)), so frequent values are decided
+  (and their gradients taken) mostly by the high branch, rare ones by the low branch, and the
+  many rare values do not drown the few frequent ones.
+- p = softmax(z / tau) over the K options "keep the first n chunks" (n = 1..K; widths
+  4-4-8-16-32 give k in {4, 8, 16, 32, 64}). Forward: the hard one-hot argmax(p) (the mask is
+  exactly the prefix of n chunks); backward: p's gradient (straight-through estimator). The
+  mask over dims is  M = onehot_ste(p) @ prefix,  prefix[n - 1, d] = [d < offsets[n]].
+- Penalty: `penalty * mean_u(p_u . k / D)`, the expected kept fraction over the batch's unique
+  values, added to the loss (the paper has no explicit penalty; we add one so the memory can
+  be set). Initially every value prefers option `start` (default K: full width) by a logit
+  margin of 1.
+
+Storage: an entry holds exactly the chunks of its current k (see models.policies.masked):
+chunks past k are freed at the entry's next train lookup or at the next relayout (every
+`relayout` steps, all live entries); chunks k grows into start at the ID's initial values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.policies.masked import MaskedChunkPolicy, split_params, straight_through
+
+AMTL_WIDTHS = "4-4-8-16-32"
+_OWN = {
+    "penalty": float,
+    "tau": float,
+    "gain": float,
+    "hidden": int,
+    "hot": float,
+    "start": int,
+    "relayout": int,
+    "warmup": int,
+}
+
+
+class TwinMaskNet(nn.Module):
+    """Two per-field MLPs (high / low frequency), 1 -> H -> K, mixed by frequency weight.
+
+    forward(fields: int64[U], x: float32[U]) -> logits float32[U, K]
+    """
+
+    def __init__(self, num_fields: int, hidden: int, options: int, start: int, gain: float,
+                 seed: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        F, H, K = num_fields, hidden, options
+        self.gain = gain
+        self.w1 = nn.Parameter(torch.randn(2, F, H, generator=g))
+        self.b1 = nn.Parameter(torch.randn(2, F, H, generator=g) * 0.5)
+        self.w2 = nn.Parameter(torch.randn(2, F, H, K, generator=g) * (0.1 / H**0.5))
+        b2 = torch.zeros(2, F, K)
+        b2[:, :, start - 1] = 1.0 / gain  # a logit margin of 1 for the starting option
+        self.b2 = nn.Parameter(b2)
+
+    def forward(self, fields: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(x[None, :, None] * self.w1[:, fields] + self.b1[:, fields])  # [2, U, H]
+        out = torch.einsum("buh,buhk->buk", h, self.w2[:, fields]) + self.b2[:, fields]
+        a = x.clamp(0.0, 1.0)[:, None]  # weight of the high-frequency branch
+        return self.gain * (a * out[0] + (1.0 - a) * out[1])
+
+
+class AMTLPolicy(MaskedChunkPolicy):
+    """Per-value learned k over the chunk store. lookup(int64[B, F]) -> float32[B, F, D] with
+    dims >= k(value) zero (and not stored)."""
+
+    def __init__(self, num_fields: int, seed: int = 0, spec: str = "", **params: str) -> None:
+        own, rest = split_params(params, _OWN)
+        config = self.store_config(rest, seed, AMTL_WIDTHS)
+        super().__init__(
+            config,
+            num_fields,
+            spec or "amtl",
+            relayout=int(own.get("relayout", 50)),
+            warmup=int(own.get("warmup", 100)),
+            penalty=float(own.get("penalty", 0.001)),
+        )
+        K = self.store.K
+        self.tau = float(own.get("tau", 1.0))
+        self.log_hot = float(np.log1p(float(own.get("hot", 1000.0))))
+        start = int(own.get("start", K))
+        if not 1 <= start <= K:
+            raise ValueError(f"start must be a chunk count in 1..{K}, got {start}")
+        self.mask_module = TwinMaskNet(
+            num_fields, int(own.get("hidden", 16)), K, start, float(own.get("gain", 5.0)), seed
+        )
+        self._kept = torch.from_numpy(self.store.offsets[1:]).float() / config.dim  # [K]
+
+    def frequency(self, slots: np.ndarray) -> torch.Tensor:
+        """float32[U] log-scaled access counts, 1.0 at `hot` accesses."""
+        c = self.store.count[slots].astype(np.float32)
+        return torch.from_numpy(np.log1p(c) / np.float32(self.log_hot))
+
+    def probabilities(self, slots: np.ndarray) -> torch.Tensor:
+        """float32[U, K]: softmax(z / tau) over "keep n chunks", n = 1..K."""
+        fields = torch.from_numpy(self.store.index.fields[slots].astype(np.int64))
+        return torch.softmax(self.mask_module(fields, self.frequency(slots)) / self.tau, dim=1)
+
+    def masks(
+        self, slots: np.ndarray, train: bool
+    ) -> tuple[np.ndarray, torch.Tensor | None, torch.Tensor | None]:
+        if not train:
+            with torch.no_grad():
+                p = self.probabilities(slots)
+            return p.argmax(dim=1).numpy().astype(np.int64) + 1, None, None
+        p = self.probabilities(slots)  # [U, K]
+        choice = p.detach().argmax(dim=1)
+        hard = torch.nn.functional.one_hot(choice, p.shape[1]).float()
+        mask = straight_through(hard, p) @ self._prefix  # [U, D]: hard prefix, soft gradient
+        penalty = (p @ self._kept).mean()
+        return choice.numpy().astype(np.int64) + 1, mask, penalty
+
+    def stats(self) -> dict[str, float]:
+        out = super().stats()
+        slots = self.store.live_slots()
+        if slots.size:
+            n = (self.store.addresses(slots) >= 0).sum(axis=1)
+            fields = self.store.index.fields[slots].astype(np.int64)
+            dims = self.store.offsets[n]
+            sums = np.bincount(fields, weights=dims, minlength=self.num_fields)
+            cnt = np.maximum(np.bincount(fields, minlength=self.num_fields), 1)
+            for f in range(self.num_fields):
+                out[f"mean_k_{f}"] = float(sums[f] / cnt[f])
+        return out

@@ -1,0 +1,144 @@
+"""`dml`: Dimension Mask Layer (Saket et al., arXiv 2510.15308): one learned length N_f per
+feature field; only the first N_f dimensions of the field's embeddings pass, and only they are
+stored.
+
+    dml[:penalty=0.02,tau=2,speed=500,init=64,harden=300,widths=4-4-8-8-8-16-16,...]
+
+How N_f is learned (the paper gives the layer, not a rule; this is ours):
+- Each field has a threshold t_f = init + speed * theta_f (theta_f a dense parameter, trained
+  by the Learner's optimizer; `speed` sets how many dims one unit of theta moves, so that Adam's
+  ~lr-sized steps move t by about lr * speed dims per step).
+- Soft mask over dimension index d (0-based): m_d = sigmoid((t_f - d - 1/2) / tau).
+- Hard mask, chunk-aligned: keep chunk j iff it starts below t_f (at least chunk 0), so N_f is
+  t_f rounded up to a chunk boundary. With widths 4-4-8-8-8-16-16, N in {4,8,16,24,32,48,64}.
+- Forward uses the hard mask, backward the soft one (straight-through), plus a sparsity
+  penalty `penalty * mean_f(sum_d m_d / D)` (the expected kept fraction) on the loss. Dims that
+  help the loss push t_f up against the penalty; a field without signal shrinks to one chunk.
+- Hardening: once a field's N_f has not changed for `harden` steps, its t_f is frozen (restored
+  after every optimizer step) and N_f is final.
+
+When the tail is freed: always. An entry stores exactly the chunks of its field's current
+N_f; a train lookup re-lays out the batch's entries first (chunks past N_f are freed to the
+pool; chunks that N_f grew into are allocated with the ID's initial values), and every
+`relayout` steps (default 50) all live entries are re-laid out, so a shrink reaches IDs not seen
+since. New IDs are born with N_f's chunks only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.policies.masked import MaskedChunkPolicy, split_params, straight_through
+
+DML_WIDTHS = "4-4-8-8-8-16-16"
+_OWN = {
+    "penalty": float,
+    "tau": float,
+    "speed": float,
+    "init": float,
+    "harden": int,
+    "relayout": int,
+    "warmup": int,
+}
+
+
+class DimensionMaskPolicy(MaskedChunkPolicy):
+    """Per-field learned length N_f over the chunk store. lookup(int64[B, F]) ->
+    float32[B, F, D] with dims >= N_f zero (and not stored)."""
+
+    def __init__(self, num_fields: int, seed: int = 0, spec: str = "", **params: str) -> None:
+        own, rest = split_params(params, _OWN)
+        config = self.store_config(rest, seed, DML_WIDTHS)
+        super().__init__(
+            config,
+            num_fields,
+            spec or "dml",
+            relayout=int(own.get("relayout", 50)),
+            warmup=int(own.get("warmup", 0)),
+            penalty=float(own.get("penalty", 0.02)),
+        )
+        D = config.dim
+        self.tau = float(own.get("tau", 2.0))
+        self.speed = float(own.get("speed", 500.0))
+        self.init = float(own.get("init", D))
+        self.harden_after = int(own.get("harden", 300))
+        self.mask_module = nn.ParameterDict({"theta": nn.Parameter(torch.zeros(num_fields))})
+        self._starts = torch.from_numpy(self.store.offsets[:-1]).float()  # [K] chunk starts
+        self._dim_center = torch.arange(D, dtype=torch.float32) + 0.5  # [D]
+        self.frozen = np.zeros(num_fields, dtype=bool)
+        self.frozen_theta = np.zeros(num_fields, dtype=np.float32)
+        self.last_n = self.field_chunks()
+        self.last_change = np.zeros(num_fields, dtype=np.int64)
+
+    @property
+    def theta(self) -> nn.Parameter:
+        return self.mask_module["theta"]
+
+    def thresholds(self) -> torch.Tensor:
+        """t_f, float32[F], in dims; differentiable in theta. Not clamped (a clamp would stop
+        the gradient at the ends); the hard mask keeps at least one chunk and at most K."""
+        return self.init + self.speed * self.theta
+
+    def field_chunks(self) -> np.ndarray:
+        """Hard N_f as a chunk count, int64[F] in 1..K: chunks starting below t_f."""
+        with torch.no_grad():
+            t = self.thresholds()
+            n = (self._starts[None, :] < t[:, None]).sum(dim=1)
+        return n.clamp(min=1).numpy().astype(np.int64)
+
+    def field_dims(self) -> np.ndarray:
+        """Hard N_f in dims, int64[F]."""
+        return self.store.offsets[self.field_chunks()]
+
+    def masks(
+        self, slots: np.ndarray, train: bool
+    ) -> tuple[np.ndarray, torch.Tensor | None, torch.Tensor | None]:
+        fields = self.store.index.fields[slots].astype(np.int64)
+        n_field = self.field_chunks()
+        n = n_field[fields]
+        if not train:
+            return n, None, None
+        t = self.thresholds()  # [F]
+        soft = torch.sigmoid((t[:, None] - self._dim_center[None, :]) / self.tau)  # [F, D]
+        hard = self._prefix[torch.from_numpy(n_field - 1)]  # [F, D]
+        ste = straight_through(hard, soft)
+        penalty = soft.mean()  # mean over fields of the expected kept fraction
+        return n, ste[torch.from_numpy(fields)], penalty
+
+    def after_step(self) -> None:
+        if self.frozen.any():
+            with torch.no_grad():
+                self.theta[torch.from_numpy(self.frozen)] = torch.from_numpy(
+                    self.frozen_theta[self.frozen]
+                )
+        n = self.field_chunks()
+        moved = n != self.last_n
+        self.last_change[moved] = self.steps
+        self.last_n = n
+        stable = ~self.frozen & (self.steps - self.last_change >= self.harden_after)
+        if self.harden_after > 0 and stable.any():
+            self.frozen |= stable
+            self.frozen_theta[stable] = self.theta.detach().numpy()[stable]
+
+    def stats(self) -> dict[str, float]:
+        out = super().stats()
+        for f, d in enumerate(self.field_dims()):
+            out[f"N_{f}"] = float(d)
+        out["hardened_fields"] = float(self.frozen.sum())
+        return out
+
+    def extra_state(self) -> dict[str, object]:
+        return super().extra_state() | {
+            "frozen": self.frozen.tolist(),
+            "frozen_theta": self.frozen_theta.tolist(),
+            "last_change": self.last_change.tolist(),
+        }
+
+    def load_extra_state(self, state: dict[str, object]) -> None:
+        super().load_extra_state(state)
+        self.frozen = np.array(state.get("frozen", self.frozen), dtype=bool)
+        self.frozen_theta = np.array(state.get("frozen_theta", self.frozen_theta), np.float32)
+        self.last_change = np.array(state.get("last_change", self.last_change), np.int64)
+        self.last_n = self.field_chunks()

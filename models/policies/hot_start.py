@@ -1,0 +1,103 @@
+"""Hot start: initialise any chunk-store policy (fixed, fiited, adaembed, dml, amtl) from a
+trained `fixed:64` save, so a running system can switch policy without starting cold.
+
+    save_hot_start(policy64, model, path)        # policy.save(path) + path.net.pt (optional)
+    policy = parse_policy("fiited:budget=0.25", F)
+    hot_start(policy, path, model=net)           # or the spec param: "fiited:budget=0.25,hot=PATH"
+
+What is copied: every ID of the save (field, raw ID) gets an entry in the new policy with the
+save's access count and its D-vector (the first D of the save's dims, zero-padded if the save
+is narrower), written into all K chunks; then the new policy applies its own rule at once:
+- fixed:d: nothing more (fixed:8 keeps the first 8 of the 64 dims, a truncation);
+- fiited / adaembed (a budget): chunk utilities are seeded with  count * ||chunk values||
+  (the same "accesses times a norm" shape as the FIITED utility, so per (field, position) the
+  most used and largest chunks rank first), and a prune step runs immediately: the policy
+  starts within its budget, keeping the chunks of frequent, large-valued IDs. The seeds decay
+  with gamma like any utility and are replaced by gradient-driven ones within a few hundred
+  steps;
+- dml / amtl: a relayout to the policy's current mask (DML's N_f at init, AMTL's k from the
+  mask network fed with the copied counts); chunks past the mask are freed.
+The network's state_dict is loaded from `path.net.pt` when `model` is given and that file
+exists (the network must have the same shape: same data set, model and D).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.policies.chunked import ChunkedPolicy
+from models.policies.masked import MaskedChunkPolicy
+from models.policy import EmbeddingPolicy
+from storage.vhpi.store import ChunkStore
+
+
+def network_path(path: Path) -> Path:
+    """Where `save_hot_start` puts the network's state_dict beside the policy save."""
+    return Path(str(path) + ".net.pt")
+
+
+def save_hot_start(policy: EmbeddingPolicy, model: nn.Module | None, path: Path) -> None:
+    """policy.save(path), and the network's state_dict to `network_path(path)` if given."""
+    policy.save(Path(path))
+    if model is not None:
+        torch.save(model.state_dict(), network_path(Path(path)))
+
+
+def read_store(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
+    """A ChunkStore save -> (fields int16[N], keys int64[N], counts uint16[N],
+    values float32[N, D]) of its live entries (zeros where a chunk is not stored)."""
+    src = ChunkStore.load(path)
+    slots = src.live_slots()
+    return (
+        src.index.fields[slots].copy(),
+        src.index.keys[slots].copy(),
+        src.count[slots].copy(),
+        src._gather(slots),
+    )
+
+
+def hot_start(policy: EmbeddingPolicy, path: Path, model: nn.Module | None = None) -> int:
+    """Copy a fixed-64 save's entries into `policy` (see module docstring); returns the
+    number of IDs copied."""
+    if not isinstance(policy, ChunkedPolicy):
+        raise TypeError(f"hot start needs a chunk-store policy, not {type(policy).__name__}")
+    fields, keys, counts, values = read_store(Path(path))
+    s = policy.store
+    D = s.config.dim
+    if values.shape[1] >= D:
+        values = values[:, :D]
+    else:
+        values = torch.nn.functional.pad(values, (0, D - values.shape[1]))
+    slots, inserted = s.index.get_or_insert(fields, keys)
+    s._ensure_entry_arrays()
+    new = slots[inserted]
+    s.head_addr[new] = -1
+    s.ext[new] = -1
+    s.head_util[new] = 0
+    old = s.addresses(slots)
+    for j, pool in enumerate(s.pools):  # an entry already there is overwritten
+        pool.release(old[old[:, j] >= 0, j])
+    addr = np.empty((slots.size, s.K), dtype=np.int32)
+    for j, pool in enumerate(s.pools):
+        addr[:, j] = pool.alloc(slots.size)
+        pool.write(addr[:, j], values[:, s.offsets[j] : s.offsets[j + 1]])
+    s._set_addresses(slots, addr)
+    s.count[slots] = counts
+    s.last[slots] = s.epoch & 0xFFFF
+    s.dirty[slots] = True
+    if isinstance(policy, MaskedChunkPolicy):
+        policy.relayout()
+    elif s.tracks_utility:
+        norms = torch.sqrt((values * values) @ s._segments).numpy()  # [N, K]
+        seed = counts.astype(np.float32)[:, None] * norms
+        scale = np.float32(s.config.gamma) ** np.float32(-(s.step - s.util_origin))
+        s._store_utilities(slots, seed * scale)
+        s.prune_regrow()
+    net = network_path(Path(path))
+    if model is not None and net.exists():
+        model.load_state_dict(torch.load(net, weights_only=True))
+    return int(slots.size)
