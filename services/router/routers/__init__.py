@@ -1,0 +1,1 @@
+"""One router per resource: experiments (admin), rank, feedback, reports, dashboard."""

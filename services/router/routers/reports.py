@@ -1,0 +1,23 @@
+"""`GET /v1/experiments/{id}/report`: the analysis of one phase (services/analysis.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+
+from services.analysis import experiment_report
+from services.router.deps import SessionDep
+
+router = APIRouter(tags=["reports"])
+
+
+@router.get("/v1/experiments/{experiment_id}/report")
+def report(experiment_id: int, session: SessionDep, phase: int | None = None) -> dict[str, Any]:
+    """Per arm: units, exposures, clicks, CTR [95% CI], difference vs control [95% CI] and
+    p-value, mSPRT always-valid p-value, log loss, AUC, latency p50/p99, embedding bytes;
+    the SRM check."""
+    try:
+        return experiment_report(session, experiment_id, phase=phase).to_dict()
+    except LookupError as exc:
+        raise HTTPException(404, str(exc)) from exc
