@@ -1,0 +1,102 @@
+"""`chunkrec up` end to end on a small synthetic stream (its own broker, Redis, trainers,
+serving and replay), and `chunkrec down` from another process stopping exactly what `up`
+started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+from services.infra import wait_until
+from services.stack import _start_time
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = "synthetic:events=3000,fields=4,vocab=500,seed=3"
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    return dict(os.environ) | {"CHUNKREC_DATA_DIR": str(data_dir),
+                               "CHUNKREC_KAFKA_MAX_POLL_INTERVAL_MS": "3000"}
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "services.cli", *args]
+
+
+def _recorded(state_file: Path) -> dict[str, tuple[int, str]]:
+    try:
+        doc = orjson.loads(state_file.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    procs = {k: (v["pid"], v["start"]) for k, v in doc["procs"].items()}
+    procs["up"] = (doc["owner"]["pid"], doc["owner"]["start"])
+    return procs
+
+
+def _gone(pid: int, start: str) -> bool:
+    return _start_time(pid) != start
+
+
+def test_up_runs_to_its_summary_and_stops_everything(tmp_path: Path) -> None:
+    state_file = tmp_path / "stack" / "stack.json"
+    log = tmp_path / "up.log"
+    proc = subprocess.Popen(_cli("up", "--data", SPEC, "--events", "2500", "--rate", "max",
+                                 "--no-progress", "--minutes", "2"),
+                            env=_env(tmp_path), cwd=ROOT, stdout=open(log, "wb"),  # noqa: SIM115
+                            stderr=subprocess.STDOUT)
+    seen: dict[str, tuple[int, str]] = {}
+
+    def started_all() -> bool:
+        seen.update(_recorded(state_file))
+        return "replay" in seen or proc.poll() is not None
+
+    try:
+        wait_until(started_all, 60, "chunkrec up started everything")
+        assert proc.wait(timeout=110) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = log.read_text()
+    assert "all events applied, 2,500 events replayed" in out, out[-3000:]
+    for model in ("fiited", "fixed64"):
+        assert model in out
+    assert {"tansu", "redis", "train-fiited", "train-fixed64", "serve", "replay"} <= set(seen)
+    assert all(_gone(pid, start) for pid, start in seen.values())
+    assert not state_file.exists()
+    charts = list((tmp_path / "stack" / "runs").glob("*/summary.png"))
+    assert len(charts) == 1 and charts[0].stat().st_size > 10_000
+
+
+def test_down_stops_what_up_started_and_nothing_else(tmp_path: Path) -> None:
+    state_file = tmp_path / "stack" / "stack.json"
+    log = tmp_path / "up.log"
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    proc = subprocess.Popen(_cli("up", "--data", SPEC, "--rate", "200", "--no-progress",
+                                 "--minutes", "3"),
+                            env=_env(tmp_path), cwd=ROOT, stdout=open(log, "wb"),  # noqa: SIM115
+                            stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: "replay" in _recorded(state_file), 60, "chunkrec up started",
+                   alive=lambda: proc.poll() is None)
+        seen = _recorded(state_file)
+        down = subprocess.run(_cli("down"), env=_env(tmp_path), cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert "stopping chunkrec up" in down.stdout
+        assert proc.wait(timeout=60) == 130, log.read_text()[-3000:]
+        assert all(_gone(pid, start) for pid, start in seen.values()), seen
+        assert not state_file.exists()
+        assert bystander.poll() is None  # not ours: left alone
+        again = subprocess.run(_cli("down"), env=_env(tmp_path), cwd=ROOT, capture_output=True,
+                               text=True, timeout=60)
+        assert again.returncode == 0 and "nothing to stop" in again.stdout
+    finally:
+        for p in (proc, bystander):
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
