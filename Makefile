@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint bench-read clean
+.PHONY: venv test lint bench-read demo clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,10 @@ lint: $(STAMP)
 
 bench-read: $(STAMP)
 	$(BIN)/python bench/read_speed.py
+
+# the whole system on this machine: broker, Redis, two trainers, serving, a MovieLens replay
+demo: $(STAMP)
+	$(BIN)/chunkrec up
 
 clean:
 	rm -rf $(VENV)
