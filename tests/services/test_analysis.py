@@ -1,0 +1,119 @@
+"""The report on fixed data: intervals and tests equal scipy's and statsmodels', SRM is
+flagged on a skewed log and not on a balanced one, the sequential p-value only falls."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn.metrics import log_loss, roc_auc_score
+from sqlalchemy import insert
+from statsmodels.stats import proportion
+
+from services.analysis import experiment_report, format_report, msprt_p_values, srm_test
+from storage.db import experiments as store
+from storage.db.models import Exposure, Model, ModelVersionRow, Outcome
+
+
+def fill(factory, units: dict[str, int], clicks: dict[str, int], items_per_unit: int = 2,
+         seed: int = 0) -> tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """An experiment (ctl control, fiited) with `units[arm]` units, each shown
+    `items_per_unit` items; the first clicks[arm] outcomes (in time order) are clicks."""
+    rng = np.random.default_rng(seed)
+    scores: dict[str, np.ndarray] = {}
+    labels: dict[str, np.ndarray] = {}
+    with factory.begin() as s:
+        exp = store.create_experiment(s, "fixed", [store.ArmSpec("ctl", "fixed64", 1, True),
+                                                   store.ArmSpec("fiited", "fiited", 1)])
+        store.start_experiment(s, exp.id)
+        arm_ids = {a.name: a.id for a in exp.arms}
+        for name in ("fixed64", "fiited"):
+            m = Model(name=name, policy=name)
+            s.add(m)
+            s.flush()
+            s.add(ModelVersionRow(model_id=m.id, version=3, published_at=1.0,
+                                  embedding_bytes=4000 if name == "fiited" else 16000,
+                                  chunk_histogram={}))
+        ex_rows, oc_rows = [], []
+        for arm, n_units in units.items():
+            n = n_units * items_per_unit
+            y = np.zeros(n, bool)
+            y[rng.choice(n, clicks[arm], replace=False)] = True
+            p = np.clip(0.1 + 0.3 * y + rng.normal(0, 0.15, n), 0.01, 0.99)
+            scores[arm], labels[arm] = p, y
+            for u in range(n_units):
+                rid = f"{arm}-{u}"
+                ex_rows.append(dict(request_id=rid, experiment_id=exp.id, phase=1,
+                                    arm_id=arm_ids[arm], unit_id=f"{arm}{u}", model_version=3,
+                                    ts=1000.0 + u, latency_ms=float(u % 50), n_shown=2))
+                for k in range(items_per_unit):
+                    j = u * items_per_unit + k
+                    oc_rows.append(dict(request_id=rid, item=str(k), position=k,
+                                        score=float(p[j]), clicked=bool(y[j]), late_feedback=0,
+                                        ts=1000.0 + u))
+        s.execute(insert(Exposure), ex_rows)
+        s.execute(insert(Outcome), oc_rows)
+    return exp.id, scores, labels
+
+
+def test_report_matches_scipy_and_statsmodels(db_factory) -> None:
+    eid, scores, labels = fill(db_factory, {"ctl": 1000, "fiited": 1000},
+                               {"ctl": 200, "fiited": 260})
+    with db_factory() as s:
+        rep = experiment_report(s, eid)
+    ctl, new = rep.arms
+    assert (ctl.units, ctl.exposures, ctl.clicks) == (1000, 2000, 200)
+    assert (new.units, new.exposures, new.clicks) == (1000, 2000, 260)
+    for arm in (ctl, new):  # Wilson interval, checked against scipy's implementation
+        ci = stats.binomtest(arm.clicks, arm.exposures).proportion_ci(0.95, method="wilson")
+        assert arm.ctr_ci == pytest.approx((ci.low, ci.high), abs=1e-12)
+    lo, hi = proportion.confint_proportions_2indep(260, 2000, 200, 2000, method="wald",
+                                                   compare="diff")
+    assert new.diff == pytest.approx(0.03)
+    assert new.diff_ci == pytest.approx((lo, hi))
+    se = np.sqrt(0.13 * 0.87 / 2000 + 0.1 * 0.9 / 2000)  # the Wald interval, by hand
+    assert new.diff_ci == pytest.approx((0.03 - stats.norm.ppf(0.975) * se,
+                                         0.03 + stats.norm.ppf(0.975) * se))
+    assert new.p_value == pytest.approx(
+        proportion.test_proportions_2indep(260, 2000, 200, 2000, method="wald",
+                                           compare="diff").pvalue)
+    assert new.p_value < 0.01 and ctl.diff is None
+    assert new.always_valid_p is not None and new.p_value <= new.always_valid_p <= 1
+    for arm, name in ((ctl, "ctl"), (new, "fiited")):
+        assert arm.auc == pytest.approx(roc_auc_score(labels[name], scores[name]))
+        assert arm.log_loss == pytest.approx(log_loss(labels[name], scores[name]))
+    assert ctl.latency_p50_ms == pytest.approx(np.percentile(np.arange(1000) % 50, 50))
+    assert ctl.latency_p99_ms == pytest.approx(np.percentile(np.arange(1000) % 50, 99))
+    assert (ctl.embedding_bytes, new.embedding_bytes) == (16000, 4000)
+    assert not rep.srm_flag
+    assert "fiited" in format_report(rep)
+
+
+def test_srm_flagged_on_skewed_log(db_factory) -> None:
+    eid, _, _ = fill(db_factory, {"ctl": 1200, "fiited": 1000}, {"ctl": 100, "fiited": 100},
+                     items_per_unit=1)
+    with db_factory() as s:
+        rep = experiment_report(s, eid)
+    chi2, p = stats.chisquare([1200, 1000], [1100, 1100])
+    assert rep.srm_chi2 == pytest.approx(chi2) and rep.srm_p_value == pytest.approx(p)
+    assert rep.srm_flag and p < 0.001
+    assert any("sample ratio mismatch" in n for n in rep.notes)
+    assert not srm_test([1030, 1000], [1, 1])[1] < 0.001
+
+
+def test_msprt_is_monotone_and_calibrated() -> None:
+    rng = np.random.default_rng(1)
+    looks = np.arange(200, 20_001, 200)
+    # A/A: how often does the always-valid p ever drop below 0.05 over 100 looks?
+    false_pos = 0
+    for _ in range(200):
+        a = np.cumsum(rng.random(looks[-1]) < 0.1)[looks - 1]
+        b = np.cumsum(rng.random(looks[-1]) < 0.1)[looks - 1]
+        p = msprt_p_values(a, looks, b, looks)
+        assert np.all(np.diff(p) <= 0)
+        false_pos += p[-1] < 0.05
+    assert false_pos / 200 <= 0.05 + 0.03
+    # a real effect is found
+    a = np.cumsum(rng.random(looks[-1]) < 0.13)[looks - 1]
+    b = np.cumsum(rng.random(looks[-1]) < 0.10)[looks - 1]
+    assert msprt_p_values(a, looks, b, looks)[-1] < 0.01
