@@ -1,0 +1,127 @@
+"""The joiner against the real broker (tansu fixture): exposures and feedback in, with
+duplicate, late, early (before its exposure) and orphan feedback; every shown item comes out
+exactly once, as a labelled event on `events` and as an outcome row; every odd case is
+counted."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import orjson
+from kafka import KafkaConsumer, KafkaProducer
+from sqlalchemy import func, select
+
+from services.infra import create_topics
+from services.joiner import JoinerService, JoinState
+from storage.db import experiments as store
+from storage.db.models import Exposure, Outcome
+
+WINDOW = 30.0
+
+
+def exposure(rid: str, ts: float, eid: int, arm_id: int) -> dict:
+    return {"request_id": rid, "experiment_id": eid, "phase": 1, "arm": "a", "arm_id": arm_id,
+            "model": "m", "model_version": 1, "unit_id": f"u-{rid}", "ts": ts,
+            "latency_ms": 2.0,
+            "shown": [{"item": str(k), "position": k, "score": 0.1 * (k + 1),
+                       "features": {"user": f"u-{rid}", "item": str(k)}} for k in range(3)]}
+
+
+def test_joiner_neither_loses_nor_double_counts(broker, db_factory) -> None:
+    tag = uuid.uuid4().hex[:8]
+    topics = {"exposures": f"exposures-{tag}", "feedback": f"feedback-{tag}",
+              "events": f"events-{tag}"}
+    create_topics(broker.address, {topics["exposures"]: 2, topics["feedback"]: 2,
+                                   topics["events"]: 1})
+    with db_factory.begin() as s:
+        exp = store.create_experiment(s, "join", [store.ArmSpec("a", "m", 1),
+                                                  store.ArmSpec("b", "m", 0)])
+        eid, arm_id = exp.id, exp.arms[0].id
+
+    n = 40
+    t0 = 1_000_000.0
+    exposures = [exposure(f"r{i}", t0 + i, eid, arm_id) for i in range(n)]
+    feedback: list[dict] = []
+    expected_clicks = set()
+    for i in range(0, n, 2):  # every other request: a click on item 0 inside the window
+        feedback.append({"request_id": f"r{i}", "item": "0", "clicked": True, "ts": t0 + i + 5})
+        expected_clicks.add((f"r{i}", "0"))
+    for i in range(0, 10, 2):  # duplicates of five of them
+        feedback.append({"request_id": f"r{i}", "item": "0", "clicked": True, "ts": t0 + i + 6})
+    for i in (1, 3, 5):  # late: outside the attribution window
+        feedback.append({"request_id": f"r{i}", "item": "1", "clicked": True,
+                         "ts": t0 + i + WINDOW + 1})
+    for i in (7, 9):  # explicit non-clicks
+        feedback.append({"request_id": f"r{i}", "item": "2", "clicked": False, "ts": t0 + i + 1})
+    feedback.append({"request_id": "nope", "item": "0", "clicked": True, "ts": t0 + 3})
+    early = {"request_id": f"r{n}", "item": "2", "clicked": True, "ts": t0 + n + 2}
+    expected_clicks.add((f"r{n}", "2"))
+
+    prod = KafkaProducer(bootstrap_servers=broker.address, acks="all")
+    prod.send(topics["feedback"], key=early["request_id"].encode(), value=orjson.dumps(early))
+    prod.flush()
+    for ex in exposures:
+        prod.send(topics["exposures"], key=ex["request_id"].encode(), value=orjson.dumps(ex))
+    prod.send(topics["exposures"], key=b"dup", value=orjson.dumps(exposures[0]))  # duplicate
+    for fb in feedback:
+        prod.send(topics["feedback"], key=fb["request_id"].encode(), value=orjson.dumps(fb))
+    prod.flush()
+    # the early click's exposure comes last
+    prod.send(topics["exposures"], key=b"x", value=orjson.dumps(exposure(f"r{n}", t0 + n, eid,
+                                                                         arm_id)))
+    prod.flush()
+    prod.close()
+    total_msgs = n + 2 + len(feedback) + 1
+
+    svc = JoinerService(broker.address, db_factory, schema_for=lambda model: "sim",
+                        window_s=WINDOW, grace_s=5.0, wall_clock=False,
+                        group_id=f"joiner-{tag}", exposures_topic=topics["exposures"],
+                        feedback_topic=topics["feedback"], events_topic=topics["events"],
+                        max_poll_interval_ms=3000)
+    try:
+        deadline = time.monotonic() + 60
+        while svc.messages < total_msgs:
+            assert time.monotonic() < deadline, f"joiner read {svc.messages}/{total_msgs}"
+            svc.step(timeout_ms=200)
+        svc.drain()
+    finally:
+        svc.close()
+    st = svc.state.stats
+    assert st.exposures == n + 1 and st.duplicate_exposures == 1
+    assert st.clicks == len(expected_clicks) and st.duplicates == 5 and st.late == 3
+    # topics interleave freely in a poll, so more feedback may arrive before its exposure
+    assert st.non_clicks == 2 and st.orphans == 1 and st.early >= 1
+    assert st.closed == n + 1 and st.events_emitted == 3 * (n + 1)
+
+    with db_factory() as s:
+        assert s.scalar(select(func.count()).select_from(Exposure)) == n + 1
+        rows = s.execute(select(Outcome.request_id, Outcome.item, Outcome.clicked,
+                                Outcome.late_feedback)).all()
+    assert len(rows) == 3 * (n + 1)
+    assert {(r, i) for r, i, c, _ in rows if c} == expected_clicks
+    assert sum(late for *_, late in rows) == 3
+
+    consumer = KafkaConsumer(topics["events"], bootstrap_servers=broker.address,
+                             auto_offset_reset="earliest", consumer_timeout_ms=3000)
+    events = [ev for m in consumer for ev in orjson.loads(m.value)]
+    consumer.close()
+    assert len(events) == 3 * (n + 1) == len({e["event_id"] for e in events})
+    assert {tuple(e["event_id"].split(":")[1:]) for e in events if e["label"]} == expected_clicks
+    assert all(e["schema"] == "sim" and set(e["features"]) == {"user", "item"} for e in events)
+
+
+def test_join_state_closes_by_watermark_and_counts_late_arrivals() -> None:
+    st = JoinState(window_s=10, grace_s=2)
+    st.on_exposure({"request_id": "a", "ts": 100.0, "shown": [{"item": "x"}]})
+    st.on_feedback({"request_id": "a", "item": "x", "clicked": True, "ts": 105.0})
+    assert st.advance(now=111.0) == []  # window + grace not over yet
+    (done,) = st.advance(now=112.0)
+    assert done.clicks == {"x": 105.0}
+    st.on_feedback({"request_id": "a", "item": "x", "clicked": True, "ts": 106.0})
+    assert st.stats.duplicates == 1  # a duplicate after closing is still a duplicate
+    st.on_exposure({"request_id": "b", "ts": 200.0, "shown": [{"item": "y"}]})
+    st.advance(now=213.0)
+    st.on_feedback({"request_id": "b", "item": "y", "clicked": True, "ts": 205.0})
+    assert st.stats.late_arrivals == 1 and st.late_updates == [("b", "y")]
+    assert st.held_offsets() == {}
