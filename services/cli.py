@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from services.commands import bench, data, replay, serve, stack, train
+from services.commands import ab, bench, data, replay, serve, stack, train
 
 app = typer.Typer(
     help="chunkrec: online-learning CTR with self-resizing (FIITED) embedding tables.",
@@ -18,6 +18,10 @@ app.command("train")(train.train)
 app.command("serve")(serve.serve)
 app.command("up")(stack.up)
 app.command("down")(stack.down_command)
+app.add_typer(ab.db_app, name="db", help="Metadata database migrations.")
+app.command("route")(ab.route)
+app.command("join")(ab.join)
+app.command("report")(ab.report)
 
 if __name__ == "__main__":
     app()
