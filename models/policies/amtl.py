@@ -1,11 +1,11 @@
 """`amtl`: Adaptively-Masked Twins-based Layer (arXiv 2108.11513): per feature value, a mask
 keeping its first k dims, k chosen from the value's frequency; only the kept dims are stored.
 
-    amtl[:penalty=0.001,warmup=100,tau=1,gain=5,hidden=16,hot=1000,start=K,widths=4-4-8-16-32,...]
+    amtl[:penalty=0.001,warmup=100,tau=1,gain=5,hidden=16,high=1000,start=K,widths=4-4-8-16-32,...]
 
 How k is learned:
-- Input per entry: x = log1p(count) / log1p(hot), the store's training access count (`count`)
-  on a log scale, 1.0 at `hot` accesses.
+- Input per entry: x = log1p(count) / log1p(high), the store's training access count (`count`)
+  on a log scale, 1.0 at `high` accesses.
 - Twin mask networks, one for high- and one for low-frequency values, not shared: each is a
   per-field MLP 1 -> hidden -> K (ReLU), weights in the policy's dense parameters (trained by
   the Learner's optimizer). Their logits are mixed by the frequency weight
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.policies.masked import MaskedChunkPolicy, split_params, straight_through
+from models.policies.masked import MaskedChunkPolicy, split_params
 
 AMTL_WIDTHS = "4-4-8-16-32"
 _OWN = {
@@ -40,7 +40,7 @@ _OWN = {
     "tau": float,
     "gain": float,
     "hidden": int,
-    "hot": float,
+    "high": float,
     "start": int,
     "relayout": int,
     "warmup": int,
@@ -90,7 +90,7 @@ class AMTLPolicy(MaskedChunkPolicy):
         )
         K = self.store.K
         self.tau = float(own.get("tau", 1.0))
-        self.log_hot = float(np.log1p(float(own.get("hot", 1000.0))))
+        self.log_hot = float(np.log1p(float(own.get("high", 1000.0))))
         start = int(own.get("start", K))
         if not 1 <= start <= K:
             raise ValueError(f"start must be a chunk count in 1..{K}, got {start}")
@@ -100,7 +100,7 @@ class AMTLPolicy(MaskedChunkPolicy):
         self._kept = torch.from_numpy(self.store.offsets[1:]).float() / config.dim  # [K]
 
     def frequency(self, slots: np.ndarray) -> torch.Tensor:
-        """float32[U] log-scaled access counts, 1.0 at `hot` accesses."""
+        """float32[U] log-scaled access counts, 1.0 at `high` accesses."""
         c = self.store.count[slots].astype(np.float32)
         return torch.from_numpy(np.log1p(c) / np.float32(self.log_hot))
 
@@ -111,7 +111,7 @@ class AMTLPolicy(MaskedChunkPolicy):
 
     def masks(
         self, slots: np.ndarray, train: bool
-    ) -> tuple[np.ndarray, torch.Tensor | None, torch.Tensor | None]:
+    ) -> tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None]:
         if not train:
             with torch.no_grad():
                 p = self.probabilities(slots)
@@ -119,9 +119,11 @@ class AMTLPolicy(MaskedChunkPolicy):
         p = self.probabilities(slots)  # [U, K]
         choice = p.detach().argmax(dim=1)
         hard = torch.nn.functional.one_hot(choice, p.shape[1]).float()
-        mask = straight_through(hard, p) @ self._prefix  # [U, D]: hard prefix, soft gradient
+        # Masks over dims [U, D]: the hard one-hot's prefix forward, p's expected mask backward
+        # (d mask / d p_n = prefix of n chunks: the straight-through estimator).
+        masks = (hard @ self._prefix, p @ self._prefix)
         penalty = (p @ self._kept).mean()
-        return choice.numpy().astype(np.int64) + 1, mask, penalty
+        return choice.numpy().astype(np.int64) + 1, masks, penalty
 
     def stats(self) -> dict[str, float]:
         out = super().stats()

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.policies.masked import MaskedChunkPolicy, split_params, straight_through
+from models.policies.masked import MaskedChunkPolicy, split_params
 
 DML_WIDTHS = "4-4-8-8-8-16-16"
 _OWN = {
@@ -94,7 +94,7 @@ class DimensionMaskPolicy(MaskedChunkPolicy):
 
     def masks(
         self, slots: np.ndarray, train: bool
-    ) -> tuple[np.ndarray, torch.Tensor | None, torch.Tensor | None]:
+    ) -> tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None]:
         fields = self.store.index.fields[slots].astype(np.int64)
         n_field = self.field_chunks()
         n = n_field[fields]
@@ -103,9 +103,9 @@ class DimensionMaskPolicy(MaskedChunkPolicy):
         t = self.thresholds()  # [F]
         soft = torch.sigmoid((t[:, None] - self._dim_center[None, :]) / self.tau)  # [F, D]
         hard = self._prefix[torch.from_numpy(n_field - 1)]  # [F, D]
-        ste = straight_through(hard, soft)
         penalty = soft.mean()  # mean over fields of the expected kept fraction
-        return n, ste[torch.from_numpy(fields)], penalty
+        rows = torch.from_numpy(fields)
+        return n, (hard[rows], soft[rows]), penalty
 
     def after_step(self) -> None:
         if self.frozen.any():

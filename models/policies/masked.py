@@ -13,8 +13,9 @@ Per train step (`lookup(train=True)`):
        the subclass's soft mask);
     3. the entries are re-laid out to n chunks (tail chunks freed, missing ones allocated with
        the ID's deterministic initial values), then gathered: the values are zero beyond n;
-    4. the returned embedding is values * mask, so the network sees the hard prefix while the
-       mask parameters get the soft gradient; the subclass's penalty is added to the loss's
+    4. the returned embedding is values * mask, the mask hard in forward and soft in backward
+       (`straight_through`), so the network sees the hard prefix exactly while the mask
+       parameters get the soft mask's gradient; the subclass's penalty is added to the loss's
        gradient through `add_loss`.
 Every `relayout` steps all live entries are re-laid out to the current hard mask, so entries not
 seen lately follow the learned mask too. An eval lookup reads the store as it is: the hard mask
@@ -59,9 +60,12 @@ def add_loss(x: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
     return _AddLoss.apply(x, penalty)
 
 
-def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
-    """Forward value `hard`, gradient of `soft`: hard + soft - soft.detach()."""
-    return hard + soft - soft.detach()
+def straight_through(values: torch.Tensor, hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """values * mask with the mask `hard` in forward and `soft` in backward (all [U, D]).
+
+    Forward is exactly values * hard (soft - soft.detach() is exactly 0, where
+    hard + soft - soft.detach() would round); backward: d/dvalues = hard, d/dsoft = values."""
+    return values * hard + values.detach() * (soft - soft.detach())
 
 
 def split_params(params: dict[str, str], own: dict[str, type]) -> tuple[dict[str, object], dict]:
@@ -113,9 +117,9 @@ class MaskedChunkPolicy(ChunkedPolicy):
     @abstractmethod
     def masks(
         self, slots: np.ndarray, train: bool
-    ) -> tuple[np.ndarray, torch.Tensor | None, torch.Tensor | None]:
-        """Entries int32[U] -> (hard chunk counts int64[U] in 1..K, straight-through mask
-        float32[U, D] (train only, else None), penalty scalar tensor (train only, else None))."""
+    ) -> tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None]:
+        """Entries int32[U] -> (hard chunk counts int64[U] in 1..K, (hard mask, soft mask)
+        float32[U, D] each (train only, else None), penalty scalar tensor (train only))."""
 
     def after_step(self) -> None:
         """Hook after the dense optimizer's step and the embedding update."""
@@ -185,7 +189,8 @@ class MaskedChunkPolicy(ChunkedPolicy):
         # The leaf is per unique entry, so the store sees one "access" row per entry.
         own = replace(ctx, inverse=np.arange(U), addresses=addr)
         self._pending = (own, values)
-        out = (values * mask)[torch.from_numpy(ctx.inverse)].reshape(B, F, -1)
+        masked = straight_through(values, *mask)
+        out = masked[torch.from_numpy(ctx.inverse)].reshape(B, F, -1)
         if penalty is not None and self.penalty_weight > 0:
             self.last_penalty = float(penalty.detach())
             ramp = min(1.0, (self.steps + 1) / self.warmup) if self.warmup > 0 else 1.0
