@@ -77,6 +77,8 @@ def line_chart(chart_id: str, title: str, series: list[Series], unit: str = "",
     """Lines (one per series) with optional shaded [lo, hi] bands."""
     ys = [s.y for s in series] + [b for s in series for b in (s.lo, s.hi) if b is not None]
     y0, y1 = _span(ys)
+    if unit in ("%", "B"):
+        y0 = max(y0, 0.0)  # rates and sizes are never negative
     xs = [s.x for s in series if len(s.x)]
     x0, x1 = (float(min(x.min() for x in xs)), float(max(x.max() for x in xs))) if xs else (0, 1)
     x1 = x1 if x1 > x0 else x0 + 1
