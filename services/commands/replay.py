@@ -29,9 +29,22 @@ def replay(
     id_prefix: Annotated[str | None, typer.Option(
         help="event ids are PREFIX:row (default: the spec)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
+    mode: Annotated[str, typer.Option(
+        help="'events': stream into Kafka; 'users': simulated users drive the A/B router "
+             "(services/simulated_users.py; --limit = sessions)")] = "events",
+    router_url: Annotated[str | None, typer.Option(
+        help="--mode users: router base URL (default http://ROUTER_HOST:ROUTER_PORT)")] = None,
 ) -> None:
-    """Stream a data set into Kafka in event-time order, several events per message."""
+    """Stream a data set into Kafka in event-time order, several events per message; or, with
+    --mode users, replay its users against the A/B router."""
     settings = get_settings()
+    if mode == "users":
+        from services.commands.users import replay_users
+
+        replay_users(settings, data, rate, limit, router_url, quiet)
+        return
+    if mode != "events":
+        raise typer.BadParameter("expected 'events' or 'users'", param_hint="--mode")
     if bootstrap:
         settings = settings.model_copy(update={"kafka_bootstrap": bootstrap})
     try:
