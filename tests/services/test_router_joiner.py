@@ -125,3 +125,31 @@ def test_join_state_closes_by_watermark_and_counts_late_arrivals() -> None:
     st.on_feedback({"request_id": "b", "item": "y", "clicked": True, "ts": 205.0})
     assert st.stats.late_arrivals == 1 and st.late_updates == [("b", "y")]
     assert st.held_offsets() == {}
+
+
+def test_version_recorder_copies_versions_and_chunk_histogram(redis_client, db_factory) -> None:
+    import numpy as np
+
+    from services import wire
+    from services.version_recorder import record_versions
+    from storage.db.models import ModelVersionRow
+
+    model = f"m{uuid.uuid4().hex[:6]}"
+    widths = (2, 2, 4)
+    masks = np.array([1, 3, 7, 7, 5], np.uint32)  # live chunks 1, 2, 3, 3, 2
+    records = wire.pack_records(masks, np.ones((5, 8), np.float32), widths)
+    redis_client.mset({wire.emb_key(model, "user", i): r for i, r in enumerate(records)})
+    ver = wire.ModelVersion(
+        model=model, version=4, created_at=123.0, policy="fiited", schema="sim",
+        fields=["user"], dense_names=[], arch="mlp", dim=8, widths=list(widths),
+        dense_key=wire.dense_key(model, 4), full=True, entries_written=5, entries_deleted=0,
+        embedding_bytes=9999, embedding_value_bytes=5000, redis_embedding_bytes=sum(
+            map(len, records)), redis_embedding_records=5, events_applied=10,
+        events_checksum="0", events_invalid=0, offsets={}, metrics={"auc": 0.7})
+    redis_client.set(wire.version_key(model), ver.to_json())
+    assert record_versions(db_factory, redis_client, [model, "absent"]) == 1
+    assert record_versions(db_factory, redis_client, [model]) == 0  # already recorded
+    with db_factory() as s:
+        row = s.scalars(select(ModelVersionRow)).one()
+    assert (row.version, row.embedding_bytes, row.metrics) == (4, 9999, {"auc": 0.7})
+    assert row.chunk_histogram == {"1": 1, "2": 2, "3": 2}
