@@ -61,7 +61,8 @@ class TwinMaskNet(nn.Module):
         self.gain = gain
         self.w1 = nn.Parameter(torch.randn(2, F, H, generator=g))
         self.b1 = nn.Parameter(torch.randn(2, F, H, generator=g) * 0.5)
-        self.w2 = nn.Parameter(torch.randn(2, F, H, K, generator=g) * (0.1 / H**0.5))
+        # Last layer zero: every value starts at option `start`, whatever its frequency.
+        self.w2 = nn.Parameter(torch.zeros(2, F, H, K))
         b2 = torch.zeros(2, F, K)
         b2[:, :, start - 1] = 1.0 / gain  # a logit margin of 1 for the starting option
         self.b2 = nn.Parameter(b2)
