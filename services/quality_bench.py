@@ -100,14 +100,21 @@ def run_one(
     max_rows: int | None = None,
     lr: float = DENSE_LR,
     common_dim: int = 0,
+    hot_start: Path | None = None,
 ) -> Run:
-    """Progressive validation of one policy and seed over the whole stream."""
+    """Progressive validation of one policy and seed over the whole stream; with `hot_start`
+    (a fixed:64 policy save) the policy, and the network where `PATH.net.pt` exists, start
+    from it (models.policies.hot_start)."""
     policy = parse_policy(spec, num_fields=dataset.schema.num_fields, seed=seed)
     if common_dim and policy.dim < common_dim and policy_kind(spec) == "fixed":
         # Every policy runs the same network: a fixed-dim baseline is zero-padded to the
         # widest policy's D, so only where the embedding memory goes differs between runs.
         policy = parse_policy(f"{spec},pad={common_dim}", dataset.schema.num_fields, seed=seed)
     net = build_model(model, dataset.schema, dim=policy.dim, seed=seed)
+    if hot_start is not None:
+        from models.policies.hot_start import hot_start as start_from
+
+        start_from(policy, hot_start, model=net)
     learner = Learner(net, policy, lr=lr)
     t0 = time.perf_counter()
     metrics = learner.run(dataset.batches(batch_size), max_rows=max_rows)
@@ -163,6 +170,7 @@ def run_quality_bench(
     lr: float = DENSE_LR,
     progress: Callable[[Run], None] | None = None,
     common_dim: bool = True,
+    hot_start: Path | None = None,
 ) -> QualityReport:
     """Run every policy with seeds 0..seeds-1 and compare them (see module docstring).
 
@@ -189,7 +197,7 @@ def run_quality_bench(
     labels: np.ndarray | None = None
     for spec in policies:
         for seed in range(seeds):
-            run = run_one(dataset, spec, seed, model, batch_size, max_rows, lr, width)
+            run = run_one(dataset, spec, seed, model, batch_size, max_rows, lr, width, hot_start)
             if labels is None:
                 labels = run.metrics.labels.copy()
             elif not np.array_equal(labels, run.metrics.labels):

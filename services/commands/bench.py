@@ -70,6 +70,14 @@ def quality(
             "same network and only the embedding memory differs"
         ),
     ] = True,
+    hot_start: Annotated[
+        Path | None,
+        typer.Option(
+            "--hot-start",
+            help="start every policy from this fixed:64 policy save (and its network from "
+            "PATH.net.pt if present)",
+        ),
+    ] = None,
 ) -> None:
     """Stream the data set once per policy and seed (progressive validation) and compare
     embedding bytes, AUC, log loss, NE, speed and paired ΔAUC against the reference."""
@@ -103,6 +111,7 @@ def quality(
             lr=lr,
             progress=progress,
             common_dim=common_dim,
+            hot_start=hot_start,
         )
     except (DatasetError, PolicySpecError) as exc:
         log.print(f"[red]error:[/red] {exc}")
