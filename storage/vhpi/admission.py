@@ -17,8 +17,16 @@ import numpy as np
 from storage.vhpi.hash_index import mix64
 
 _SALTS = np.array(
-    [0x243F6A8885A308D3, 0x13198A2E03707344, 0xA4093822299F31D0, 0x082EFA98EC4E6C89,
-     0x452821E638D01377, 0xBE5466CF34E90C6C, 0xC0AC29B7C97C50DD, 0x3F84D5B5B5470917],
+    [
+        0x243F6A8885A308D3,
+        0x13198A2E03707344,
+        0xA4093822299F31D0,
+        0x082EFA98EC4E6C89,
+        0x452821E638D01377,
+        0xBE5466CF34E90C6C,
+        0xC0AC29B7C97C50DD,
+        0x3F84D5B5B5470917,
+    ],
     dtype=np.uint64,
 ).view(np.int64)
 
@@ -39,8 +47,10 @@ class FrequencySketch:
     def _cells(self, fields: np.ndarray, keys: np.ndarray) -> np.ndarray:
         """int64[depth, N] counter index of every key in every row."""
         return np.stack(
-            [(mix64(fields, keys ^ salt) & self._mask).astype(np.int64) for salt in
-             _SALTS[: self.table.shape[0]]]
+            [
+                (mix64(fields, keys ^ salt) & self._mask).astype(np.int64)
+                for salt in _SALTS[: self.table.shape[0]]
+            ]
         )
 
     def estimate(self, fields: np.ndarray, keys: np.ndarray) -> np.ndarray:

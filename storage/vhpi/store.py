@@ -30,9 +30,7 @@ Training step, as the trainer drives it:
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,83 +39,15 @@ import torch
 from storage.vhpi.admission import FrequencySketch
 from storage.vhpi.allocation import chunk_scores, select_chunks
 from storage.vhpi.chunk_pool import ChunkPool
+from storage.vhpi.config import (
+    INDEX_ALLOWANCE,
+    StoreConfig,
+    entry_bytes,
+    fixed_entry_bytes,
+)
 from storage.vhpi.hash_index import HashIndex, mix64
 
 _UTIL_MAX = 60000.0  # float16 headroom
-_ENTRY_BASE_BYTES = 8 + 2 + 1 + 4 + 2 + 2 + 1  # key, field, alive, head address, count, last, dirty
-_INDEX_ALLOWANCE = 12  # index-table bytes per entry at the lowest load the table runs at
-
-
-@dataclass
-class StoreConfig:
-    dim: int = 64  # D: padded embedding width
-    num_chunks: int = 8  # K (ignored when `widths` is given)
-    widths: str | None = None  # chunk widths, e.g. "4-4-8-16-32" (sum = dim); default D/K each
-    optimizer: str = "rowwise_adagrad"  # or "adagrad"
-    lr: float = 0.05
-    eps: float = 1e-8
-    init_std: float = 0.01  # new IDs start uniform with this std, a function of (seed, field, ID)
-    seed: int = 0
-    budget: float | None = None  # fraction of fixed-D total bytes for the same IDs; None: all
-    gamma: float = 0.99
-    interval: int = 50  # prune / regrow every this many steps
-    keep_first: bool = True  # an admitted ID's first chunk goes before any other chunk
-    prefix: bool = True  # live chunks form a prefix of the K positions
-    normalize: str = "field"  # "field": utilities relative to their (field, position) mean
-    freq_power: float = 1.0  # u += a**freq_power * ||g||; the paper's rule is 1
-    hysteresis: float = 0.0  # a pruned chunk must out-score a live one by this factor
-    min_count: int = 1  # accesses before an ID gets chunks (until then it reads zeros)
-    sketch_width: int = 0  # >0: count not-yet-admitted IDs in a count-min sketch, not entries
-    sketch_depth: int = 4
-    sketch_decay_every: int = 10  # halve the sketch every this many maintenance epochs
-    init_chunks: int | None = None  # chunks a new ID starts with; default: what its share pays
-    evict_after: int | None = None  # evict entries not trained for this many steps
-    max_entries: int | None = None  # evict the lowest-utility entries past this many
-    initial_capacity: int = 1024
-
-    def chunk_widths(self) -> tuple[int, ...]:
-        if self.widths:
-            return tuple(int(w) for w in str(self.widths).replace("/", "-").split("-"))
-        return (self.dim // self.num_chunks,) * self.num_chunks
-
-    def __post_init__(self) -> None:
-        if self.widths:
-            w = self.chunk_widths()
-            if sum(w) != self.dim or min(w) <= 0:
-                raise ValueError(f"widths {self.widths} must be positive and sum to dim {self.dim}")
-            self.num_chunks = len(w)
-        elif self.dim % self.num_chunks:
-            raise ValueError(f"dim {self.dim} is not a multiple of K={self.num_chunks}")
-        if self.num_chunks > 32:
-            raise ValueError("at most 32 chunks (a chunk mask is 32 bits)")
-        if self.budget is not None and not 0 < self.budget <= 1:
-            raise ValueError(f"budget must be in (0, 1], got {self.budget}")
-        if self.normalize not in ("field", "none"):
-            raise ValueError(f"normalize must be 'field' or 'none', got {self.normalize!r}")
-        if self.budget is not None:
-            # An ID's own record and index slot are paid before any chunk; a budget that does
-            # not cover them cannot be held.
-            meta = entry_bytes(self.num_chunks, True) + _INDEX_ALLOWANCE
-            fixed = fixed_entry_bytes(self.dim, self.optimizer)
-            if meta >= self.budget * fixed:
-                raise ValueError(
-                    f"budget {self.budget:g} of fixed-{self.dim} is {self.budget * fixed:.0f} "
-                    f"bytes per ID, but an ID's entry and index slot alone take {meta}; "
-                    "use a larger budget (or min_count/max_entries to store fewer IDs)"
-                )
-
-
-def entry_bytes(num_chunks: int, tracks_utility: bool) -> int:
-    """Bytes of one entry's head record."""
-    head_utils = min(num_chunks, 2) if tracks_utility else 0
-    return _ENTRY_BASE_BYTES + (4 if num_chunks > 1 else 0) + 2 * head_utils
-
-
-def fixed_entry_bytes(dim: int, optimizer: str) -> int:
-    """What one ID costs in a fixed-dim store of width `dim` (K = 1, same optimizer), without
-    the index table: the reference a budget is a fraction of."""
-    state = dim if optimizer == "adagrad" else 1
-    return 4 * (dim + state) + entry_bytes(1, False)
 
 
 @dataclass
@@ -432,7 +362,7 @@ class ChunkStore:
         if c.budget is None:
             return self.K
         share = (
-            c.budget * fixed_entry_bytes(c.dim, c.optimizer) - self.entry_bytes() - _INDEX_ALLOWANCE
+            c.budget * fixed_entry_bytes(c.dim, c.optimizer) - self.entry_bytes() - INDEX_ALLOWANCE
         )
         n = 1
         while n < self.K and self._prefix_cost(n + 1) <= share:
@@ -651,50 +581,17 @@ class ChunkStore:
         "ext_util",
         "ext_free",
     )
+    _COUNTERS = ("step", "util_origin", "epoch", "unseen_lookups", "prunes")
 
     def save(self, path: str | Path) -> None:
         """Write the whole store to one .npz file, atomically (temp file, fsync, rename)."""
-        path = Path(path)
-        arrays = {f"index.{k}": v for k, v in self.index.state().items()}
-        for j, pool in enumerate(self.pools):
-            arrays |= {f"pool{j}.{k}": v for k, v in pool.state_dict().items()}
-        arrays |= {name: getattr(self, name) for name in self._ARRAYS}
-        if self.sketch is not None:
-            arrays["sketch"] = self.sketch.table
-        meta = {
-            "config": asdict(self.config),
-            "step": self.step,
-            "util_origin": self.util_origin,
-            "epoch": self.epoch,
-            "unseen_lookups": self.unseen_lookups,
-            "prunes": self.prunes,
-        }
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        from storage.vhpi.snapshot import save_store
+
+        save_store(self, Path(path))
 
     @classmethod
     def load(cls, path: str | Path) -> ChunkStore:
-        with np.load(Path(path)) as z:
-            arrays = {k: z[k] for k in z.files}
-        meta = json.loads(arrays.pop("meta").tobytes().decode())
-        store = cls(StoreConfig(**meta["config"]))
-        store.index = HashIndex.from_state(
-            {k[6:]: v for k, v in arrays.items() if k.startswith("index.")}
-        )
-        for j, pool in enumerate(store.pools):
-            prefix = f"pool{j}."
-            pool.load_state_dict(
-                {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
-            )
-        for name in cls._ARRAYS:
-            setattr(store, name, np.array(arrays[name]))
-        if store.sketch is not None:
-            store.sketch.table = np.array(arrays["sketch"])
-        for key in ("step", "util_origin", "epoch", "unseen_lookups", "prunes"):
-            setattr(store, key, meta[key])
-        return store
+        """A store exactly as `save` wrote it."""
+        from storage.vhpi.snapshot import load_store
+
+        return load_store(cls, Path(path))
