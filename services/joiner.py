@@ -5,7 +5,8 @@ outcomes to the database.
 
 Attribution, in event time: a click on a shown item counts when it arrives within
 `window_s` of the exposure (feedback.ts - exposure.ts <= window_s). An exposure closes once
-the watermark (the newest timestamp seen, or the wall clock) passes ts + window_s + grace_s;
+the watermark passes ts + window_s + grace_s: the event time every input partition has
+reached (the slowest partition with unread messages holds it back), or the wall clock;
 `grace_s` absorbs feedback that is delivered out of order. Counted, never silently lost or
 double counted:
 
@@ -147,9 +148,9 @@ class JoinState:
             p.clicks[item] = float(fb["ts"])
 
     def advance(self, now: float | None = None) -> list[Closed]:
-        """Close every exposure whose window and grace have passed the watermark (or `now`);
-        drop orphans that waited as long."""
-        mark = max(self.watermark, now if now is not None else float("-inf"))
+        """Close every exposure whose window and grace have passed `now` (default: the newest
+        timestamp seen); drop orphans that waited as long."""
+        mark = self.watermark if now is None else now
         horizon = self.window_s + self.grace_s
         done = [rid for rid, p in self.pending.items() if p.close_at + horizon <= mark]
         for rid, seen in list(self.orphan_seen.items()):
@@ -258,6 +259,7 @@ class JoinerService:
                                       linger_ms=5)
         self.exposures_topic = exposures_topic
         self.messages = 0
+        self.source_max: dict[Any, float] = {}  # TopicPartition -> newest ts read from it
 
     def step(self, timeout_ms: int = 200) -> int:
         """One poll -> match -> close -> write -> commit round; returns messages read."""
@@ -268,6 +270,8 @@ class JoinerService:
                 n += 1
                 try:
                     doc = orjson.loads(m.value)
+                    self.source_max[tp] = max(self.source_max.get(tp, float("-inf")),
+                                              float(doc["ts"]))
                     if tp.topic == self.exposures_topic:
                         self.state.on_exposure(doc, (tp.topic, tp.partition, m.offset))
                     else:
@@ -276,8 +280,25 @@ class JoinerService:
                     log.warning("joiner: skipping unreadable message %s:%d:%d (%s)", tp.topic,
                                 tp.partition, m.offset, exc)
         self.messages += n
-        self.finish(self.state.advance(time.time() if self.wall_clock else None), polled)
+        mark = self._watermark()
+        if self.wall_clock:
+            mark = max(mark, time.time())
+        self.finish(self.state.advance(mark), polled)
         return n
+
+    def _watermark(self) -> float:
+        """Event time every input has reached: the minimum, over partitions with unread
+        messages, of the newest timestamp read from each (the other topic may lag, so the
+        newest timestamp overall would close windows before their feedback is read);
+        when every partition is caught up, the newest timestamp read."""
+        assigned = self.consumer.assignment()
+        if not assigned:
+            return float("-inf")
+        ends = self.consumer.end_offsets(list(assigned))
+        lagging = [tp for tp in assigned if self.consumer.position(tp) < ends.get(tp, 0)]
+        if lagging:
+            return min(self.source_max.get(tp, float("-inf")) for tp in lagging)
+        return max(self.source_max.values(), default=float("-inf"))
 
     def finish(self, closed: list[Closed], polled: dict | None = None) -> None:
         """Write what closed, emit its events, commit the offsets that are safe."""

@@ -59,20 +59,13 @@ def test_joiner_neither_loses_nor_double_counts(broker, db_factory) -> None:
     expected_clicks.add((f"r{n}", "2"))
 
     prod = KafkaProducer(bootstrap_servers=broker.address, acks="all")
-    prod.send(topics["feedback"], key=early["request_id"].encode(), value=orjson.dumps(early))
-    prod.flush()
     for ex in exposures:
         prod.send(topics["exposures"], key=ex["request_id"].encode(), value=orjson.dumps(ex))
     prod.send(topics["exposures"], key=b"dup", value=orjson.dumps(exposures[0]))  # duplicate
-    for fb in feedback:
+    for fb in sorted(feedback, key=lambda f: f["ts"]):  # each topic in time order
         prod.send(topics["feedback"], key=fb["request_id"].encode(), value=orjson.dumps(fb))
     prod.flush()
-    # the early click's exposure comes last
-    prod.send(topics["exposures"], key=b"x", value=orjson.dumps(exposure(f"r{n}", t0 + n, eid,
-                                                                         arm_id)))
-    prod.flush()
-    prod.close()
-    total_msgs = n + 2 + len(feedback) + 1
+    total_msgs = n + 1 + len(feedback)
 
     svc = JoinerService(broker.address, db_factory, schema_for=lambda model: "sim",
                         window_s=WINDOW, grace_s=5.0, wall_clock=False,
@@ -84,14 +77,29 @@ def test_joiner_neither_loses_nor_double_counts(broker, db_factory) -> None:
         while svc.messages < total_msgs:
             assert time.monotonic() < deadline, f"joiner read {svc.messages}/{total_msgs}"
             svc.step(timeout_ms=200)
+        # a click read before its exposure (delivered out of order): held, then joined
+        prod.send(topics["feedback"], key=b"e", value=orjson.dumps(early))
+        prod.flush()
+        while svc.messages < total_msgs + 1:
+            assert time.monotonic() < deadline, "early feedback not read"
+            svc.step(timeout_ms=200)
+        assert svc.state.orphans.get(f"r{n}")
+        prod.send(topics["exposures"], key=b"x",
+                  value=orjson.dumps(exposure(f"r{n}", t0 + n, eid, arm_id)))
+        prod.flush()
+        while svc.messages < total_msgs + 2:
+            assert time.monotonic() < deadline, "last exposure not read"
+            svc.step(timeout_ms=200)
         svc.drain()
     finally:
         svc.close()
+        prod.close()
     st = svc.state.stats
     assert st.exposures == n + 1 and st.duplicate_exposures == 1
     assert st.clicks == len(expected_clicks) and st.duplicates == 5 and st.late == 3
     # topics interleave freely in a poll, so more feedback may arrive before its exposure
     assert st.non_clicks == 2 and st.orphans == 1 and st.early >= 1
+    assert st.late_arrivals == 0
     assert st.closed == n + 1 and st.events_emitted == 3 * (n + 1)
 
     with db_factory() as s:
