@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 import uvicorn
+from fastapi import FastAPI
 
 from services.serving.app import create_app
 from storage.settings import get_settings
@@ -31,6 +32,11 @@ def serve(
                if v is not None}
     if updates:
         settings = settings.model_copy(update=updates)
-    uvicorn.run(create_app(settings), host=settings.serving_host, port=settings.serving_port,
-                log_level=log_level, access_log=False, loop="auto", http="auto",
-                timeout_graceful_shutdown=5)
+    run_server(create_app(settings), settings.serving_host, settings.serving_port, log_level)
+
+
+def run_server(app: FastAPI, host: str, port: int, log_level: str = "warning") -> None:
+    """uvicorn as `chunkrec serve` runs it (one process; uvloop and httptools when installed,
+    which uvicorn[standard] brings); bench/serving.py runs its apps the same way."""
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, loop="auto",
+                http="auto", timeout_graceful_shutdown=5)

@@ -26,6 +26,8 @@ from services.serving.middleware import BodyLimit, RequestMetrics
 from services.serving.registry import ModelRegistry
 from services.serving.responses import OrjsonResponse
 from services.serving.routers import health, metrics, score
+from services.serving.schemas import RAW_VALUE_MSG, RAW_VALUE_TAGS
+from services.serving.scorer import RawIdHasher
 from storage.settings import Settings
 
 log = logging.getLogger("chunkrec.serving")
@@ -68,16 +70,27 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = serving_metrics
+    app.state.hasher = RawIdHasher()
     app.include_router(score.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> OrjsonResponse:
-        # pydantic's errors without the offending input echoed back (it can be a whole body)
-        errors = [{"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg")}
-                  for e in exc.errors()[:20]]
-        return OrjsonResponse({"detail": errors}, status_code=422)
+        # pydantic's errors without the offending input echoed back (it can be a whole body);
+        # a raw feature value's two union branches fold into one error at the field's loc
+        errors: dict[tuple[object, ...], dict[str, object]] = {}
+        for e in exc.errors():
+            loc = tuple(e.get("loc", ()))
+            if len(loc) >= 3 and loc[-3] == "features" and loc[-1] in RAW_VALUE_TAGS:
+                loc = loc[:-1]
+                errors[loc] = {"type": "value_error", "loc": list(loc), "msg": RAW_VALUE_MSG}
+            else:
+                errors.setdefault(loc, {"type": e.get("type"), "loc": list(loc),
+                                        "msg": e.get("msg")})
+            if len(errors) >= 20:
+                break
+        return OrjsonResponse({"detail": list(errors.values())}, status_code=422)
 
     app.add_middleware(BodyLimit, max_bytes=settings.serving_max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=serving_metrics)  # outermost: sees 413s too

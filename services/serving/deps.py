@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from services.serving.metrics import ServingMetrics
 from services.serving.registry import ModelRegistry
+from services.serving.scorer import RawIdHasher
 from storage.settings import Settings
 
 
@@ -29,7 +30,12 @@ def get_metrics(request: Request) -> ServingMetrics:
     return request.app.state.metrics
 
 
+def get_hasher(request: Request) -> RawIdHasher:
+    return request.app.state.hasher
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
 MetricsDep = Annotated[ServingMetrics, Depends(get_metrics)]
+HasherDep = Annotated[RawIdHasher, Depends(get_hasher)]

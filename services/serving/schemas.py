@@ -19,15 +19,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PlainValidator,
-    StrictInt,
-    WithJsonSchema,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
 from services import wire
 
@@ -35,20 +27,11 @@ Int64 = Annotated[StrictInt, Field(ge=wire.INT64_MIN, le=wire.INT64_MAX)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 
-def _raw_value(v: object) -> str | int:
-    """A raw feature value: a string of at most MAX_STRING_CHARS, or an int64 (as events)."""
-    if isinstance(v, str):
-        if len(v) > wire.MAX_STRING_CHARS:
-            raise ValueError(f"longer than {wire.MAX_STRING_CHARS} chars")
-        return v
-    if isinstance(v, int) and not isinstance(v, bool) and wire.INT64_MIN <= v <= wire.INT64_MAX:
-        return v
-    raise ValueError(f"expected a string or an int64, got {type(v).__name__}")
-
-
-# one validator instead of a str | int union, so an error's loc ends at the field name
-RawValue = Annotated[str | int, PlainValidator(_raw_value), WithJsonSchema(
-    {"anyOf": [{"type": "string", "maxLength": wire.MAX_STRING_CHARS}, {"type": "integer"}]})]
+# A union validated by pydantic-core (a Python validator per value cost ~0.3 ms a request);
+# its error locs end in a branch tag, which the app's 422 handler folds (see RAW_VALUE_TAGS).
+RawValue = Annotated[StrictStr, Field(max_length=wire.MAX_STRING_CHARS)] | Int64
+RAW_VALUE_TAGS = frozenset({"constrained-str", "constrained-int", "str", "int"})
+RAW_VALUE_MSG = f"expected a string of at most {wire.MAX_STRING_CHARS} chars or an int64"
 ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$",
                                  examples=["fiited", "fixed64"])]
 

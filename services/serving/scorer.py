@@ -1,6 +1,6 @@
 """The scoring path of one request: items -> IDs -> embeddings from cache / Redis -> network.
 
-    ids, dense = items_to_arrays(model, items, request_dense)   # int64[B, F], float32[B, Dn]
+    ids, dense = items_to_arrays(model, items, request_dense, hasher)  # int64[B, F], [B, Dn]
     emb, unseen, hits = await gather_embeddings(model, ids, redis, mget_chunk)  # [B, F, D]
     probs = model.predict(emb, dense)                             # float32[B]
 
@@ -61,6 +61,28 @@ class LoadedModel:
             return torch.sigmoid(self.net(torch.from_numpy(emb), d)).numpy()
 
 
+class RawIdHasher:
+    """Raw feature value (its string form) -> int64 ID, exactly `hash_values`, memoised: the
+    mapping never changes, so entries never go stale. A request's distinct new values are
+    hashed in one vectorised call; at `capacity` values the memo starts over.
+
+    hash(["196", "242", "196"]) -> int64[3]
+    """
+
+    def __init__(self, capacity: int = 1 << 20) -> None:
+        self.capacity = max(1, capacity)
+        self._d: dict[str, int] = {}
+
+    def hash(self, raw: list[str]) -> np.ndarray:
+        d = self._d
+        new = [v for v in dict.fromkeys(raw) if v not in d]
+        if new:
+            if len(d) + len(new) > self.capacity:
+                d.clear()
+            d.update(zip(new, hash_values(np.array(new, dtype=object)).tolist(), strict=True))
+        return np.fromiter(map(d.__getitem__, raw), np.int64, len(raw))
+
+
 class FieldError(ValueError):
     """Items that do not fit the model's schema: errors in pydantic's shape, for a 422."""
 
@@ -88,10 +110,10 @@ def _check_keys(got: set[str] | dict[str, object], want: frozenset[str], what: s
 
 
 def items_to_arrays(model: LoadedModel, items: list[Item],
-                    request_dense: dict[str, float] | None,
+                    request_dense: dict[str, float] | None, hasher: RawIdHasher,
                     max_errors: int = 20) -> tuple[np.ndarray, np.ndarray | None]:
-    """Items -> (ids int64[B, F], dense float32[B, Dn] | None). Raw feature values of all
-    items are hashed in one `hash_values` call. Raises FieldError naming each wrong item and
+    """Items -> (ids int64[B, F], dense float32[B, Dn] | None). Raw feature values are hashed
+    by `hasher` (the events' hashing, memoised). Raises FieldError naming each wrong item and
     field (at most `max_errors` of them)."""
     schema = model.schema
     fields, fset, dset = schema.fields, model._field_set, model._dense_set
@@ -146,8 +168,7 @@ def items_to_arrays(model: LoadedModel, items: list[Item],
     if errors:
         raise FieldError(errors[:max_errors])
     if raw_rows:
-        hashed = hash_values(np.array(raw, dtype=object)).reshape(len(raw_rows), nf)
-        ids[raw_rows] = hashed
+        ids[raw_rows] = hasher.hash(raw).reshape(len(raw_rows), nf)
     if id_rows:
         ids[id_rows] = np.array(id_vals, np.int64).reshape(len(id_rows), nf)
     return ids, dense

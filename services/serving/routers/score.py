@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException
 
-from services.serving.deps import MetricsDep, RedisDep, RegistryDep, SettingsDep
+from services.serving.deps import HasherDep, MetricsDep, RedisDep, RegistryDep, SettingsDep
 from services.serving.responses import OrjsonResponse
 from services.serving.schemas import ScoreRequest, ScoreResponse
 from services.serving.scorer import FieldError, gather_embeddings, items_to_arrays
@@ -23,7 +23,7 @@ router = APIRouter(tags=["score"])
                503: {"description": "the model is known but no version is loaded yet"}},
 )
 async def score(req: ScoreRequest, settings: SettingsDep, registry: RegistryDep,
-                client: RedisDep, metrics: MetricsDep) -> OrjsonResponse:
+                client: RedisDep, metrics: MetricsDep, hasher: HasherDep) -> OrjsonResponse:
     """Score `items` with the newest loaded version of `model`; every item is scored by the
     same version (the one returned)."""
     if len(req.items) > settings.serving_max_items:
@@ -38,7 +38,7 @@ async def score(req: ScoreRequest, settings: SettingsDep, registry: RegistryDep,
         known = ", ".join(registry.known()) or "none yet"
         raise HTTPException(404, f"unknown model {req.model!r}; serving: {known}")
     try:
-        ids, dense = items_to_arrays(model, req.items, req.dense)
+        ids, dense = items_to_arrays(model, req.items, req.dense, hasher)
     except FieldError as exc:
         raise HTTPException(422, exc.errors) from None
     emb, unseen, hits, misses = await gather_embeddings(model, ids, client,

@@ -1,0 +1,296 @@
+"""Serving throughput and latency: POST /v1/score with 100 candidates per request, against a
+trivial FastAPI endpoint on the same server in the same run.
+
+    python bench/serving.py [--duration 10] [--concurrency 8] [--candidates 100]
+
+Set-up (all on 127.0.0.1): a redis-server; a `fiited:budget=0.25` DLRM trained on
+MovieLens-100k in-process and published to Redis as a trainer would (services/publisher.py);
+one uvicorn process running the serving app exactly as `chunkrec serve` does, plus two bench
+routes: `/bench/trivial` parses and validates the same request body (ScoreRequest) and
+returns constant scores (the framework's cost for this body), `/bench/bare` ignores the body.
+A second server with the embedding cache off measures the Redis (MGET) path of every request.
+
+Load: `wrk` when on PATH (closed loop, `concurrency` connections, one thread, for `duration`
+seconds after a warm-up), else an httpx client process (bounded number of requests). Bodies:
+20 users, each with `candidates` random movies, as raw feature values (hashed by serving).
+Goal (issue 4): p99 <= 20 ms at >= 0.5x the trivial endpoint's requests/s.
+"""
+
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import pandas as pd
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from services.infra import ManagedProcess, free_port, start_redis, wait_until  # noqa: E402
+from storage.settings import Settings, get_settings  # noqa: E402
+
+MODEL = "fiited"
+POLICY = "fiited:budget=0.25"
+
+
+# ------------------------------------------------------------------------------ server side
+def serve(port: int, redis_url: str, cache_entries: int | None) -> None:
+    """The serving app as `chunkrec serve` runs it, plus /bench/trivial and /bench/bare."""
+    from services.commands.serve import run_server
+    from services.serving.app import create_app
+    from services.serving.responses import OrjsonResponse
+    from services.serving.schemas import ScoreRequest
+
+    update: dict[str, object] = {"redis_url": redis_url}
+    if cache_entries is not None:
+        update["serving_cache_entries"] = cache_entries
+    app = create_app(get_settings().model_copy(update=update))
+
+    @app.post("/bench/trivial")
+    async def trivial(req: ScoreRequest) -> OrjsonResponse:
+        return OrjsonResponse({"model": req.model, "version": 0,
+                               "scores": [0.5] * len(req.items), "unseen_ids": 0})
+
+    @app.post("/bench/bare")
+    async def bare() -> OrjsonResponse:
+        return OrjsonResponse({"ok": True})
+
+    run_server(app, "127.0.0.1", port)
+
+
+# ------------------------------------------------------------------------------ set-up
+def publish_model(redis_url: str, settings: Settings) -> dict[str, object]:
+    """Train MODEL on MovieLens-100k and publish it to Redis (one full version)."""
+    import torch
+
+    from models.learner import Learner
+    from models.networks import build_model
+    from models.policy import parse_policy
+    from services import wire
+    from services.publisher import RedisPublisher
+    from storage.datasets.spec import open_dataset
+
+    torch.set_num_threads(1)
+    ds = open_dataset("movielens-100k")
+    policy = parse_policy(POLICY, num_fields=ds.schema.num_fields)
+    net = build_model("dlrm", ds.schema, dim=policy.dim)
+    learner = Learner(net, policy)
+    rows = 0
+    for batch in ds.batches(512):
+        learner.step(batch)
+        rows += len(batch)
+    mem = policy.memory()
+    record = wire.ModelVersion(
+        model=MODEL, version=1, created_at=time.time(), policy=POLICY, schema=ds.schema.name,
+        fields=list(ds.schema.fields), dense_names=[], arch="dlrm", dim=policy.dim, widths=[],
+        dense_key="", full=True, entries_written=0, entries_deleted=0,
+        embedding_bytes=mem.total_bytes, embedding_value_bytes=mem.value_bytes,
+        redis_embedding_bytes=0, redis_embedding_records=0, events_applied=rows,
+        events_checksum="0", events_invalid=0, offsets={},
+        metrics={"auc": wire.finite_or_none(learner.metrics.auc())})
+    client = redis.Redis.from_url(redis_url)
+    stats = RedisPublisher(client, MODEL, ds.schema.fields).publish(
+        policy, wire.dense_to_bytes(net.state_dict()), 1, True, record)
+    client.close()
+    return {"rows": rows, "records": stats.entries_written, "bytes": stats.record_bytes}
+
+
+def request_bodies(settings: Settings, candidates: int, n: int = 20,
+                   seed: int = 0) -> list[bytes]:
+    """`n` bodies: a MovieLens user's raw features with `candidates` random movies each."""
+    cache = Path(settings.data_dir) / "movielens-100k"
+    users = pd.read_parquet(cache / "users.parquet")
+    movies = pd.read_parquet(cache / "movies.parquet")
+    rng = np.random.default_rng(seed)
+    bodies = []
+    for u in rng.choice(len(users), n, replace=False):
+        user = users.iloc[int(u)]
+        picks = movies.iloc[rng.choice(len(movies), candidates, replace=False)]
+        items = [{"features": {
+            "user": str(user["user"]), "item": str(m.item), "gender": str(user["gender"]),
+            "age": str(user["age"]), "occupation": str(user["occupation"]),
+            "zip": str(user["zip"]), "genre": str(m.genres).split("|")[0]}}
+            for m in picks.itertuples()]
+        bodies.append(orjson.dumps({"model": MODEL, "items": items}))
+    return bodies
+
+
+def start_server(port: int, redis_url: str, log: Path,
+                 cache_entries: int | None = None) -> ManagedProcess:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", "--port", str(port),
+           "--redis", redis_url]
+    if cache_entries is not None:
+        cmd += ["--cache-entries", str(cache_entries)]
+    proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                            cwd=ROOT, start_new_session=True)
+    mp = ManagedProcess("serve", proc, "127.0.0.1", port, log)
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(ready, 60, "bench server", mp.alive)
+    return mp
+
+
+# ------------------------------------------------------------------------------ load
+_LUA = """
+local bodies = {}
+local f = io.open("%(path)s", "rb")
+for line in f:lines() do bodies[#bodies + 1] = line end
+f:close()
+local i = 0
+request = function()
+  i = i %% #bodies + 1
+  return wrk.format("POST", "%(route)s", {["Content-Type"] = "application/json"}, bodies[i])
+end
+"""
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    assert m, text
+    return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+
+
+def run_wrk(url: str, route: str, bodies: list[bytes], concurrency: int, duration: float,
+            workdir: Path) -> dict[str, float]:
+    data = workdir / "bodies.jsonl"
+    data.write_bytes(b"\n".join(bodies) + b"\n")
+    script = workdir / f"{route.strip('/').replace('/', '_')}.lua"
+    script.write_text(_LUA % {"path": data, "route": route})
+    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{duration:g}s", "--latency", "-s", str(script),
+           url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)$", out, re.M)
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    return {"rps": rps, "p50": _ms(lat["50"]), "p99": _ms(lat["99"]), "requests": total,
+            "errors": int(errors.group(1)) if errors else 0,
+            "socket_errors": socket_errors.group(1) if socket_errors else ""}
+
+
+def run_httpx(url: str, route: str, bodies: list[bytes], concurrency: int,
+              requests: int) -> dict[str, float]:
+    latencies: list[float] = []
+    errors = 0
+
+    async def worker(client: httpx.AsyncClient, k: int) -> None:
+        nonlocal errors
+        for j in range(k, requests, concurrency):
+            t0 = time.perf_counter()
+            resp = await client.post(route, content=bodies[j % len(bodies)],
+                                     headers={"content-type": "application/json"})
+            latencies.append((time.perf_counter() - t0) * 1e3)
+            errors += resp.status_code != 200
+
+    async def main() -> float:
+        limits = httpx.Limits(max_connections=concurrency)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker(client, k) for k in range(concurrency)))
+            return time.perf_counter() - t0
+
+    seconds = asyncio.run(main())
+    q = statistics.quantiles(latencies, n=100)
+    return {"rps": requests / seconds, "p50": q[49], "p99": q[98], "requests": requests,
+            "errors": errors, "socket_errors": ""}
+
+
+def load(client: str, url: str, route: str, bodies: list[bytes], args: argparse.Namespace,
+         workdir: Path) -> dict[str, float]:
+    if client == "wrk":
+        run_wrk(url, route, bodies, args.concurrency, min(2.0, args.duration), workdir)  # warm
+        return run_wrk(url, route, bodies, args.concurrency, args.duration, workdir)
+    run_httpx(url, route, bodies, args.concurrency, max(50, args.requests // 10))  # warm-up
+    return run_httpx(url, route, bodies, args.concurrency, args.requests)
+
+
+def cache_hit_rate(url: str) -> float | None:
+    text = httpx.get(url + "/metrics").text
+
+    def total(name: str) -> float:
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith(name + "{"))
+
+    hits = total("chunkrec_serving_cache_hits_total")
+    misses = total("chunkrec_serving_cache_misses_total")
+    return hits / (hits + misses) if hits + misses else None
+
+
+# ------------------------------------------------------------------------------ main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    ap.add_argument("--concurrency", type=int, default=8, help="connections")
+    ap.add_argument("--candidates", type=int, default=100, help="items per request")
+    ap.add_argument("--requests", type=int, default=3000, help="requests per httpx run")
+    ap.add_argument("--client", choices=("auto", "wrk", "httpx"), default="auto")
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--redis", help=argparse.SUPPRESS)
+    ap.add_argument("--cache-entries", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        serve(args.port, args.redis, args.cache_entries)
+        return
+    client = ("wrk" if shutil.which("wrk") else "httpx") if args.client == "auto" else args.client
+    settings = get_settings()
+    if not (Path(settings.data_dir) / "movielens-100k" / "users.parquet").is_file():
+        sys.exit("MovieLens-100k is not cached: run `chunkrec data fetch movielens-100k`")
+    with tempfile.TemporaryDirectory(prefix="chunkrec-bench-serving-") as tmp:
+        work = Path(tmp)
+        with start_redis(log_dir=work) as redis_proc:
+            seeded = publish_model(redis_proc.url, settings)
+            bodies = request_bodies(settings, args.candidates)
+            rows = []
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            with start_server(port, redis_proc.url, work / "serve.log"):
+                for label, route in (("bare FastAPI endpoint (body ignored)", "/bench/bare"),
+                                     ("trivial endpoint (same body parsed)", "/bench/trivial"),
+                                     ("/v1/score (cache on)", "/v1/score")):
+                    rows.append((label, load(client, url, route, bodies, args, work)))
+                hit_rate = cache_hit_rate(url)
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            with start_server(port, redis_proc.url, work / "serve-nocache.log", 0):
+                rows.append(("/v1/score (cache off: MGET each)",
+                             load(client, url, "/v1/score", bodies, args, work)))
+    trivial = rows[1][1]["rps"]
+    print(f"\nserving bench: {args.candidates} candidates/request (raw MovieLens features), "
+          f"model {POLICY} dlrm ({seeded['records']:,} records, {seeded['bytes']:,} bytes in "
+          f"Redis), client {client}, {args.concurrency} connections"
+          + (f", {args.duration:g} s per run" if client == "wrk" else
+             f", {args.requests} requests per run") + f", {os.cpu_count()} CPUs")
+    print(f"{'endpoint':<40} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs trivial':>11} "
+          f"{'requests':>9} {'errors':>7}")
+    for label, r in rows:
+        print(f"{label:<40} {r['rps']:>9,.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
+              f"{r['rps'] / trivial:>10.2f}x {r['requests']:>9,} {r['errors']:>7}"
+              + (f"  socket errors: {r['socket_errors']}" if r["socket_errors"] else ""))
+    if hit_rate is not None:
+        print(f"embedding cache hit rate (cache-on server): {hit_rate:.3f}")
+    score = rows[2][1]
+    ok = score["p99"] <= 20 and score["rps"] >= 0.5 * trivial
+    print(f"goal p99 <= 20 ms at >= 0.5x trivial req/s: {'met' if ok else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
