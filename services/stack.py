@@ -321,11 +321,17 @@ class Stack:
                     signal.signal(sig, handler)
 
     def _stop_all(self) -> None:
-        order = ["replay", "serve"] + [f"train-{n}" for n, _ in self.c.models]
-        for name in order + [n for n in self.procs if n not in order]:
-            mp = self.procs.get(name)
-            if mp is not None:
-                mp.stop(grace_s=30.0 if name.startswith("train-") else 10.0)
+        # the replay first (no more events), then every app process at once (trainers
+        # checkpoint, publish and leave their groups in parallel), then Redis and the broker
+        replay = self.procs.get("replay")
+        if replay is not None:
+            replay.stop()
+        rest = [(name, mp) for name, mp in self.procs.items() if name != "replay"]
+        for _, mp in rest:
+            if mp.alive():
+                mp.proc.terminate()
+        for name, mp in rest:
+            mp.stop(grace_s=30.0 if name.startswith("train-") else 10.0)
         for mp in (self.redis, self.broker):
             if mp is not None:
                 mp.stop()
