@@ -56,7 +56,7 @@ def quality(
     reference: Annotated[
         str | None, typer.Option(help="policy the ΔAUC is measured against (default: first)")
     ] = None,
-    model: Annotated[str, typer.Option(help=f"network: {' or '.join(MODEL_NAMES)}")] = "mlp",
+    model: Annotated[str, typer.Option(help=f"network: {' or '.join(MODEL_NAMES)} (dlrm: dot products are exact under zero padding)")] = "dlrm",
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
     max_rows: Annotated[int | None, typer.Option(min=1, help="stop after N rows")] = None,
     png: Annotated[Path | None, typer.Option(help="write the memory-vs-AUC frontier here")] = None,
