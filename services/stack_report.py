@@ -41,26 +41,43 @@ def rate(samples: list[Sample], model: str, window_s: float = 5.0) -> float | No
     return (last.events_applied - first.events_applied) / (last.t - first.t)
 
 
+def _by_model(title: str, names: list[str], rows: list[tuple[str, list[str]]]) -> Table:
+    """One row per measure, one column per model: narrow enough for an 80-column terminal."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("")
+    for name in names:
+        table.add_column(name, justify="right")
+    for label, cells in rows:
+        table.add_row(label, *cells)
+    return table
+
+
 def live_table(result: StackResult, policies: dict[str, str], served: dict[str, int],
                title: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    for col in ("model", "policy", "version (served)", "events applied", "events/s", "lag",
-                "online AUC", "recent AUC", "embedding bytes", "Redis record bytes",
-                "Redis keys"):
-        table.add_column(col, justify="left" if col in ("model", "policy") else "right")
-    for name, policy in policies.items():
-        rec = result.latest.get(name)
-        if rec is None:
-            table.add_row(name, policy, *(["-"] * 9))
-            continue
-        ev_s = rate(result.samples, name)
-        table.add_row(
-            name, policy, f"{rec.version} ({served.get(name, '-')})", f"{rec.events_applied:,}",
-            "-" if ev_s is None else f"{ev_s:,.0f}", str(rec.metrics.get("lag", "-")),
-            _f(rec.metrics.get("auc")), _f(rec.metrics.get("window_auc")),
-            _kib(rec.embedding_bytes), _kib(rec.redis_embedding_bytes),
-            f"{rec.redis_embedding_records:,}")
-    return table
+    names = list(policies)
+    recs = [result.latest.get(n) for n in names]
+
+    def cells(fn: object) -> list[str]:
+        return [("-" if rec is None else fn(name, rec))  # type: ignore[operator]
+                for name, rec in zip(names, recs, strict=True)]
+
+    def ev_s(name: str, _rec: wire.ModelVersion) -> str:
+        r = rate(result.samples, name)
+        return "-" if r is None else f"{r:,.0f}"
+
+    rows = [
+        ("policy", [policies[n] for n in names]),
+        ("version (served)", cells(lambda n, r: f"{r.version} ({served.get(n, '-')})")),
+        ("events applied", cells(lambda n, r: f"{r.events_applied:,}")),
+        ("events/s", cells(ev_s)),
+        ("lag (messages)", cells(lambda n, r: str(r.metrics.get("lag", "-")))),
+        ("online AUC", cells(lambda n, r: _f(r.metrics.get("auc")))),
+        ("recent AUC", cells(lambda n, r: _f(r.metrics.get("window_auc")))),
+        ("embedding bytes (trainer)", cells(lambda n, r: _kib(r.embedding_bytes))),
+        ("Redis record bytes", cells(lambda n, r: _kib(r.redis_embedding_bytes))),
+        ("Redis keys", cells(lambda n, r: f"{r.redis_embedding_records:,}")),
+    ]
+    return _by_model(f"{title}  [{result.seconds:.0f} s]", names, rows)
 
 
 def redis_memory(r: redis.Redis, model: str, records: int, sample: int = 5000) -> int | None:
@@ -82,23 +99,28 @@ def redis_memory(r: redis.Redis, model: str, records: int, sample: int = 5000) -
 
 def summary_table(result: StackResult, policies: dict[str, str],
                   memory_usage: dict[str, int | None]) -> Table:
-    table = Table(title=f"chunkrec up: {result.reason}, {result.events_sent or 0:,} events "
-                        f"replayed, {result.seconds:.0f} s", title_justify="left")
-    for col in ("model", "policy", "versions", "events applied", "online AUC", "recent AUC",
-                "logloss", "embedding bytes", "Redis keys", "Redis record bytes",
-                "Redis MEMORY USAGE"):
-        table.add_column(col, justify="left" if col in ("model", "policy") else "right")
-    for name, policy in policies.items():
-        rec = result.latest.get(name)
-        if rec is None:
-            table.add_row(name, policy, *(["-"] * 9))
-            continue
-        m = rec.metrics
-        table.add_row(name, policy, str(rec.version), f"{rec.events_applied:,}",
-                      _f(m.get("auc")), _f(m.get("window_auc")), _f(m.get("logloss")),
-                      _kib(rec.embedding_bytes), f"{rec.redis_embedding_records:,}",
-                      _kib(rec.redis_embedding_bytes), _kib(memory_usage.get(name)))
-    return table
+    names = list(policies)
+    recs = [result.latest.get(n) for n in names]
+
+    def cells(fn: object) -> list[str]:
+        return [("-" if rec is None else fn(name, rec))  # type: ignore[operator]
+                for name, rec in zip(names, recs, strict=True)]
+
+    rows = [
+        ("policy", [policies[n] for n in names]),
+        ("versions published", cells(lambda n, r: str(r.version))),
+        ("events applied", cells(lambda n, r: f"{r.events_applied:,}")),
+        ("online AUC (all events)", cells(lambda n, r: _f(r.metrics.get("auc")))),
+        ("recent AUC (last window)", cells(lambda n, r: _f(r.metrics.get("window_auc")))),
+        ("online logloss", cells(lambda n, r: _f(r.metrics.get("logloss")))),
+        ("embedding bytes (trainer)", cells(lambda n, r: _kib(r.embedding_bytes))),
+        ("Redis keys", cells(lambda n, r: f"{r.redis_embedding_records:,}")),
+        ("Redis record bytes", cells(lambda n, r: _kib(r.redis_embedding_bytes))),
+        ("Redis MEMORY USAGE", cells(lambda n, r: _kib(memory_usage.get(n)))),
+    ]
+    title = (f"chunkrec up: {result.reason}, {result.events_sent or 0:,} events replayed, "
+             f"{result.seconds:.0f} s")
+    return _by_model(title, names, rows)
 
 
 def plot(result: StackResult, path: Path) -> Path:

@@ -4,6 +4,7 @@ bodies; scorer.py the path from items to scores)."""
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException
+from redis.exceptions import RedisError
 
 from services.serving.deps import HasherDep, MetricsDep, RedisDep, RegistryDep, SettingsDep
 from services.serving.responses import OrjsonResponse
@@ -20,7 +21,7 @@ router = APIRouter(tags=["score"])
     responses={404: {"description": "unknown model"},
                413: {"description": "request body too large"},
                422: {"description": "a field that does not fit the model (named in loc)"},
-               503: {"description": "the model is known but no version is loaded yet"}},
+               503: {"description": "no version of the model loaded yet, or Redis down"}},
 )
 async def score(req: ScoreRequest, settings: SettingsDep, registry: RegistryDep,
                 client: RedisDep, metrics: MetricsDep, hasher: HasherDep) -> OrjsonResponse:
@@ -41,8 +42,11 @@ async def score(req: ScoreRequest, settings: SettingsDep, registry: RegistryDep,
         ids, dense = items_to_arrays(model, req.items, req.dense, hasher)
     except FieldError as exc:
         raise HTTPException(422, exc.errors) from None
-    emb, unseen, hits, misses = await gather_embeddings(model, ids, client,
-                                                        settings.serving_mget_chunk)
+    try:
+        emb, unseen, hits, misses = await gather_embeddings(model, ids, client,
+                                                            settings.serving_mget_chunk)
+    except (RedisError, OSError) as exc:
+        raise HTTPException(503, f"embeddings unavailable: redis: {exc}") from None
     probs = model.predict(emb, dense)
     metrics.observe_score(model.name, len(req.items), unseen, hits, misses, len(model.cache))
     return OrjsonResponse({"model": model.name, "version": model.version,
