@@ -56,7 +56,13 @@ def quality(
     reference: Annotated[
         str | None, typer.Option(help="policy the ΔAUC is measured against (default: first)")
     ] = None,
-    model: Annotated[str, typer.Option(help=f"network: {' or '.join(MODEL_NAMES)} (dlrm: dot products are exact under zero padding)")] = "dlrm",
+    model: Annotated[
+        str,
+        typer.Option(
+            help=f"network: {' or '.join(MODEL_NAMES)} (dlrm: dot products are exact under "
+            "zero padding)"
+        ),
+    ] = "dlrm",
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
     max_rows: Annotated[int | None, typer.Option(min=1, help="stop after N rows")] = None,
     png: Annotated[Path | None, typer.Option(help="write the memory-vs-AUC frontier here")] = None,
@@ -95,8 +101,10 @@ def quality(
 
     def progress(run: Run) -> None:
         s = run.metrics.summary()
-        log.print(f"[dim]{run.policy} seed {run.seed}: {s['rows']:,} rows, AUC {s['auc']:.4f}, "
-                  f"{run.samples_per_s:,.0f} samples/s, {run.wall_s:.1f} s[/dim]")
+        log.print(
+            f"[dim]{run.policy} seed {run.seed}: {s['rows']:,} rows, AUC {s['auc']:.4f}, "
+            f"{run.samples_per_s:,.0f} samples/s, {run.wall_s:.1f} s[/dim]"
+        )
 
     try:
         report = run_quality_bench(

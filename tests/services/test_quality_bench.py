@@ -68,7 +68,8 @@ def test_bench_quality_end_to_end(planted: None, tmp_path: Path) -> None:
         app,
         ["bench", "quality", "--data", "planted", "--policies", "torch:8,rows=4096",
          "--policy", "torch:4,rows=512", "--seeds", "2", "--out", str(out), "--png", str(png),
-         "--batch-size", "128", "--max-rows", "3000", "--bootstrap", "50", "--threads", "1"],
+         "--batch-size", "128", "--max-rows", "3000", "--bootstrap", "50", "--threads", "1",
+         "--model", "mlp"],
         env={"COLUMNS": "250"},
     )
     assert result.exit_code == 0, result.output
