@@ -6,14 +6,14 @@ topic, a key or a byte layout.
 Click event (Kafka topic `events`; one message = a JSON array of events, orjson):
 
     {"event_id": "movielens-100k:17",     # str, 1..256 chars, unique per event
-     "ts": 881250949.0,                   # float epoch seconds, finite, >= 0
+     "ts": 881250949.0,                   # float epoch seconds, 0 <= ts < 2^53
      "label": 1,                          # int 0 or 1
      "unit_id": 196,                      # str | int | null (optional): who the A/B split hashes
      "ids": {"user": -4417..., ...}       # already-hashed int64 IDs, one per schema field
        or "features": {"user": "196", ...}   # raw values (str or int), hashed here with
                                              # storage.batch.hash_values of the string form
-     "dense": {"age": 0.3},               # {name: finite float}, all of the schema's (optional
-                                          # when the schema has none)
+     "dense": {"age": 0.3},               # {name: number finite as float32}, all of the
+                                          # schema's (optional when the schema has none)
      "schema": "movielens-100k"}          # schema name; must match the consumer's schema
 
 Exactly one of "ids" / "features"; every schema field present, no unknown key anywhere.
@@ -76,6 +76,11 @@ MAX_EVENT_ID_CHARS = 256
 MAX_STRING_CHARS = 1024  # a raw feature value or a string unit id
 MAX_SCHEMA_CHARS = 128
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+# ts is floored to int64 seconds: bound it where float64 is still exact (orjson reads integers
+# past uint64 as floats, so 1e19 would otherwise pass and overflow the floor)
+MAX_TS_S = float(1 << 53)
+# dense values train as float32: a finite float64 past this reads as inf there
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _EVENT_KEYS = frozenset({"event_id", "ts", "label", "unit_id", "ids", "features", "dense",
@@ -179,8 +184,8 @@ def _check_event(ev: object, schema: DatasetSchema, field_set: frozenset[str],
     if type(eid) is not str or not 0 < len(eid) <= MAX_EVENT_ID_CHARS:
         return f"event_id: expected a string of 1..{MAX_EVENT_ID_CHARS} chars"
     ts = ev["ts"]
-    if (type(ts) is not float and type(ts) is not int) or not 0 <= ts < math.inf:
-        return f"ts: expected finite epoch seconds >= 0, got {ts!r}"[:200]
+    if (type(ts) is not float and type(ts) is not int) or not 0 <= ts < MAX_TS_S:
+        return f"ts: expected finite epoch seconds in [0, 2^53), got {ts!r}"[:200]
     label = ev["label"]
     if type(label) is not int or (label != 0 and label != 1):
         return f"label: expected 0 or 1, got {label!r}"[:200]
@@ -230,8 +235,9 @@ def _check_event(ev: object, schema: DatasetSchema, field_set: frozenset[str],
             return (f"dense: missing {sorted(dense_set - dense.keys())}, "
                     f"unknown {sorted(dense.keys() - dense_set)}")[:300]
         for k, v in dense.items() if deep else ():
-            if (type(v) is not float and type(v) is not int) or not -math.inf < v < math.inf:
-                return f"dense.{k}: expected a finite number, got {v!r}"[:200]
+            if ((type(v) is not float and type(v) is not int)
+                    or not -FLOAT32_MAX <= v <= FLOAT32_MAX):
+                return f"dense.{k}: expected a finite float32 number, got {v!r}"[:200]
     return None
 
 
@@ -283,7 +289,7 @@ def _bulk_values_ok(events: list[dict[str, Any]], schema: DatasetSchema) -> bool
         flat = _values(events, "dense")
         if not set(map(type, flat)) <= {int, float}:
             return False
-        if not np.isfinite(np.array(flat, dtype=np.float64)).all():
+        if not (np.abs(np.array(flat, dtype=np.float64)) <= FLOAT32_MAX).all():  # NaN too
             return False
     return True
 
