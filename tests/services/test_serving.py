@@ -213,6 +213,7 @@ def test_new_versions_swap_in_under_load_without_failures(
         thread.join(timeout=60)
     assert statuses and set(statuses) == {200}, f"failures: {statuses}"
     distinct = sorted(set(versions))
+    print(f"{len(statuses)} requests in flight across versions {distinct}")  # shown with -s
     assert len(distinct) >= 3, f"versions seen: {distinct}"  # 2+ swaps while in flight
 
 
