@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 
 READY_TIMEOUT_S = 30.0
 _POLL_S = 0.05
@@ -69,6 +70,7 @@ class ManagedProcess:
     port: int
     log_path: Path | None = None
     _log: object | None = field(default=None, repr=False)
+    password: str = field(default="", repr=False)  # redis: AUTH password (--requirepass)
 
     @property
     def address(self) -> str:
@@ -77,7 +79,8 @@ class ManagedProcess:
     @property
     def url(self) -> str:
         if self.name == "redis":
-            return f"redis://{self.host}:{self.port}/0"
+            auth = f":{quote(self.password, safe='')}@" if self.password else ""
+            return f"redis://{auth}{self.host}:{self.port}/0"
         return self.address
 
     def alive(self) -> bool:
@@ -183,8 +186,9 @@ def start_tansu(port: int | None = None, log_dir: Path | None = None,
 
 def start_redis(port: int | None = None, log_dir: Path | None = None,
                 data_dir: Path | None = None, deadline_s: float = READY_TIMEOUT_S,
-                attempts: int = 3) -> ManagedProcess:
-    """A redis-server on 127.0.0.1:`port` with persistence off, ready to answer PING."""
+                attempts: int = 3, password: str = "") -> ManagedProcess:
+    """A redis-server on 127.0.0.1:`port` with persistence off, ready to answer PING; with a
+    `password`, clients must AUTH (its `url` carries the password)."""
     import redis
 
     binary = redis_server_binary()
@@ -196,11 +200,15 @@ def start_redis(port: int | None = None, log_dir: Path | None = None,
         if data_dir is not None:
             data_dir.mkdir(parents=True, exist_ok=True)
             cmd += ["--dir", str(data_dir)]
+        if password:
+            cmd += ["--requirepass", password]  # argv, never the log
         mp = _spawn("redis", cmd, p, log_dir)
+        mp.password = password
 
         def ping(p: int = p) -> bool:
             try:
-                with redis.Redis(host="127.0.0.1", port=p, socket_timeout=1) as r:
+                with redis.Redis(host="127.0.0.1", port=p, socket_timeout=1,
+                                 password=password or None) as r:
                     return bool(r.ping())
             except (redis.RedisError, OSError):
                 return False

@@ -217,7 +217,8 @@ class StreamTrainer:
         self.consumer.subscribe([self.c.topic], listener=_Rebalance(self))
         self.producer = KafkaProducer(bootstrap_servers=self.s.kafka_bootstrap, acks="all",
                                       retries=5, linger_ms=5)
-        client = redis.Redis.from_url(self.s.redis_url, socket_timeout=10)
+        client = redis.Redis.from_url(self.s.redis_url, socket_timeout=10,
+                                      **self.s.redis_kwargs)
         self.publisher = RedisPublisher(client, self.c.model, self.c.schema.fields,
                                         self.s.redis_write_chunk, self.s.dense_versions_kept)
 

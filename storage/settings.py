@@ -25,7 +25,11 @@ class Settings(BaseSettings):
 
     # --- streaming system: broker, Redis, trainer (services/trainer.py) ---
     kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka host:port")
-    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis for serving")
+    # secrets: repr=False keeps them out of any logged Settings; a password may sit in the URL
+    # (redis://:PASSWORD@host:port/0) or apart in redis_password, which overrides it
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis for serving",
+                           repr=False)
+    redis_password: str = Field(default="", repr=False, description="Redis AUTH password")
     checkpoint_dir: Path = Field(
         default=Path.home() / ".cache" / "chunkrec" / "checkpoints",
         description="trainer checkpoints, one folder per model",
@@ -61,10 +65,12 @@ class Settings(BaseSettings):
 
     # --- metadata database, A/B router, joiner (storage/db, services/router, services/joiner) ---
     database_url: str = Field(
-        default="", description="SQLAlchemy URL; empty: SQLite at data_dir/chunkrec.db")
+        default="", repr=False,
+        description="SQLAlchemy URL (may hold a password); empty: SQLite at data_dir/chunkrec.db")
     router_host: str = "127.0.0.1"
     router_port: int = 8100
-    router_api_key: str = Field(default="", description="admin API key; empty: admin refused")
+    router_api_key: str = Field(default="", repr=False,
+                                description="admin API key; empty: admin refused")
     serving_url: str = Field(default="", description="serving base URL for the router; empty: "
                              "http://serving_host:serving_port")
     router_config_ttl_s: float = 1.0  # how long a router replica caches experiment configs
@@ -77,6 +83,12 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         """`database_url`, or SQLite under `data_dir` when it is empty."""
         return self.database_url or f"sqlite:///{Path(self.data_dir) / 'chunkrec.db'}"
+
+    @property
+    def redis_kwargs(self) -> dict[str, str]:
+        """Keyword arguments for `redis.Redis.from_url(redis_url, ...)` besides the URL: the
+        password when `redis_password` is set (it wins over one in the URL)."""
+        return {"password": self.redis_password} if self.redis_password else {}
 
     @property
     def resolved_serving_url(self) -> str:

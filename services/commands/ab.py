@@ -22,6 +22,13 @@ from storage.settings import get_settings
 db_app = typer.Typer(no_args_is_help=True)
 
 
+def _shown(url: str) -> str:
+    """A database URL fit to print: its password masked."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply Alembic revisions to CHUNKREC_DATABASE_URL (default SQLite in the data dir)."""
@@ -29,7 +36,7 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
 
     url = get_settings().resolved_database_url
     upgrade(url, revision)
-    typer.echo(f"{url}: at revision {current(url)}")
+    typer.echo(f"{_shown(url)}: at revision {current(url)}")
 
 
 @db_app.command("downgrade")
@@ -39,7 +46,7 @@ def db_downgrade(revision: Annotated[str, typer.Argument()] = "base") -> None:
 
     url = get_settings().resolved_database_url
     downgrade(url, revision)
-    typer.echo(f"{url}: at revision {current(url)}")
+    typer.echo(f"{_shown(url)}: at revision {current(url)}")
 
 
 def route(host: Annotated[str | None, typer.Option()] = None,
@@ -70,7 +77,7 @@ def join(default_schema: Annotated[str, typer.Option(
 
     settings = get_settings()
     factory = session_factory(make_engine(settings.resolved_database_url))
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis_url, **settings.redis_kwargs)
     schemas: dict[str, str] = {}
     last = [0.0]
 

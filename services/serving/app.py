@@ -42,7 +42,8 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5,
-                                         socket_connect_timeout=5, health_check_interval=30)
+                                         socket_connect_timeout=5, health_check_interval=30,
+                                         **settings.redis_kwargs)
         registry = ModelRegistry(settings, client, serving_metrics)
         app.state.redis = client
         app.state.registry = registry
