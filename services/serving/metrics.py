@@ -17,6 +17,8 @@ that several apps (tests, benches) can live in one process.
     chunkrec_model_load_seconds                          fetch + build time of a new version
     chunkrec_model_load_failures_total{model}
     chunkrec_serving_redis_up                            1 when the last version check worked
+    chunkrec_model_stale{model}                          1 when Redis holds a newer version or
+                                                         cannot be reached (the cache serves)
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ class ServingMetrics:
                                      "Versions that could not be loaded", ["model"], registry=r)
         self.redis_up = Gauge("chunkrec_serving_redis_up",
                               "1 when the last version check reached Redis", registry=r)
+        self.stale = Gauge("chunkrec_model_stale", "1 when the served version may be behind "
+                           "(a newer one in Redis, or Redis unreachable)", ["model"], registry=r)
 
     def observe_request(self, path: str, code: int, seconds: float) -> None:
         path = path if path in PATHS else "other"

@@ -150,6 +150,10 @@ class ModelRegistry:
                     self.redis_ok = False
                     self.last_error = f"redis: {exc}"
                 self.metrics.redis_up.set(1 if self.redis_ok else 0)
+                for name, m in list(self._models.items()):
+                    newest = self.redis_versions.get(name)
+                    behind = newest is not None and newest > m.version
+                    self.metrics.stale.labels(name).set(int(behind or not self.redis_ok))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.s.serving_poll_s)
         finally:

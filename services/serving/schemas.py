@@ -79,7 +79,8 @@ class ScoreResponse(BaseModel):
 class ModelStatus(BaseModel):
     version: int
     redis_version: int | None = Field(description="the newest version in Redis, as last seen")
-    stale: bool = Field(description="a newer version is in Redis than the one loaded")
+    stale: bool = Field(description="a newer version is in Redis than the one loaded, or Redis "
+                        "is unreachable (the loaded version and its cache are served)")
     age_s: float = Field(description="seconds since the loaded version was published")
     events_applied: int
 

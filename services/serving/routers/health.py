@@ -36,7 +36,8 @@ async def readyz(registry: RegistryDep, client: RedisDep) -> OrjsonResponse:
         newest = registry.redis_versions.get(name)
         models[name] = ModelStatus(
             version=m.version, redis_version=newest,
-            stale=newest is not None and newest > m.version,
+            # Redis down: the cached version is served and may be behind what the trainer has
+            stale=not redis_ok or (newest is not None and newest > m.version),
             age_s=round(now - m.record.created_at, 3),
             events_applied=m.record.events_applied)
     missing = sorted(registry.only - set(models))
