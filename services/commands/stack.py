@@ -47,8 +47,9 @@ def up(
     progress; print a summary and write a PNG when every event is applied; stop it all."""
     settings = get_settings()
     console = Console()
-    if not console.is_terminal:
-        console = Console(width=max(console.width, 170))  # logs and pipes: no wrapped tables
+    if not console.is_terminal:  # logs and pipes: plain lines (a Live table shows only its
+        no_progress = True        # last frame there), and no wrapped tables
+        console = Console(width=max(console.width, 170))
     try:
         events_per_s = None if rate_.strip().lower() == "max" else float(rate_)
     except ValueError as exc:
