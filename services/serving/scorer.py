@@ -15,6 +15,7 @@ as unseen.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -124,6 +125,7 @@ def items_to_arrays(model: LoadedModel, items: list[Item],
     raw: list[str] = []
     id_rows: list[int] = []
     id_vals: list[int] = []
+    pick = itemgetter(*fields) if nf > 1 else (lambda d: (d[fields[0]],))  # values in field order
     for i, it in enumerate(items):
         if it.features is not None:
             values, where = it.features, "features"
@@ -137,10 +139,10 @@ def items_to_arrays(model: LoadedModel, items: list[Item],
             continue
         if where == "features":
             raw_rows.append(i)
-            raw.extend([str(values[f]) for f in fields])
+            raw.extend(pick(values))
         else:
             id_rows.append(i)
-            id_vals.extend([values[f] for f in fields])  # type: ignore[misc]
+            id_vals.extend(pick(values))
     dense = None
     if schema.num_dense:
         dense = np.empty((n, schema.num_dense), np.float32)
@@ -168,6 +170,8 @@ def items_to_arrays(model: LoadedModel, items: list[Item],
     if errors:
         raise FieldError(errors[:max_errors])
     if raw_rows:
+        if not all(type(v) is str for v in raw):  # ints hash by their string form, as events
+            raw = [v if type(v) is str else str(v) for v in raw]
         ids[raw_rows] = hasher.hash(raw).reshape(len(raw_rows), nf)
     if id_rows:
         ids[id_rows] = np.array(id_vals, np.int64).reshape(len(id_rows), nf)
