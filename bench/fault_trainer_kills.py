@@ -1,0 +1,163 @@
+"""Trainer crashes: SIGKILL `chunkrec train` at random moments during a replay, restart it each
+time; at the end the applied-event count and event-id checksum in the version record (and the
+newest checkpoint) must equal the produced set's: no event lost, none applied twice.
+
+    python bench/fault_trainer_kills.py [--events 200000] [--kills 20] [--rate 2500] [--seed 0]
+
+Set-up: a tansu broker and a redis-server (services/infra.py, free ports), a 2-partition topic,
+a synthetic stream (4 fields, vocab 5,000) replayed at `rate` events/s in a background thread
+while the trainer runs (checkpoints every 5,000 events or 2 s, publishes every 0.5 s). Each
+round: start the trainer, wait until it has joined the group, then kill it after a random
+0.5..4 s; the last trainer runs to --max-events. Prints one line per kill and a summary table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from services import wire  # noqa: E402
+from services.checkpoint import CheckpointState, list_checkpoints  # noqa: E402
+from services.infra import create_topics, start_redis, start_tansu, wait_until  # noqa: E402
+from services.replay import ReplayStats, replay_dataset  # noqa: E402
+from storage.settings import Settings  # noqa: E402
+
+POLICY = "fiited:dim=16,budget=0.5,interval=20"
+MODEL = "killed"
+
+
+@dataclass
+class KillReport:
+    kills: int
+    produced: int
+    produced_checksum: int
+    applied: int
+    applied_checksum: int
+    checkpoint_applied: int
+    checkpoint_checksum: int
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return (self.applied == self.produced == self.checkpoint_applied
+                and self.applied_checksum == self.produced_checksum == self.checkpoint_checksum)
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    keys = ("kafka_bootstrap", "redis_url", "checkpoint_dir", "publish_interval_s",
+            "checkpoint_interval_s", "checkpoint_every_events", "trainer_batch_events",
+            "trainer_threads", "kafka_max_poll_interval_ms")
+    return dict(os.environ) | {f"CHUNKREC_{k.upper()}": str(getattr(settings, k)) for k in keys}
+
+
+def _start(settings: Settings, spec: str, topic: str, log: Path,
+           max_events: int | None = None) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "services.cli", "train", "--model", MODEL, "--policy", POLICY,
+           "--data", spec, "--topic", topic]
+    if max_events is not None:
+        cmd += ["--max-events", str(max_events)]
+    return subprocess.Popen(cmd, env=_env(settings), cwd=ROOT, stdout=open(log, "wb"),  # noqa: SIM115
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def run_kills(settings: Settings, spec: str, topic: str, kills: int, rate: float, seed: int,
+              work: Path, say: bool = True) -> KillReport:
+    """The fault run (see module docstring) against the broker and Redis in `settings`."""
+    rng = random.Random(seed)
+    r = redis.Redis.from_url(settings.redis_url, **settings.redis_kwargs)
+
+    def published() -> int:
+        blob = r.get(wire.version_key(MODEL))
+        return 0 if blob is None else wire.ModelVersion.from_json(blob).events_applied
+
+    replayed: list[ReplayStats] = []
+    producer = threading.Thread(target=lambda: replayed.append(replay_dataset(
+        settings, spec, topic=topic, batch_events=100, rate=rate)))
+    t0 = time.monotonic()
+    producer.start()
+    for k in range(kills):
+        log = work / f"trainer-{k}.log"
+        proc = _start(settings, spec, topic, log)
+        try:
+            wait_until(lambda log=log: b"assigned" in log.read_bytes(), 120,
+                       f"trainer {k} joined", alive=lambda proc=proc: proc.poll() is None)
+            kill_at = time.monotonic() + rng.uniform(0.5, 4.0)  # the fault schedule
+            wait_until(lambda kill_at=kill_at: time.monotonic() >= kill_at, 10, "kill time",
+                       alive=lambda proc=proc: proc.poll() is None)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        if say:
+            print(f"kill {k + 1:2d} at {time.monotonic() - t0:6.1f} s: published "
+                  f"{published():,} applied events", flush=True)
+    producer.join()
+    sent = replayed[0]
+    if sent.failed_messages:
+        raise RuntimeError(f"replay: {sent.failed_messages} messages not acknowledged")
+    log = work / "trainer-final.log"
+    final = _start(settings, spec, topic, log, max_events=sent.events)
+    try:
+        if final.wait(timeout=600) != 0:
+            raise RuntimeError(f"final trainer failed:\n{log.read_text()[-3000:]}")
+    finally:
+        if final.poll() is None:
+            final.kill()
+    rec = wire.ModelVersion.from_json(r.get(wire.version_key(MODEL)))
+    r.close()
+    ckpt = CheckpointState.from_json(
+        (list_checkpoints(Path(settings.checkpoint_dir) / MODEL)[-1] / "state.json").read_bytes())
+    return KillReport(kills, sent.events, sent.checksum, rec.events_applied,
+                      int(rec.events_checksum), ckpt.events_applied, ckpt.events_checksum,
+                      time.monotonic() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--kills", type=int, default=20)
+    ap.add_argument("--rate", type=float, default=2500.0, help="replay events/s")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    spec = f"synthetic:events={args.events},fields=4,vocab=5000,seed={args.seed}"
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        with start_tansu(log_dir=work) as broker, start_redis(log_dir=work) as store:
+            topic = "events-kills"
+            create_topics(broker.address, {topic: 2, wire.DLQ_TOPIC: 1})
+            settings = Settings(
+                kafka_bootstrap=broker.address, redis_url=store.url,
+                checkpoint_dir=work / "ckpt", publish_interval_s=0.5,
+                checkpoint_interval_s=2.0, checkpoint_every_events=5000,
+                trainer_batch_events=512, trainer_threads=1, kafka_max_poll_interval_ms=3000)
+            rep = run_kills(settings, spec, topic, args.kills, args.rate, args.seed, work)
+    print()
+    print(f"{'faults injected (SIGKILL)':32s} {rep.kills}")
+    print(f"{'events produced (acked)':32s} {rep.produced:,}")
+    print(f"{'events applied (version record)':32s} {rep.applied:,}")
+    print(f"{'events applied (checkpoint)':32s} {rep.checkpoint_applied:,}")
+    print(f"{'lost':32s} {max(0, rep.produced - rep.applied):,}")
+    print(f"{'applied twice (count excess)':32s} {max(0, rep.applied - rep.produced):,}")
+    print(f"{'checksum produced':32s} {rep.produced_checksum}")
+    print(f"{'checksum applied':32s} {rep.applied_checksum}")
+    print(f"{'checksums match':32s} {rep.applied_checksum == rep.produced_checksum}")
+    print(f"{'wall time':32s} {rep.seconds:.0f} s")
+    print(f"{'verdict':32s} {'OK' if rep.ok else 'FAILED'}")
+    sys.exit(0 if rep.ok else 1)
+
+
+if __name__ == "__main__":
+    main()
