@@ -50,6 +50,7 @@ from services.infra import (
     create_topics,
     free_port,
     start_redis,
+    start_seaweedfs,
     start_tansu,
     wait_until,
 )
@@ -73,6 +74,7 @@ class StackConfig:
     arch: str = "dlrm"
     serving_port: int | None = None  # default: a free port
     publish_interval_s: float = 1.0  # unless CHUNKREC_PUBLISH_INTERVAL_S is set
+    durable: bool = False  # the broker keeps its log in SeaweedFS (tansu's s3:// engine)
 
 
 @dataclass
@@ -147,6 +149,7 @@ class Stack:
         self.procs: dict[str, ManagedProcess] = {}
         self.redis: ManagedProcess | None = None
         self.broker: ManagedProcess | None = None
+        self.s3_store: ManagedProcess | None = None  # SeaweedFS, with --durable
         self.serving_url = ""
         self.t0 = time.monotonic()
         self._child_settings: Settings | None = None
@@ -174,7 +177,8 @@ class Stack:
         tmp.replace(self.state_file)
 
     def _all(self) -> list[tuple[str, ManagedProcess]]:
-        infra = [(n, p) for n, p in (("tansu", self.broker), ("redis", self.redis)) if p]
+        infra = [(n, p) for n, p in (("seaweedfs", self.s3_store), ("tansu", self.broker),
+                                     ("redis", self.redis)) if p]
         return infra + list(self.procs.items())
 
     # ---------------------------------------------------------------- starting
@@ -197,8 +201,13 @@ class Stack:
         """Start everything (see module docstring); raises StackError / InfraError."""
         step = on_step or (lambda _msg: None)
         self._claim()
+        s3 = None
+        if self.c.durable:
+            step("starting SeaweedFS (S3) for the durable broker")
+            self.s3_store, s3 = start_seaweedfs(self.run_dir / "s3", log_dir=self.log_dir)
+            self._write_state()
         step("starting the broker (tansu) and redis-server")
-        self.broker = start_tansu(log_dir=self.log_dir)
+        self.broker = start_tansu(log_dir=self.log_dir, s3=s3)
         self._write_state()
         self.redis = start_redis(log_dir=self.log_dir)
         self._write_state()
@@ -332,7 +341,7 @@ class Stack:
                 mp.proc.terminate()
         for name, mp in rest:
             mp.stop(grace_s=30.0 if name.startswith("train-") else 10.0)
-        for mp in (self.redis, self.broker):
+        for mp in (self.redis, self.broker, self.s3_store):
             if mp is not None:
                 mp.stop()
         with contextlib.suppress(OSError):

@@ -42,6 +42,9 @@ def up(
     port: Annotated[int | None, typer.Option(help="serving port (default: a free one)")] = None,
     no_progress: Annotated[bool, typer.Option(
         "--no-progress", help="plain status lines instead of the live table")] = False,
+    durable: Annotated[bool, typer.Option(
+        "--durable", help="broker log in SeaweedFS (tansu's s3:// engine): survives a broker "
+                          "restart")] = False,
 ) -> None:
     """Start broker, Redis, the fiited and fixed64 trainers, serving and a replay; show
     progress; print a summary and write a PNG when every event is applied; stop it all."""
@@ -58,7 +61,7 @@ def up(
     if data == "movielens-100k":
         _ensure_movielens(settings)
     config = StackConfig(data=data, events=events, rate=events_per_s, minutes=minutes,
-                         serving_port=port)
+                         serving_port=port, durable=durable)
     policies = dict(config.models)
     stack = Stack(settings, config)
     signal.signal(signal.SIGTERM, _raise_interrupt)
