@@ -215,7 +215,9 @@ class Stack:
         port = self.c.serving_port or free_port()
         self.serving_url = f"http://127.0.0.1:{port}"
         updates: dict[str, object] = {
+            # the stack's own redis-server has no password: a configured one would fail AUTH
             "kafka_bootstrap": self.broker.address, "redis_url": self.redis.url,
+            "redis_password": "",
             "checkpoint_dir": self.run_dir / "checkpoints", "serving_port": port,
             "serving_host": "127.0.0.1", "trainer_threads": self.s.trainer_threads or 1,
         }
