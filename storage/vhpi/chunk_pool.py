@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 OPTIMIZERS = ("adagrad", "rowwise_adagrad")
 
@@ -86,8 +87,9 @@ class ChunkPool:
 
     def gather(self, addrs: np.ndarray) -> torch.Tensor:
         """int32[...] addresses -> float32[..., chunk_dim]; -1 reads zeros."""
-        rows = torch.from_numpy(addrs.astype(np.int64) + 1)
-        return self.values[rows.reshape(-1)].reshape(*addrs.shape, self.chunk_dim)
+        rows = torch.from_numpy(addrs.astype(np.int64).ravel() + 1)
+        # F.embedding is torch's fastest row gather on CPU (about 3x plain fancy indexing).
+        return F.embedding(rows, self.values).reshape(*addrs.shape, self.chunk_dim)
 
     def write(self, addrs: np.ndarray, values: torch.Tensor) -> None:
         """Set the values of live chunks and give them fresh optimizer state."""
@@ -103,10 +105,10 @@ class ChunkPool:
         g2 = grads * grads
         if self.state_width == 1:
             g2 = g2.mean(dim=1, keepdim=True)
-        acc = self.state.index_select(0, rows) + g2
-        self.state.index_copy_(0, rows, acc)
-        upd = grads * (lr / (acc.sqrt() + eps))
-        self.values.index_add_(0, rows, -upd)
+        self.state.index_add_(0, rows, g2)  # rows are distinct: an add is an update
+        denom = F.embedding(rows, self.state).sqrt_().add_(eps)
+        # (index_add_'s alpha argument takes a path about 10x slower on CPU: scale first)
+        self.values.index_add_(0, rows, grads.mul(-lr).div_(denom))
 
     # ---- accounting and persistence ----------------------------------------------------
     def live_bytes(self) -> tuple[int, int]:

@@ -282,7 +282,9 @@ class ChunkStore:
             slots = self.index.lookup(fields, keys)
             self.unseen_lookups += int((slots < 0).sum())
             uniq, inverse = np.unique(slots, return_inverse=True)
-            emb = self._gather(uniq)[torch.from_numpy(inverse.ravel())]
+            emb = torch.nn.functional.embedding(
+                torch.from_numpy(inverse.ravel()), self._gather(uniq)
+            )
             return emb.reshape(B, F, D), None
 
         if self.sketch is None:
@@ -315,7 +317,7 @@ class ChunkStore:
                 self._admit(waiting, max_chunks=1)
         addr = self.addresses(uniq_ok)
         addr[~known] = -1
-        emb = self._gather(uniq, addr)[torch.from_numpy(inverse)]
+        emb = torch.nn.functional.embedding(torch.from_numpy(inverse), self._gather(uniq, addr))
         return emb.reshape(B, F, D), LookupContext(uniq, inverse, counts, addr)
 
     def _init_entries(self, slots: np.ndarray, count: np.ndarray | int) -> None:
@@ -437,7 +439,8 @@ class ChunkStore:
         for j, pool in enumerate(self.pools):
             on = live[:, j]
             if on.any():
-                pool.adagrad_step(addr[on, j], parts[j][torch.from_numpy(on)], c.lr, c.eps)
+                sel = torch.from_numpy(np.flatnonzero(on))
+                pool.adagrad_step(addr[on, j], parts[j].index_select(0, sel), c.lr, c.eps)
         self.dirty[ctx.unique[live.any(axis=1)]] = True
         if self.step % c.interval == 0:
             self.maintain()
