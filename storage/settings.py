@@ -73,6 +73,7 @@ class Settings(BaseSettings):
                                 description="admin API key; empty: admin refused")
     serving_url: str = Field(default="", description="serving base URL for the router; empty: "
                              "http://serving_host:serving_port")
+    router_max_body_bytes: int = 2 << 20  # request body limit of the router (413 beyond it)
     router_config_ttl_s: float = 1.0  # how long a router replica caches experiment configs
     router_score_timeout_s: float = 2.0
     attribution_window_s: float = 30.0  # feedback counts as a click within this after exposure

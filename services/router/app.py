@@ -11,10 +11,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 from services.router.deps import ConfigCache, KafkaSink, MessageSink, RouterState
 from services.router.routers import dashboard, experiments, feedback, rank, reports
+from services.serving.middleware import BodyLimit
 from storage.db.session import make_engine, session_factory
 from storage.settings import Settings
 
@@ -51,6 +54,14 @@ def create_app(settings: Settings, sink: MessageSink | None = None,
                               "logging, reports and the dashboard.")
     for module in (experiments, rank, feedback, reports, dashboard):
         app.include_router(module.router)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # pydantic's errors without the input echoed back (100k candidates came back whole)
+        errors = [{k: e[k] for k in ("type", "loc", "msg") if k in e} for e in exc.errors()]
+        return JSONResponse({"detail": errors[:20]}, status_code=422)
+
+    app.add_middleware(BodyLimit, max_bytes=settings.router_max_body_bytes)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

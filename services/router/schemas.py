@@ -14,8 +14,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+# database integers: an id past int64 is a 422, not an overflow (500) in the SQL driver
+DB_INT_MAX = (1 << 63) - 1
+ExperimentId = Annotated[int, Path(ge=1, le=DB_INT_MAX)]
+PhaseQuery = Annotated[int | None, Query(ge=1, le=DB_INT_MAX)]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 RawValue = str | int
 
@@ -78,7 +83,7 @@ class RankRequest(BaseModel):
     context: dict[str, RawValue] = Field(default_factory=dict,
                                          description="features shared by every candidate")
     top_k: int | None = Field(default=None, ge=1, description="items shown (default: all)")
-    experiment_id: int | None = Field(default=None,
+    experiment_id: int | None = Field(default=None, ge=1, le=DB_INT_MAX,
                                       description="default: the only running experiment")
 
 

@@ -25,6 +25,7 @@ from services.analysis import (
 )
 from services.router.charts import Series, bar_chart, line_chart
 from services.router.deps import SessionDep
+from services.router.schemas import ExperimentId, PhaseQuery
 from storage.db.models import Experiment, Model, ModelVersionRow
 
 router = APIRouter(tags=["dashboard"])
@@ -116,7 +117,8 @@ def render_dashboard(session: Session, experiment_id: int, phase: int | None = N
 
 
 @router.get("/experiments/{experiment_id}", response_class=HTMLResponse)
-def dashboard(experiment_id: int, session: SessionDep, phase: int | None = None) -> HTMLResponse:
+def dashboard(experiment_id: ExperimentId, session: SessionDep,
+              phase: PhaseQuery = None) -> HTMLResponse:
     try:
         return HTMLResponse(render_dashboard(session, experiment_id, phase))
     except LookupError as exc:

@@ -11,7 +11,13 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 
 from services.router.deps import AdminDep, SessionDep, StateDep
-from services.router.schemas import ArmOut, ExperimentCreate, ExperimentOut, WeightsUpdate
+from services.router.schemas import (
+    ArmOut,
+    ExperimentCreate,
+    ExperimentId,
+    ExperimentOut,
+    WeightsUpdate,
+)
 from storage.db import experiments as store
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"], dependencies=[AdminDep])
@@ -45,7 +51,7 @@ def create(body: ExperimentCreate, session: SessionDep) -> ExperimentOut:
 
 
 @router.get("/{experiment_id}", response_model=ExperimentOut)
-def read(experiment_id: int, session: SessionDep) -> ExperimentOut:
+def read(experiment_id: ExperimentId, session: SessionDep) -> ExperimentOut:
     try:
         return _out(store.experiment_config(session, experiment_id))
     except LookupError as exc:
@@ -64,17 +70,17 @@ def _change(op, experiment_id: int, session, state, *args) -> ExperimentOut:  # 
 
 
 @router.post("/{experiment_id}/start", response_model=ExperimentOut)
-def start(experiment_id: int, session: SessionDep, state: StateDep) -> ExperimentOut:
+def start(experiment_id: ExperimentId, session: SessionDep, state: StateDep) -> ExperimentOut:
     return _change(store.start_experiment, experiment_id, session, state)
 
 
 @router.post("/{experiment_id}/stop", response_model=ExperimentOut)
-def stop(experiment_id: int, session: SessionDep, state: StateDep) -> ExperimentOut:
+def stop(experiment_id: ExperimentId, session: SessionDep, state: StateDep) -> ExperimentOut:
     return _change(store.stop_experiment, experiment_id, session, state)
 
 
 @router.put("/{experiment_id}/weights", response_model=ExperimentOut)
-def weights(experiment_id: int, body: WeightsUpdate, session: SessionDep,
+def weights(experiment_id: ExperimentId, body: WeightsUpdate, session: SessionDep,
             state: StateDep) -> ExperimentOut:
     """A new weight layout opens the next phase; units are re-bucketed for it."""
     return _change(store.set_weights, experiment_id, session, state, body.weights)

@@ -8,12 +8,14 @@ from fastapi import APIRouter, HTTPException
 
 from services.analysis import experiment_report
 from services.router.deps import SessionDep
+from services.router.schemas import ExperimentId, PhaseQuery
 
 router = APIRouter(tags=["reports"])
 
 
 @router.get("/v1/experiments/{experiment_id}/report")
-def report(experiment_id: int, session: SessionDep, phase: int | None = None) -> dict[str, Any]:
+def report(experiment_id: ExperimentId, session: SessionDep,
+           phase: PhaseQuery = None) -> dict[str, Any]:
     """Per arm: units, exposures, clicks, CTR [95% CI], difference vs control [95% CI] and
     p-value, mSPRT always-valid p-value, log loss, AUC, latency p50/p99, embedding bytes;
     the SRM check."""
