@@ -52,9 +52,13 @@ class UserStats:
     arms: dict[str, int] | None = None
 
 
-def build_sessions(ratings: pd.DataFrame, session_items: int = 3) -> list[Session]:
-    """ratings[user, item, rating, timestamp] -> sessions in time order (stable)."""
-    r = ratings.sort_values("timestamp", kind="stable").reset_index(drop=True)
+def build_sessions(ratings: pd.DataFrame, session_items: int = 3,
+                   skip_ratings: int = 0) -> list[Session]:
+    """ratings[user, item, rating, timestamp] -> sessions in time order (stable), made of the
+    ratings after the first `skip_ratings` in that order: the ones `replay --limit N` sent as
+    warm-up (the reader sorts the same way), so no model has seen a session's labels."""
+    r = ratings.sort_values("timestamp", kind="stable").iloc[skip_ratings:]
+    r = r.reset_index(drop=True)
     r["block"] = r.groupby("user").cumcount() // session_items
     out = []
     for (user, _), g in r.groupby(["user", "block"], sort=False):

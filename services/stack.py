@@ -57,6 +57,8 @@ from services.infra import (
 from storage.settings import Settings
 
 DEFAULT_MODELS = (("fiited", "fiited:budget=0.25"), ("fixed64", "fixed:64"))
+# children that exit when their work is done (the others must keep running)
+FINITE = ("replay", "users")
 _SENT = re.compile(r"sent ([\d,]+) events")
 
 
@@ -182,13 +184,26 @@ class Stack:
         return infra + list(self.procs.items())
 
     # ---------------------------------------------------------------- starting
-    def _spawn(self, name: str, args: list[str], port: int = 0) -> ManagedProcess:
+    def configure_children(self, **updates: object) -> None:
+        """Settings for the children started from now on (after start(): the experiment's
+        database, router and joiner settings)."""
+        assert self._child_settings is not None, "start() first"
+        self._child_settings = self._child_settings.model_copy(update=updates)
+
+    def spawn(self, name: str, args: list[str], port: int = 0,
+              env: dict[str, str] | None = None) -> ManagedProcess:
+        """Start `chunkrec ARGS` as child `name` (log in log_dir/NAME.log); `env` is added to
+        the child's environment only (a secret for one child)."""
+        return self._spawn(name, args, port, env)
+
+    def _spawn(self, name: str, args: list[str], port: int = 0,
+               extra_env: dict[str, str] | None = None) -> ManagedProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         log = open(log_path, "wb")  # noqa: SIM115 - closed by ManagedProcess.stop
         assert self._child_settings is not None
         # the child's environment: this one passed through, plus the stack's settings
-        env = dict(os.environ) | settings_env(self._child_settings)
+        env = dict(os.environ) | settings_env(self._child_settings) | (extra_env or {})
         proc = subprocess.Popen([sys.executable, "-m", "services.cli", *args], stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)
@@ -275,7 +290,7 @@ class Stack:
 
     def check_children(self) -> None:
         for name, mp in self.procs.items():
-            if name != "replay" and not mp.alive():
+            if name not in FINITE and not mp.alive():
                 raise StackError(f"{name} exited (code {mp.proc.returncode}):\n{mp.log_tail()}")
 
     def wait(self, on_tick: Callable[[StackResult], None] | None = None,
@@ -332,12 +347,13 @@ class Stack:
                     signal.signal(sig, handler)
 
     def _stop_all(self) -> None:
-        # the replay first (no more events), then every app process at once (trainers
-        # checkpoint, publish and leave their groups in parallel), then Redis and the broker
-        replay = self.procs.get("replay")
-        if replay is not None:
-            replay.stop()
-        rest = [(name, mp) for name, mp in self.procs.items() if name != "replay"]
+        # the replay and the users first (no more events), then every app process at once
+        # (trainers checkpoint, publish and leave their groups in parallel), then Redis and
+        # the broker
+        for name in FINITE:
+            if name in self.procs:
+                self.procs[name].stop()
+        rest = [(name, mp) for name, mp in self.procs.items() if name not in FINITE]
         for _, mp in rest:
             if mp.alive():
                 mp.proc.terminate()

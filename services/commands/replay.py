@@ -34,6 +34,9 @@ def replay(
              "(services/simulated_users.py; --limit = sessions)")] = "events",
     router_url: Annotated[str | None, typer.Option(
         help="--mode users: router base URL (default http://ROUTER_HOST:ROUTER_PORT)")] = None,
+    skip_ratings: Annotated[int, typer.Option(
+        min=0, help="--mode users: sessions only from the ratings after the first N in time "
+                    "order (what a warm-up `replay --limit N` sent)")] = 0,
 ) -> None:
     """Stream a data set into Kafka in event-time order, several events per message; or, with
     --mode users, replay its users against the A/B router."""
@@ -41,7 +44,7 @@ def replay(
     if mode == "users":
         from services.commands.users import replay_users
 
-        replay_users(settings, data, rate, limit, router_url, quiet)
+        replay_users(settings, data, rate, limit, router_url, quiet, skip_ratings)
         return
     if mode != "events":
         raise typer.BadParameter("expected 'events' or 'users'", param_hint="--mode")

@@ -13,13 +13,13 @@ from storage.settings import Settings
 
 
 def replay_users(settings: Settings, data: str, rate: str, limit: int | None,
-                 router_url: str | None, quiet: bool) -> None:
+                 router_url: str | None, quiet: bool, skip_ratings: int = 0) -> None:
     try:
         ratings, feats = load_movielens(data)
     except DatasetError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    sessions = build_sessions(ratings)[:limit]
+    sessions = build_sessions(ratings, skip_ratings=skip_ratings)[:limit]
     url = router_url or f"http://{settings.router_host}:{settings.router_port}"
     bar = tqdm(total=len(sessions), unit="req", disable=quiet, desc=f"users -> {url}")
     with httpx.Client(timeout=10.0) as client:
