@@ -158,3 +158,65 @@ def plot(result: StackResult, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def verdict_table(report: dict, policies: dict[str, str], dashboard: str) -> Table:
+    """The experiment's report (GET /v1/experiments/{id}/report) as one column per arm:
+    traffic, CTR with its 95% CI, the difference against control with its CI, fixed-horizon
+    and always-valid (mSPRT) p-values, quality of the served predictions, latency and the
+    embedding bytes of each arm's model; the SRM check and the notes below."""
+    arms = report["arms"]
+    control = next((a for a in arms if a["is_control"]), None)
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.2f}%"
+
+    def ci(x: float | None, bounds: list[float] | None) -> str:
+        return "-" if x is None or bounds is None else (
+            f"{pct(x)} [{pct(bounds[0])}, {pct(bounds[1])}]")
+
+    def p(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3g}"
+
+    def ms(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1f}"
+
+    def share(a: dict) -> str:
+        if control is None or not a["embedding_bytes"] or not control["embedding_bytes"]:
+            return "-"
+        return f"{100 * a['embedding_bytes'] / control['embedding_bytes']:.1f}%"
+
+    rows = [
+        ("policy", [policies.get(a["model"], a["model"]) for a in arms]),
+        ("traffic weight", [f"{a['weight']:g}" for a in arms]),
+        ("units (users)", [f"{a['units']:,}" for a in arms]),
+        ("requests", [f"{a['requests']:,}" for a in arms]),
+        ("exposures (items shown)", [f"{a['exposures']:,}" for a in arms]),
+        ("clicks", [f"{a['clicks']:,}" for a in arms]),
+        ("CTR [95% CI]", [ci(a["ctr"], a["ctr_ci"]) for a in arms]),
+        ("diff vs control [95% CI]", ["control" if a["is_control"] else
+                                      ci(a["diff"], a["diff_ci"]) for a in arms]),
+        ("p-value (fixed horizon)", ["" if a["is_control"] else p(a["p_value"]) for a in arms]),
+        ("p-value (always valid, mSPRT)", ["" if a["is_control"] else p(a["always_valid_p"])
+                                           for a in arms]),
+        ("log loss (served)", [_f(a["log_loss"]) for a in arms]),
+        ("AUC (served)", [_f(a["auc"]) for a in arms]),
+        ("latency p50 / p99 ms", [f"{ms(a['latency_p50_ms'])} / {ms(a['latency_p99_ms'])}"
+                                  for a in arms]),
+        ("model version", [str(a["model_version"] or "-") for a in arms]),
+        ("embedding bytes (trainer)", [_kib(a["embedding_bytes"]) for a in arms]),
+        ("  % of control", [share(a) for a in arms]),
+        ("Redis record bytes", [_kib(a["redis_embedding_bytes"]) for a in arms]),
+    ]
+    title = (f"verdict: experiment {report['experiment_id']} {report['name']!r} "
+             f"({report['status']}, phase {report['phase']})")
+    table = _by_model(title, [a["arm"] for a in arms], rows)
+    srm = "FLAG: sample ratio mismatch" if report["srm_flag"] else "ok"
+    chi2 = report["srm_chi2"]
+    lines = [f"SRM check (units vs weights): chi2 = {'-' if chi2 is None else f'{chi2:.2f}'}, "
+             f"p = {p(report['srm_p_value'])} ({srm})"]
+    lines += [f"note: {n}" for n in report["notes"]]
+    lines.append(f"dashboard: {dashboard}")
+    table.caption = "\n".join(lines)
+    table.caption_justify = "left"
+    return table
