@@ -225,10 +225,11 @@ class StackExperiment:
 
 
 def warmup_events(data: str, share: float = WARMUP_SHARE) -> int:
-    """The first `share` of the data set's events: the warm-up replay's --limit."""
-    from storage.datasets.spec import open_dataset
+    """The first `share` of a MovieLens data set's ratings: the warm-up replay's --limit."""
+    from services.simulated_users import load_movielens
 
-    return max(1, int(share * len(open_dataset(data))))  # type: ignore[arg-type]
+    ratings, _ = load_movielens(data)
+    return max(1, int(share * len(ratings)))
 
 
 def is_movielens(data: str) -> bool:
