@@ -19,6 +19,9 @@ import redis.asyncio as aioredis
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from services.serving.metrics import ServingMetrics
@@ -41,8 +44,12 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # A pooled connection goes stale when Redis restarts ("Connection closed by server"):
+        # one retry on a fresh connection turns that into a success instead of a 503.
         client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5,
                                          socket_connect_timeout=5, health_check_interval=30,
+                                         retry=Retry(NoBackoff(), 1),
+                                         retry_on_error=[RedisConnectionError],
                                          **settings.redis_kwargs)
         registry = ModelRegistry(settings, client, serving_metrics)
         app.state.redis = client

@@ -149,7 +149,8 @@ def test_redis_restart_under_load(stream_settings: Settings, topic: str,
         wait_until(lambda: (g := _get(url + "/readyz")) is not None and g.status_code == 200,
                    15, "ready again")
         n_at_ready = len(load.results)
-        wait_until(lambda: len(load.results) >= n_at_ready + 200, 30, "load after the restart")
+        wait_until(lambda: len(load.results) >= n_at_ready + 200
+                   and load.results[-1][0] > t_up + 2.0, 30, "load after the restart")
     finally:
         load.stop.set()
         if loader.is_alive():
