@@ -169,8 +169,12 @@ class Stack:
         self._write_state()
 
     def _write_state(self) -> None:
-        procs = {name: {"pid": mp.proc.pid, "start": _start_time(mp.proc.pid)}
-                 for name, mp in self._all()}
+        # a child that has exited (the replay, before the users start) has no start time
+        # and nothing left to stop: it is left out rather than recorded as (pid, None)
+        starts = {name: (mp.proc.pid, _start_time(mp.proc.pid)) for name, mp in self._all()}
+        procfs = Path("/proc").is_dir()
+        procs = {name: {"pid": pid, "start": start} for name, (pid, start) in starts.items()
+                 if start is not None or not procfs}
         doc = {"owner": {"pid": os.getpid(), "start": _start_time(os.getpid())},
                "run_dir": str(self.run_dir), "serving_url": self.serving_url, "procs": procs}
         self.state_file.parent.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,14 @@
-"""`chunkrec up` end to end on a small synthetic stream (its own broker, Redis, trainers,
-serving and replay), and `chunkrec down` from another process stopping exactly what `up`
-started."""
+"""`chunkrec up` end to end: the A/B experiment on MovieLens-100k with small limits (its own
+broker, Redis, three trainers, serving, database, router, joiner, warm-up replay and simulated
+users, down to the verdict table and a dashboard that answered), the two-model replay of a
+small synthetic stream (--no-experiment), and `chunkrec down` from another process stopping
+exactly what `up` started."""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +18,8 @@ import orjson
 
 from services.infra import wait_until
 from services.stack import _start_time
+from storage.datasets.movielens import ML100K_FILES
+from storage.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = "synthetic:events=3000,fields=4,vocab=500,seed=3"
@@ -42,11 +48,65 @@ def _gone(pid: int, start: str) -> bool:
     return _start_time(pid) != start
 
 
-def test_up_runs_to_its_summary_and_stops_everything(tmp_path: Path) -> None:
+def _movielens_into(data_dir: Path) -> None:
+    """MovieLens-100k in the test's data dir: copied from the usual cache, else fetched."""
+    cache = Settings().data_dir / "movielens-100k"
+    target = data_dir / "movielens-100k"
+    if all((cache / f).is_file() for f in ML100K_FILES):
+        shutil.copytree(cache, target)
+        return
+    fetched = subprocess.run(_cli("data", "fetch", "movielens-100k"), env=_env(data_dir),
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+
+
+def test_up_runs_the_experiment_to_its_verdict_and_stops_everything(tmp_path: Path) -> None:
+    _movielens_into(tmp_path)
+    state_file = tmp_path / "stack" / "stack.json"
+    log = tmp_path / "up.log"
+    proc = subprocess.Popen(_cli("up", "--events", "3000", "--sessions", "150",
+                                 "--no-progress", "--minutes", "2"),
+                            env=_env(tmp_path), cwd=ROOT, stdout=open(log, "wb"),  # noqa: SIM115
+                            stderr=subprocess.STDOUT)
+    seen: dict[str, tuple[int, str]] = {}
+
+    def started_all() -> bool:
+        seen.update(_recorded(state_file))
+        return "users" in seen or proc.poll() is not None
+
+    try:
+        wait_until(started_all, 90, "chunkrec up started the simulated users")
+        assert proc.wait(timeout=120) == 0, log.read_text()[-4000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = log.read_text()
+    assert "all events applied, 3,000 events replayed" in out, out[-4000:]
+    verdict = out[out.index("verdict: experiment 1"):]
+    header = next(line for line in verdict.splitlines() if "fixed64" in line).split()
+    assert [w for w in header if w.isidentifier()] == ["fixed64", "fiited", "fixed_eq"], verdict
+    for row in ("CTR [95% CI]", "diff vs control", "always valid", "AUC (served)",
+                "latency p50 / p99", "embedding bytes (trainer)", "Redis record bytes",
+                "SRM check"):
+        assert row in verdict, row
+    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/experiments/1 +\(HTTP 200\)",
+                     verdict), verdict
+    assert "simulated users: 150 requests" in out and "150 requests joined" in out, out[-2000:]
+    api_key = next((tmp_path / "stack" / "runs").glob("*/router_api_key")).read_text().strip()
+    logs = "".join(p.read_text(errors="replace")
+                   for p in (tmp_path / "stack" / "runs").glob("*/logs/*.log"))
+    assert api_key and api_key not in out + logs  # the admin key is never printed or logged
+    assert {"tansu", "redis", "train-fixed64", "train-fiited", "train-fixed_eq", "serve",
+            "replay", "router", "joiner", "users"} <= set(seen)
+    assert [n for n, (pid, start) in seen.items() if not _gone(pid, start)] == []
+    assert not state_file.exists()
+
+
+def test_up_without_experiment_runs_to_its_summary(tmp_path: Path) -> None:
     state_file = tmp_path / "stack" / "stack.json"
     log = tmp_path / "up.log"
     proc = subprocess.Popen(_cli("up", "--data", SPEC, "--events", "2500", "--rate", "max",
-                                 "--no-progress", "--minutes", "2"),
+                                 "--no-progress", "--minutes", "2", "--no-experiment"),
                             env=_env(tmp_path), cwd=ROOT, stdout=open(log, "wb"),  # noqa: SIM115
                             stderr=subprocess.STDOUT)
     seen: dict[str, tuple[int, str]] = {}
