@@ -60,7 +60,7 @@ _USERS_DONE = re.compile(r"([\d,]+) requests, ([\d,]+) shown, ([\d,]+) clicks .*
 @dataclass
 class ExperimentPlan:
     data: str = "movielens-100k"
-    sessions: int = 3000  # simulated-user sessions (one /v1/rank each)
+    sessions: int = 6000  # simulated-user sessions (one /v1/rank each; 6,773 after warm-up)
     users_rate: float | None = None  # sessions/s (None: as fast as the router answers)
     window_s: float = 5.0  # attribution window (simulated users click at once)
     grace_s: float = 2.0

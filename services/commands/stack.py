@@ -77,7 +77,7 @@ def up(
             "A/B experiment fixed64 (control) vs fiited vs fixed_eq driven by simulated "
             "users (MovieLens only); --no-experiment: the two-model replay"))] = True,
     sessions: Annotated[int, typer.Option(
-        min=1, help="simulated-user sessions (one /v1/rank each)")] = 3000,
+        min=1, help="simulated-user sessions (one /v1/rank each)")] = 6000,
     users_rate: Annotated[str, typer.Option(
         "--users-rate", help="simulated-user sessions/s, or 'max'")] = "max",
     keep: Annotated[bool, typer.Option(

@@ -64,9 +64,11 @@ def test_up_runs_the_experiment_to_its_verdict_and_stops_everything(tmp_path: Pa
     _movielens_into(tmp_path)
     state_file = tmp_path / "stack" / "stack.json"
     log = tmp_path / "up.log"
-    proc = subprocess.Popen(_cli("up", "--events", "3000", "--sessions", "150",
+    # simulated users click at once: a short attribution window closes exposures sooner
+    env = _env(tmp_path) | {"CHUNKREC_ATTRIBUTION_WINDOW_S": "2", "CHUNKREC_JOINER_GRACE_S": "1"}
+    proc = subprocess.Popen(_cli("up", "--events", "3000", "--sessions", "100",
                                  "--no-progress", "--minutes", "2"),
-                            env=_env(tmp_path), cwd=ROOT, stdout=open(log, "wb"),  # noqa: SIM115
+                            env=env, cwd=ROOT, stdout=open(log, "wb"),  # noqa: SIM115
                             stderr=subprocess.STDOUT)
     seen: dict[str, tuple[int, str]] = {}
 
@@ -91,7 +93,7 @@ def test_up_runs_the_experiment_to_its_verdict_and_stops_everything(tmp_path: Pa
         assert row in verdict, row
     assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/experiments/1 +\(HTTP 200\)",
                      verdict), verdict
-    assert "simulated users: 150 requests" in out and "150 requests joined" in out, out[-2000:]
+    assert "simulated users: 100 requests" in out and "100 requests joined" in out, out[-2000:]
     api_key = next((tmp_path / "stack" / "runs").glob("*/router_api_key")).read_text().strip()
     logs = "".join(p.read_text(errors="replace")
                    for p in (tmp_path / "stack" / "runs").glob("*/logs/*.log"))
