@@ -23,7 +23,8 @@ lint: $(STAMP)
 bench-read: $(STAMP)
 	$(BIN)/python bench/read_speed.py
 
-# the whole system on this machine: broker, Redis, two trainers, serving, a MovieLens replay
+# the whole system on this machine: broker, Redis, three trainers, serving, router, joiner;
+# a MovieLens warm-up, then an A/B experiment driven by simulated users, ending in its verdict
 demo: $(STAMP)
 	$(BIN)/chunkrec up
 
