@@ -20,7 +20,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-_EXACT_LIMIT = 1 << 20  # thresholds are searched among this many scores at most
+_THRESHOLDS = 4096  # candidate thresholds on large stores (quantiles of the scores)
+_SAMPLE_ROWS = 1 << 15  # rows of the sample that brackets the threshold
 
 
 def chunk_scores(
@@ -75,25 +76,56 @@ def select_chunks(
     for the lowest threshold tau whose selection fits (so prefix-shaped scores keep prefixes).
 
     scores float32[E, K] (-inf: never); exact_bytes(keep bool[E, K]) -> the true bytes of a
-    selection, monotone in it. tau is searched among the scores themselves (all of them up to
-    a few million, else a uniform sample), by bisection with the exact byte count."""
+    selection, monotone in it. tau is one of the scores themselves (all of them on small stores;
+    on large ones one of _THRESHOLDS quantiles, so the budget may be under-filled by a fraction
+    of a percent). Every exact count is a pass over all E x K scores, so the search first
+    brackets tau on a sample of rows and then gallops from there with exact counts."""
     finite = np.isfinite(scores)
     if not finite.any() or capacity <= 0:
         return np.zeros_like(finite)
     if exact_bytes(finite) <= capacity:
         return finite
-    flat = scores.ravel()
-    if flat.size > _EXACT_LIMIT:
-        rng = rng or np.random.default_rng(0)
-        flat = flat[rng.choice(flat.size, size=_EXACT_LIMIT, replace=False)]
-    candidates = np.unique(flat[np.isfinite(flat)])[::-1]  # distinct thresholds, high to low
-    lo, hi = -1, candidates.size - 1  # candidates[lo] fits (lo = -1: nothing), [hi] does not
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if exact_bytes(scores >= candidates[mid]) <= capacity:
-            lo = mid
-        else:
-            hi = mid
-    if lo < 0:
+    rng = rng or np.random.default_rng(0)
+    flat = scores[finite]
+    if flat.size > _THRESHOLDS:
+        if flat.size > 64 * _THRESHOLDS:  # quantiles of a sample: a full sort costs ~10x more
+            flat = flat[rng.choice(flat.size, size=64 * _THRESHOLDS, replace=False)]
+        levels = np.linspace(0.0, 1.0, _THRESHOLDS)
+        candidates = np.unique(np.quantile(flat, levels, method="inverted_cdf"))[::-1]
+    else:
+        candidates = np.unique(flat)[::-1]  # distinct thresholds, high to low
+    n = candidates.size
+
+    def fits(i: int, rows: np.ndarray | None = None, scale: float = 1.0) -> bool:
+        sub = scores if rows is None else scores[rows]
+        return exact_bytes(sub >= candidates[i]) * scale <= capacity
+
+    def last_fitting(lo: int, hi: int, test: Callable[[int], bool]) -> int:
+        """Bisection: candidates[lo] fits (or lo = -1), candidates[hi] does not."""
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if test(mid) else (lo, mid)
+        return lo
+
+    E = scores.shape[0]
+    if E > _SAMPLE_ROWS:  # a cheap estimate of where tau lies
+        rows = rng.choice(E, size=_SAMPLE_ROWS, replace=False)
+        guess = last_fitting(-1, n, lambda i: fits(i, rows, E / _SAMPLE_ROWS))
+        guess = min(max(guess, 0), n - 1)
+    else:
+        guess = n // 2
+    # Gallop from the guess with exact counts to a bracket, then bisect inside it.
+    if fits(guess):
+        lo, step = guess, 1
+        while lo + step < n and fits(lo + step):
+            lo, step = lo + step, step * 2
+        hi = min(lo + step, n)
+    else:
+        hi, step = guess, 1
+        while hi - step >= 0 and not fits(hi - step):
+            hi, step = hi - step, step * 2
+        lo = max(hi - step, -1)
+    best = last_fitting(lo, hi, fits)
+    if best < 0:
         return np.zeros_like(finite)
-    return scores >= candidates[lo]
+    return scores >= candidates[best]
