@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
+import statsmodels.api as sm
 from scipy import stats
 from sklearn.metrics import log_loss, roc_auc_score
 from sqlalchemy import func, select
@@ -58,6 +59,11 @@ class ArmStats:
     diff: float | None = None  # CTR - control CTR
     diff_ci: tuple[float, float] | None = None
     p_value: float | None = None  # two-sided, fixed-horizon
+    # The same difference with standard errors clustered by unit: a user's clicks on the items
+    # of one session (and across sessions) are not independent, and the per-item interval
+    # above is too narrow when units see many items.
+    diff_ci_clustered: tuple[float, float] | None = None
+    p_value_clustered: float | None = None
     lift: float | None = None  # diff / control CTR
     always_valid_p: float | None = None  # mSPRT: safe to read at any time
     log_loss: float | None = None
@@ -108,6 +114,20 @@ def difference(c1: int, n1: int, c0: int, n0: int,
     res = test_proportions_2indep(c1, n1, c0, n0, method="wald", compare="diff")
     p = float(res.pvalue) if np.isfinite(res.pvalue) else 1.0
     return float(diff), (float(lo), float(hi)), p
+
+
+def clustered_difference(clicked: np.ndarray, treated: np.ndarray, units: np.ndarray,
+                         alpha: float = 0.05) -> tuple[float, tuple[float, float], float]:
+    """Treatment minus control CTR with unit-clustered standard errors: OLS of clicked on a
+    treatment indicator, cluster-robust covariance by unit (statsmodels). bool[N] clicked,
+    bool[N] treated, [N] unit ids -> (diff, CI, two-sided p-value)."""
+    y = np.asarray(clicked, dtype=np.float64)
+    X = sm.add_constant(np.asarray(treated, dtype=np.float64), has_constant="add")
+    groups = pd.factorize(pd.Series(units))[0]
+    fit = sm.OLS(y, X).fit(cov_type="cluster", cov_kwds={"groups": groups})
+    lo, hi = fit.conf_int(alpha=alpha)[1]
+    p = float(fit.pvalues[1]) if np.isfinite(fit.pvalues[1]) else 1.0
+    return float(fit.params[1]), (float(lo), float(hi)), p
 
 
 def msprt_p_values(c1: np.ndarray, n1: np.ndarray, c0: np.ndarray, n0: np.ndarray,
@@ -265,6 +285,13 @@ def experiment_report(session: Session, experiment_id: int, phase: int | None = 
             s.diff, s.diff_ci, s.p_value = difference(s.clicks, s.exposures, base.clicks,
                                                       base.exposures)
             s.lift = s.diff / base.ctr if base.ctr > 0 else None
+            pair = outcomes[outcomes["arm_id"].isin([arm.id, control.id])]  # type: ignore[union-attr]
+            unit_of = exposures.drop_duplicates("request_id").set_index("request_id")["unit_id"]
+            units = pair["request_id"].map(unit_of)
+            if units.nunique() > 2:
+                _, s.diff_ci_clustered, s.p_value_clustered = clustered_difference(
+                    pair["clicked"].to_numpy(), (pair["arm_id"] == arm.id).to_numpy(),
+                    units.to_numpy())
             n1, c1 = cum[arm.id]
             s.always_valid_p = float(msprt_p_values(c1, n1, c0, n0, tau=tau)[-1])
     else:

@@ -197,6 +197,11 @@ def verdict_table(report: dict, policies: dict[str, str], dashboard: str) -> Tab
         ("diff vs control [95% CI]", ["control" if a["is_control"] else
                                       ci(a["diff"], a["diff_ci"]) for a in arms]),
         ("p-value (fixed horizon)", ["" if a["is_control"] else p(a["p_value"]) for a in arms]),
+        ("diff, unit-clustered [95% CI]",
+         ["" if a["is_control"] or a.get("diff_ci_clustered") is None
+          else ci(a["diff"], a["diff_ci_clustered"]) for a in arms]),
+        ("p-value (unit-clustered)",
+         ["" if a["is_control"] else p(a.get("p_value_clustered")) for a in arms]),
         ("p-value (always valid, mSPRT)", ["" if a["is_control"] else p(a["always_valid_p"])
                                            for a in arms]),
         ("log loss (served)", [_f(a["log_loss"]) for a in arms]),

@@ -117,3 +117,28 @@ def test_msprt_is_monotone_and_calibrated() -> None:
     a = np.cumsum(rng.random(looks[-1]) < 0.13)[looks - 1]
     b = np.cumsum(rng.random(looks[-1]) < 0.10)[looks - 1]
     assert msprt_p_values(a, looks, b, looks)[-1] < 0.01
+
+
+def test_clustered_difference_widens_for_correlated_units() -> None:
+    import statsmodels.api as sm
+
+    from services.analysis import clustered_difference, difference
+
+    rng = np.random.default_rng(3)
+    units = np.repeat(np.arange(200), 30)  # 200 users, 30 items each
+    treated = units % 2 == 1
+    # Each user clicks everything or nothing: 30 items carry one user's worth of evidence.
+    user_clicks = rng.random(200) < np.where(np.arange(200) % 2 == 1, 0.45, 0.40)
+    clicked = user_clicks[units]
+    diff, ci, p = clustered_difference(clicked, treated, units)
+    # The same numbers as statsmodels' OLS with cluster-robust covariance by unit.
+    fit = sm.OLS(clicked.astype(float), sm.add_constant(treated.astype(float))).fit(
+        cov_type="cluster", cov_kwds={"groups": units})
+    assert diff == pytest.approx(fit.params[1])
+    assert ci == pytest.approx(tuple(fit.conf_int()[1]))
+    assert p == pytest.approx(fit.pvalues[1])
+    c1, n1 = int(clicked[treated].sum()), int(treated.sum())
+    c0, n0 = int(clicked[~treated].sum()), int((~treated).sum())
+    naive_diff, naive_ci, _ = difference(c1, n1, c0, n0)
+    assert diff == pytest.approx(naive_diff)
+    assert (ci[1] - ci[0]) > 3 * (naive_ci[1] - naive_ci[0])  # ~sqrt(30) wider
