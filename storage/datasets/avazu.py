@@ -20,14 +20,13 @@ Values such as C20's -1 ("unknown" in Avazu's own coding) are kept as values.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from storage.batch import DatasetSchema, SparseBatch, rebatch
-from storage.datasets.textfile import LineBlock, TextFile, hash_column
+from storage.batch import DatasetSchema, SparseBatch
+from storage.datasets.textfile import BlockDataset, LineBlock, TextFile, hash_column
 
 _COLUMNS = (
     "id", "click", "hour", "C1", "banner_pos", "site_id", "site_domain", "site_category",
@@ -40,7 +39,7 @@ _ANONYMOUS_DEVICE = "a99f214a"
 _EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
 
 
-class AvazuDataset:
+class AvazuDataset(BlockDataset):
     """An Avazu CSV as a stream of `SparseBatch`es (schema `avazu`: 22 fields, no dense).
 
     >>> ds = AvazuDataset("train.csv")
@@ -55,20 +54,6 @@ class AvazuDataset:
         self._file = TextFile(self.path, "avazu")
         self._names, self._has_header = _detect(self._file)
         self.labeled = "click" in self._names
-
-    def batches(self, batch_size: int) -> Iterator[SparseBatch]:
-        """Rows in file order, `batch_size` at a time (the last batch may be shorter)."""
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        return rebatch(self._blocks(), batch_size)
-
-    def _blocks(self) -> Iterator[SparseBatch]:
-        rows = 0
-        for block in self._file.blocks(skip_header=self._has_header):
-            rows += len(block)
-            yield self._parse(block)
-        if rows == 0:
-            raise self._file.error("no data rows")
 
     def _parse(self, block: LineBlock) -> SparseBatch:
         block.check_fields(",", len(self._names))

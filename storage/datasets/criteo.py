@@ -19,14 +19,13 @@ Criteo has no user or time column: `unit_ids` and `timestamps` are None.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from storage.batch import DatasetSchema, SparseBatch, rebatch
-from storage.datasets.textfile import LineBlock, TextFile, hash_column
+from storage.batch import DatasetSchema, SparseBatch
+from storage.datasets.textfile import BlockDataset, LineBlock, TextFile, hash_column
 
 DENSE = tuple(f"I{i}" for i in range(1, 14))
 FIELDS = tuple(f"C{i}" for i in range(1, 27))
@@ -36,7 +35,7 @@ _DTYPE: dict[str, object] = {"label": np.float64, **dict.fromkeys(DENSE, np.floa
 _DTYPE |= dict.fromkeys(FIELDS, object)  # object parses faster than pandas 3 str
 
 
-class CriteoDataset:
+class CriteoDataset(BlockDataset):
     """A Criteo file as a stream of `SparseBatch`es (schema `criteo`: 26 fields, 13 dense).
 
     >>> ds = CriteoDataset("day_0.gz")
@@ -50,20 +49,6 @@ class CriteoDataset:
         self.schema = SCHEMA
         self._file = TextFile(self.path, "criteo")
         self.format, self._sep, self._names, self._has_header = _detect(self._file)
-
-    def batches(self, batch_size: int) -> Iterator[SparseBatch]:
-        """Rows in file order, `batch_size` at a time (the last batch may be shorter)."""
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        return rebatch(self._blocks(), batch_size)
-
-    def _blocks(self) -> Iterator[SparseBatch]:
-        rows = 0
-        for block in self._file.blocks(skip_header=self._has_header):
-            rows += len(block)
-            yield self._parse(block)
-        if rows == 0:
-            raise self._file.error("no data rows")
 
     def _parse(self, block: LineBlock) -> SparseBatch:
         block.check_fields(self._sep, len(self._names))

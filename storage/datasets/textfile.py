@@ -29,7 +29,7 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
-from storage.batch import MISSING_ID, hash_values
+from storage.batch import MISSING_ID, SparseBatch, hash_values, rebatch
 from storage.datasets.spec import DatasetError
 
 # One pandas call per ~4 MiB (about 16k Criteo lines) amortises its fixed cost; smaller blocks
@@ -266,3 +266,28 @@ def hash_column(values: pd.Series | np.ndarray) -> np.ndarray:
     ids = hashed[np.maximum(codes, 0)] if hashed.size else np.zeros(len(codes), np.int64)
     ids[codes < 0] = MISSING_ID
     return ids
+
+
+class BlockDataset:
+    """A data set read from one text file in blocks of whole lines. A subclass sets `_file` and
+    `_has_header` and turns a block into a SparseBatch in `_parse`."""
+
+    _file: TextFile
+    _has_header: bool
+
+    def batches(self, batch_size: int) -> Iterator[SparseBatch]:
+        """Rows in file order, `batch_size` at a time (the last batch may be shorter)."""
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        return rebatch(self._blocks(), batch_size)
+
+    def _blocks(self) -> Iterator[SparseBatch]:
+        rows = 0
+        for block in self._file.blocks(skip_header=self._has_header):
+            rows += len(block)
+            yield self._parse(block)
+        if rows == 0:
+            raise self._file.error("no data rows")
+
+    def _parse(self, block: LineBlock) -> SparseBatch:
+        raise NotImplementedError
