@@ -444,9 +444,11 @@ class ChunkStore:
         self.dirty[ctx.unique[live.any(axis=1)]] = True
         if self.step % c.interval == 0:
             self.maintain()
-        elif self.used_bytes() > self.budget_bytes():
+        elif self.live_chunks() and self.used_bytes() > self.budget_bytes():
             # The index table grew and took room from the chunks: shed the least useful ones
-            # now, so the budget holds after every step.
+            # now, so the budget holds after every step. (With no live chunk there is nothing
+            # to shed: the fixed costs alone, e.g. a large admission sketch on a young store,
+            # are over the budget, and new IDs get no chunk until it has room.)
             self.prune_regrow()
 
     # ---- maintenance -------------------------------------------------------------------
@@ -512,6 +514,8 @@ class ChunkStore:
             hysteresis=c.hysteresis,
         )
         fixed_cost = slots.size * self.entry_bytes() + self.index.table_bytes
+        if self.sketch is not None:
+            fixed_cost += self.sketch.nbytes  # the admission sketch is paid before any chunk
         capacity = self.budget_bytes() - fixed_cost
         costs = self.chunk_costs()
         ext_bytes = self.ext_record_bytes()
