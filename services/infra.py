@@ -259,38 +259,46 @@ def weed_binary() -> Path:
 
 
 def start_seaweedfs(data_dir: Path, bucket: str = "tansu", log_dir: Path | None = None,
-                    deadline_s: float = 60.0) -> tuple[ManagedProcess, S3Store]:
+                    deadline_s: float = 60.0, attempts: int = 3
+                    ) -> tuple[ManagedProcess, S3Store]:
     """A one-process SeaweedFS (master, volume, filer, S3 gateway) on free 127.0.0.1 ports
     keeping its data in `data_dir`, with `bucket` created. Returns the process (its `port` is
     the S3 port) and the S3Store to hand to `start_tansu`. No S3 identities are configured:
-    the gateway is bound to 127.0.0.1 and accepts any credentials."""
+    the gateway is bound to 127.0.0.1 and accepts any credentials. It takes eight ports; one
+    taken between our probe and its bind (an outgoing connection's ephemeral port, say)
+    makes it exit, and it is started again on fresh ones (`attempts` in all)."""
     import httpx
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    ports = {name: free_port() for name in (
-        "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-        "filer.port.grpc", "s3.port", "s3.port.grpc")}
-    cmd = [str(weed_binary()), "server", f"-dir={data_dir}", "-ip=127.0.0.1",
-           "-ip.bind=127.0.0.1", "-filer", "-s3", "-master.volumeSizeLimitMB=64",
-           "-volume.max=50", *(f"-{k}={v}" for k, v in ports.items())]
-    mp = _spawn("seaweedfs", cmd, ports["s3.port"], log_dir, cwd=data_dir)
-    store = S3Store(f"http://127.0.0.1:{ports['s3.port']}", bucket)
+    last: Exception | None = None
+    for _ in range(attempts):
+        ports = {name: free_port() for name in (
+            "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+            "filer.port.grpc", "s3.port", "s3.port.grpc")}
+        cmd = [str(weed_binary()), "server", f"-dir={data_dir}", "-ip=127.0.0.1",
+               "-ip.bind=127.0.0.1", "-filer", "-s3", "-master.volumeSizeLimitMB=64",
+               "-volume.max=50", "-s3.port.iceberg=0", "-s3.port.lance=0",  # fixed ports else
+               *(f"-{k}={v}" for k, v in ports.items())]
+        mp = _spawn("seaweedfs", cmd, ports["s3.port"], log_dir, cwd=data_dir)
+        store = S3Store(f"http://127.0.0.1:{ports['s3.port']}", bucket)
 
-    def bucket_ready() -> bool:
-        try:  # PUT bucket (idempotent), then a write and a read through the gateway
-            httpx.put(f"{store.endpoint}/{bucket}", timeout=2)
-            probe = f"{store.endpoint}/{bucket}/.chunkrec-probe"
-            return (httpx.put(probe, content=b"ok", timeout=2).status_code == 200
-                    and httpx.get(probe, timeout=2).content == b"ok")
-        except httpx.HTTPError:
-            return False
+        def bucket_ready(store: S3Store = store) -> bool:
+            try:  # PUT bucket (idempotent), then a write and a read through the gateway
+                httpx.put(f"{store.endpoint}/{bucket}", timeout=2)
+                probe = f"{store.endpoint}/{bucket}/.chunkrec-probe"
+                return (httpx.put(probe, content=b"ok", timeout=2).status_code == 200
+                        and httpx.get(probe, timeout=2).content == b"ok")
+            except httpx.HTTPError:
+                return False
 
-    try:
-        wait_until(bucket_ready, deadline_s, f"seaweedfs s3 on {ports['s3.port']}", mp.alive)
-    except InfraError as exc:
-        mp.stop()
-        raise InfraError(f"{exc}\n{mp.log_tail()}") from None
-    return mp, store
+        try:
+            wait_until(bucket_ready, deadline_s, f"seaweedfs s3 on {ports['s3.port']}",
+                       mp.alive)
+            return mp, store
+        except InfraError as exc:
+            mp.stop()
+            last = InfraError(f"{exc}\n{mp.log_tail()}")
+    raise last or InfraError("seaweedfs did not start")
 
 
 def create_topics(bootstrap: str, topics: dict[str, int], deadline_s: float = 30.0) -> None:

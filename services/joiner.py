@@ -244,6 +244,8 @@ class JoinerService:
                  on_tick: Callable[[], None] | None = None) -> None:
         from kafka import KafkaConsumer, KafkaProducer
 
+        from services.confirmed import ConfirmedProducer
+
         self.state = JoinState(window_s, grace_s)
         self.factory = factory
         self.schema_for = schema_for
@@ -255,8 +257,8 @@ class JoinerService:
             enable_auto_commit=False, auto_offset_reset="earliest",
             max_poll_interval_ms=max_poll_interval_ms, session_timeout_ms=6000,
             heartbeat_interval_ms=2000)
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", retries=10,
-                                      linger_ms=5)
+        self.producer = ConfirmedProducer(KafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", retries=10, linger_ms=5))
         self.exposures_topic = exposures_topic
         self.messages = 0
         self.source_max: dict[Any, float] = {}  # TopicPartition -> newest ts read from it

@@ -7,7 +7,8 @@ Several events go in one Kafka message (a JSON array, `batch_events` of them): k
 costs ~100 us per send(), so one event per message would cap a replay near 10k events/s.
 Event ids are `{id_prefix}:{row_no}` (row_no from 0 in stream order, id_prefix defaulting to
 the spec), so a replay of the same data gives the same ids. `rate` is events per second
-through a token bucket (None: as fast as the broker takes them).
+through a token bucket (None: as fast as the broker takes them). A message counts as sent once
+the broker gave it an offset (services/confirmed.py: one acknowledged without is sent again).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from kafka import KafkaProducer
 
 from services import wire
+from services.confirmed import ConfirmedProducer
 from storage.datasets.spec import open_dataset
 from storage.settings import Settings
 
@@ -57,6 +59,7 @@ class ReplayStats:
     seconds: float
     failed_messages: int
     checksum: int  # wire.event_id_checksum of every event id sent
+    resent_messages: int = 0  # acknowledged without an offset, sent again (services/confirmed)
 
     @property
     def events_per_s(self) -> float:
@@ -91,12 +94,7 @@ def replay_dataset(settings: Settings, spec: str, topic: str = wire.EVENTS_TOPIC
     prefix = id_prefix if id_prefix is not None else ds.spec
     bucket = TokenBucket(rate, burst=max(per_msg, rate * 0.1)) if rate else None
     own = producer is None
-    prod = producer or make_producer(settings.kafka_bootstrap)
-    failed = [0]
-
-    def on_error(_exc: BaseException) -> None:
-        failed[0] += 1
-
+    prod = ConfirmedProducer(producer or make_producer(settings.kafka_bootstrap))
     sent = messages = 0
     checksum = 0
     t0 = time.perf_counter()
@@ -114,7 +112,7 @@ def replay_dataset(settings: Settings, spec: str, topic: str = wire.EVENTS_TOPIC
                 chunk = events[a : a + per_msg]
                 if bucket is not None:
                     bucket.take(len(chunk))
-                prod.send(topic, wire.encode_events(chunk)).add_errback(on_error)
+                prod.send(topic, wire.encode_events(chunk))
                 messages += 1
                 sent += len(chunk)
                 if progress is not None:
@@ -123,4 +121,5 @@ def replay_dataset(settings: Settings, spec: str, topic: str = wire.EVENTS_TOPIC
     finally:
         if own:
             prod.close()
-    return ReplayStats(sent, messages, time.perf_counter() - t0, failed[0], checksum)
+    return ReplayStats(sent, messages, time.perf_counter() - t0, prod.failed, checksum,
+                       prod.resent)

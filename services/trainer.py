@@ -38,6 +38,7 @@ from models.networks import build_model
 from models.policy import parse_policy
 from services import wire
 from services.checkpoint import CheckpointState, load_latest, write_checkpoint
+from services.confirmed import ConfirmedProducer
 from services.publisher import RedisPublisher
 from storage.batch import DatasetSchema, SparseBatch
 from storage.settings import Settings
@@ -124,7 +125,7 @@ class StreamTrainer:
         self._fresh: set[TopicPartition] = set()  # assigned, no offset known yet
         self._published_events = -1  # events_applied at the last publish
         self.consumer: KafkaConsumer | None = None
-        self.producer: KafkaProducer | None = None
+        self.producer: ConfirmedProducer | None = None
         self.publisher: RedisPublisher | None = None
         self._restore()
 
@@ -215,8 +216,8 @@ class StreamTrainer:
             client_id=f"chunkrec-trainer-{self.c.model}",
         )
         self.consumer.subscribe([self.c.topic], listener=_Rebalance(self))
-        self.producer = KafkaProducer(bootstrap_servers=self.s.kafka_bootstrap, acks="all",
-                                      retries=5, linger_ms=5)
+        self.producer = ConfirmedProducer(KafkaProducer(
+            bootstrap_servers=self.s.kafka_bootstrap, acks="all", retries=5, linger_ms=5))
         client = redis.Redis.from_url(self.s.redis_url, socket_timeout=10,
                                       **self.s.redis_kwargs)
         self.publisher = RedisPublisher(client, self.c.model, self.c.schema.fields,
