@@ -84,7 +84,7 @@ class RouterState:
     configs: ConfigCache
 
 
-def get_state(request: Request) -> RouterState:
+async def get_state(request: Request) -> RouterState:
     return request.app.state.router
 
 

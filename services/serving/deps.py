@@ -14,23 +14,23 @@ from services.serving.scorer import RawIdHasher
 from storage.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
-def get_redis(request: Request) -> aioredis.Redis:
+async def get_redis(request: Request) -> aioredis.Redis:
     return request.app.state.redis
 
 
-def get_metrics(request: Request) -> ServingMetrics:
+async def get_metrics(request: Request) -> ServingMetrics:
     return request.app.state.metrics
 
 
-def get_hasher(request: Request) -> RawIdHasher:
+async def get_hasher(request: Request) -> RawIdHasher:
     return request.app.state.hasher
 
 

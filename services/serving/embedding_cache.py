@@ -1,10 +1,20 @@
-"""An in-process LRU of packed embedding records, one per loaded model version.
+"""An in-process cache of decoded embeddings, one per loaded model version, vectorised.
 
-Keyed by the record's Redis key (which spells exactly the (field, ID) pair of one model, see
-services/wire.py); the value is the packed record as Redis holds it, or None for an ID Redis
-has no record of (a cached miss: it reads as zeros until the next version). Records are kept
-packed (mask + live chunks only, so a FIITED model's cache is as small as its Redis share) and
-unpacked per request by one vectorised `wire.unpack_records` call.
+    cache = EmbeddingCache(capacity=200_000, dim=64)
+    slots = cache.lookup(fields, keys)          # int64[N] each -> int32[N], -1 = not cached
+    cache.insert(fields, keys, rows, found)     # the records a request fetched from Redis
+    cache.rows[slots], cache.found[slots]       # float32[N, D] zero-padded, bool[N]
+
+Keyed by the (field index, int64 ID) pair itself through the store's open-addressing
+`HashIndex`: a request's B x F cells are looked up in one vectorised call, duplicates and all,
+and its embeddings are one gather, so a warm request does no per-key Python work (the packed
+records of Redis are decoded once, when fetched). An ID Redis has no record of is cached too
+(`found` False, a zero row): it reads as zeros until the next version.
+
+Eviction: least recently used, in batches. Every lookup stamps its slots with a tick; an
+insert that would pass `capacity` first evicts the oldest eighth of the cache (never a slot
+stamped with the current tick, i.e. one the running request reads). The entries' bytes are
+`nbytes` (rows + flags + stamps + index).
 
 Invalidation: a cache belongs to one `LoadedModel`; a new version gets a new, empty cache and
 the old one goes with the old snapshot. The version record does not list the keys a version
@@ -12,50 +22,89 @@ touched, so dropping everything is the only exact choice, and it is also the con
 entries cached after version v was seen stay until v+1 is swapped in, even though the
 trainer writes v+1's records to Redis a moment before v+1's version record.
 
-Per-key work is dict operations only (~0.1 us each); a request touches its distinct keys once.
+Concurrency: requests run on one event loop; a request's lookup, eviction, insert and gather
+run without an await between them (the await is the Redis fetch before), so no other request
+can move a slot under it.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import numpy as np
+
+from storage.vhpi.hash_index import HashIndex
+
+EVICT_FRACTION = 8  # an eviction frees capacity // EVICT_FRACTION entries (or what is needed)
 
 
 class EmbeddingCache:
-    """LRU by entries: at most `capacity` records (capacity 0 turns caching off)."""
+    """At most `capacity` (field, ID) -> float32[dim] entries. Capacity 0 turns caching off:
+    what a request inserts lives until its `end_request()`, so every request fetches."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, dim: int) -> None:
         self.capacity = max(0, int(capacity))
-        self._d: OrderedDict[str, bytes | None] = OrderedDict()
+        self.dim = int(dim)
+        start = min(self.capacity, 4096) or 1024
+        self.index = HashIndex(initial_capacity=start)
+        self.rows = np.zeros((self.index.entry_capacity, self.dim), np.float32)
+        self.found = np.zeros(self.index.entry_capacity, bool)
+        self.used = np.zeros(self.index.entry_capacity, np.int64)  # tick of the last lookup
+        self.tick = 0
         self.hits = 0
         self.misses = 0
+        self.evictions = 0
 
     def __len__(self) -> int:
-        return len(self._d)
+        return self.index.num_entries
 
-    def get_many(self, keys: list[str]) -> tuple[list[bytes | None], list[int]]:
-        """(records, indices of the keys not cached). records[i] is None both for a cached
-        miss and for a key not cached; the second list says which is which."""
-        d = self._d
-        out: list[bytes | None] = [None] * len(keys)
-        todo: list[int] = []
-        if not self.capacity:
-            return out, list(range(len(keys)))
-        for i, k in enumerate(keys):
-            try:
-                out[i] = d[k]
-            except KeyError:
-                todo.append(i)
-                continue
-            d.move_to_end(k)
-        self.hits += len(keys) - len(todo)
-        self.misses += len(todo)
-        return out, todo
+    @property
+    def nbytes(self) -> int:
+        return (self.rows.nbytes + self.found.nbytes + self.used.nbytes
+                + self.index.table_bytes + self.index.keys.nbytes + self.index.fields.nbytes)
 
-    def put_many(self, keys: list[str], records: list[bytes | None]) -> None:
-        if not self.capacity:
+    def lookup(self, fields: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """Slots of the pairs (int32[N], -1 where not cached), stamped as just used."""
+        self.tick += 1
+        slots = self.index.lookup(fields, keys)
+        hit = slots >= 0
+        self.used[slots[hit]] = self.tick
+        return slots
+
+    def insert(self, fields: np.ndarray, keys: np.ndarray, rows: np.ndarray,
+               found: np.ndarray) -> np.ndarray:
+        """Cache N distinct pairs not cached yet with their decoded rows float32[N, dim] and
+        whether Redis had a record (bool[N]); returns their slots."""
+        over = len(self) + len(keys) - self.capacity
+        if over > 0 and self.capacity:
+            self._evict(max(over, self.capacity // EVICT_FRACTION))
+        slots, _ = self.index.get_or_insert(fields, keys)
+        if self.index.entry_capacity > len(self.rows):
+            self._grow(self.index.entry_capacity)
+        self.rows[slots] = rows
+        self.found[slots] = found
+        self.used[slots] = self.tick
+        return slots
+
+    def end_request(self) -> None:
+        """With caching off, forget what the request inserted."""
+        if not self.capacity and len(self):
+            self._evict(len(self), keep_current=False)
+
+    def _evict(self, count: int, keep_current: bool = True) -> None:
+        """Free up to `count` least recently used entries, none stamped with the current tick
+        while `keep_current`."""
+        idx = self.index
+        live = np.flatnonzero(idx.alive[: idx.high_water])
+        old = live[self.used[live] < self.tick] if keep_current else live
+        if not len(old):
             return
-        d = self._d
-        d.update(zip(keys, records, strict=True))
-        over = len(d) - self.capacity
-        for _ in range(max(0, over)):
-            d.popitem(last=False)
+        if count < len(old):
+            old = old[np.argpartition(self.used[old], count - 1)[:count]]
+        idx.delete(old.astype(np.int32))
+        self.rows[old] = 0
+        self.evictions += len(old)
+
+    def _grow(self, size: int) -> None:
+        pad = size - len(self.rows)
+        self.rows = np.concatenate([self.rows, np.zeros((pad, self.dim), np.float32)])
+        self.found = np.concatenate([self.found, np.zeros(pad, bool)])
+        self.used = np.concatenate([self.used, np.zeros(pad, np.int64)])

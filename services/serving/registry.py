@@ -41,7 +41,10 @@ def build_loaded_model(record: wire.ModelVersion, dense_blob: bytes,
     net = build_model(record.arch, record.schema_obj, dim=int(record.dim))
     net.load_state_dict(wire.dense_from_bytes(dense_blob))
     net.eval()
-    return LoadedModel(record, net, EmbeddingCache(cache_entries), time.time())
+    model = LoadedModel(record, net, EmbeddingCache(cache_entries, sum(record.widths)),
+                        time.time())
+    model.compile()
+    return model
 
 
 class ModelRegistry:
