@@ -226,7 +226,9 @@ def main() -> None:
         for r in rows:
             rps = r.get("rps")
             print(f"{name:<8} {r['minute']!s:>6} "
-                  + (f"{rps:>8,.0f} {rps / r['target_rps']:>8.0%} {r['p50']:>7.1f} "
+                  + (f"{rps:>8,.0f} "
+                     + (f"{rps / r['target_rps']:>9.0%} " if r["minute"] != "max" else " " * 10)
+                     + f"{r['p50']:>7.1f} "
                      f"{r['p99']:>7.1f} {r['non2xx']:>8} {r['socket_errors'] or 0!s:>9} "
                      if rps is not None else f"{'':>8} {'':>9} {'':>7} {'':>7} {'':>8} {'':>9} ")
                   + f"{r['serving']:>12.1f} {r.get('router', float('nan')):>11.1f}")

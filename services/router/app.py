@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -40,6 +41,7 @@ def create_app(settings: Settings, sink: MessageSink | None = None,
                 limits=httpx.Limits(max_connections=64, max_keepalive_connections=32)),
             configs=ConfigCache(factory, settings.router_config_ttl_s))
         app.state.router = state
+        gc.freeze()  # startup's objects out of the collector's way (see the serving app)
         try:
             yield
         finally:
