@@ -30,6 +30,7 @@ SHARED_SETS = [
     ("frappe", "frappe/frappe.validation.libfm"),
     ("frappe", "frappe/frappe.test.libfm"),
     ("movielens", "movielens-1m-users3000plus"),
+    ("yidian", "yidian-news-sample/yidian_news_sampled.csv"),
 ]
 # Samples replicated into one large file: (kind, sample, header lines to drop from copies 2..N)
 SCALED_SETS = [
@@ -37,6 +38,7 @@ SCALED_SETS = [
     ("criteo", "criteo-terabyte-day0-sample/criteoTab.csv", 0),
     ("avazu", "avazu-sample/train.csv", 1),
     ("frappe", "frappe/frappe.validation.libfm", 0),
+    ("yidian", "yidian-news-sample/yidian_news_sampled.csv", 1),
 ]
 
 

@@ -5,6 +5,7 @@
     movielens:DIR_OR_FILE  MovieLens `::` ratings (+ users.dat, movies.dat beside it)
     movielens-100k         MovieLens-100k from the cache (`chunkrec data fetch movielens-100k`)
     frappe:PATH[,PATH]     Frappe libFM files
+    yidian:PATH            Yidian news-feed impressions (the torch-rechub CSV)
     synthetic:events=N,fields=F,vocab=V,zipf=A,seed=S,drift=D
 
 A spec that cannot be read raises `DatasetError` whose message is one line naming the file and
@@ -70,13 +71,17 @@ def open_dataset(spec: str) -> Dataset:
         from storage.datasets.frappe import FrappeDataset
 
         return FrappeDataset(_need_path(spec, arg).split(","), spec=spec)
+    if kind == "yidian":
+        from storage.datasets.yidian import YidianDataset
+
+        return YidianDataset(_need_path(spec, arg), spec=spec)
     if kind == "synthetic":
         from storage.datasets.synthetic import SyntheticDataset
 
         return SyntheticDataset.from_params(parse_kv(arg, spec), spec=spec)
     raise DatasetError(
         f"{spec}: unknown data set kind {kind!r}; expected one of criteo, avazu, movielens, "
-        "movielens-100k, frappe, synthetic"
+        "movielens-100k, frappe, yidian, synthetic"
     )
 
 

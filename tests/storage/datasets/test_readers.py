@@ -25,6 +25,7 @@ from storage.datasets.avazu import AvazuDataset
 from storage.datasets.criteo import CriteoDataset
 from storage.datasets.frappe import FrappeDataset
 from storage.datasets.movielens import MovieLensDataset, open_movielens_100k
+from storage.datasets.yidian import YidianDataset
 from storage.settings import Settings
 
 REPO = Path(__file__).resolve().parents[3]
@@ -56,6 +57,7 @@ ML_DIR = "movielens-1m-users3000plus"
 ML_RATINGS = "movielens-1m-users3000plus/sample_movielens_rating.users3000plus.dat"
 FRAPPE_VAL = "frappe/frappe.validation.libfm"
 FRAPPE_TEST = "frappe/frappe.test.libfm"
+YIDIAN = "yidian-news-sample/yidian_news_sampled.csv"
 
 # (kind, relative paths, rows, positives) from the SOURCE.md files; movielens positives
 # (rating >= 4) counted with awk.
@@ -72,6 +74,7 @@ COUNTS = [
     ("frappe", [FRAPPE_VAL, FRAPPE_TEST], 86582, 19063 + 9536),
     ("movielens", [ML_DIR], 51419, 29684),
     ("movielens", [ML_RATINGS], 51419, 29684),
+    ("yidian", [YIDIAN], 1000, 110),
 ]
 
 
@@ -227,6 +230,43 @@ def test_frappe_values() -> None:
     assert (np.diff(got.ids, axis=1) > 0).all()
 
 
+def test_yidian_values() -> None:
+    path = shared(YIDIAN)
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    header, rows = rows[0], rows[1:]
+    assert header[:4] == ["", "userId", "itemId", "showTime"]
+    got = read_all(YidianDataset(path), 333)
+    columns = ["userId", "itemId", "network", "refresh", "showPos", "deviceName", "OS"]
+    columns += ["province", "city"]
+    for r in (0, 1, 500, 999):
+        row = dict(zip(header, rows[r], strict=True))
+        assert got.labels[r] == float(row["click"])
+        assert got.ids[r].tolist() == [h(row[c]) for c in columns]
+        assert got.unit_ids[r] == h(row["userId"])
+        assert got.timestamps[r] == int(row["showTime"]) // 1000
+        dense = [float(row[c]) for c in ("age0", "age1", "age2", "age3", "female", "male")]
+        np.testing.assert_allclose(got.dense[r], dense, rtol=1e-6)
+    # first row (SOURCE.md): user 1000014754, item 463510256, Android, 江西 / 南昌, not clicked
+    assert got.ids[0, 0] == h("1000014754") and got.ids[0, 1] == h("463510256")
+    assert got.ids[0, 7] == h("江西") and got.ids[0, 8] == h("南昌")
+    assert got.timestamps[0] == 1624843756 and got.labels[0] == 0.0
+    assert len(np.unique(got.ids[:, 1])) == 979  # item ids, counted with pandas
+
+
+def test_yidian_malformed(tmp_path: Path) -> None:
+    lines = shared(YIDIAN).read_text(encoding="utf-8").split("\n")[:6]
+    path = tmp_path / "y.csv"
+    bad = lines[3].split(",")
+    bad[7] = "2"  # click
+    path.write_text("\n".join([*lines[:3], ",".join(bad)]) + "\n")
+    assert error_of(f"yidian:{path}") == f"yidian:{path}: line 4: click is not 0 or 1"
+    path.write_text("\n".join(lines[:3] + [lines[3] + ",9"]) + "\n")
+    assert error_of(f"yidian:{path}") == f"yidian:{path}: line 4 has 19 fields, expected 18"
+    path.write_text("\n".join(["a,b,c"] + lines[1:3]) + "\n")
+    assert "header is 'a,b,c'" in error_of(f"yidian:{path}")
+
+
 def test_movielens_directory_picks_the_rating_file() -> None:
     ds = MovieLensDataset(shared(ML_DIR))
     assert ds.ratings_path.name == "sample_movielens_rating.users3000plus.dat"
@@ -317,12 +357,12 @@ def error_of(spec: str, batch_size: int = 64) -> str:
 
 
 def test_missing_and_empty_files(tmp_path: Path) -> None:
-    for kind in ("criteo", "avazu", "frappe", "movielens"):
+    for kind in ("criteo", "avazu", "frappe", "movielens", "yidian"):
         message = error_of(f"{kind}:{tmp_path / 'nope.txt'}")
         assert message.startswith(f"{kind}:{tmp_path / 'nope.txt'}: no such file")
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    for kind in ("criteo", "avazu", "frappe", "movielens"):
+    for kind in ("criteo", "avazu", "frappe", "movielens", "yidian"):
         assert error_of(f"{kind}:{empty}") == f"{kind}:{empty}: file is empty"
     header_only = tmp_path / "header.csv"
     header_only.write_text(shared(CRITEO_HEAD).read_text().split("\n")[0] + "\n")
