@@ -199,7 +199,10 @@ def cumulative_at(ts: np.ndarray, clicked: np.ndarray,
 def phase_frames(session: Session, experiment_id: int,
                  phase: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(exposures, outcomes) of one phase as DataFrames: exposures[request_id, arm_id, unit_id,
-    ts, latency_ms, model_version]; outcomes[request_id, arm_id, score, clicked, ts]."""
+    ts, latency_ms, model_version]; outcomes[request_id, arm_id, unit_id, score, clicked, ts].
+
+    Each outcome carries its exposure's unit from the same query: the joiner may commit rows
+    between the two queries, so an outcome's exposure need not be in `exposures`."""
     ex = session.execute(
         select(Exposure.request_id, Exposure.arm_id, Exposure.unit_id, Exposure.ts,
                Exposure.latency_ms, Exposure.model_version)
@@ -207,10 +210,12 @@ def phase_frames(session: Session, experiment_id: int,
     exposures = pd.DataFrame(ex, columns=["request_id", "arm_id", "unit_id", "ts",
                                           "latency_ms", "model_version"])
     oc = session.execute(
-        select(Outcome.request_id, Exposure.arm_id, Outcome.score, Outcome.clicked, Outcome.ts)
+        select(Outcome.request_id, Exposure.arm_id, Exposure.unit_id, Outcome.score,
+               Outcome.clicked, Outcome.ts)
         .join(Exposure, Exposure.request_id == Outcome.request_id)
         .where(Exposure.experiment_id == experiment_id, Exposure.phase == phase)).all()
-    outcomes = pd.DataFrame(oc, columns=["request_id", "arm_id", "score", "clicked", "ts"])
+    outcomes = pd.DataFrame(oc, columns=["request_id", "arm_id", "unit_id", "score", "clicked",
+                                         "ts"])
     outcomes["clicked"] = outcomes["clicked"].astype(bool)
     return exposures, outcomes
 
@@ -286,8 +291,7 @@ def experiment_report(session: Session, experiment_id: int, phase: int | None = 
                                                       base.exposures)
             s.lift = s.diff / base.ctr if base.ctr > 0 else None
             pair = outcomes[outcomes["arm_id"].isin([arm.id, control.id])]  # type: ignore[union-attr]
-            unit_of = exposures.drop_duplicates("request_id").set_index("request_id")["unit_id"]
-            units = pair["request_id"].map(unit_of)
+            units = pair["unit_id"]
             if units.nunique() > 2:
                 _, s.diff_ci_clustered, s.p_value_clustered = clustered_difference(
                     pair["clicked"].to_numpy(), (pair["arm_id"] == arm.id).to_numpy(),
