@@ -8,7 +8,9 @@ bytes. Statistics come from scipy / statsmodels / scikit-learn.
 
 Units of analysis: an exposure is one shown item (an outcome row), a click is feedback inside
 the attribution window. Items shown to the same unit are not independent, so the per-item
-intervals are somewhat narrow when units see many items; SRM is checked on units.
+intervals are somewhat narrow when units see many items: the report also gives the
+difference with unit-clustered standard errors, and its always-valid test uses the
+unit-clustered variance; SRM is checked on units.
 The report covers one phase (a weight layout): units are re-bucketed per phase.
 """
 
@@ -131,20 +133,26 @@ def clustered_difference(clicked: np.ndarray, treated: np.ndarray, units: np.nda
 
 
 def msprt_p_values(c1: np.ndarray, n1: np.ndarray, c0: np.ndarray, n0: np.ndarray,
-                   tau: float = DEFAULT_TAU) -> np.ndarray:
+                   tau: float = DEFAULT_TAU, var: np.ndarray | None = None) -> np.ndarray:
     """Always-valid p-values of the mixture SPRT (Johari et al., "Always Valid Inference",
     2017) for a difference of two proportions, at each of T looks: c/n int[T] cumulative counts.
 
     With the normal approximation d ~ N(theta, V), V = p1 q1 / n1 + p0 q0 / n0, and a
     N(0, tau^2) mixture over theta, the likelihood ratio is N(d; 0, V + tau^2) / N(d; 0, V)
     (scipy densities); p_t = min(p_{t-1}, 1 / Lambda_t), so p only falls and may be read at
-    any look without inflating the false-positive rate."""
+    any look without inflating the false-positive rate.
+
+    `var` float[T], if given, is V at each look in place of the binomial one: the report passes
+    the unit-clustered variance (`clustered_ctr_variance_at`), since the binomial V treats a
+    user's many items as independent and then rejects far too often."""
     c1, n1, c0, n0 = (np.asarray(a, np.float64) for a in (c1, n1, c0, n0))
     ok = (n1 > 0) & (n0 > 0)
     p1 = np.divide(c1, n1, out=np.zeros_like(c1), where=ok)
     p0 = np.divide(c0, n0, out=np.zeros_like(c0), where=ok)
-    var = (np.divide(p1 * (1 - p1), n1, out=np.zeros_like(p1), where=ok)
-           + np.divide(p0 * (1 - p0), n0, out=np.zeros_like(p0), where=ok))
+    if var is None:
+        var = (np.divide(p1 * (1 - p1), n1, out=np.zeros_like(p1), where=ok)
+               + np.divide(p0 * (1 - p0), n0, out=np.zeros_like(p0), where=ok))
+    var = np.asarray(var, np.float64)
     ok &= var > 0
     var = np.where(ok, var, 1.0)
     d = p1 - p0
@@ -189,6 +197,38 @@ def cumulative_at(ts: np.ndarray, clicked: np.ndarray,
     idx = np.searchsorted(ts, grid, side="right")
     cum = np.concatenate([[0], np.cumsum(clicked)])
     return idx, cum[idx]
+
+
+def clustered_ctr_variance_at(ts: np.ndarray, clicked: np.ndarray, units: np.ndarray,
+                              grid: np.ndarray) -> np.ndarray:
+    """Variance of one arm's CTR (clicks / exposures) at each time of `grid`, clustered by
+    unit, and never below the binomial p q / n: float[T]. ts float[N], clicked bool[N],
+    units [N].
+
+    The CTR is a ratio of per-unit sums, C / N = sum_u c_u / sum_u n_u; its cluster-robust
+    (delta-method) variance is G / (G - 1) * sum_u (c_u - p n_u)^2 / N^2 over the G units seen
+    so far. The sum is kept as sum c^2 - 2 p sum c n + p^2 sum n^2, whose three sums grow
+    row by row in time order, so every look costs one vectorised pass."""
+    order = np.argsort(np.asarray(ts), kind="stable")
+    y = np.asarray(clicked, np.float64)[order]
+    codes = pd.factorize(pd.Series(np.asarray(units)[order]))[0]
+    frame = pd.DataFrame({"u": codes, "y": y})
+    n_prev = frame.groupby("u").cumcount().to_numpy(np.float64)
+    c_prev = frame.groupby("u")["y"].cumsum().to_numpy() - y
+    zero = np.zeros(1)
+    sum_nn = np.concatenate([zero, np.cumsum(2 * n_prev + 1)])
+    sum_cn = np.concatenate([zero, np.cumsum(c_prev + y * (n_prev + 1))])
+    sum_cc = np.concatenate([zero, np.cumsum(y * (2 * c_prev + 1))])
+    groups = np.concatenate([zero, np.cumsum(n_prev == 0)])
+    clicks = np.concatenate([zero, np.cumsum(y)])
+    idx = np.searchsorted(np.asarray(ts)[order], grid, side="right")
+    n, c, g = idx.astype(np.float64), clicks[idx], groups[idx]
+    ok = (n > 0) & (g > 1)
+    p = np.divide(c, n, out=np.zeros_like(c), where=n > 0)
+    spread = sum_cc[idx] - 2 * p * sum_cn[idx] + p * p * sum_nn[idx]
+    clustered = np.divide(spread * g, (g - 1) * n * n, out=np.zeros_like(n), where=ok)
+    binomial = np.divide(p * (1 - p), n, out=np.zeros_like(n), where=n > 0)
+    return np.maximum(clustered, binomial)
 
 
 # ------------------------------------------------------------------------------------------
@@ -261,6 +301,7 @@ def experiment_report(session: Session, experiment_id: int, phase: int | None = 
     t_start = float(outcomes["ts"].min()) if len(outcomes) else 0.0
     grid = np.linspace(t_start, t_end, max(2, looks))
     cum: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    var_at: dict[int, np.ndarray] = {}
     out: list[ArmStats] = []
     for arm in arms:
         ex = exposures[exposures["arm_id"] == arm.id]
@@ -280,6 +321,8 @@ def experiment_report(session: Session, experiment_id: int, phase: int | None = 
             redis_embedding_bytes=int(ver.redis_embedding_bytes) if ver else None,
             model_version=int(ver.version) if ver else None))
         cum[arm.id] = cumulative_at(oc["ts"].to_numpy(), oc["clicked"].to_numpy(), grid)
+        var_at[arm.id] = clustered_ctr_variance_at(oc["ts"].to_numpy(), oc["clicked"].to_numpy(),
+                                                   oc["unit_id"].to_numpy(), grid)
 
     base = next((s for s in out if s.is_control), None)
     if base is not None and base.exposures > 0:
@@ -297,7 +340,8 @@ def experiment_report(session: Session, experiment_id: int, phase: int | None = 
                     pair["clicked"].to_numpy(), (pair["arm_id"] == arm.id).to_numpy(),
                     units.to_numpy())
             n1, c1 = cum[arm.id]
-            s.always_valid_p = float(msprt_p_values(c1, n1, c0, n0, tau=tau)[-1])
+            var = var_at[arm.id] + var_at[control.id]  # type: ignore[union-attr]
+            s.always_valid_p = float(msprt_p_values(c1, n1, c0, n0, tau=tau, var=var)[-1])
     else:
         notes.append("no exposures in the control arm yet: no differences")
 

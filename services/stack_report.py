@@ -202,7 +202,7 @@ def verdict_table(report: dict, policies: dict[str, str], dashboard: str) -> Tab
           else ci(a["diff"], a["diff_ci_clustered"]) for a in arms]),
         ("p-value (unit-clustered)",
          ["" if a["is_control"] else p(a.get("p_value_clustered")) for a in arms]),
-        ("p-value (always valid, mSPRT)", ["" if a["is_control"] else p(a["always_valid_p"])
+        ("p-value (always valid, clustered)", ["" if a["is_control"] else p(a["always_valid_p"])
                                            for a in arms]),
         ("log loss (served)", [_f(a["log_loss"]) for a in arms]),
         ("AUC (served)", [_f(a["auc"]) for a in arms]),

@@ -119,6 +119,64 @@ def test_msprt_is_monotone_and_calibrated() -> None:
     assert msprt_p_values(a, looks, b, looks)[-1] < 0.01
 
 
+def _sessions(rng, users: int, items: int, mean: float) -> tuple[np.ndarray, ...]:
+    """(ts, clicked, unit) of `users` users arriving in turn, each shown `items` items in a
+    row, each with a CTR of their own (Beta around `mean`, very heterogeneous)."""
+    ctr = rng.beta(0.6 * mean / 0.3, 0.6 * (1 - mean) / 0.3, users)
+    unit = np.repeat(np.arange(users), items)
+    ts = np.arange(users * items, dtype=np.float64) + rng.random(users * items) * 0.5
+    return ts, rng.random(users * items) < ctr[unit], unit
+
+
+def test_clustered_ctr_variance_matches_statsmodels() -> None:
+    import statsmodels.api as sm
+
+    from services.analysis import clustered_ctr_variance_at
+
+    rng = np.random.default_rng(5)
+    ts, clicked, unit = _sessions(rng, 60, 7, 0.3)
+    perm = rng.permutation(ts.size)  # rows need not come sorted
+    ts, clicked, unit = ts[perm], clicked[perm], unit[perm]
+    grid = np.array([50.0, 151.5, 300.2, ts.max()])
+    var = clustered_ctr_variance_at(ts, clicked, unit, grid)
+    for t, v in zip(grid, var, strict=True):
+        seen = ts <= t
+        y = clicked[seen].astype(float)
+        fit = sm.OLS(y, np.ones((y.size, 1))).fit(cov_type="cluster",
+                                                  cov_kwds={"groups": unit[seen]})
+        expected = max(float(fit.bse[0]) ** 2, y.mean() * (1 - y.mean()) / y.size)
+        assert v == pytest.approx(expected, rel=1e-9)
+    # one item per unit: the clustered variance is the binomial one (times G / (G - 1))
+    one = np.arange(500)
+    y1 = rng.random(500) < 0.2
+    v1 = clustered_ctr_variance_at(one.astype(float), y1, one, np.array([499.0]))[0]
+    assert v1 == pytest.approx(y1.mean() * (1 - y1.mean()) / 500 * 500 / 499, rel=1e-9)
+
+
+def test_msprt_with_clustered_variance_holds_its_level_when_users_see_many_items() -> None:
+    from services.analysis import clustered_ctr_variance_at, cumulative_at
+
+    rng = np.random.default_rng(7)
+    runs, fp_clustered, fp_binomial = 200, 0, 0
+    for _ in range(runs):  # A/A: 300 users an arm, 30 items each, peeking at 50 looks
+        a, b = _sessions(rng, 300, 30, 0.3), _sessions(rng, 300, 30, 0.3)
+        grid = np.linspace(300.0, 9000.0, 50)
+        (n1, c1), (n0, c0) = cumulative_at(a[0], a[1], grid), cumulative_at(b[0], b[1], grid)
+        var = clustered_ctr_variance_at(*a, grid) + clustered_ctr_variance_at(*b, grid)
+        fp_clustered += msprt_p_values(c1, n1, c0, n0, var=var)[-1] < 0.05
+        fp_binomial += msprt_p_values(c1, n1, c0, n0)[-1] < 0.05
+    assert fp_clustered / runs <= 0.05 + 0.03
+    assert fp_binomial / runs > 0.15  # what the per-item variance did: far above its level
+    found = 0
+    for _ in range(20):  # and a real difference of 0.15 is still found
+        a, b = _sessions(rng, 300, 30, 0.45), _sessions(rng, 300, 30, 0.3)
+        grid = np.linspace(300.0, 9000.0, 50)
+        (n1, c1), (n0, c0) = cumulative_at(a[0], a[1], grid), cumulative_at(b[0], b[1], grid)
+        var = clustered_ctr_variance_at(*a, grid) + clustered_ctr_variance_at(*b, grid)
+        found += msprt_p_values(c1, n1, c0, n0, var=var)[-1] < 0.05
+    assert found >= 15
+
+
 def test_clustered_difference_widens_for_correlated_units() -> None:
     import statsmodels.api as sm
 
