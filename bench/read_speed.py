@@ -79,6 +79,8 @@ def main() -> None:
     cache = settings.data_dir / "movielens-100k"
     if (cache / "ratings.parquet").exists():
         jobs.append(("movielens-100k", "movielens-100k"))
+    synthetic = "synthetic:events=1000000,fields=26,vocab=1000000,zipf=1.1,seed=0,drift=0.5"
+    jobs.append((synthetic, synthetic))
 
     print(f"batch size {args.batch_size}, best of {args.repeat}; shared data: {root}")
     print(f"{'data set':<62} {'rows':>10} {'seconds':>8} {'rows/s':>11}")

@@ -85,10 +85,27 @@ class QualityReport:
     policies: list[str]
     runs: list[Run]
     rows: list[dict[str, Any]]  # one summary per policy, in command-line order
+    # bootstrap AUCs [resamples, runs] of the whole stream and of its last 30%, runs in order
+    boot: dict[str, np.ndarray] = field(default_factory=dict)
 
     def records(self) -> list[dict[str, Any]]:
         """The JSON: one object per policy and seed."""
         return [r.record for r in self.runs]
+
+    def paired_delta(self, policy: str, other: str, suffix: str = "_last30") -> dict[str, Any]:
+        """AUC(policy) - AUC(other), seed s paired with seed s and pooled over seeds, with its
+        95% paired-bootstrap CI; `suffix` "" for the whole stream, "_last30" for its tail."""
+        index = {(r.policy, r.seed): i for i, r in enumerate(self.runs)}
+        seeds = [r.seed for r in self.runs if r.policy == policy and (other, r.seed) in index]
+        if not seeds:
+            raise ValueError(f"no seeds shared by {policy!r} and {other!r}")
+        mine = [index[(policy, s)] for s in seeds]
+        theirs = [index[(other, s)] for s in seeds]
+        key = f"auc{suffix}"
+        value = float(np.mean([self.runs[i].record[key] - self.runs[j].record[key]
+                               for i, j in zip(mine, theirs, strict=True)]))
+        boot = self.boot[suffix]
+        return {"delta": value, "ci": _ci((boot[:, mine] - boot[:, theirs]).mean(axis=1))}
 
 
 def run_one(
@@ -243,7 +260,8 @@ def run_quality_bench(
             r.record["pct_of_base"] = 100.0 * r.memory["total_bytes"] / base_bytes
             r.record["base"] = base
         rows.append(row)
-    return QualityReport(data, model, reference, base, policies, runs, rows)
+    boot = {"": boot_full, "_last30": boot_tail}
+    return QualityReport(data, model, reference, base, policies, runs, rows, boot)
 
 
 def _run_record(run: Run, data: str, model: str, reference: str, tail: int) -> dict[str, Any]:
