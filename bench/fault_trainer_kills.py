@@ -129,7 +129,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--kills", type=int, default=20)
-    ap.add_argument("--rate", type=float, default=800.0, help="replay events/s (800: 200k events outlast 20 kills, ~10 s each)")
+    ap.add_argument("--rate", type=float, default=800.0,
+                    help="replay events/s (at 800, 200k events outlast 20 kills of ~10 s)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     spec = f"synthetic:events={args.events},fields=4,vocab=5000,seed={args.seed}"
