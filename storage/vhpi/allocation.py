@@ -33,11 +33,14 @@ def chunk_scores(
     keep_first: bool,
     live: np.ndarray | None = None,
     hysteresis: float = 0.0,
+    cost: np.ndarray | None = None,
 ) -> np.ndarray:
     """float32[E, K] utilities, int[E] fields, bool[E] admitted -> float32[E, K] scores.
 
     A live chunk's score is raised by the factor (1 + hysteresis) (`live` bool[E, K]): a chunk
-    must beat an incumbent by that margin to take its place.
+    must beat an incumbent by that margin to take its place. With `cost` float[K] (a chunk's
+    bytes at each position, relative to position 0, raised to the store's cost_power), a score
+    is divided by its chunk's cost: utility per byte, so a wide chunk must earn its width.
 
     With `prefix` the scores fall (weakly) along every row, so any threshold `s >= tau` keeps a
     prefix: tied positions pass or fail together."""
@@ -54,6 +57,8 @@ def chunk_scores(
         n = np.maximum(np.bincount(f, minlength=nf), 1).astype(np.float64)
         mean = np.bincount(cell, weights=u.ravel(), minlength=nf * K).reshape(nf, K) / n[:, None]
         u /= np.maximum(mean, 1e-12).astype(np.float32)[f]
+    if cost is not None:
+        u /= np.asarray(cost, dtype=np.float32)
     if live is not None and hysteresis:
         u *= np.where(live, np.float32(1.0 + hysteresis), np.float32(1.0))
     if keep_first:

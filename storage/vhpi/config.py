@@ -26,6 +26,7 @@ class StoreConfig:
     normalize: str = "field"  # "field": utilities relative to their (field, position) mean
     freq_power: float = 1.0  # u += a**freq_power * ||g||; the paper's rule is 1
     hysteresis: float = 0.0  # a pruned chunk must out-score a live one by this factor
+    cost_power: float = 2.0  # score / (chunk bytes / first chunk's bytes)**p; 0: cost-blind
     min_count: int = 1  # accesses before an ID gets chunks (until then it reads zeros)
     sketch_width: int = 0  # >0: count not-yet-admitted IDs in a count-min sketch, not entries
     sketch_depth: int = 4

@@ -503,6 +503,7 @@ class ChunkStore:
         if slots.size == 0:
             return {"freed": 0, "admitted": 0}
         c = self.config
+        costs = self.chunk_costs()
         scores = chunk_scores(
             self.utilities(slots),
             self.index.fields[slots],
@@ -512,12 +513,12 @@ class ChunkStore:
             keep_first=c.keep_first,
             live=self.addresses(slots) >= 0,
             hysteresis=c.hysteresis,
+            cost=(costs / costs[0]) ** c.cost_power if c.cost_power else None,
         )
         fixed_cost = slots.size * self.entry_bytes() + self.index.table_bytes
         if self.sketch is not None:
             fixed_cost += self.sketch.nbytes  # the admission sketch is paid before any chunk
         capacity = self.budget_bytes() - fixed_cost
-        costs = self.chunk_costs()
         ext_bytes = self.ext_record_bytes()
 
         def exact(keep: np.ndarray) -> float:

@@ -255,6 +255,26 @@ def test_hysteresis_keeps_incumbents_within_the_margin() -> None:
     assert kept(0.5) == [True, False]  # but not by a margin of 50%
 
 
+def test_cost_aware_scores_make_a_wide_chunk_earn_its_width() -> None:
+    from storage.vhpi.allocation import chunk_scores, select_chunks
+
+    # Entry 0 is popular: its wide second chunk (8x the bytes) has 4x the utility of entry 1's
+    # narrow first chunk... but per byte it is worth half as much.
+    util = np.array([[8.0, 4.0], [1.0, 0.0]], dtype=np.float32)
+    admitted = np.ones(2, dtype=bool)
+    bytes_of = np.array([1.0, 8.0])
+
+    def kept(cost: np.ndarray | None, capacity: float) -> list[list[bool]]:
+        s = chunk_scores(util, np.zeros(2), admitted, False, True, False, cost=cost)
+        keep = select_chunks(s, capacity, lambda k: float((k * bytes_of).sum()))
+        return keep.tolist()
+
+    # budget for 9 bytes: the first chunk of 0 plus either its wide chunk or entry 1's chunk
+    assert kept(None, 9.0) == [[True, True], [False, False]]  # cost-blind: the wide one
+    assert kept(bytes_of**1, 9.0) == [[True, False], [True, False]]  # per byte: entry 1
+    assert kept(bytes_of**1, 10.0) == [[True, True], [True, False]]  # room for all
+
+
 def test_sketch_admission_keeps_the_tail_out_of_the_store() -> None:
     cfg = StoreConfig(dim=64, num_chunks=4, budget=None, min_count=3, sketch_width=1 << 12)
     store = ChunkStore(cfg)

@@ -1,0 +1,179 @@
+"""The memory-vs-quality frontier of every policy on every real data set (and a synthetic
+stream), in one run: `chunkrec bench quality` per data set, then one table across them.
+
+    .venv/bin/python bench/frontier.py                       # the real sets in ../shared/data
+    .venv/bin/python bench/frontier.py --synthetic 5000000   # and a 5M-event synthetic stream
+    .venv/bin/python bench/frontier.py --data frappe --policies fixed:64,fiited:budget=0.25
+
+Per data set it prints the bench's own table, then a cross-data-set table: per policy its
+share of fixed-64's total bytes and its ΔAUC on the last 30% of the stream against fixed-64,
+and for every adaptive policy the paired ΔAUC against the fixed-dim baseline nearest to it in
+total bytes ("vs fixed@="), each with its 95% paired-bootstrap CI (* = the CI excludes 0).
+
+Small sets get small batches so that prune/regrow runs (at batch 256 Avazu's 8,087 rows would
+end before FIITED's first prune step): batch = clamp(rows / 400, 32, 256).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from services.quality_bench import (
+    QualityReport,
+    policy_kind,
+    render_table,
+    run_quality_bench,
+    split_policies,
+    write_frontier_png,
+    write_json,
+)
+from storage.datasets import open_dataset
+from storage.settings import get_settings
+
+# Below ~14% of fixed-64 an ID's own record and index slot leave nothing for chunks, so the
+# smaller points come from admission (an ID gets an entry once seen min_count times), given to
+# FIITED and to its fixed-dim partner alike.
+POLICIES = (
+    "fixed:64,fixed:32,fixed:16,fixed:8,fixed:4,fixed:2,"
+    "fiited:budget=0.5,fiited:budget=0.25,fiited:budget=0.25,cost_power=0,"
+    "fiited:budget=0.25,min_count=3,sketch_width=4096,fixed:4,min_count=3,sketch_width=4096,"
+    "adaembed:budget=0.25,dml,dml:penalty=0.1,amtl,amtl:penalty=0.003"
+)
+# (name, spec relative to the shared data folder, rows) of the real sets
+REAL_SETS = (
+    ("frappe", "frappe:{d}/frappe/frappe.validation.libfm,{d}/frappe/frappe.test.libfm", 86_582),
+    ("movielens-1m-part", "movielens:{d}/movielens-1m-users3000plus", 51_419),
+    ("movielens-100k", "movielens-100k", 100_000),
+    ("avazu", "avazu:{d}/avazu-sample/train.csv", 8_087),
+    ("criteo-head", "criteo:{d}/criteo-kaggle-train-head/criteo_train_rows_1-3000.csv", 3_000),
+    ("yidian", "yidian:{d}/yidian-news-sample/yidian_news_sampled.csv", 1_000),
+)
+SYNTHETIC = "synthetic:events={n},fields=8,vocab=100000,zipf=1.1,seed=1,drift=0.5"
+
+
+def batch_for(rows: int) -> int:
+    return max(32, min(256, rows // 400))
+
+
+def _fmt(d: dict) -> str:
+    lo, hi = d["ci"]
+    mark = "" if lo <= 0 <= hi else "*"
+    return f"{d['delta']:+.4f} [{lo:+.4f},{hi:+.4f}]{mark}"
+
+
+def nearest_fixed(report: QualityReport, spec: str) -> str | None:
+    """The fixed-dim policy whose total bytes are nearest `spec`'s (on a log scale)."""
+    pct = {r["policy"]: r["pct_of_base"] for r in report.rows}
+    fixed = [p for p in pct if policy_kind(p) == "fixed"]
+    if not fixed:
+        return None
+    return min(fixed, key=lambda p: abs(math.log(pct[p] / pct[spec])))
+
+
+def summarise(report: QualityReport) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for row in report.rows:
+        spec = row["policy"]
+        entry = {"pct": row["pct_of_base"], "auc_last30": row["auc_last30"]}
+        entry["vs_64"] = {"delta": row["delta_auc_last30"], "ci": row["delta_auc_last30_ci"]}
+        if policy_kind(spec) != "fixed":
+            other = nearest_fixed(report, spec)
+            if other is not None:
+                entry["vs_fixed"] = report.paired_delta(spec, other)
+                entry["vs_fixed"]["other"] = other
+        out[spec] = entry
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="all", help="comma-separated names of REAL_SETS, or all")
+    parser.add_argument("--synthetic", type=int, default=0, help="events of a synthetic stream")
+    parser.add_argument("--synthetic-only", action="store_true")
+    parser.add_argument("--policies", default=POLICIES)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--bootstrap", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--out-dir", type=Path, default=Path("results-frontier"))
+    args = parser.parse_args()
+    root = get_settings().shared_data_dir
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    policies = split_policies(args.policies)
+    if "fixed:64" not in policies:
+        policies.insert(0, "fixed:64")
+
+    jobs: list[tuple[str, str, int]] = []
+    if not args.synthetic_only:
+        wanted = None if args.data == "all" else set(args.data.split(","))
+        for name, spec, rows in REAL_SETS:
+            if wanted is None or name in wanted:
+                jobs.append((name, spec.format(d=root), batch_for(rows)))
+    if args.synthetic:
+        jobs.append((f"synthetic-{args.synthetic // 1_000_000}M",
+                     SYNTHETIC.format(n=args.synthetic), 1024))
+
+    console = Console(width=220)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, dict] = {}
+    for name, spec, batch in jobs:
+        try:
+            open_dataset(spec)
+        except Exception as exc:  # a missing set is reported, the others still run
+            console.print(f"[yellow]{name}: skipped ({exc})[/yellow]")
+            continue
+        console.print(f"[bold]{name}[/bold] ({spec}, batch {batch})", highlight=False)
+        report = run_quality_bench(
+            spec,
+            policies,
+            seeds=args.seeds,
+            reference="fixed:64",
+            batch_size=batch,
+            n_bootstrap=args.bootstrap,
+            progress=lambda run: print(
+                f"  {run.policy} seed {run.seed}: AUC {run.metrics.summary()['auc']:.4f}, "
+                f"{run.samples_per_s:,.0f} samples/s, {run.wall_s:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            ),
+        )
+        console.print(render_table(report))
+        write_json(report, args.out_dir / f"{name}.json")
+        write_frontier_png(report, args.out_dir / f"{name}.png")
+        summary[name] = summarise(report)
+        sys.stdout.flush()
+
+    names = list(summary)
+    table = Table(title="last 30%: % of fixed-64's total bytes · ΔAUC vs fixed-64 · ΔAUC vs the "
+                        "fixed-dim nearest in bytes (95% paired bootstrap CI, * excludes 0)")
+    table.add_column("policy")
+    for name in names:
+        table.add_column(name, justify="right")
+    for spec in policies:
+        cells = []
+        for name in names:
+            e = summary[name].get(spec)
+            if e is None:
+                cells.append("")
+                continue
+            text = f"{e['pct']:.1f}% · {_fmt(e['vs_64'])}"
+            if "vs_fixed" in e:
+                text += f"\nvs {e['vs_fixed']['other']}: {_fmt(e['vs_fixed'])}"
+            cells.append(text)
+        table.add_row(spec, *cells)
+    console.print(table)
+    (args.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    console.print(f"wrote {args.out_dir}/")
+
+
+if __name__ == "__main__":
+    main()
