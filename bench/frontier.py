@@ -92,6 +92,26 @@ def summarise(report: QualityReport) -> dict[str, dict]:
     return out
 
 
+def markdown(summary: dict[str, dict], policies: list[str]) -> str:
+    """The cross-data-set table as Markdown: per policy and data set, % of fixed-64's bytes,
+    ΔAUC (last 30%) vs fixed-64, and vs the fixed-dim policy nearest in bytes."""
+    names = list(summary)
+    lines = ["| policy | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for spec in policies:
+        cells = []
+        for name in names:
+            e = summary[name].get(spec)
+            if e is None:
+                cells.append("")
+                continue
+            text = f"{e['pct']:.1f}%: {_fmt(e['vs_64'])}"
+            if "vs_fixed" in e and e["vs_fixed"]["other"] != "fixed:64":
+                text += f"<br>vs {e['vs_fixed']['other']}: {_fmt(e['vs_fixed'])}"
+            cells.append(text)
+        lines.append(f"| `{spec}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="all", help="comma-separated names of REAL_SETS, or all")
@@ -172,6 +192,7 @@ def main() -> None:
         table.add_row(spec, *cells)
     console.print(table)
     (args.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (args.out_dir / "summary.md").write_text(markdown(summary, policies))
     console.print(f"wrote {args.out_dir}/")
 
 
