@@ -35,9 +35,10 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Topic
 
 from models.learner import Learner
 from models.networks import build_model
+from models.policies.hot_start import hot_start
 from models.policy import parse_policy
 from services import wire
-from services.checkpoint import CheckpointState, load_latest, write_checkpoint
+from services.checkpoint import CheckpointState, list_checkpoints, load_latest, write_checkpoint
 from services.confirmed import ConfirmedProducer
 from services.publisher import RedisPublisher
 from storage.batch import DatasetSchema, SparseBatch
@@ -59,6 +60,10 @@ class TrainerConfig:
     # may overshoot; counted across restarts)
     idle_exit_s: float | None = None  # stop after this long without a new event
     decode_only: bool = False  # consume + validate + decode, no training (ingestion bench)
+    # another model's checkpoint (a fixed:64 trainer's ckpt-* folder, or its checkpoint folder
+    # for the newest) to start from when this model has none of its own: switching policy
+    # on a running system without starting cold
+    hot_start: Path | None = None
 
 
 @dataclass
@@ -133,6 +138,8 @@ class StreamTrainer:
     def _restore(self) -> None:
         got = load_latest(self.ckpt_root, self.policy, self.net, self.learner.optimizer)
         if got is None:
+            if self.c.hot_start is not None:
+                self._hot_start(Path(self.c.hot_start))
             return
         restored, metrics = got
         st = restored.state
@@ -155,6 +162,42 @@ class StreamTrainer:
             self.applied[tp] = self.consumed[tp] = int(off)
         log.info("restored %s: %d events applied, offsets %s", restored.path,
                  st.events_applied, st.offsets)
+
+    def _hot_start(self, source: Path) -> None:
+        """Start from another model's checkpoint: its embeddings into this policy
+        (models.policies.hot_start: copied, then this policy's own rule, e.g. pruned to its
+        budget), its network where the shapes match, and its Kafka offsets, so the events
+        its weights already hold are not learned twice. Counts and checksum start at zero:
+        they are this model's applied events."""
+        path = source
+        if not (path / "state.json").exists():
+            found = list_checkpoints(path)
+            if not found:
+                raise ValueError(f"{source}: no checkpoint to hot-start from (expected a "
+                                 "ckpt-* folder, or a model's folder of them)")
+            path = found[-1]
+        st = CheckpointState.from_json((path / "state.json").read_bytes())
+        if st.schema != self.c.schema.name:
+            raise ValueError(f"{path}: checkpoint of schema {st.schema!r}, this model's is "
+                             f"{self.c.schema.name!r}")
+        try:
+            ids = hot_start(self.policy, path / "policy.bin")
+        except (TypeError, ValueError, KeyError, OSError) as exc:
+            raise ValueError(f"{path}: cannot hot-start {self.c.policy!r} from it: {exc}") from exc
+        network = "fresh (different network)"
+        if st.arch == self.c.arch:
+            dense = torch.load(path / "dense.pt", weights_only=True)["model"]
+            try:
+                self.net.load_state_dict(dense)
+                network = "copied"
+            except RuntimeError:
+                pass  # another D or schema: the network starts from its seed
+        for name, off in st.offsets.items():
+            topic, _, part = name.rpartition(":")
+            tp = TopicPartition(topic, int(part))
+            self.applied[tp] = self.consumed[tp] = int(off)
+        log.info("hot start from %s (model %s, policy %s): %d IDs, network %s, offsets %s",
+                 path, st.model, st.policy, ids, network, st.offsets)
 
     def checkpoint(self) -> Path:
         """Write a checkpoint of the applied state (the queue must be empty)."""

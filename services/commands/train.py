@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -33,6 +34,10 @@ def train(
         min=0.1, help="stop after this many seconds without events")] = None,
     bootstrap: Annotated[str | None, typer.Option(help="Kafka host:port")] = None,
     redis_url: Annotated[str | None, typer.Option("--redis", help="Redis URL")] = None,
+    hot_start: Annotated[Path | None, typer.Option(
+        "--hot-start", help="when this model has no checkpoint yet, start from another model's "
+        "(a fixed:64 trainer's ckpt-* folder, or its checkpoint folder for the newest): its "
+        "embeddings, network and Kafka offsets")] = None,
 ) -> None:
     """Train one model on the event stream; publish versions to Redis; checkpoint."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -49,7 +54,7 @@ def train(
         schema = open_dataset(data).schema
         trainer = StreamTrainer(settings, TrainerConfig(
             model=model, policy=policy, schema=schema, arch=arch.strip().lower(), topic=topic,
-            seed=seed, max_events=max_events, idle_exit_s=idle_exit))
+            seed=seed, max_events=max_events, idle_exit_s=idle_exit, hot_start=hot_start))
     except (DatasetError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import pytest
 import redis
 from kafka import KafkaConsumer, TopicPartition
 
@@ -218,3 +219,45 @@ def test_sigkill_mid_stream_loses_no_event_and_applies_none_twice(
     assert int(rec.events_checksum) == sent.checksum
     assert checkpointed() == sent.events
     assert f"checksum {sent.checksum}" in log.read_text()
+
+
+def test_hot_start_switches_policy_from_a_fixed64_trainer_checkpoint(
+        stream_settings: Settings, topic: str, redis_client: redis.Redis) -> None:
+    """A running fixed-dim model (fixed:32: this file's FIITED has D = 32), then a FIITED model
+    started from its checkpoint: the new trainer holds the source's IDs within its budget, the
+    source's network, and resumes at the source's Kafka offsets, so it applies only the events
+    that came after them."""
+    schema = open_dataset(SPEC).schema
+    first = replay_dataset(stream_settings, SPEC, topic=topic, batch_events=100, id_prefix="a")
+    source = StreamTrainer(stream_settings, TrainerConfig(
+        model="hotfixed", policy="fixed:32", schema=schema, arch="dlrm", topic=topic,
+        max_events=first.events))
+    source.run()
+    source_auc = source.learner.metrics.auc()
+    then = replay_dataset(stream_settings, SPEC, topic=topic, batch_events=100, id_prefix="b")
+
+    root = Path(stream_settings.checkpoint_dir) / "hotfixed"
+    hot = StreamTrainer(stream_settings, TrainerConfig(
+        model="hotfiited", policy=POLICY, schema=schema, arch="dlrm", topic=topic,
+        max_events=then.events, hot_start=root))
+    store = hot.policy.store
+    assert store.index.num_entries == source.policy.store.index.num_entries > 1000
+    assert store.used_bytes() <= store.budget_bytes()
+    for name, value in source.net.state_dict().items():
+        assert np.array_equal(hot.net.state_dict()[name].numpy(), value.numpy()), name
+    assert sum(hot.applied.values()) == first.messages  # the source's offsets
+
+    stats = hot.run()
+    assert stats.events_applied == then.events  # only what came after the source's offsets
+    assert stats.events_checksum == then.checksum
+    # the same events again, now scored by a model that starts where the source ended
+    assert hot.learner.metrics.auc() > source_auc + 0.02
+
+    from storage.datasets.criteo import SCHEMA as CRITEO
+
+    with pytest.raises(ValueError, match="checkpoint of schema 'synthetic'"):
+        StreamTrainer(stream_settings, TrainerConfig(model="hotbad", policy=POLICY, schema=CRITEO,
+                                                     topic=topic, hot_start=root))
+    with pytest.raises(ValueError, match="no checkpoint to hot-start from"):
+        StreamTrainer(stream_settings, TrainerConfig(model="hotbad", policy=POLICY, schema=schema,
+                                                     topic=topic, hot_start=root.parent / "none"))
