@@ -92,22 +92,25 @@ def summarise(report: QualityReport) -> dict[str, dict]:
     return out
 
 
-def markdown(summary: dict[str, dict], policies: list[str]) -> str:
-    """The cross-data-set table as Markdown: per policy and data set, % of fixed-64's bytes,
-    ΔAUC (last 30%) vs fixed-64, and vs the fixed-dim policy nearest in bytes."""
-    names = list(summary)
-    lines = ["| policy | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+def table_rows(summary: dict[str, dict], policies: list[str], sep: str) -> list[list[str]]:
+    """[policy, cell per data set] rows of the cross-data-set table; a cell is % of fixed-64's
+    bytes, ΔAUC (last 30%) vs fixed-64 and, `sep` apart, vs the fixed-dim nearest in bytes."""
+    rows = []
     for spec in policies:
-        cells = []
-        for name in names:
-            e = summary[name].get(spec)
-            if e is None:
-                cells.append("")
-                continue
-            text = f"{e['pct']:.1f}%: {_fmt(e['vs_64'])}"
-            if "vs_fixed" in e and e["vs_fixed"]["other"] != "fixed:64":
-                text += f"<br>vs {e['vs_fixed']['other']}: {_fmt(e['vs_fixed'])}"
+        cells = [spec]
+        for e in (summary[name].get(spec) for name in summary):
+            text = "" if e is None else f"{e['pct']:.1f}%: {_fmt(e['vs_64'])}"
+            if e is not None and "vs_fixed" in e and e["vs_fixed"]["other"] != "fixed:64":
+                text += f"{sep}vs {e['vs_fixed']['other']}: {_fmt(e['vs_fixed'])}"
             cells.append(text)
+        rows.append(cells)
+    return rows
+
+
+def markdown(summary: dict[str, dict], policies: list[str]) -> str:
+    """The cross-data-set table as Markdown."""
+    lines = ["| policy | " + " | ".join(summary) + " |", "|---" * (len(summary) + 1) + "|"]
+    for spec, *cells in table_rows(summary, policies, "<br>"):
         lines.append(f"| `{spec}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -172,24 +175,13 @@ def main() -> None:
         summary[name] = summarise(report)
         sys.stdout.flush()
 
-    names = list(summary)
     table = Table(title="last 30%: % of fixed-64's total bytes · ΔAUC vs fixed-64 · ΔAUC vs the "
                         "fixed-dim nearest in bytes (95% paired bootstrap CI, * excludes 0)")
     table.add_column("policy")
-    for name in names:
+    for name in summary:
         table.add_column(name, justify="right")
-    for spec in policies:
-        cells = []
-        for name in names:
-            e = summary[name].get(spec)
-            if e is None:
-                cells.append("")
-                continue
-            text = f"{e['pct']:.1f}% · {_fmt(e['vs_64'])}"
-            if "vs_fixed" in e:
-                text += f"\nvs {e['vs_fixed']['other']}: {_fmt(e['vs_fixed'])}"
-            cells.append(text)
-        table.add_row(spec, *cells)
+    for row in table_rows(summary, policies, "\n"):
+        table.add_row(*row)
     console.print(table)
     (args.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (args.out_dir / "summary.md").write_text(markdown(summary, policies))
