@@ -244,24 +244,22 @@ def run_quality_bench(
 
     base = _base_policy(policies, runs, reference)
     base_bytes = float(np.mean([r.memory["total_bytes"] for r in runs if r.policy == base]))
-    rows = []
+    report = QualityReport(data, model, reference, base, policies, runs, [],
+                           {"": boot_full, "_last30": boot_tail})
     for spec in policies:
         mine = [r for r in runs if r.policy == spec]
-        cols = [index[(spec, r.seed)] for r in mine]
-        refs = [index[(reference, r.seed)] for r in mine]
         row = _policy_row(spec, mine, base_bytes)
-        for suffix, boot in (("", boot_full), ("_last30", boot_tail)):
+        for suffix in ("", "_last30"):
             # pooled over seeds: the mean of the per-seed paired differences, per resample
-            row[f"delta_auc{suffix}_ci"] = _ci((boot[:, cols] - boot[:, refs]).mean(axis=1))
+            row[f"delta_auc{suffix}_ci"] = report.paired_delta(spec, reference, suffix)["ci"]
         for r in mine:
             for suffix in ("", "_last30"):
                 r.record[f"delta_auc{suffix}_pooled"] = row[f"delta_auc{suffix}"]
                 r.record[f"delta_auc{suffix}_pooled_ci"] = row[f"delta_auc{suffix}_ci"]
             r.record["pct_of_base"] = 100.0 * r.memory["total_bytes"] / base_bytes
             r.record["base"] = base
-        rows.append(row)
-    boot = {"": boot_full, "_last30": boot_tail}
-    return QualityReport(data, model, reference, base, policies, runs, rows, boot)
+        report.rows.append(row)
+    return report
 
 
 def _run_record(run: Run, data: str, model: str, reference: str, tail: int) -> dict[str, Any]:

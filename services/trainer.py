@@ -156,12 +156,17 @@ class StreamTrainer:
         self.stats.events_checksum = st.events_checksum
         self.stats.events_invalid = st.events_invalid
         self.version = st.version
-        for name, off in st.offsets.items():
+        self._resume_at(st.offsets)
+        log.info("restored %s: %d events applied, offsets %s", restored.path,
+                 st.events_applied, st.offsets)
+
+    def _resume_at(self, offsets: dict[str, int]) -> None:
+        """Seek every partition of a checkpoint's offsets ("topic:partition" -> next offset)
+        when it is assigned."""
+        for name, off in offsets.items():
             topic, _, part = name.rpartition(":")
             tp = TopicPartition(topic, int(part))
             self.applied[tp] = self.consumed[tp] = int(off)
-        log.info("restored %s: %d events applied, offsets %s", restored.path,
-                 st.events_applied, st.offsets)
 
     def _hot_start(self, source: Path) -> None:
         """Start from another model's checkpoint: its embeddings into this policy
@@ -192,10 +197,7 @@ class StreamTrainer:
                 network = "copied"
             except RuntimeError:
                 pass  # another D or schema: the network starts from its seed
-        for name, off in st.offsets.items():
-            topic, _, part = name.rpartition(":")
-            tp = TopicPartition(topic, int(part))
-            self.applied[tp] = self.consumed[tp] = int(off)
+        self._resume_at(st.offsets)
         log.info("hot start from %s (model %s, policy %s): %d IDs, network %s, offsets %s",
                  path, st.model, st.policy, ids, network, st.offsets)
 
