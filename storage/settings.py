@@ -62,6 +62,23 @@ class Settings(BaseSettings):
     serving_poll_s: float = 1.0  # version check interval besides the pub/sub announcements
     serving_mget_chunk: int = 1000  # keys per MGET in one pipelined round trip
     serving_threads: int = 1  # torch.set_num_threads for the serving process
+    serving_stale_after_s: float = Field(
+        default=10.0, gt=0, description="a served model whose version refresh has failed for "
+        "this long makes /readyz answer 503")
+    serving_hash_memo_bytes: int = Field(
+        default=32 << 20, gt=0, description="bytes of the raw-value -> ID memo (it starts "
+        "over beyond them)")
+    serving_redis_timeout_s: float = Field(
+        default=1.0, gt=0, description="Redis connect and socket timeout of serving: a hung "
+        "Redis gives a 503 this soon")
+    serving_redis_max_connections: int = Field(
+        default=32, ge=2, description="serving's Redis connection pool (one is the pub/sub "
+        "listener's); a request waits for a free one")
+    serving_redis_pool_timeout_s: float = Field(
+        default=1.0, gt=0, description="how long a request waits for a pooled Redis "
+        "connection before its 503")
+    serving_body_timeout_s: float = Field(
+        default=10.0, gt=0, description="time to receive a whole request body (408 beyond it)")
 
     # --- metadata database, A/B router, joiner (storage/db, services/router, services/joiner) ---
     database_url: str = Field(
