@@ -1,7 +1,7 @@
 """Kafka sends that count a message as sent only when the broker gave it an offset.
 
     out = ConfirmedProducer(make_producer(bootstrap))
-    out.send("events", value)        # buffered, like KafkaProducer.send
+    out.send("events", value)        # buffered, like KafkaProducer.send; False if refused
     out.flush()                      # every message has an offset (or counts as failed)
     out.resent, out.failed
 
@@ -22,6 +22,7 @@ import queue
 from typing import Any
 
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 
 
 class ConfirmedProducer:
@@ -29,12 +30,23 @@ class ConfirmedProducer:
         self.producer = producer
         self.max_resends = max_resends
         self.resent = 0  # messages sent again after an acknowledgement without an offset
-        self.failed = 0  # messages whose send failed (retries exhausted, or too many resends)
+        self.failed = 0  # messages whose send failed (refused, retries exhausted, or too many
+        # resends)
+        self.last_error = ""
         self._redo: queue.SimpleQueue[tuple[str, bytes | None, bytes, int]] = queue.SimpleQueue()
 
-    def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
-        self._send(topic, key, value, 0)
-        self._drain()
+    def send(self, topic: str, value: bytes, key: bytes | None = None) -> bool:
+        """Queue `value` for `topic`; False (and counted in `failed`) when the producer refused
+        it at once (too large, buffer full, no metadata): a send never raises."""
+        try:
+            self._send(topic, key, value, 0)
+        except KafkaError as exc:
+            self.failed += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            return False
+        finally:
+            self._drain()
+        return True
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every message sent so far is stored (re-sending as needed) or failed."""
@@ -57,8 +69,9 @@ class ConfirmedProducer:
         fut.add_callback(stored)
         fut.add_errback(self._error)
 
-    def _error(self, _exc: BaseException) -> None:
+    def _error(self, exc: BaseException) -> None:
         self.failed += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"[:300]
 
     def _drain(self) -> None:
         while not self._redo.empty():
@@ -67,4 +80,7 @@ class ConfirmedProducer:
                 self.failed += 1
                 continue
             self.resent += 1
-            self._send(topic, key, value, attempt)
+            try:
+                self._send(topic, key, value, attempt)
+            except KafkaError as exc:
+                self._error(exc)

@@ -71,6 +71,7 @@ class TrainerStats:
     events_applied: int = 0
     events_checksum: int = 0
     events_invalid: int = 0
+    dead_letters_lost: int = 0  # dead letters the producer refused, even as a stub
     messages: int = 0
     versions_published: int = 0
     checkpoints: int = 0
@@ -261,8 +262,11 @@ class StreamTrainer:
             client_id=f"chunkrec-trainer-{self.c.model}",
         )
         self.consumer.subscribe([self.c.topic], listener=_Rebalance(self))
+        # max_block_ms: a send that cannot get metadata gives up (and is counted) in seconds,
+        # not the default minute
         self.producer = ConfirmedProducer(KafkaProducer(
-            bootstrap_servers=self.s.kafka_bootstrap, acks="all", retries=5, linger_ms=5))
+            bootstrap_servers=self.s.kafka_bootstrap, acks="all", retries=5, linger_ms=5,
+            max_block_ms=10_000))
         client = redis.Redis.from_url(self.s.redis_url, socket_timeout=10,
                                       **self.s.redis_kwargs)
         self.publisher = RedisPublisher(client, self.c.model, self.c.schema.fields,
@@ -306,10 +310,18 @@ class StreamTrainer:
             if tp in self.applied and msgs and msgs[0].offset < self.consumed.get(tp, 0):
                 msgs = [m for m in msgs if m.offset >= self.consumed[tp]]  # already queued
             for m in msgs:
-                batch, dlq = wire.dead_letters(m.value, self.c.schema, tp.topic, tp.partition,
-                                               m.offset)
+                try:
+                    batch, dlq = wire.dead_letters(m.value, self.c.schema, tp.topic,
+                                                   tp.partition, m.offset)
+                except Exception as exc:  # noqa: BLE001 - no message may stop the trainer
+                    log.exception("validating %s:%d:%d failed", tp.topic, tp.partition,
+                                  m.offset)
+                    batch = wire.EventBatch.empty(self.c.schema)
+                    dlq = [wire.dlq_record(f"trainer: cannot validate ({type(exc).__name__}: "
+                                           f"{exc})", m.value or b"", tp.topic, tp.partition,
+                                           m.offset)]
                 for rec in dlq:
-                    self.producer.send(wire.DLQ_TOPIC, rec)
+                    self._dead_letter(rec)
                 self.stats.events_invalid += len(dlq)
                 if len(batch):
                     self.queue.append((tp, batch))
@@ -322,6 +334,18 @@ class StreamTrainer:
         if n and self.stats.first_event_at is None:
             self.stats.first_event_at = t0
         return n
+
+    def _dead_letter(self, record: bytes) -> None:
+        """Send a dead letter; if the producer refuses it, a stub without the original (its
+        length and hash stay); if that is refused too, count it. Never raises: the original
+        message stays in its topic at the offset the letter names either way."""
+        assert self.producer is not None
+        if self.producer.send(wire.DLQ_TOPIC, record):
+            return
+        log.error("dead letter refused (%s); sending a stub", self.producer.last_error)
+        if not self.producer.send(wire.DLQ_TOPIC, wire.dlq_stub(record)):
+            self.stats.dead_letters_lost += 1
+            log.error("dead-letter stub refused too (%s)", self.producer.last_error)
 
     def _resolve_fresh(self) -> None:
         """Offsets of assigned partitions that had none (no checkpoint): the first message

@@ -27,7 +27,12 @@ Dead letters (topic `events.dlq`, one JSON object per message):
 
 `original` is the event re-serialised by orjson for an invalid event inside a valid message
 (`event_index` = its position), or the whole raw message value for a malformed message
-(`event_index` null; base64 when the bytes are not UTF-8).
+(`event_index` null; base64 when the bytes are not UTF-8). A dead letter always fits one Kafka
+message whatever it holds: `original` keeps at most the first MAX_DLQ_ORIGINAL_BYTES bytes
+(`truncated` true), beside `original_bytes` (the full length) and `original_sha256` (of the full
+original), and `reason` at most MAX_DLQ_REASON_CHARS characters. JSON escaping grows text at
+most 6x (a control character takes six), base64 4/3x, so a record stays under
+DLQ_RECORD_MAX_BYTES, far below the broker's 1 MB default.
 
 Redis key layout for model M (M matches [A-Za-z0-9_.-]{1,64}):
 
@@ -49,6 +54,7 @@ A record of mask 0 is never written: an ID that lost all chunks is deleted inste
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import math
 import re
@@ -75,6 +81,10 @@ MAX_EVENTS_PER_MESSAGE = 10_000
 MAX_EVENT_ID_CHARS = 256
 MAX_STRING_CHARS = 1024  # a raw feature value or a string unit id
 MAX_SCHEMA_CHARS = 128
+MAX_DLQ_ORIGINAL_BYTES = 64 << 10  # what a dead letter keeps of its original
+MAX_DLQ_REASON_CHARS = 1024
+# the largest dead letter: original escaped at most 6x, reason likewise, plus the fixed keys
+DLQ_RECORD_MAX_BYTES = 6 * (MAX_DLQ_ORIGINAL_BYTES + MAX_DLQ_REASON_CHARS) + 1024
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 # ts is floored to int64 seconds: bound it where float64 is still exact (orjson reads integers
 # past uint64 as floats, so 1e19 would otherwise pass and overflow the floor)
@@ -377,19 +387,45 @@ def validate_message(value: bytes | None, schema: DatasetSchema) -> tuple[EventB
 
 def dlq_record(reason: str, original: bytes, topic: str, partition: int, offset: int,
                event_index: int | None = None) -> bytes:
-    """A dead letter for topic `events.dlq` (see module docstring)."""
+    """A dead letter for topic `events.dlq` (see module docstring): bounded in size whatever
+    `original` and `reason` hold."""
+    kept = original[:MAX_DLQ_ORIGINAL_BYTES]
     try:
-        text, encoding = original.decode("utf-8"), "utf-8"
+        text, encoding = _utf8_prefix(kept, len(kept) < len(original)), "utf-8"
     except UnicodeDecodeError:
-        text, encoding = base64.b64encode(original).decode("ascii"), "base64"
+        text, encoding = base64.b64encode(kept).decode("ascii"), "base64"
+    # a lone surrogate cannot be encoded as JSON text: replace it (the reason is for people)
+    reason = reason[:MAX_DLQ_REASON_CHARS].encode("utf-8", "replace").decode("utf-8")
     return orjson.dumps({
-        "reason": reason, "original": text, "original_encoding": encoding, "topic": topic,
-        "partition": partition, "offset": offset, "event_index": event_index,
+        "reason": reason, "original": text, "original_encoding": encoding,
+        "original_bytes": len(original), "original_sha256": hashlib.sha256(original).hexdigest(),
+        "truncated": len(kept) < len(original), "topic": topic, "partition": partition,
+        "offset": offset, "event_index": event_index,
     })
 
 
+def dlq_stub(record: bytes) -> bytes:
+    """A dead letter without its original (reason, length, hash and source kept): what is
+    sent when the full record could not be."""
+    doc = orjson.loads(record)
+    doc.update(original="", original_encoding="utf-8", truncated=True)
+    return orjson.dumps(doc)
+
+
+def _utf8_prefix(data: bytes, cut: bool) -> str:
+    """`data` as text; when it was `cut` from something longer, a character split by the cut
+    is dropped. Raises UnicodeDecodeError when it is not UTF-8 otherwise."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if cut and exc.reason == "unexpected end of data":
+            return data[: exc.start].decode("utf-8")
+        raise
+
+
 def parse_dlq_record(value: bytes) -> dict[str, Any]:
-    """A dead letter -> its dict, with "original" decoded back to the original bytes."""
+    """A dead letter -> its dict, with "original" decoded back to the original bytes (their
+    first MAX_DLQ_ORIGINAL_BYTES when "truncated")."""
     doc = orjson.loads(value)
     text = doc["original"]
     doc["original"] = (base64.b64decode(text) if doc["original_encoding"] == "base64"

@@ -7,6 +7,7 @@ real broker and the trainer for a smaller mix.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Callable
@@ -160,11 +161,17 @@ def test_10k_fuzzed_events_all_dead_lettered_and_good_ones_kept() -> None:
     assert not any(i.startswith("bad:") for i in kept)
     assert kept == good_ids  # every good event, in order, once
     assert wire.event_id_checksum(kept) == wire.event_id_checksum(good_ids)
-    # a dead letter carries the original: the event re-serialised, or the whole message value
+    # a dead letter carries the original: the event re-serialised, or the whole message value;
+    # past wire.MAX_DLQ_ORIGINAL_BYTES its prefix, with the whole one's length and hash
+    by_hash = {hashlib.sha256(v).hexdigest(): v for v in BAD_MESSAGES}
     for d in letters:
         if d["event_index"] is None:
-            assert d["original"] in BAD_MESSAGES
+            whole = by_hash[d["original_sha256"]]
+            assert d["original_bytes"] == len(whole) and whole.startswith(d["original"])
+            assert d["truncated"] == (len(whole) > wire.MAX_DLQ_ORIGINAL_BYTES)
+            assert d["truncated"] or d["original"] == whole
         else:
+            assert not d["truncated"]
             orjson.loads(d["original"])
     reasons = {str(d["reason"]).split(":")[0] for d in letters}
     assert {"message", "event", "ts", "label", "ids", "features", "dense", "unit_id",

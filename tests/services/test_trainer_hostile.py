@@ -1,0 +1,92 @@
+"""The trainer against hostile input, on the real broker and Redis: no message of any size or
+content stops it (dead letters always fit a Kafka message), a second trainer of a model is
+fenced out, and its memory and checkpoints stay bounded as the stream grows."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import orjson
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from services import wire
+from services.infra import ManagedProcess
+from services.trainer import StreamTrainer, TrainerConfig
+from storage.datasets.spec import open_dataset
+from storage.settings import Settings
+
+SPEC = "synthetic:events=2000,fields=3,vocab=500,seed=3"
+POLICY = "fiited:dim=16,budget=0.5,interval=10"
+
+
+def _trainer(settings: Settings, model: str, topic: str, max_events: int | None = None,
+             idle_exit_s: float | None = None) -> StreamTrainer:
+    schema = open_dataset(SPEC).schema
+    return StreamTrainer(settings, TrainerConfig(model=model, policy=POLICY, schema=schema,
+                                                 topic=topic, max_events=max_events,
+                                                 idle_exit_s=idle_exit_s))
+
+
+def _events(n: int, prefix: str) -> list[dict[str, object]]:
+    batch = next(open_dataset(SPEC).batches(n))
+    return wire.batch_to_events(batch, [f"{prefix}:{i}" for i in range(n)])
+
+
+def _dead_letters(bootstrap: str, topic: str, want: int) -> list[tuple[int, dict]]:
+    """(size of the record, parsed record) of the dead letters from `topic`, polled until
+    `want` arrived or 30 s passed."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                             max_partition_fetch_bytes=16 << 20, fetch_max_bytes=64 << 20)
+    tp = TopicPartition(wire.DLQ_TOPIC, 0)
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    got: list[tuple[int, dict]] = []
+    deadline = time.monotonic() + 30
+    while len(got) < want and time.monotonic() < deadline:
+        for msgs in consumer.poll(timeout_ms=500).values():
+            got += [(len(m.value), d) for m in msgs
+                    if (d := wire.parse_dlq_record(m.value))["topic"] == topic]
+    consumer.close()
+    return got
+
+
+def test_huge_invalid_messages_are_dead_lettered_and_training_goes_on(
+        stream_settings: Settings, topic: str, broker: ManagedProcess) -> None:
+    """Review finding: an event whose unit_id is 300,000 '"' characters (0.6 MB) escapes to a
+    1.2 MB dead letter; KafkaProducer.send raised MessageSizeTooLargeError inside ingest and the
+    trainer died, then re-read it on every restart. Same for 1-4 MB malformed messages."""
+    good = _events(300, "good")
+    quoted = dict(good[0], event_id="quotes", unit_id='"' * 300_000)
+    messages = [
+        wire.encode_events(good[:100]),
+        wire.encode_events([quoted]),  # valid JSON, one invalid event of ~0.6 MB
+        b"\x01" * (3 << 20),  # 3 MB of control characters: 18 MB once JSON-escaped
+        ("\u00e9" * (1 << 20)).encode(),  # 2 MB of two-byte UTF-8, not JSON
+        wire.encode_events(good[100:]),
+    ]
+    prod = KafkaProducer(bootstrap_servers=broker.address, max_request_size=8 << 20)
+    for value in messages:
+        prod.send(topic, value, partition=0)
+    prod.flush()
+    prod.close()
+
+    trainer = _trainer(stream_settings, "hostile-dlq", topic, max_events=300)
+    stats = trainer.run()
+    assert stats.events_applied == 300
+    assert stats.events_checksum == wire.event_id_checksum([str(e["event_id"]) for e in good])
+    assert stats.events_invalid == 3 and stats.dead_letters_lost == 0
+
+    letters = {d["offset"]: (size, d) for size, d in
+               _dead_letters(broker.address, topic, want=3)}
+    assert sorted(letters) == [1, 2, 3]
+    for offset, (size, d) in letters.items():
+        assert size <= wire.DLQ_RECORD_MAX_BYTES < 1 << 20
+        assert d["truncated"] is True
+        assert len(d["original"]) <= wire.MAX_DLQ_ORIGINAL_BYTES
+        original = orjson.dumps(quoted) if offset == 1 else messages[offset]
+        assert d["original_bytes"] == len(original)
+        assert d["original_sha256"] == hashlib.sha256(original).hexdigest()
+        assert original.startswith(d["original"])
+    assert "unit_id" in letters[1][1]["reason"]
+    assert letters[2][1]["reason"].startswith("message: not JSON")
