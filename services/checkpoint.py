@@ -6,7 +6,8 @@ Layout under `root` (one root per model):
     ckpt-00000007/
         policy.bin      policy.save(): the VHPI store (or the policy's own format)
         dense.pt        torch.save({"model": state_dict, "optimizer": state_dict})
-        metrics.npz     progressive-validation predictions and labels, in stream order
+        metrics.npz     StreamMetrics.state(): the newest predictions and labels (the trainer
+                        keeps `metrics_window` of them), running sums, score histograms
         state.json      CheckpointState: events_applied, checksum, offsets, version, ...
 
 A checkpoint is written into a temporary folder beside the others, every file fsynced, then
@@ -113,7 +114,7 @@ def write_checkpoint(root: Path, state: CheckpointState, policy: EmbeddingPolicy
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()},
                tmp / "dense.pt")
     with open(tmp / "metrics.npz", "wb") as fh:
-        np.savez(fh, predictions=metrics.predictions, labels=metrics.labels)
+        np.savez(fh, **metrics.state())
     (tmp / "state.json").write_bytes(state.to_json())
     for f in tmp.iterdir():
         _fsync_file(f)
@@ -127,9 +128,11 @@ def write_checkpoint(root: Path, state: CheckpointState, policy: EmbeddingPolicy
 
 
 def load_latest(root: Path, policy: EmbeddingPolicy, model: torch.nn.Module,
-                optimizer: torch.optim.Optimizer) -> tuple[Restored, StreamMetrics] | None:
+                optimizer: torch.optim.Optimizer, metrics_retain: int | None = None,
+                ) -> tuple[Restored, StreamMetrics] | None:
     """Restore the newest checkpoint into `policy`, `model` and `optimizer` (in place);
-    returns its state and the restored metrics, or None when there is none."""
+    returns its state and the restored metrics (keeping `metrics_retain` rows, default what
+    was saved), or None when there is none."""
     found = list_checkpoints(root)
     if not found:
         return None
@@ -139,8 +142,6 @@ def load_latest(root: Path, policy: EmbeddingPolicy, model: torch.nn.Module,
     dense: dict[str, Any] = torch.load(path / "dense.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(dense["model"])
     optimizer.load_state_dict(dense["optimizer"])
-    metrics = StreamMetrics()
     with np.load(path / "metrics.npz") as z:
-        if z["labels"].size:
-            metrics.update(z["predictions"], z["labels"])
+        metrics = StreamMetrics.from_state(z, retain=metrics_retain)
     return Restored(state, path), metrics

@@ -34,6 +34,7 @@ import torch
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 
 from models.learner import Learner
+from models.metrics import StreamMetrics
 from models.networks import build_model
 from models.policies.hot_start import hot_start
 from models.policy import parse_policy
@@ -119,6 +120,9 @@ class StreamTrainer:
         self.policy = parse_policy(config.policy, num_fields=schema.num_fields, seed=config.seed)
         self.net = build_model(config.arch, schema, dim=self.policy.dim, seed=config.seed)
         self.learner = Learner(self.net, self.policy, lr=config.lr)
+        # bounded: the version record reads the whole-stream and the newest-window metrics
+        # only, and a checkpoint must not grow with the stream
+        self.learner.metrics = StreamMetrics(retain=max(1, settings.metrics_window))
         self.stats = TrainerStats()
         self.applied: dict[TopicPartition, int] = {}  # next offset after the last applied event
         self.consumed: dict[TopicPartition, int] = {}  # next offset after the last queued one
@@ -137,7 +141,8 @@ class StreamTrainer:
 
     # ---------------------------------------------------------------- state
     def _restore(self) -> None:
-        got = load_latest(self.ckpt_root, self.policy, self.net, self.learner.optimizer)
+        got = load_latest(self.ckpt_root, self.policy, self.net, self.learner.optimizer,
+                          metrics_retain=max(1, self.s.metrics_window))
         if got is None:
             if self.c.hot_start is not None:
                 self._hot_start(Path(self.c.hot_start))

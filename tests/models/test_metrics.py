@@ -115,3 +115,48 @@ def test_bootstrap_pairs_rows() -> None:
     np.testing.assert_array_equal(boot[:, 0], boot[:, 1])
     assert 0.002 < boot[:, 0].std() < 0.05
     assert boot[:, 0].mean() == pytest.approx(roc_auc_score(y, p), abs=0.01)
+
+
+def _bounded(p: np.ndarray, y: np.ndarray, retain: int, chunk: int = 97) -> StreamMetrics:
+    m = StreamMetrics(capacity=8, retain=retain)
+    for i in range(0, len(y), chunk):
+        m.update(p[i : i + chunk], y[i : i + chunk])
+    return m
+
+
+@pytest.mark.parametrize("chunk", [97, 1000, 5000])  # batches smaller and larger than retain
+def test_bounded_metrics_keep_the_window_and_the_whole_stream(chunk: int) -> None:
+    p, y = _stream(n=40_000, seed=3)
+    full, m = _fill(p, y), _bounded(p, y, retain=2000, chunk=chunk)
+    assert len(m) == len(full) == 40_000
+    assert m.predictions.shape[0] >= 2000 and m._pred.shape[0] <= 4000  # bounded buffers
+    np.testing.assert_array_equal(m.predictions, p[m.first_kept :])
+    # the newest window: exactly the unbounded metrics
+    for name in ("auc", "logloss", "ne", "calibration", "ctr"):
+        assert m.summary(start=-2000)[name] == pytest.approx(full.summary(start=-2000)[name],
+                                                             rel=1e-9)
+    # the whole stream: running sums exactly, AUC from the histogram within 1e-4
+    for name in ("logloss", "ne", "calibration", "ctr"):
+        assert m.summary()[name] == pytest.approx(full.summary()[name], rel=1e-9)
+    assert m.auc() == pytest.approx(roc_auc_score(y, p), abs=1e-4)
+    with pytest.raises(ValueError, match="only rows from"):
+        m.auc(start=100, stop=5000)
+
+
+def test_bounded_state_does_not_grow_and_restores_exactly() -> None:
+    p, y = _stream(n=60_000, seed=4)
+    small, large = _bounded(p[:20_000], y[:20_000], 1000), _bounded(p, y, 1000)
+    size = {k: v.nbytes for k, v in small.state().items()}
+    assert {k: v.nbytes for k, v in large.state().items()} == size  # 3x the stream, same bytes
+    back = StreamMetrics.from_state(large.state())
+    assert len(back) == len(large) and back.retain == 1000
+    assert back.summary() == large.summary()
+    assert back.summary(start=-1000) == large.summary(start=-1000)
+    back.update(p[:500], y[:500])  # and it goes on where it stopped
+    large.update(p[:500], y[:500])
+    assert back.summary(start=-1000) == large.summary(start=-1000)
+    assert back.auc() == large.auc()
+    # an unbounded state (older checkpoints) restores bounded when asked
+    bounded = StreamMetrics.from_state(_fill(p, y).state(), retain=1000)
+    assert bounded.running() == pytest.approx(_fill(p, y).running(), rel=1e-9)
+    assert bounded.summary(start=-1000) == pytest.approx(_fill(p, y).summary(start=-1000))

@@ -90,3 +90,31 @@ def test_huge_invalid_messages_are_dead_lettered_and_training_goes_on(
         assert original.startswith(d["original"])
     assert "unit_id" in letters[1][1]["reason"]
     assert letters[2][1]["reason"].startswith("message: not JSON")
+
+
+def test_checkpoints_do_not_grow_with_the_stream(stream_settings: Settings, topic: str,
+                                                 broker: ManagedProcess) -> None:
+    """Review finding: StreamMetrics kept every prediction (8 bytes an event, in memory and in
+    every checkpoint). Now the trainer keeps `metrics_window` rows and histograms."""
+    settings = stream_settings.model_copy(update={"metrics_window": 200,
+                                                  "trainer_max_poll_records": 2})
+    events = _events(2000, "grow")
+    prod = KafkaProducer(bootstrap_servers=broker.address)
+    for a in range(0, 2000, 100):
+        prod.send(topic, wire.encode_events(events[a:a + 100]), partition=0)
+    prod.flush()
+    prod.close()
+    sizes = []
+    for upto in (600, 2000):
+        trainer = _trainer(settings, "hostile-grow", topic, max_events=upto)
+        stats = trainer.run()
+        assert upto <= stats.events_applied <= upto + 200  # whole messages: may overshoot
+        assert len(trainer.learner.metrics) == stats.events_applied
+        assert trainer.learner.metrics.predictions.shape[0] <= 2 * 200
+        ckpt = sorted((settings.checkpoint_dir / "hostile-grow").glob("ckpt-*"))[-1]
+        sizes.append((ckpt / "metrics.npz").stat().st_size)
+        record = trainer.version_record()
+        assert record.metrics["rows"] == stats.events_applied
+        assert record.metrics["window_rows"] == 200
+        assert record.metrics["auc"] is not None and record.metrics["window_auc"] is not None
+    assert sizes[0] == sizes[1]
