@@ -3,6 +3,7 @@ Redis), metrics, and a histogram of live chunks per ID sampled from the packed r
 dashboard's FIITED chart).
 
     record_versions(factory, redis_client, ["fiited", "fixed64"])   # -> rows inserted
+    schema_of(redis_client, "fiited")     # -> DatasetSchema of its current version, or None
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services import wire
+from storage.batch import DatasetSchema
 from storage.db.models import Model, ModelVersionRow
 
 
@@ -68,7 +70,8 @@ def record_versions(factory: sessionmaker[Session], client: redis.Redis,
     return inserted
 
 
-def schema_of(client: redis.Redis, model: str, default: str) -> str:
-    """The schema name of `model`'s current version in Redis (`default` when none)."""
+def schema_of(client: redis.Redis, model: str) -> DatasetSchema | None:
+    """The schema (name, fields, dense names) `model`'s current version in Redis trains on;
+    None while the model has published no version."""
     blob = client.get(wire.version_key(model))
-    return wire.ModelVersion.from_json(blob).schema if blob else default
+    return wire.ModelVersion.from_json(blob).schema_obj if blob else None

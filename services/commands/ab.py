@@ -63,7 +63,8 @@ def route(host: Annotated[str | None, typer.Option()] = None,
 
 
 def join(default_schema: Annotated[str, typer.Option(
-             help="events schema when a model's Redis version does not say")] = "movielens-100k",
+             help="data set spec whose schema the events follow when a model's Redis version "
+                  "does not say")] = "movielens-100k",
          record_every_s: Annotated[float, typer.Option(
              help="copy model versions from Redis to the database this often")] = 5.0) -> None:
     """Run the joiner: exposures + feedback -> labelled events and outcomes; also records the
@@ -72,18 +73,28 @@ def join(default_schema: Annotated[str, typer.Option(
 
     from services.joiner import JoinerService
     from services.version_recorder import record_versions, schema_of
+    from storage.batch import DatasetSchema
+    from storage.datasets.spec import DatasetError, open_dataset
     from storage.db.experiments import experiment_config, running_experiment_ids
     from storage.db.session import make_engine, session_factory
 
     settings = get_settings()
+    try:  # the joiner validates events with the trainer's validator: it needs the fields
+        default = open_dataset(default_schema).schema
+    except DatasetError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     factory = session_factory(make_engine(settings.resolved_database_url))
     client = redis.Redis.from_url(settings.redis_url, **settings.redis_kwargs)
-    schemas: dict[str, str] = {}
+    schemas: dict[str, DatasetSchema] = {}
     last = [0.0]
 
-    def schema_for(model: str) -> str:
+    def schema_for(model: str) -> DatasetSchema:
         if model not in schemas:
-            schemas[model] = schema_of(client, model, default_schema)
+            found = schema_of(client, model)
+            if found is None:  # not cached: the model's first version will say
+                return default
+            schemas[model] = found
         return schemas[model]
 
     def tick() -> None:

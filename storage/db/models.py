@@ -12,6 +12,8 @@ under migrations/versions.
     outcomes         one row per shown item of an exposure, written when its window closes:
                      score served, clicked inside the window, late feedback seen
     metric_points    free-form time series (name, value) per model or arm
+    joiner_outbox    Kafka messages the joiner committed with their exposures but has not yet
+                     seen stored by the broker (joined events, their dead letters)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     UniqueConstraint,
 )
@@ -171,3 +174,18 @@ class MetricPoint(Base):
                                                nullable=True)
     ts: Mapped[float] = mapped_column(Float)
     value: Mapped[float] = mapped_column(Float)
+
+
+class OutboxMessage(Base):
+    """One Kafka message value, written in the same transaction as the rows it derives from
+    and deleted once the broker stored it (a transactional outbox: see services/joiner.py)."""
+
+    __tablename__ = "joiner_outbox"
+
+    # 64-bit on PostgreSQL (ids are never reused), INTEGER on SQLite (its rowid alias)
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"),
+                                    primary_key=True)
+    topic: Mapped[str] = mapped_column(String(255))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    n_events: Mapped[int] = mapped_column(Integer, default=0)  # events in it (0: a dead letter)
+    created_at: Mapped[float] = mapped_column(Float)  # epoch seconds

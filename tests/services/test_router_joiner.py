@@ -14,10 +14,12 @@ from sqlalchemy import func, select
 
 from services.infra import create_topics
 from services.joiner import JoinerService, JoinState
+from storage.batch import DatasetSchema
 from storage.db import experiments as store
 from storage.db.models import Exposure, Outcome
 
 WINDOW = 30.0
+SCHEMA = DatasetSchema("sim", fields=("user", "item"))
 
 
 def exposure(rid: str, ts: float, eid: int, arm_id: int) -> dict:
@@ -67,7 +69,7 @@ def test_joiner_neither_loses_nor_double_counts(broker, db_factory) -> None:
     prod.flush()
     total_msgs = n + 1 + len(feedback)
 
-    svc = JoinerService(broker.address, db_factory, schema_for=lambda model: "sim",
+    svc = JoinerService(broker.address, db_factory, schema_for=lambda model: SCHEMA,
                         window_s=WINDOW, grace_s=5.0, wall_clock=False,
                         group_id=f"joiner-{tag}", exposures_topic=topics["exposures"],
                         feedback_topic=topics["feedback"], events_topic=topics["events"],
