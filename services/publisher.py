@@ -12,6 +12,10 @@ names:
 3. the version record `chunkrec:{M}:version`;
 4. PUBLISH of the version number on `chunkrec:{M}:versions`.
 
+Every write is fenced (services/lease.py): it runs as a Lua script that first checks, inside
+Redis, that this trainer still owns the model; a fenced publisher writes nothing and raises
+`Fenced`. Steps 2-4 are one such script.
+
 Redis bytes of the embedding records are tracked exactly: the writes run as small Lua
 scripts that SET (or DEL) a chunk of keys and return the byte and key-count change (old sizes
 by STRLEN inside Redis: one round trip per chunk, no per-key command from Python, which costs
@@ -28,22 +32,28 @@ import redis
 
 from models.policy import EmbeddingPolicy
 from services import wire
+from services.lease import ModelLease
 
+# Every write runs through the model's lease (services/lease.py): the lease check comes first
+# in each script, so the bodies read their own keys from KEYS[K0 + 1] and args from
+# ARGV[A0 + 1].
 # KEYS: the chunk's keys; ARGV: their records. Returns {byte change, keys created}.
 _SET_LUA = """
 local delta, created = 0, 0
-for i, k in ipairs(KEYS) do
+for i = K0 + 1, #KEYS do
+  local k, v = KEYS[i], ARGV[A0 + i - K0]
   local old = redis.call('STRLEN', k)
   if old == 0 then created = created + 1 end
-  delta = delta + #ARGV[i] - old
-  redis.call('SET', k, ARGV[i])
+  delta = delta + #v - old
+  redis.call('SET', k, v)
 end
 return {delta, created}
 """
 # KEYS: keys to delete. Returns {bytes freed, keys deleted}.
 _DEL_LUA = """
 local freed, gone = 0, 0
-for _, k in ipairs(KEYS) do
+for i = K0 + 1, #KEYS do
+  local k = KEYS[i]
   local old = redis.call('STRLEN', k)
   if old > 0 then
     freed = freed + old
@@ -51,6 +61,16 @@ for _, k in ipairs(KEYS) do
   end
 end
 return {freed, gone}
+"""
+# KEYS: dense key, old dense key (or ""), models set, version key; ARGV: dense blob, version
+# record, channel, version number. The version's metadata in one step, then the announcement.
+_META_LUA = """
+redis.call('SET', KEYS[K0 + 1], ARGV[A0 + 1])
+if KEYS[K0 + 2] ~= '' then redis.call('DEL', KEYS[K0 + 2]) end
+redis.call('SADD', KEYS[K0 + 3], ARGV[A0 + 5])
+redis.call('SET', KEYS[K0 + 4], ARGV[A0 + 2])
+redis.call('PUBLISH', ARGV[A0 + 3], ARGV[A0 + 4])
+return 1
 """
 
 
@@ -68,7 +88,8 @@ class RedisPublisher:
     """Writes versions of one model; holds the running count of its Redis record bytes."""
 
     def __init__(self, client: redis.Redis, model: str, field_names: tuple[str, ...],
-                 write_chunk: int = 2000, dense_versions_kept: int = 3) -> None:
+                 write_chunk: int = 2000, dense_versions_kept: int = 3,
+                 lease: ModelLease | None = None) -> None:
         self.r = client
         self.model = wire.check_model_name(model)
         self.field_names = field_names
@@ -76,8 +97,12 @@ class RedisPublisher:
         self.dense_versions_kept = max(1, dense_versions_kept)
         self.redis_bytes = 0
         self.redis_records = 0
-        self._set_script = client.register_script(_SET_LUA)
-        self._del_script = client.register_script(_DEL_LUA)
+        # the trainer passes its lease; without one (a tool or a test publishing by hand) the
+        # first write takes the model over, fencing out whoever wrote it before
+        self.lease = lease if lease is not None else ModelLease(client, model, take_over=True)
+        self._set_script = self.lease.fenced_script(_SET_LUA)
+        self._del_script = self.lease.fenced_script(_DEL_LUA)
+        self._meta_script = self.lease.fenced_script(_META_LUA)
 
     def current_version(self) -> wire.ModelVersion | None:
         """The version record in Redis now, or None (Redis empty, restarted, or a new model)."""
@@ -106,7 +131,7 @@ class RedisPublisher:
             if k not in live:
                 stale.append(k)
         for a in range(0, len(stale), self.write_chunk):
-            self.r.delete(*stale[a : a + self.write_chunk])
+            self._del_script(keys=stale[a : a + self.write_chunk])
         return len(stale)
 
     def publish(self, policy: EmbeddingPolicy, dense_blob: bytes, version: int, full: bool,
@@ -124,13 +149,7 @@ class RedisPublisher:
             self._sweep_stale([k for k, _ in packed.sets])
         self._write(packed)
         dkey = wire.dense_key(self.model, version)
-        pipe = self.r.pipeline(transaction=False)
-        pipe.set(dkey, dense_blob)
         old = version - self.dense_versions_kept
-        if old >= 1:
-            pipe.delete(wire.dense_key(self.model, old))
-        pipe.sadd(wire.MODELS_SET, self.model)
-        pipe.execute()
         record.version = version
         record.full = full
         record.dense_key = dkey
@@ -140,7 +159,10 @@ class RedisPublisher:
         record.redis_embedding_bytes = self.redis_bytes
         record.redis_embedding_records = self.redis_records
         record.created_at = time.time()
-        self.r.set(wire.version_key(self.model), record.to_json())
-        self.r.publish(wire.versions_channel(self.model), str(version))
+        self._meta_script(
+            keys=[dkey, wire.dense_key(self.model, old) if old >= 1 else "", wire.MODELS_SET,
+                  wire.version_key(self.model)],
+            args=[dense_blob, record.to_json(), wire.versions_channel(self.model), str(version),
+                  self.model])
         return PublishStats(version, full, len(packed.sets), len(packed.deletes),
                             packed.record_bytes, time.perf_counter() - t0)

@@ -23,6 +23,7 @@ exactly the events the offsets say.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from models.policy import parse_policy
 from services import wire
 from services.checkpoint import CheckpointState, list_checkpoints, load_latest, write_checkpoint
 from services.confirmed import ConfirmedProducer
+from services.lease import Fenced, ModelLease
 from services.publisher import RedisPublisher
 from storage.batch import DatasetSchema, SparseBatch
 from storage.settings import Settings
@@ -137,6 +139,8 @@ class StreamTrainer:
         self.consumer: KafkaConsumer | None = None
         self.producer: ConfirmedProducer | None = None
         self.publisher: RedisPublisher | None = None
+        self.lease: ModelLease | None = None
+        self.fenced = False  # another trainer took the model over: write nothing more
         self._restore()
 
     # ---------------------------------------------------------------- state
@@ -210,6 +214,7 @@ class StreamTrainer:
     def checkpoint(self) -> Path:
         """Write a checkpoint of the applied state (the queue must be empty)."""
         assert not self.queue, "checkpoint with events queued"
+        self._check_lease()  # a fenced trainer must not write over the owner's checkpoints
         if self.producer is not None:
             self.producer.flush()  # dead letters of the checkpointed offsets are durable
         state = CheckpointState(
@@ -255,6 +260,19 @@ class StreamTrainer:
         log.info("assigned %s", sorted(_tp_name(tp) for tp in assigned))
 
     def connect(self) -> None:
+        """Take the model's lease (LeaseHeld when another trainer owns it), then join the
+        consumer group: a refused trainer never takes partitions from the owner."""
+        client = redis.Redis.from_url(self.s.redis_url, socket_timeout=10,
+                                      **self.s.redis_kwargs)
+        self.lease = ModelLease(client, self.c.model, self.s.trainer_lease_ttl_s)
+        try:
+            self.lease.acquire(wait_s=self.s.trainer_lease_ttl_s)  # or LeaseHeld
+        except redis.RedisError as exc:
+            log.warning("Redis unreachable (%s): the first publish takes the model's lease",
+                        exc)
+        self.publisher = RedisPublisher(client, self.c.model, self.c.schema.fields,
+                                        self.s.redis_write_chunk, self.s.dense_versions_kept,
+                                        lease=self.lease)
         self.consumer = KafkaConsumer(
             bootstrap_servers=self.s.kafka_bootstrap,
             group_id=f"chunkrec-trainer-{self.c.model}",
@@ -272,12 +290,11 @@ class StreamTrainer:
         self.producer = ConfirmedProducer(KafkaProducer(
             bootstrap_servers=self.s.kafka_bootstrap, acks="all", retries=5, linger_ms=5,
             max_block_ms=10_000))
-        client = redis.Redis.from_url(self.s.redis_url, socket_timeout=10,
-                                      **self.s.redis_kwargs)
-        self.publisher = RedisPublisher(client, self.c.model, self.c.schema.fields,
-                                        self.s.redis_write_chunk, self.s.dense_versions_kept)
 
     def close(self) -> None:
+        if self.lease is not None and not self.fenced:
+            with contextlib.suppress(redis.RedisError):
+                self.lease.release()
         if self.consumer is not None:
             self.consumer.close(autocommit=False)
         if self.producer is not None:
@@ -339,6 +356,16 @@ class StreamTrainer:
         if n and self.stats.first_event_at is None:
             self.stats.first_event_at = t0
         return n
+
+    def _check_lease(self) -> None:
+        """Renew the lease; raises Fenced when another trainer owns the model. Redis being
+        unreachable is not a loss of the lease (the next write checks again)."""
+        if self.lease is None:
+            return
+        try:
+            self.lease.renew()
+        except redis.RedisError as exc:
+            log.warning("lease not renewed (%s)", exc)
 
     def _dead_letter(self, record: bytes) -> None:
         """Send a dead letter; if the producer refuses it, a stub without the original (its
@@ -439,6 +466,8 @@ class StreamTrainer:
             blob = wire.dense_to_bytes(self.net.state_dict())
             st = self.publisher.publish(self.policy, blob, self.version, self._need_full,
                                         self.version_record())
+        except Fenced:
+            raise
         except (redis.RedisError, OSError) as exc:
             log.warning("publish failed (%s); next publish is a full one", exc)
             self._need_full = True
@@ -456,55 +485,65 @@ class StreamTrainer:
         checkpoint and publish. Returns the counters."""
         if self.consumer is None:
             self.connect()
+        try:
+            self._run_loop()
+        except Fenced as exc:
+            self.fenced = True
+            log.error("%s: stopping without a checkpoint or publish", exc)
+            raise
+        finally:
+            self.close()
+        self.stats.extra["samples_per_s"] = self.learner.samples_per_s
+        return self.stats
+
+    def _run_loop(self) -> None:
+        """The loop of `run` (raises Fenced when another trainer took the model over)."""
         assert self.consumer is not None
         now = time.monotonic()
         last_pub = last_ckpt = last_event = now
         first_queued: float | None = None
         ckpt_events = self.stats.events_applied
         linger = self.s.trainer_linger_ms / 1000
-        try:
-            if not self.c.decode_only:
+        if not self.c.decode_only:
+            self.publish()
+        while not self._stop:
+            records = self.consumer.poll(timeout_ms=100)
+            now = time.monotonic()
+            if self.lease is not None and self.lease.due():
+                self._check_lease()
+            if records and self.ingest(records):
+                last_event = now
+                first_queued = first_queued or now
+            if self._fresh:
+                self._resolve_fresh()
+            pub_due = now - last_pub >= self.s.publish_interval_s
+            ckpt_due = now - last_ckpt >= self.s.checkpoint_interval_s or (
+                self.s.checkpoint_every_events > 0
+                and self.stats.events_applied - ckpt_events >= self.s.checkpoint_every_events)
+            queued = self.queued_events()
+            if queued >= self.s.trainer_batch_events or pub_due or ckpt_due or (
+                    queued and first_queued is not None and now - first_queued >= linger):
+                self.train_queue()
+                first_queued = None
+            if pub_due and not self.c.decode_only:
                 self.publish()
-            while not self._stop:
-                records = self.consumer.poll(timeout_ms=100)
-                now = time.monotonic()
-                if records and self.ingest(records):
-                    last_event = now
-                    first_queued = first_queued or now
-                if self._fresh:
-                    self._resolve_fresh()
-                pub_due = now - last_pub >= self.s.publish_interval_s
-                ckpt_due = now - last_ckpt >= self.s.checkpoint_interval_s or (
-                    self.s.checkpoint_every_events > 0
-                    and self.stats.events_applied - ckpt_events >= self.s.checkpoint_every_events)
-                queued = self.queued_events()
-                if queued >= self.s.trainer_batch_events or pub_due or ckpt_due or (
-                        queued and first_queued is not None and now - first_queued >= linger):
-                    self.train_queue()
-                    first_queued = None
-                if pub_due and not self.c.decode_only:
-                    self.publish()
-                    last_pub = time.monotonic()
-                if ckpt_due and not self.c.decode_only:
-                    if self.stats.events_applied != ckpt_events:
-                        self.checkpoint()
-                        ckpt_events = self.stats.events_applied
-                    last_ckpt = time.monotonic()
-                if self.c.max_events is not None and (
-                        self.stats.events_applied + self.queued_events() >= self.c.max_events):
-                    break
-                if self.c.idle_exit_s is not None and self._assigned_at is not None and (
-                        now - max(last_event, self._assigned_at) >= self.c.idle_exit_s):
-                    break
-            self.train_queue()
-            if not self.c.decode_only:
-                if self.stats.events_applied != ckpt_events or not self.stats.checkpoints:
+                last_pub = time.monotonic()
+            if ckpt_due and not self.c.decode_only:
+                if self.stats.events_applied != ckpt_events:
                     self.checkpoint()
-                self.publish()
-        finally:
-            self.close()
-        self.stats.extra["samples_per_s"] = self.learner.samples_per_s
-        return self.stats
+                    ckpt_events = self.stats.events_applied
+                last_ckpt = time.monotonic()
+            if self.c.max_events is not None and (
+                    self.stats.events_applied + self.queued_events() >= self.c.max_events):
+                break
+            if self.c.idle_exit_s is not None and self._assigned_at is not None and (
+                    now - max(last_event, self._assigned_at) >= self.c.idle_exit_s):
+                break
+        self.train_queue()
+        if not self.c.decode_only:
+            if self.stats.events_applied != ckpt_events or not self.stats.checkpoints:
+                self.checkpoint()
+            self.publish()
 
 
 def _rows(batch: SparseBatch, a: int, b: int) -> SparseBatch:

@@ -41,6 +41,9 @@ Redis key layout for model M (M matches [A-Za-z0-9_.-]{1,64}):
     chunkrec:{M}:dense:{version}         torch.save bytes of the network's state_dict
     chunkrec:{M}:version                 JSON model version record (ModelVersion)
     chunkrec:{M}:versions                pub/sub channel; message = the version number (ASCII)
+    chunkrec:{M}:owner                   "TOKEN HOST PID" of the trainer owning M (a lease with
+                                         a TTL; services/lease.py)
+    chunkrec:{M}:fence                   the highest fencing token issued for M (INCR)
 
 Packed embedding record (bytes):
 
@@ -513,6 +516,14 @@ def dense_key(model: str, version: int) -> str:
 
 def version_key(model: str) -> str:
     return f"{KEY_PREFIX}:{model}:version"
+
+
+def owner_key(model: str) -> str:
+    return f"{KEY_PREFIX}:{model}:owner"
+
+
+def fence_key(model: str) -> str:
+    return f"{KEY_PREFIX}:{model}:fence"
 
 
 def versions_channel(model: str) -> str:

@@ -15,6 +15,7 @@ import typer
 
 from models.networks import MODEL_NAMES
 from services import wire
+from services.lease import Fenced, LeaseHeld
 from services.trainer import StreamTrainer, TrainerConfig
 from storage.datasets.spec import DatasetError, open_dataset
 from storage.settings import get_settings
@@ -64,7 +65,11 @@ def train(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    stats = trainer.run()
+    try:
+        stats = trainer.run()
+    except (LeaseHeld, Fenced) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"applied {stats.events_applied:,} events ({stats.events_invalid:,} invalid), "
                f"{stats.versions_published} versions, {stats.checkpoints} checkpoints, "
                f"checksum {stats.events_checksum}")

@@ -5,16 +5,26 @@ fenced out, and its memory and checkpoints stay bounded as the stream grows."""
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
 
 import orjson
+import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from services import wire
-from services.infra import ManagedProcess
+from services.infra import ManagedProcess, wait_until
+from services.lease import Fenced, ModelLease
 from services.trainer import StreamTrainer, TrainerConfig
 from storage.datasets.spec import open_dataset
 from storage.settings import Settings
+from tests.services.conftest import stream_env
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SPEC = "synthetic:events=2000,fields=3,vocab=500,seed=3"
 POLICY = "fiited:dim=16,budget=0.5,interval=10"
@@ -118,3 +128,65 @@ def test_checkpoints_do_not_grow_with_the_stream(stream_settings: Settings, topi
         assert record.metrics["window_rows"] == 200
         assert record.metrics["auc"] is not None and record.metrics["window_auc"] is not None
     assert sizes[0] == sizes[1]
+
+
+def test_one_trainer_per_model_second_refused_zombie_fenced(
+        stream_settings: Settings, topic: str, broker: ManagedProcess,
+        redis_client: redis.Redis, tmp_path: Path) -> None:
+    """Review finding: a second `chunkrec train --model M` joined the group, took partitions
+    and its full republish deleted every key it did not write. Now the model has one owner."""
+    model = "hostile-lease"
+    prod = KafkaProducer(bootstrap_servers=broker.address)
+    prod.send(topic, wire.encode_events(_events(500, "lease")), partition=0)
+    prod.flush()
+    prod.close()
+    owner = _trainer(stream_settings, model, topic, idle_exit_s=60)
+    done: dict[str, BaseException | None] = {}
+
+    def run() -> None:
+        try:
+            owner.run()
+            done["error"] = None
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            done["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    def published_all() -> bool:
+        blob = redis_client.get(wire.version_key(model))
+        return blob is not None and wire.ModelVersion.from_json(blob).events_applied == 500
+
+    wait_until(published_all, 60, "the owner's version of 500 events", alive=thread.is_alive)
+    keys_before = set(redis_client.scan_iter(match=wire.emb_prefix(model) + "*"))
+    assert keys_before
+
+    # a second trainer process of the model: refused at start, one line, exit code 2
+    env = dict(os.environ) | stream_env(stream_settings) | {
+        "CHUNKREC_TRAINER_LEASE_TTL_S": "1", "CHUNKREC_CHECKPOINT_DIR": str(tmp_path / "b")}
+    t0 = time.monotonic()
+    second = subprocess.run(
+        [sys.executable, "-m", "services.cli", "train", "--model", model, "--policy", POLICY,
+         "--data", SPEC, "--topic", topic], env=env, cwd=ROOT, capture_output=True,
+        text=True, timeout=60)
+    assert second.returncode == 2, second.stderr[-2000:]
+    last = second.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: model 'hostile-lease' is trained by another process"), last
+    assert time.monotonic() - t0 < 30
+    assert set(redis_client.scan_iter(match=wire.emb_prefix(model) + "*")) == keys_before
+    assert thread.is_alive()  # the owner was not disturbed
+
+    # a zombie: the owner's lease lapses (as if paused past it) and another trainer takes the
+    # model; the old owner's next write is refused inside Redis and it stops, writing nothing
+    redis_client.delete(wire.owner_key(model))
+    usurper = ModelLease(redis_client, model, ttl_s=30)
+    token = usurper.acquire()
+    assert token > (owner.lease.token or 0)
+    checkpoints = sorted((stream_settings.checkpoint_dir / model).glob("ckpt-*"))
+    version = redis_client.get(wire.version_key(model))
+    owner.stop()  # its final checkpoint and publish must be refused
+    thread.join(timeout=60)
+    assert isinstance(done["error"], Fenced) and owner.fenced
+    assert sorted((stream_settings.checkpoint_dir / model).glob("ckpt-*")) == checkpoints
+    assert redis_client.get(wire.version_key(model)) == version
+    assert redis_client.get(wire.owner_key(model)) == usurper.me.encode()
+    usurper.release()
