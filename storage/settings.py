@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     metrics_window: int = 10_000  # rows of the "recent" online metrics
     redis_write_chunk: int = 2_000  # keys per Redis write script (~5 ms of Redis time)
     dense_versions_kept: int = 3  # dense-weight blobs kept in Redis (older ones deleted)
+    # one trainer per model (services/lease.py): the owner's lease in Redis lasts this long
+    # unless renewed (every third of it); a second trainer waits this long, then is refused
+    trainer_lease_ttl_s: float = Field(default=10.0, gt=0, le=3600, allow_inf_nan=False)
     # tansu assigns a group's partitions only after max_poll_interval; keep it small
     kafka_session_timeout_ms: int = 6_000
     kafka_heartbeat_interval_ms: int = 2_000
@@ -93,6 +96,33 @@ class Settings(BaseSettings):
     router_max_body_bytes: int = 2 << 20  # request body limit of the router (413 beyond it)
     router_config_ttl_s: float = 1.0  # how long a router replica caches experiment configs
     router_score_timeout_s: float = 2.0
+    router_body_timeout_s: float = Field(
+        default=10.0, gt=0, description="time to receive a whole request body at the router "
+        "(408 beyond it)")
+    router_max_candidates: int = Field(
+        default=100, gt=0, le=1000, description="candidates per /v1/rank (422 beyond): each "
+        "shown one becomes a training event")
+    router_max_exposure_bytes: int = Field(
+        default=512 << 10, gt=0, le=900_000, description="largest exposure message (the "
+        "candidates' features as sent to serving and Kafka; 413 beyond), well under Kafka's "
+        "1 MB message limit")
+    router_unit_requests_per_minute: float = Field(
+        default=1200.0, gt=0, description="ranks + feedback one unit may send per minute "
+        "(a token bucket of this size, refilled evenly; 429 + Retry-After beyond)")
+    router_rate_limit_units: int = Field(
+        default=100_000, gt=0, description="units (and issued requests) a router replica "
+        "remembers for rate limits and feedback checks; the least recent are forgotten")
+    router_serving_concurrency: int = Field(
+        default=64, gt=0, description="score calls in flight to serving (the HTTP pool size)")
+    router_queue_wait_s: float = Field(
+        default=0.25, ge=0, description="how long a rank waits for a free score slot before "
+        "its 503 + Retry-After")
+    router_item_table: Path | None = Field(
+        default=None, description="CSV or Parquet of items (column `item` + one column per "
+        "item feature): item features come from it, never from clients; unknown items 422")
+    router_migrate: bool = Field(
+        default=False, description="upgrade the database to the newest schema when the "
+        "router starts (else a database behind it stops the router)")
     attribution_window_s: float = 30.0  # feedback counts as a click within this after exposure
     joiner_grace_s: float = 5.0  # an exposure closes this long after its window (late arrivals)
     joiner_wall_clock: bool = True  # close windows by wall time too, not only by event time
