@@ -7,7 +7,8 @@
     registry.py     loaded model versions and the refresher that swaps new ones in
     embedding_cache.py   per-version LRU of packed records
     metrics.py      Prometheus series
-    middleware.py   body-size limit, request metrics
+    middleware.py   body-size limit and body-read deadline, request metrics
+    errors.py       failures in words safe for a response body; throttled logging of them
 
 Imports models/, storage/ and services/wire.py only, never the trainer's internals.
 """

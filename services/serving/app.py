@@ -2,9 +2,10 @@
 
     app = create_app(settings)          # FastAPI; uvicorn runs it (`chunkrec serve`)
 
-On startup (lifespan) it opens one async Redis client (hiredis parser when installed), loads
-every model version it finds, and starts the refresher (registry.py) that swaps in new
-versions; on shutdown it stops the refresher and closes the client. Routers: score, health,
+On startup (lifespan) it opens one async Redis client (hiredis parser when installed; a
+blocking pool with short timeouts, `open_redis`), loads every model version it finds, and
+starts the refresher (registry.py) that swaps in new versions; on shutdown it stops the
+refresher and closes the client. Routers: score, health,
 metrics (one file each under routers/); `/docs` is FastAPI's.
 """
 
@@ -25,6 +26,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from services.serving.errors import LogThrottle
 from services.serving.metrics import ServingMetrics
 from services.serving.middleware import BodyLimit, RequestMetrics
 from services.serving.registry import ModelRegistry
@@ -37,6 +39,25 @@ from storage.settings import Settings
 log = logging.getLogger("chunkrec.serving")
 
 
+def open_redis(settings: Settings) -> aioredis.Redis:
+    """The app's async Redis client: a blocking pool of `serving_redis_max_connections`.
+
+    A burst of requests that all miss the cache waits up to `serving_redis_pool_timeout_s` for
+    a pooled connection (a plain pool refuses the one past its size: "Too many connections").
+    Every connect and read gives up after `serving_redis_timeout_s`, so a hung Redis costs a
+    request that long, not a TCP timeout. A pooled connection goes stale when Redis restarts
+    ("Connection closed by server"): one retry on a fresh connection turns that into a success
+    instead of a 503; a timeout is not retried (the retry would wait as long again)."""
+    timeout = settings.serving_redis_timeout_s
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=settings.serving_redis_max_connections,
+        timeout=settings.serving_redis_pool_timeout_s, socket_timeout=timeout,
+        socket_connect_timeout=timeout, health_check_interval=30,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        retry_on_error=[RedisConnectionError], **settings.redis_kwargs)
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
+
+
 def create_app(settings: Settings) -> FastAPI:
     """A serving app reading models from `settings.redis_url` (see module docstring)."""
     if settings.serving_threads:
@@ -45,20 +66,16 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # A pooled connection goes stale when Redis restarts ("Connection closed by server"):
-        # one retry on a fresh connection turns that into a success instead of a 503.
-        client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5,
-                                         socket_connect_timeout=5, health_check_interval=30,
-                                         retry=Retry(NoBackoff(), 1),
-                                         retry_on_error=[RedisConnectionError],
-                                         **settings.redis_kwargs)
+        client = open_redis(settings)
         registry = ModelRegistry(settings, client, serving_metrics)
         app.state.redis = client
         app.state.registry = registry
         try:
             await registry.refresh()  # serve what Redis has from the first request on
         except (RedisError, OSError) as exc:
-            log.warning("redis not reachable at startup (%s); retrying in the background", exc)
+            log.warning("redis not reachable at startup (%r); retrying in the background", exc)
+        except Exception:  # noqa: BLE001 - the refresher retries; startup must not fail on it
+            log.exception("version check at startup failed; retrying in the background")
         task = asyncio.create_task(registry.run())
         # What startup allocated (modules, models) goes out of the collector's way: a full
         # collection then walks only what requests allocate (it was the p99 tail).
@@ -82,7 +99,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = serving_metrics
-    app.state.hasher = RawIdHasher()
+    app.state.hasher = RawIdHasher(max_bytes=settings.serving_hash_memo_bytes)
+    app.state.log_throttle = LogThrottle()
     app.include_router(score.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
@@ -104,6 +122,7 @@ def create_app(settings: Settings) -> FastAPI:
                 break
         return OrjsonResponse({"detail": list(errors.values())}, status_code=422)
 
-    app.add_middleware(BodyLimit, max_bytes=settings.serving_max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.serving_max_body_bytes,
+                       timeout_s=settings.serving_body_timeout_s)
     app.add_middleware(RequestMetrics, metrics=serving_metrics)  # outermost: sees 413s too
     return app

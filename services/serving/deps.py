@@ -8,6 +8,7 @@ from typing import Annotated
 import redis.asyncio as aioredis
 from fastapi import Depends, Request
 
+from services.serving.errors import LogThrottle
 from services.serving.metrics import ServingMetrics
 from services.serving.registry import ModelRegistry
 from services.serving.scorer import RawIdHasher
@@ -34,8 +35,13 @@ async def get_hasher(request: Request) -> RawIdHasher:
     return request.app.state.hasher
 
 
+async def get_log_throttle(request: Request) -> LogThrottle:
+    return request.app.state.log_throttle
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
 MetricsDep = Annotated[ServingMetrics, Depends(get_metrics)]
 HasherDep = Annotated[RawIdHasher, Depends(get_hasher)]
+LogThrottleDep = Annotated[LogThrottle, Depends(get_log_throttle)]

@@ -5,6 +5,10 @@ that several apps (tests, benches) can live in one process.
     chunkrec_serving_request_seconds{path}               latency histogram
     chunkrec_serving_items_total{model}                  items scored
     chunkrec_serving_unseen_ids_total{model}             (field, ID) pairs read as zeros
+    chunkrec_serving_corrupt_records_total{model}        embedding records fetched that did
+                                                         not decode (read as missing)
+    chunkrec_serving_redis_errors_total{kind}            requests answered 503 for Redis
+                                                         ("timeout", "unreachable", "error")
     chunkrec_serving_cache_hits_total{model}             embedding records from the cache
     chunkrec_serving_cache_misses_total{model}           ... fetched from Redis
     chunkrec_serving_cache_entries{model}                records cached for the served version
@@ -16,9 +20,14 @@ that several apps (tests, benches) can live in one process.
     chunkrec_model_swaps_total{model}                    versions swapped in
     chunkrec_model_load_seconds                          fetch + build time of a new version
     chunkrec_model_load_failures_total{model}
+    chunkrec_model_refresh_failures_total{model}         version checks of the model that
+                                                         failed (record unreadable, Redis
+                                                         down, version not loadable)
+    chunkrec_model_refresh_age_seconds{model}            since the model's last good check
     chunkrec_serving_redis_up                            1 when the last version check worked
-    chunkrec_model_stale{model}                          1 when Redis holds a newer version or
-                                                         cannot be reached (the cache serves)
+    chunkrec_model_stale{model}                          1 when Redis holds a newer version,
+                                                         cannot be reached, or the model's
+                                                         last version check failed
 """
 
 from __future__ import annotations
@@ -49,6 +58,12 @@ class ServingMetrics:
         self.unseen = Counter("chunkrec_serving_unseen_ids",
                               "Distinct (field, ID) pairs with no embedding (read as zeros)",
                               ["model"], registry=r)
+        self.corrupt_records = Counter("chunkrec_serving_corrupt_records",
+                                       "Embedding records fetched that did not decode (read "
+                                       "as missing)", ["model"], registry=r)
+        self.redis_errors = Counter("chunkrec_serving_redis_errors",
+                                    "Requests answered 503 because Redis failed", ["kind"],
+                                    registry=r)
         self.cache_hits = Counter("chunkrec_serving_cache_hits",
                                   "Embedding records served from the in-process cache",
                                   ["model"], registry=r)
@@ -72,10 +87,17 @@ class ServingMetrics:
                                       "Fetch and build time of a new version", registry=r)
         self.load_failures = Counter("chunkrec_model_load_failures",
                                      "Versions that could not be loaded", ["model"], registry=r)
+        self.refresh_failures = Counter("chunkrec_model_refresh_failures",
+                                        "Version checks of the model that failed", ["model"],
+                                        registry=r)
+        self.refresh_age = Gauge("chunkrec_model_refresh_age_seconds",
+                                 "Seconds since the model's last successful version check",
+                                 ["model"], registry=r)
         self.redis_up = Gauge("chunkrec_serving_redis_up",
                               "1 when the last version check reached Redis", registry=r)
         self.stale = Gauge("chunkrec_model_stale", "1 when the served version may be behind "
-                           "(a newer one in Redis, or Redis unreachable)", ["model"], registry=r)
+                           "(a newer one in Redis, Redis unreachable, or the model's version "
+                           "check failing)", ["model"], registry=r)
 
     def observe_request(self, path: str, code: int, seconds: float) -> None:
         path = path if path in PATHS else "other"

@@ -1,12 +1,14 @@
 """Pure ASGI middleware (no per-request task or body copy, unlike BaseHTTPMiddleware):
 
 - `BodyLimit`: a request body over `max_bytes` gets 413 before the app sees it: at once from
-  its Content-Length, or while it streams in (chunked bodies are counted as they arrive).
+  its Content-Length, or while it streams in (chunked bodies are counted as they arrive); a
+  body not received in full within `timeout_s` gets 408 and the connection is closed.
 - `RequestMetrics`: counts every HTTP response by path and status, and its latency.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -16,18 +18,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.serving.metrics import ServingMetrics
 
 
-async def _send_json(send: Send, status: int, doc: dict[str, Any]) -> None:
+async def _send_json(send: Send, status: int, doc: dict[str, Any], close: bool = False) -> None:
     body = orjson.dumps(doc)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode())]
+    if close:  # uvicorn closes the connection after a response that says so
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 10.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     def _too_large(self) -> dict[str, str]:
         return {"detail": f"request body larger than {self.max_bytes} bytes "
@@ -48,25 +53,33 @@ class BodyLimit:
             if size > self.max_bytes:
                 await _send_json(send, 413, self._too_large())
                 return
-            await self.app(scope, receive, send)  # the server holds the body to that length
-            return
-        # no Content-Length (chunked): read it here, counting, and hand the app the whole
-        # body (FastAPI would turn an exception raised while it reads into a 400)
+        # Read the whole body here, counting (a chunked body has no Content-Length), within
+        # one deadline for all of it: uvicorn times out neither a body nor a pause in one, so a
+        # client trickling a byte at a time would hold its connection and task forever. The
+        # app gets the body replayed (FastAPI would turn an exception raised while it reads
+        # into a 400).
         chunks: list[bytes] = []
         seen = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # client went away
-            chunk = message.get("body", b"")
-            seen += len(chunk)
-            if seen > self.max_bytes:
-                await _send_json(send, 413, self._too_large())
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        try:
+            async with asyncio.timeout(self.timeout_s):  # around the reads only, not a send
+                while seen <= self.max_bytes:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return  # client went away
+                    chunk = message.get("body", b"")
+                    seen += len(chunk)
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            # close the connection too: the rest of the body may still be on its way
+            await _send_json(send, 408, {"detail": "request body not received within "
+                                         f"{self.timeout_s:g} s"}, close=True)
+            return
+        if seen > self.max_bytes:
+            await _send_json(send, 413, self._too_large())
+            return
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         replayed = False
 
         async def replay() -> Message:

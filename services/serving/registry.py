@@ -12,6 +12,13 @@ async client, `load_state_dict` in a worker thread), then replaces one dict entr
 takes its `LoadedModel` once at its start and scores every item with it, so it sees either the
 old version or the new one, never a mix. The new version comes with a new, empty embedding
 cache (services/serving/embedding_cache.py says why).
+
+Failures are per model and never end the refresher: a record that does not parse, or a version
+that does not load, leaves that model on the version it serves, marks it stale (`stale()`,
+chunkrec_model_stale), counts in chunkrec_model_refresh_failures_total and is logged when it
+starts or changes; the other models refresh as usual. `refresh_age()` is the time since a
+model's last good check, and /readyz answers 503 when a served model's is over
+`serving_stale_after_s` (`overdue()`).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from redis.exceptions import RedisError
 from models.networks import build_model
 from services import wire
 from services.serving.embedding_cache import EmbeddingCache
+from services.serving.errors import describe
 from services.serving.metrics import ServingMetrics
 from services.serving.scorer import LoadedModel
 from storage.settings import Settings
@@ -59,7 +67,10 @@ class ModelRegistry:
         self._models: dict[str, LoadedModel] = {}
         self.redis_versions: dict[str, int | None] = {}  # newest version seen in Redis
         self.redis_ok = False
-        self.last_error = ""
+        self.last_error = ""  # the latest failure, in words safe for /readyz (errors.py)
+        self.errors: dict[str, str] = {}  # model -> why its last version check failed
+        self.refreshed_at: dict[str, float] = {}  # model -> monotonic time of its last good one
+        self._unloadable: dict[str, tuple[int, Exception]] = {}  # model -> version, its error
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
 
@@ -71,46 +82,103 @@ class ModelRegistry:
         return sorted(self._models)
 
     def known(self) -> list[str]:
-        """Models loaded or announced in Redis."""
-        return sorted(set(self._models) | set(self.redis_versions))
+        """Models loaded, announced in Redis, or with a record that failed to load."""
+        return sorted(set(self._models) | set(self.redis_versions) | set(self.errors))
+
+    def stale(self, name: str) -> bool:
+        """Whether the served version of `name` may be behind: Redis holds a newer one, Redis
+        was unreachable at the last check, or the model's last check failed."""
+        m = self._models.get(name)
+        newest = self.redis_versions.get(name)
+        behind = m is not None and newest is not None and newest > m.version
+        return behind or not self.redis_ok or name in self.errors
+
+    def refresh_age(self, name: str) -> float | None:
+        """Seconds since the last successful version check of `name` (None: never)."""
+        at = self.refreshed_at.get(name)
+        return None if at is None else time.monotonic() - at
+
+    def overdue(self) -> list[str]:
+        """Served models whose version checks have failed for over `serving_stale_after_s`."""
+        return [n for n in self.names()
+                if (age := self.refresh_age(n)) is None or age > self.s.serving_stale_after_s]
 
     # ---------------------------------------------------------------- refreshing
     async def refresh(self) -> list[str]:
         """Read every model's version record; load the ones newer than what is served.
-        Returns the names swapped. Raises RedisError when Redis is unreachable."""
-        names = sorted(n.decode() if isinstance(n, bytes) else n
-                       for n in await self.r.smembers(wire.MODELS_SET))
+        Returns the names swapped. A model whose record does not parse or whose version does
+        not load is a failure of that model alone (`errors`, logged, counted); the others
+        are refreshed. Raises RedisError when Redis is unreachable."""
+        names = {n.decode() if isinstance(n, bytes) else n
+                 for n in await self.r.smembers(wire.MODELS_SET)}
         if self.only:
-            names = [n for n in names if n in self.only]
-        blobs = await self.r.mget([wire.version_key(n) for n in names]) if names else []
-        swapped = []
-        for name, blob in zip(names, blobs, strict=True):
-            if blob is None:
-                self.redis_versions[name] = None
-                continue
-            record = wire.ModelVersion.from_json(blob)
-            self.redis_versions[name] = record.version
-            current = self._models.get(name)
-            if current is not None and current.version >= record.version:
-                continue
-            if await self._load(record):
-                swapped.append(name)
+            names &= self.only
+        # a served model missing from the set (Redis restarted empty) is checked too: its
+        # check succeeds with nothing newer to load
+        checked = sorted(names | set(self._models))
+        blobs = await self.r.mget([wire.version_key(n) for n in checked]) if checked else []
+        if not self.redis_ok and self.last_error.startswith("redis:"):
+            log.info("version check: redis reachable again")
         self.redis_ok = True
+        swapped = []
+        for name, blob in zip(checked, blobs, strict=True):
+            try:
+                if await self._refresh_one(name, blob):
+                    swapped.append(name)
+            except Exception as exc:  # noqa: BLE001 - one model's failure is its own
+                self._failed(name, exc)
+            else:
+                self._succeeded(name)
         return swapped
+
+    async def _refresh_one(self, name: str, blob: bytes | None) -> bool:
+        """Check one model's record (None: no record); raises when it cannot be read or its
+        newer version cannot be loaded. Returns whether a new version was swapped in."""
+        if blob is None:
+            self.redis_versions[name] = None
+            return False
+        record = wire.ModelVersion.from_json(blob)
+        if record.model != name:
+            raise ValueError(f"the version record of {name!r} names model {record.model!r}")
+        self.redis_versions[name] = record.version
+        current = self._models.get(name)
+        if current is not None and current.version >= record.version:
+            return False
+        failed = self._unloadable.get(name)
+        if failed is not None and failed[0] == record.version:
+            raise failed[1]  # the same bytes fail the same way: not rebuilt every poll
+        return await self._load(record)
+
+    def _succeeded(self, name: str) -> None:
+        self.refreshed_at[name] = time.monotonic()
+        if self.errors.pop(name, None) is not None:
+            log.info("version check of %s works again", name)
+
+    def _failed(self, name: str, exc: BaseException) -> None:
+        """Count, and log when the failure is new or has changed (not once per poll)."""
+        self.metrics.refresh_failures.labels(name).inc()
+        text = describe(exc)
+        if self.errors.get(name) != text:
+            since = self.refresh_age(name)
+            log.error("version check of %s failed (%s; last good %s): %r", name, text,
+                      "never" if since is None else f"{since:.1f} s ago", exc)
+        self.errors[name] = text
+        self.last_error = f"{name}: {text}"
 
     async def _load(self, record: wire.ModelVersion) -> bool:
         t0 = time.perf_counter()
         blob = await self.r.get(record.dense_key)
         if blob is None:
-            return False  # deleted by the trainer's retention: a newer record is there
+            # deleted by the trainer's retention after a newer record was written: the next
+            # check finds that one (a failure until then: the served version is behind)
+            raise LookupError(f"v{record.version}: dense weights {record.dense_key} gone")
         try:
             model = await asyncio.to_thread(build_loaded_model, record, blob,
                                             self.s.serving_cache_entries)
-        except Exception as exc:  # noqa: BLE001 - a bad version must not stop serving the old
-            self.last_error = f"{record.model} v{record.version}: {exc}"
-            log.error("cannot load %s", self.last_error)
+        except Exception as exc:
             self.metrics.load_failures.labels(record.model).inc()
-            return False
+            self._unloadable[record.model] = (record.version, exc)
+            raise  # a bad version must not stop serving the old: the caller counts it
         current = self._models.get(record.model)
         if current is not None and current.version >= record.version:
             return False  # a concurrent refresh got there first
@@ -121,7 +189,7 @@ class ModelRegistry:
         return True
 
     async def _listen(self) -> None:
-        """Wake the refresher on every version announcement; reconnects on Redis errors."""
+        """Wake the refresher on every version announcement; reconnects on any error."""
         while not self._stop.is_set():
             pubsub = self.r.pubsub()
             try:
@@ -130,11 +198,13 @@ class ModelRegistry:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if msg is not None:
                         self._wake.set()
-            except (RedisError, OSError) as exc:
-                self.last_error = f"pub/sub: {exc}"
+            except Exception as exc:  # noqa: BLE001 - polling goes on; reconnect after a pause
+                if not isinstance(exc, RedisError | OSError):
+                    log.exception("version announcements: unexpected error")
+                self.last_error = f"pub/sub: {describe(exc)}"
                 await self._sleep(self.s.serving_poll_s)
             finally:
-                with contextlib.suppress(RedisError, OSError):
+                with contextlib.suppress(Exception):
                     await pubsub.aclose()
 
     async def _sleep(self, seconds: float) -> None:
@@ -142,27 +212,45 @@ class ModelRegistry:
             await asyncio.wait_for(self._stop.wait(), timeout=seconds)
 
     async def run(self) -> None:
-        """Refresh on each announcement and every `serving_poll_s`, until stop()."""
+        """Refresh on each announcement and every `serving_poll_s`, until stop(). Nothing but
+        stop() or cancellation ends it: every failure is caught, logged and counted."""
         listener = asyncio.create_task(self._listen())
         try:
             while not self._stop.is_set():
                 self._wake.clear()
                 try:
                     await self.refresh()
-                except (RedisError, OSError) as exc:
-                    self.redis_ok = False
-                    self.last_error = f"redis: {exc}"
-                self.metrics.redis_up.set(1 if self.redis_ok else 0)
-                for name, m in list(self._models.items()):
-                    newest = self.redis_versions.get(name)
-                    behind = newest is not None and newest > m.version
-                    self.metrics.stale.labels(name).set(int(behind or not self.redis_ok))
+                except Exception as exc:  # noqa: BLE001 - the refresher must outlive anything
+                    self._iteration_failed(exc)
+                self._publish_status()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.s.serving_poll_s)
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
+
+    def _iteration_failed(self, exc: BaseException) -> None:
+        """A check that failed before any model's record was read: every known model's check
+        failed (Redis unreachable, or a bug, logged with its traceback)."""
+        if isinstance(exc, RedisError | OSError):
+            if self.redis_ok:  # logged when it starts, not on every poll of the outage
+                log.warning("version check: redis: %r", exc)
+            self.redis_ok = False
+            self.last_error = f"redis: {describe(exc)}"
+        else:
+            log.exception("version check failed")
+            self.last_error = describe(exc)
+        for name in self.known():
+            self.metrics.refresh_failures.labels(name).inc()
+
+    def _publish_status(self) -> None:
+        self.metrics.redis_up.set(1 if self.redis_ok else 0)
+        for name in self.names():
+            self.metrics.stale.labels(name).set(int(self.stale(name)))
+            age = self.refresh_age(name)
+            if age is not None:
+                self.metrics.refresh_age.labels(name).set(round(age, 3))
 
     def stop(self) -> None:
         self._stop.set()

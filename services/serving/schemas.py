@@ -79,9 +79,14 @@ class ScoreResponse(BaseModel):
 class ModelStatus(BaseModel):
     version: int
     redis_version: int | None = Field(description="the newest version in Redis, as last seen")
-    stale: bool = Field(description="a newer version is in Redis than the one loaded, or Redis "
-                        "is unreachable (the loaded version and its cache are served)")
+    stale: bool = Field(description="a newer version is in Redis than the one loaded, Redis "
+                        "is unreachable, or the model's version record cannot be read or "
+                        "loaded (the loaded version and its cache are served)")
     age_s: float = Field(description="seconds since the loaded version was published")
+    refresh_age_s: float | None = Field(
+        default=None, description="seconds since the model's version record was last read "
+        "and its newest version loaded; past CHUNKREC_SERVING_STALE_AFTER_S, not ready")
+    refresh_error: str = Field(default="", description="why the last version check failed")
     events_applied: int
 
 

@@ -9,11 +9,14 @@ vectorised call (embedding_cache.py). The distinct (field, ID) pairs it lacks (n
 field) get their Redis keys spelled by `wire.emb_keys`, are fetched by pipelined MGET
 (`mget_chunk` keys per MGET, one round trip), unpacked by one `wire.unpack_records` call and
 cached; then the embeddings are one gather of the cache's rows: float32[B, F, D]. A pair with
-no record reads as zeros (and is cached as such) and counts as unseen.
+no record reads as zeros (and is cached as such) and counts as unseen; so does a pair whose
+record is corrupt (counted in chunkrec_serving_corrupt_records_total, its key logged once).
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 import warnings
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -24,8 +27,13 @@ import torch
 
 from services import wire
 from services.serving.embedding_cache import EmbeddingCache
+from services.serving.metrics import ServingMetrics
 from services.serving.schemas import Item
 from storage.batch import DatasetSchema, hash_values
+
+log = logging.getLogger("chunkrec.serving")
+
+MAX_CORRUPT_LOGGED = 1000  # corrupt record keys logged per model version
 
 
 @dataclass
@@ -43,6 +51,7 @@ class LoadedModel:
 
     def __post_init__(self) -> None:
         self._traced: torch.jit.ScriptModule | None = None
+        self._corrupt_logged: set[str] = set()
         self.schema = self.record.schema_obj
         self.widths = tuple(int(w) for w in self.record.widths)
         self.stored_dim = sum(self.widths)
@@ -56,6 +65,22 @@ class LoadedModel:
     @property
     def version(self) -> int:
         return self.record.version
+
+    def note_corrupt(self, key: str, exc: Exception) -> None:
+        """Log a corrupt embedding record's key, once per key and version, for at most
+        MAX_CORRUPT_LOGGED keys (a version with corrupt records everywhere would otherwise
+        keep a set of every key and flood the log)."""
+        logged = self._corrupt_logged
+        if key in logged or len(logged) > MAX_CORRUPT_LOGGED:
+            return
+        logged.add(key)
+        if len(logged) > MAX_CORRUPT_LOGGED:
+            log.error("%s v%d: more than %d corrupt embedding records; not logging further "
+                      "keys (chunkrec_serving_corrupt_records_total counts them)", self.name,
+                      self.version, MAX_CORRUPT_LOGGED)
+            return
+        log.error("%s v%d: corrupt embedding record %s (%s); read as missing", self.name,
+                  self.version, key, exc)
 
     def predict(self, emb: np.ndarray, dense: np.ndarray | None) -> np.ndarray:
         """float32[B, F, D], float32[B, Dn] | None -> click probabilities float32[B]."""
@@ -99,15 +124,29 @@ class RawIdHasher:
     """Raw feature value -> int64 ID, exactly `hash_values` of its string form (an int hashes
     as its decimal string, as in events), memoised by the value itself: the mapping never
     changes, so entries never go stale. A request whose values are all known is one pass of
-    dict lookups; its new distinct values are hashed in one vectorised call; at `capacity`
-    values the memo starts over.
+    dict lookups; its new distinct values are hashed in one vectorised call.
+
+    The memo is bounded in bytes (`max_bytes`, the values' own sizes plus a per-entry
+    allowance) and in entries (`capacity`); past either it starts over. A byte bound, because
+    clients choose the values: 1 KB strings would make an entry bound of a million a gigabyte.
+    Starting over rather than evicting keeps the warm path a plain dict lookup (an LRU, e.g.
+    cachetools', costs a Python call per value).
 
     hash(["196", "242", 196]) -> int64[3] (the first and last equal)
     """
 
-    def __init__(self, capacity: int = 1 << 20) -> None:
+    # a dict entry (hash, key and value pointers, index slot, with the table's growth slack)
+    # plus the int object of the ID; the key's own size is counted by sys.getsizeof
+    ENTRY_BYTES = 100
+
+    def __init__(self, capacity: int = 1 << 20, max_bytes: int = 32 << 20) -> None:
         self.capacity = max(1, capacity)
+        self.max_bytes = max(1, max_bytes)
+        self.nbytes = 0  # of the entries memoised now
         self._d: dict[str | int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._d)
 
     def hash(self, raw: list[str | int]) -> np.ndarray:
         d = self._d
@@ -116,12 +155,20 @@ class RawIdHasher:
         except KeyError:
             pass
         new = [v for v in dict.fromkeys(raw) if v not in d]
-        if len(d) + len(new) > self.capacity:
+        size = sum(map(sys.getsizeof, new)) + self.ENTRY_BYTES * len(new)
+        if len(d) + len(new) > self.capacity or self.nbytes + size > self.max_bytes:
             d.clear()
+            self.nbytes = 0
             new = list(dict.fromkeys(raw))
+            size = sum(map(sys.getsizeof, new)) + self.ENTRY_BYTES * len(new)
         text = np.array([v if type(v) is str else str(v) for v in new], dtype=object)
-        d.update(zip(new, hash_values(text).tolist(), strict=True))
-        return np.fromiter(map(d.__getitem__, raw), np.int64, len(raw))
+        ids = hash_values(text)
+        if size <= self.max_bytes:  # one request larger than the whole memo is not kept
+            d.update(zip(new, ids.tolist(), strict=True))
+            self.nbytes += size
+            return np.fromiter(map(d.__getitem__, raw), np.int64, len(raw))
+        lookup = dict(zip(new, ids.tolist(), strict=True))
+        return np.fromiter(map(lookup.__getitem__, raw), np.int64, len(raw))
 
 
 class FieldError(ValueError):
@@ -245,11 +292,42 @@ async def fetch_records(client: aioredis.Redis, keys: list[str],
     return [rec for part in parts for rec in part]
 
 
+def unpack_or_skip(model: LoadedModel, names: list[str], records: list[bytes | None],
+                   metrics: ServingMetrics | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`wire.unpack_records` of the records fetched for keys `names`, a corrupt record read as
+    a missing one: (float32[N, stored_dim], found bool[N]).
+
+    The batch is unpacked in one call; only when it raises are the records checked one by one
+    (the format's checks stay in wire.py), so the common path pays nothing. Each corrupt
+    record is counted in `metrics`, and its key logged once per version (the cache then holds
+    it as missing; with caching off it is fetched and counted again, not logged again)."""
+    try:
+        return wire.unpack_records(records, model.widths, model.stored_dim)
+    except ValueError:
+        pass
+    bad: list[int] = []
+    for i, rec in enumerate(records):
+        if rec is None:
+            continue
+        try:
+            wire.unpack_records([rec], model.widths, model.stored_dim)
+        except ValueError as exc:
+            bad.append(i)
+            model.note_corrupt(names[i], exc)
+    if metrics is not None:
+        metrics.corrupt_records.labels(model.name).inc(len(bad))
+    records = list(records)
+    for i in bad:
+        records[i] = None
+    return wire.unpack_records(records, model.widths, model.stored_dim)
+
+
 async def gather_embeddings(model: LoadedModel, ids: np.ndarray, client: aioredis.Redis,
-                            mget_chunk: int) -> tuple[np.ndarray, int, int, int]:
+                            mget_chunk: int, metrics: ServingMetrics | None = None
+                            ) -> tuple[np.ndarray, int, int, int]:
     """ids int64[B, F] -> (float32[B, F, D] zero-padded, unseen pairs, cache hits, misses),
-    hits and misses counted over the request's distinct (field, ID) pairs. See the module
-    docstring."""
+    hits and misses counted over the request's distinct (field, ID) pairs. A corrupt record
+    reads as missing (`unpack_or_skip`), counted in `metrics`. See the module docstring."""
     b, nf = ids.shape
     cache = model.cache
     cell_fields = np.tile(np.arange(nf, dtype=np.int64), b)
@@ -261,7 +339,7 @@ async def gather_embeddings(model: LoadedModel, ids: np.ndarray, client: aioredi
         fields, keys = missed_pairs(ids, missed)
         names = wire.emb_keys(model.name, model.schema.fields, fields, keys)
         records = await fetch_records(client, names, mget_chunk)  # the request's only await
-        rows, found = wire.unpack_records(records, model.widths, model.stored_dim)
+        rows, found = unpack_or_skip(model, names, records, metrics)
         misses = len(names)
         # From here to the return nothing awaits, so no other request moves a slot. Stamp
         # the cells cached now with the current tick (the insert's eviction spares those),

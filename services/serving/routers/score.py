@@ -3,14 +3,25 @@ bodies; scorer.py the path from items to scores)."""
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, HTTPException
 from redis.exceptions import RedisError
 
-from services.serving.deps import HasherDep, MetricsDep, RedisDep, RegistryDep, SettingsDep
+from services.serving.deps import (
+    HasherDep,
+    LogThrottleDep,
+    MetricsDep,
+    RedisDep,
+    RegistryDep,
+    SettingsDep,
+)
+from services.serving.errors import redis_failure
 from services.serving.responses import OrjsonResponse
 from services.serving.schemas import ScoreRequest, ScoreResponse
 from services.serving.scorer import FieldError, gather_embeddings, items_to_arrays
 
+log = logging.getLogger("chunkrec.serving")
 router = APIRouter(tags=["score"])
 
 
@@ -24,7 +35,8 @@ router = APIRouter(tags=["score"])
                503: {"description": "no version of the model loaded yet, or Redis down"}},
 )
 async def score(req: ScoreRequest, settings: SettingsDep, registry: RegistryDep,
-                client: RedisDep, metrics: MetricsDep, hasher: HasherDep) -> OrjsonResponse:
+                client: RedisDep, metrics: MetricsDep, hasher: HasherDep,
+                throttle: LogThrottleDep) -> OrjsonResponse:
     """Score `items` with the newest loaded version of `model`; every item is scored by the
     same version (the one returned)."""
     if len(req.items) > settings.serving_max_items:
@@ -44,9 +56,13 @@ async def score(req: ScoreRequest, settings: SettingsDep, registry: RegistryDep,
         raise HTTPException(422, exc.errors) from None
     try:
         emb, unseen, hits, misses = await gather_embeddings(model, ids, client,
-                                                            settings.serving_mget_chunk)
+                                                            settings.serving_mget_chunk, metrics)
     except (RedisError, OSError) as exc:
-        raise HTTPException(503, f"embeddings unavailable: redis: {exc}") from None
+        # the client gets a fixed phrase: redis-py's text names Redis' host and port
+        kind, phrase = redis_failure(exc)
+        metrics.redis_errors.labels(kind).inc()
+        throttle.log(log, f"score-{kind}", "score: embeddings unavailable: %r", exc)
+        raise HTTPException(503, f"embeddings unavailable: {phrase}") from None
     probs = model.predict(emb, dense)
     metrics.observe_score(model.name, len(req.items), unseen, hits, misses, len(model.cache))
     return OrjsonResponse({"model": model.name, "version": model.version,
