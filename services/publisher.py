@@ -25,6 +25,7 @@ by STRLEN inside Redis: one round trip per chunk, no per-key command from Python
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -33,6 +34,8 @@ import redis
 from models.policy import EmbeddingPolicy
 from services import wire
 from services.lease import ModelLease
+
+log = logging.getLogger("chunkrec.publisher")
 
 # Every write runs through the model's lease (services/lease.py): the lease check comes first
 # in each script, so the bodies read their own keys from KEYS[K0 + 1] and args from
@@ -105,9 +108,19 @@ class RedisPublisher:
         self._meta_script = self.lease.fenced_script(_META_LUA)
 
     def current_version(self) -> wire.ModelVersion | None:
-        """The version record in Redis now, or None (Redis empty, restarted, or a new model)."""
+        """The version record in Redis now, or None (Redis empty, restarted, a new model, or
+        a record that does not parse: the next publish replaces it)."""
         blob = self.r.get(wire.version_key(self.model))
-        return None if blob is None else wire.ModelVersion.from_json(blob)
+        if blob is None:
+            return None
+        try:
+            record = wire.ModelVersion.from_json(blob)
+            record.version = int(record.version)
+        except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
+            log.warning("%s: unreadable version record (%s); replacing it", self.model,
+                        str(exc)[:200])
+            return None
+        return record
 
     def _write(self, packed: wire.PackedExport) -> None:
         sets, deletes, step = packed.sets, packed.deletes, self.write_chunk

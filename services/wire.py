@@ -692,6 +692,8 @@ class ModelVersion:
     @classmethod
     def from_json(cls, blob: bytes | str) -> ModelVersion:
         doc = orjson.loads(blob)
+        if not isinstance(doc, dict):
+            raise ValueError(f"version record: expected a JSON object, got {type(doc).__name__}")
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in doc.items() if k in known})
 

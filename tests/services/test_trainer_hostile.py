@@ -190,3 +190,22 @@ def test_one_trainer_per_model_second_refused_zombie_fenced(
     assert redis_client.get(wire.version_key(model)) == version
     assert redis_client.get(wire.owner_key(model)) == usurper.me.encode()
     usurper.release()
+
+
+def test_a_corrupt_version_record_is_replaced_not_fatal(
+        stream_settings: Settings, topic: str, broker: ManagedProcess,
+        redis_client: redis.Redis) -> None:
+    """Anything in Redis under the model's version key: the trainer's publish reads it to keep
+    versions increasing; a record that does not parse is replaced by a full republish."""
+    model = "hostile-version"
+    prod = KafkaProducer(bootstrap_servers=broker.address)
+    prod.send(topic, wire.encode_events(_events(300, "ver")), partition=0)
+    prod.flush()
+    prod.close()
+    for junk in (b"{not json", b'{"version": "x"}', b"[1, 2]", b'"\\u0000"'):
+        redis_client.set(wire.version_key(model), junk)
+        trainer = _trainer(stream_settings, model, topic, max_events=300)
+        stats = trainer.run()
+        assert stats.events_applied == 300 and stats.versions_published >= 1
+        rec = wire.ModelVersion.from_json(redis_client.get(wire.version_key(model)))
+        assert rec.events_applied == 300 and rec.version >= 1
