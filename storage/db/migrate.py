@@ -1,4 +1,5 @@
-"""Alembic, driven from Python: `upgrade(url)` is what `chunkrec db upgrade` runs.
+"""Alembic, driven from Python: `upgrade(url)` is what `chunkrec db upgrade` runs;
+`schema_problem(url)` is what a service checks at start (None: the database is at head).
 
 The Alembic environment lives in migrations/ (migrations/alembic.ini, env.py, versions/);
 env.py reads the database URL from the one Settings object, or from the `database_url`
@@ -42,3 +43,29 @@ def current(url: str) -> str | None:
             return MigrationContext.configure(conn).get_current_revision()
     finally:
         engine.dispose()
+
+
+def head() -> str:
+    """The newest revision under migrations/versions (one head: revisions form a line)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head() or "base"
+
+
+def schema_problem(url: str) -> str | None:
+    """None when the database at `url` is at the newest revision, else one line naming the
+    problem and the fix (the URL shown with its password masked)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    shown = make_url(url).render_as_string(hide_password=True)
+    try:
+        at = current(url)
+    except SQLAlchemyError as exc:
+        reason = str(exc.orig if getattr(exc, "orig", None) else exc).splitlines()[0][:200]
+        return f"database {shown} cannot be read ({type(exc).__name__}: {reason})"
+    want = head()
+    if at == want:
+        return None
+    state = "has no schema" if at is None else f"is at revision {at}, not {want}"
+    return f"database {shown} {state}: run `chunkrec db upgrade` (or start with --migrate)"
