@@ -49,6 +49,7 @@ class UserStats:
     clicks: int = 0
     errors: int = 0
     seconds: float = 0.0
+    # not filled: /v1/rank no longer says which arm served (see `chunkrec report` per arm)
     arms: dict[str, int] | None = None
 
 
@@ -114,7 +115,7 @@ def simulate(client, router_url: str, sessions: list[Session], feats: UserFeatur
     """Drive the router with `sessions` through `client` (an httpx.Client or a TestClient)."""
     rng = np.random.default_rng(seed)
     bucket = TokenBucket(rate, burst=max(1.0, rate * 0.1)) if rate else None
-    st = UserStats(arms={})
+    st = UserStats()
     base = router_url.rstrip("/")
     t0 = time.perf_counter()
     for s in sessions:
@@ -129,7 +130,6 @@ def simulate(client, router_url: str, sessions: list[Session], feats: UserFeatur
             st.errors += 1
             continue
         out = r.json()
-        st.arms[out["arm"]] = st.arms.get(out["arm"], 0) + 1  # type: ignore[index]
         st.shown += len(out["items"])
         for it in out["items"]:
             if it["item"] in liked:

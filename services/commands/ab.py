@@ -50,14 +50,28 @@ def db_downgrade(revision: Annotated[str, typer.Argument()] = "base") -> None:
 
 
 def route(host: Annotated[str | None, typer.Option()] = None,
-          port: Annotated[int | None, typer.Option()] = None) -> None:
+          port: Annotated[int | None, typer.Option()] = None,
+          migrate: Annotated[bool, typer.Option(
+              "--migrate", help="upgrade the database to the newest schema first "
+              "(CHUNKREC_ROUTER_MIGRATE)")] = False) -> None:
     """Run the A/B router (FastAPI on uvicorn): admin, /v1/rank, /v1/feedback, reports,
-    the dashboard at /experiments/{id}."""
+    the dashboard at /experiments/{id}. A database behind the newest schema stops it with
+    one line naming the fix, unless --migrate."""
     import uvicorn
 
     from services.router.app import create_app
+    from storage.db.migrate import schema_problem
 
     settings = get_settings()
+    if migrate:
+        settings = settings.model_copy(update={"router_migrate": True})
+    # checked here too (the app checks at startup), so the refusal is one line, not uvicorn's
+    # traceback of a failed lifespan
+    problem = None if settings.router_migrate else schema_problem(
+        settings.resolved_database_url)
+    if problem is not None:
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
     uvicorn.run(create_app(settings), host=host or settings.router_host,
                 port=port or settings.router_port, log_level="warning")
 

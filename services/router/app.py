@@ -3,10 +3,14 @@
     app = create_app(settings)                      # Kafka sink, httpx client, DB from settings
     app = create_app(settings, sink=..., http=...)  # injected (tests)
     uvicorn.run(app, host=settings.router_host, port=settings.router_port)
+
+Startup refuses a database that is not at the newest schema revision (RuntimeError naming the
+fix), or upgrades it when `router_migrate` is set; it loads the item table when one is set.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,8 +21,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from services.router.deps import ConfigCache, KafkaSink, MessageSink, RouterState
+from services.router.items import ItemTable
+from services.router.limiter import IssuedRequests, UnitRateLimiter
 from services.router.routers import dashboard, experiments, feedback, rank, reports
 from services.serving.middleware import BodyLimit
+from storage.db.migrate import schema_problem, upgrade
 from storage.db.session import make_engine, session_factory
 from storage.settings import Settings
 
@@ -30,16 +37,33 @@ def create_app(settings: Settings, sink: MessageSink | None = None,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings.resolved_database_url)
+        url = settings.resolved_database_url
+        if settings.router_migrate:
+            upgrade(url)
+        problem = schema_problem(url)
+        if problem is not None:  # else every DB endpoint would answer 500 ("no such table")
+            raise RuntimeError(problem)
+        items = (ItemTable.load(settings.router_item_table)
+                 if settings.router_item_table is not None else None)
+        engine = make_engine(url)
         factory = session_factory(engine)
         own_sink = sink is None
         own_http = http is None
+        slots = settings.router_serving_concurrency
         state = RouterState(
             settings=settings, factory=factory,
             sink=sink if sink is not None else KafkaSink(settings.kafka_bootstrap),
+            # the pool holds as many connections as there are slots, so a rank that got a
+            # slot finds a connection; the pool wait is a backstop (PoolTimeout -> 503)
             http=http if http is not None else httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=64, max_keepalive_connections=32)),
-            configs=ConfigCache(factory, settings.router_config_ttl_s))
+                limits=httpx.Limits(max_connections=slots, max_keepalive_connections=slots),
+                timeout=httpx.Timeout(settings.router_score_timeout_s,
+                                      pool=max(settings.router_queue_wait_s, 0.01))),
+            configs=ConfigCache(factory, settings.router_config_ttl_s),
+            limiter=UnitRateLimiter(settings.router_unit_requests_per_minute,
+                                    settings.router_rate_limit_units),
+            issued=IssuedRequests(settings.router_rate_limit_units),
+            serving_slots=asyncio.Semaphore(slots), items=items)
         app.state.router = state
         gc.freeze()  # startup's objects out of the collector's way (see the serving app)
         try:
@@ -63,7 +87,8 @@ def create_app(settings: Settings, sink: MessageSink | None = None,
         errors = [{k: e[k] for k in ("type", "loc", "msg") if k in e} for e in exc.errors()]
         return JSONResponse({"detail": errors[:20]}, status_code=422)
 
-    app.add_middleware(BodyLimit, max_bytes=settings.router_max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.router_max_body_bytes,
+                       timeout_s=settings.router_body_timeout_s)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

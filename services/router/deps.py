@@ -1,8 +1,11 @@
 """What the router's handlers get injected (Depends): settings, DB sessions, the Kafka sink,
-the HTTP client to serving, the experiment config cache, the admin key check."""
+the HTTP client to serving and the slots that bound the calls in flight, the experiment config
+cache, the per-unit rate limiter, the requests this replica issued, the item table, the admin
+key check."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Iterator
@@ -13,6 +16,8 @@ import httpx
 from fastapi import Depends, Header, HTTPException, Request
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.router.items import ItemTable
+from services.router.limiter import IssuedRequests, UnitRateLimiter
 from storage.db.experiments import ExperimentConfig, experiment_config, running_experiment_ids
 from storage.settings import Settings
 
@@ -82,6 +87,11 @@ class RouterState:
     sink: MessageSink
     http: httpx.AsyncClient
     configs: ConfigCache
+    limiter: UnitRateLimiter
+    issued: IssuedRequests
+    # score calls in flight; a rank waits router_queue_wait_s for one, then gets a 503
+    serving_slots: asyncio.Semaphore
+    items: ItemTable | None = None  # when loaded, item features come only from it
 
 
 async def get_state(request: Request) -> RouterState:
@@ -97,6 +107,17 @@ def get_session(state: StateDep) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def spend_budget(state: RouterState, key: str) -> None:
+    """One request of `key` ("unit:{unit}", or "request:{id}" for feedback on a request this
+    replica did not issue); 429 + Retry-After when its minute's budget is spent."""
+    wait_s = state.limiter.take(key)
+    if wait_s is not None:
+        raise HTTPException(429, f"over {state.settings.router_unit_requests_per_minute:g} "
+                            "requests a minute for this unit "
+                            "(CHUNKREC_ROUTER_UNIT_REQUESTS_PER_MINUTE)",
+                            headers={"Retry-After": str(wait_s)})
 
 
 def require_admin(state: StateDep,

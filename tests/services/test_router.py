@@ -101,13 +101,17 @@ def test_rank_feedback_and_phases(client) -> None:
     assert r.status_code == 200, r.text
     out = r.json()
     assert [i["item"] for i in out["items"]] == ["90", "50", "20"]
-    assert out["model_version"] == 7 and out["phase"] == 1
+    assert out["phase"] == 1 and "arm" not in out and "model" not in out  # arm kept hidden
     expected_arm = ["ctl", "fiited"][assign_arm("salt1", 1, "alice", [1, 1])]
-    assert out["arm"] == expected_arm
-    # the same unit always lands on the same arm within the phase
-    assert {c.post("/v1/rank", json=req).json()["arm"] for _ in range(5)} == {expected_arm}
     topic, key, exposure = sink.sent[0]
     assert topic == wire.EXPOSURES_TOPIC and key.decode() == out["request_id"]
+    assert exposure["arm"] == expected_arm and exposure["model_version"] == 7
+    assert c.get(f"/v1/experiments/{eid}/assignment", params={"unit_id": "alice"},
+                 headers=ADMIN).json()["arm"] == expected_arm
+    # the same unit always lands on the same arm within the phase
+    for _ in range(5):
+        c.post("/v1/rank", json=req)
+    assert {e["arm"] for t, _, e in sink.sent if t == wire.EXPOSURES_TOPIC} == {expected_arm}
     assert [s["item"] for s in exposure["shown"]] == ["90", "50", "20"]
     assert exposure["shown"][0]["features"] == {"user": "alice", "item": "90"}
     assert exposure["latency_ms"] > 0 and abs(exposure["ts"] - time.time()) < 60
@@ -122,7 +126,7 @@ def test_rank_feedback_and_phases(client) -> None:
               headers=ADMIN)
     assert r.json()["phase"] == 2
     out2 = c.post("/v1/rank", json=req).json()
-    assert out2["phase"] == 2 and out2["arm"] == "fiited"
+    assert out2["phase"] == 2 and sink.sent[-1][2]["arm"] == "fiited"
     # bad input and a failing serving tier
     assert c.post("/v1/rank", json={"unit_id": "x", "candidates": []}).status_code == 422
     assert c.post(f"/v1/experiments/{eid}/stop", headers=ADMIN).status_code == 200

@@ -4,15 +4,22 @@
     GET  /v1/experiments/{id}                 -> ExperimentOut
     POST /v1/experiments/{id}/start | /stop   -> ExperimentOut
     PUT  /v1/experiments/{id}/weights         WeightsUpdate -> ExperimentOut (next phase)
+    GET  /v1/experiments/{id}/assignment?unit_id=196  -> Assignment (the unit's arm and model
+                                              in the current phase; /v1/rank never says)
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from typing import Annotated
 
+from fastapi import APIRouter, HTTPException, Query
+
+from services.router.assignment import assign_arm
 from services.router.deps import AdminDep, SessionDep, StateDep
 from services.router.schemas import (
+    MAX_UNIT_CHARS,
     ArmOut,
+    Assignment,
     ExperimentCreate,
     ExperimentId,
     ExperimentOut,
@@ -84,3 +91,18 @@ def weights(experiment_id: ExperimentId, body: WeightsUpdate, session: SessionDe
             state: StateDep) -> ExperimentOut:
     """A new weight layout opens the next phase; units are re-bucketed for it."""
     return _change(store.set_weights, experiment_id, session, state, body.weights)
+
+
+@router.get("/{experiment_id}/assignment", response_model=Assignment)
+def assignment(experiment_id: ExperimentId, session: SessionDep,
+               unit_id: Annotated[str, Query(min_length=1, max_length=MAX_UNIT_CHARS)]
+               ) -> Assignment:
+    """The arm that serves `unit_id` in the current phase (an int unit id hashes as its
+    decimal string, as /v1/rank hashes it)."""
+    try:
+        cfg = store.experiment_config(session, experiment_id)
+    except LookupError as exc:
+        raise _fail(exc) from exc
+    arm = cfg.arms[assign_arm(cfg.salt, cfg.phase, unit_id, [a.weight for a in cfg.arms])]
+    return Assignment(experiment_id=cfg.id, phase=cfg.phase, unit_id=unit_id, arm=arm.name,
+                      model=arm.model)
