@@ -615,7 +615,7 @@ def unpack_records(records: list[bytes | None], widths: tuple[int, ...],
     """Records (None = missing) -> (float32[N, D] zero-padded, found bool[N]).
 
     Missing records read as zeros (count them with `(~found).sum()`). Raises ValueError on a
-    record whose length does not match its mask."""
+    record whose length does not match its mask, or that holds a NaN or an infinity."""
     d = sum(widths) if dim is None else dim
     if d != sum(widths):
         raise ValueError(f"widths {widths} do not sum to D={d}")
@@ -639,8 +639,11 @@ def unpack_records(records: list[bytes | None], widths: tuple[int, ...],
         raise ValueError("corrupt embedding record: length does not match its chunk mask")
     is_value = np.ones(words.shape[0], bool)
     is_value[starts] = False
+    values = words[is_value].view("<f4")
+    if not np.isfinite(values).all():  # would score NaN: a record no trainer writes
+        raise ValueError("corrupt embedding record: a value is not finite")
     rows = np.zeros((len(present), d), np.float32)
-    rows[cols] = words[is_value].view("<f4")
+    rows[cols] = values
     out[found] = rows
     return out, found
 

@@ -29,6 +29,7 @@ import logging
 import time
 
 import redis.asyncio as aioredis
+import torch
 from redis.exceptions import RedisError
 
 from models.networks import build_model
@@ -48,6 +49,10 @@ def build_loaded_model(record: wire.ModelVersion, dense_blob: bytes,
     run it in a worker thread."""
     net = build_model(record.arch, record.schema_obj, dim=int(record.dim))
     net.load_state_dict(wire.dense_from_bytes(dense_blob))
+    bad = [name for name, t in net.state_dict().items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:  # every score would be NaN: keep serving the previous version
+        raise ValueError(f"dense weights not finite: {', '.join(bad[:5])}")
     net.eval()
     model = LoadedModel(record, net, EmbeddingCache(cache_entries, sum(record.widths)),
                         time.time())

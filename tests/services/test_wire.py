@@ -189,3 +189,34 @@ def test_version_record_round_trip() -> None:
     back = wire.ModelVersion.from_json(rec.to_json())
     assert back == rec
     assert back.schema_obj == SCHEMA
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_record_holding_a_non_finite_value_is_corrupt(bad: float) -> None:
+    """No trainer writes one; serving would score NaN with it (and the router and joiner
+    would carry a null score on): it reads as corrupt, hence as missing in serving."""
+    values = np.zeros(WIDTHS[0], np.float32)
+    values[-1] = bad
+    record = (1).to_bytes(4, "little") + values.tobytes()
+    with pytest.raises(ValueError, match="not finite"):
+        wire.unpack_records([record], WIDTHS)
+
+
+def test_dense_weights_that_are_not_finite_do_not_load() -> None:
+    import torch
+
+    from models.networks import build_model
+    from services.serving.registry import build_loaded_model
+
+    schema = DatasetSchema("toy", fields=("user", "item"), dense=("age",))
+    net = build_model("dlrm", schema, dim=16)
+    with torch.no_grad():
+        next(net.parameters()).view(-1)[0] = float("nan")
+    record = wire.ModelVersion(
+        model="nan", version=1, created_at=0.0, policy="fixed:16", schema="toy",
+        fields=["user", "item"], dense_names=["age"], arch="dlrm", dim=16, widths=[16],
+        dense_key="", full=True, entries_written=0, entries_deleted=0, embedding_bytes=0,
+        embedding_value_bytes=0, redis_embedding_bytes=0, redis_embedding_records=0,
+        events_applied=0, events_checksum="0", events_invalid=0, offsets={})
+    with pytest.raises(ValueError, match="not finite"):
+        build_loaded_model(record, wire.dense_to_bytes(net.state_dict()), 100)
