@@ -68,6 +68,7 @@ class Learner:
         self.batches_trained = 0
         self.train_seconds = 0.0
         self.last_loss = float("nan")
+        self.skipped_batches = 0  # batches whose loss was not finite (see step)
 
     @property
     def samples_per_s(self) -> float:
@@ -93,15 +94,24 @@ class Learner:
 
     def step(self, batch: SparseBatch) -> np.ndarray:
         """Score `batch` with the current parameters, record the scores, then train on it.
-        Returns the recorded click probabilities float32[B]."""
+        Returns the recorded click probabilities float32[B]. A batch whose loss is not finite
+        is neither recorded nor learned from (counted in `skipped_batches`)."""
         t0 = time.perf_counter()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         emb = self.policy.lookup(batch.ids, train=True)
         logits = self.model(emb, self._dense(batch))
         pred = torch.sigmoid(logits.detach()).numpy().astype(np.float32, copy=True)
-        self.metrics.update(pred, batch.labels)
         loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(batch.labels))
+        if not torch.isfinite(loss):
+            # inputs at the edge of float32 overflow the forward pass: one such batch would
+            # make every weight NaN for good. It is not learned from (the policy steps with no
+            # gradient) nor recorded (its NaN would poison the running metrics).
+            self.skipped_batches += 1
+            self.policy.apply_gradients()
+            self.train_seconds += time.perf_counter() - t0
+            return pred
+        self.metrics.update(pred, batch.labels)
         loss.backward()
         self.optimizer.step()
         self.policy.apply_gradients()

@@ -126,3 +126,25 @@ def test_unknown_optimizer() -> None:
     policy = TorchEmbeddingPolicy(4, num_fields=3, rows=16)
     with pytest.raises(ValueError, match="optimizer"):
         Learner(build_model("mlp", SCHEMA, 4), policy, optimizer="sgd")
+
+
+@pytest.mark.parametrize("spec", ["fixed:16", "fiited:dim=16,budget=0.5", "dml", "amtl"])
+def test_a_batch_that_overflows_is_skipped_not_learned(spec: str) -> None:
+    """A valid event may carry a dense value at float32's edge (the wire allows up to 3.4e38):
+    the forward pass overflows, and one backward through it would make every weight NaN."""
+    learner = make_learner(spec, model="dlrm")
+    batches = planted(2048)
+    learner.run(batches[:4])
+    edge = batches[4]
+    edge = SparseBatch(SCHEMA, edge.labels, edge.ids,
+                       np.full_like(edge.dense, np.finfo(np.float32).max))
+    learner.step(edge)
+    assert learner.skipped_batches == 1
+    learner.run(batches[5:])
+    assert all(torch.isfinite(p).all() for p in learner.model.parameters())
+    assert np.isfinite(learner.metrics.running()["logloss"])
+    assert len(learner.metrics) == 2048 - len(edge)
+    # as good as a learner that never saw the batch
+    ref = make_learner(spec, model="dlrm")
+    ref.run(batches[:4] + batches[5:])
+    assert learner.metrics.auc() == pytest.approx(ref.metrics.auc(), abs=0.02)
