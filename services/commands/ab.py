@@ -69,6 +69,13 @@ def route(host: Annotated[str | None, typer.Option()] = None,
     # traceback of a failed lifespan
     problem = None if settings.router_migrate else schema_problem(
         settings.resolved_database_url)
+    if problem is None and settings.router_item_table is not None:
+        from services.router.items import ItemTable, ItemTableError
+
+        try:
+            ItemTable.load(settings.router_item_table)
+        except ItemTableError as exc:
+            problem = str(exc)
     if problem is not None:
         typer.echo(f"error: {problem}", err=True)
         raise typer.Exit(2)

@@ -226,6 +226,15 @@ def test_client_mistakes_are_4xx_not_5xx(router) -> None:
         r = c.post("/v1/rank", json=many)
         assert r.status_code == 413, (r.status_code, r.text)
         no_internals(r)
+    # what the router accepts, serving's schema accepts: the edges of each bound
+    from services.router.schemas import RankRequest
+    from services.serving.schemas import ScoreRequest
+
+    edge = RankRequest.model_validate({
+        "unit_id": wire.INT64_MIN, "context": {"user": "u" * wire.MAX_STRING_CHARS},
+        "candidates": [{"item": "1", "features": {"a.b-c_9": wire.INT64_MAX, "e": ""}}]})
+    ScoreRequest.model_validate({"model": "m", "items": [
+        {"features": {**edge.context, **c.features}} for c in edge.candidates]})
 
 
 # --- finding 6: arms hidden, candidates and units capped, item features server-side ---------
@@ -295,6 +304,18 @@ def test_item_table_supplies_item_features(router, tap, tmp_path: Path) -> None:
     assert {s["item"]: s["features"] for s in exposure["shown"]} == {
         "2": {"user": "u", "item": "2", "genre": "Comedy"},
         "1": {"user": "u", "item": "1", "genre": "Drama"}}
+    from services.router.items import ItemTable, ItemTableError
+
+    dup = tmp_path / "dup.csv"
+    dup.write_text("item,genre\n1,Drama\n1,Comedy\n")
+    with pytest.raises(ItemTableError, match="twice"):
+        ItemTable.load(dup)
+    from services.cli import app as cli
+
+    run = CliRunner().invoke(cli, ["route"], env={
+        "CHUNKREC_ROUTER_ITEM_TABLE": str(dup), "CHUNKREC_ROUTER_MIGRATE": "1",
+        "CHUNKREC_DATABASE_URL": f"sqlite:///{tmp_path / 'never.db'}"})
+    assert run.exit_code == 2 and "twice" in run.output, run.output
 
 
 # --- finding 8: a saturated serving tier sheds load with 503 + Retry-After ------------------

@@ -33,8 +33,8 @@ from storage.db.experiments import ExperimentConfig
 router = APIRouter(tags=["rank"])
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = 1  # a saturated serving tier frees slots within a score timeout or so
-# what an exposure holds beyond the features sent to serving: its fixed keys, and per shown
-# item its id, position and score
+# what an exposure holds beyond the features sent to serving, its item ids and unit id: its
+# other keys, and per shown item the keys, position and score
 EXPOSURE_BYTES_FIXED = 1024
 EXPOSURE_BYTES_PER_ITEM = 64
 
@@ -164,8 +164,10 @@ async def rank(req: RankRequest, state: StateDep) -> RankResponse:
     arm = cfg.arms[assign_arm(cfg.salt, cfg.phase, unit, [a.weight for a in cfg.arms])]
     content = orjson.dumps({"model": arm.model, "items": [{"features": f} for f in items]})
     limit = state.settings.router_max_exposure_bytes
-    # the exposure holds the shown items' features, a subset of what serving gets
-    bound = len(content) + EXPOSURE_BYTES_FIXED + len(items) * EXPOSURE_BYTES_PER_ITEM
+    # the exposure holds the shown items' features (a subset of what serving gets), their
+    # ids and the unit id, each JSON-escaped as here
+    bound = (len(content) + len(orjson.dumps(unit)) + EXPOSURE_BYTES_FIXED
+             + sum(len(orjson.dumps(c.item)) + EXPOSURE_BYTES_PER_ITEM for c in req.candidates))
     if bound > limit:
         raise _too_large(bound, limit)
     scores, version = await _score(state, arm.model, content, len(items))
