@@ -8,6 +8,8 @@ dashboard's FIITED chart).
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import redis
 from sqlalchemy import select
@@ -16,6 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from services import wire
 from storage.batch import DatasetSchema
 from storage.db.models import Model, ModelVersionRow
+
+log = logging.getLogger("chunkrec.versions")
 
 
 def chunk_histogram(client: redis.Redis, model: str, sample: int = 2000) -> dict[str, int]:
@@ -45,7 +49,11 @@ def record_versions(factory: sessionmaker[Session], client: redis.Redis,
         blob = client.get(wire.version_key(name))
         if blob is None:
             continue
-        ver = wire.ModelVersion.from_json(blob)
+        try:
+            ver = wire.ModelVersion.from_json(blob)
+        except ValueError as exc:  # anything may sit under the key: skip it, keep the rest
+            log.warning("%s: unreadable version record (%s)", name, str(exc)[:200])
+            continue
         with factory.begin() as s:
             model = s.scalar(select(Model).where(Model.name == name))
             if model is None:
@@ -74,4 +82,10 @@ def schema_of(client: redis.Redis, model: str) -> DatasetSchema | None:
     """The schema (name, fields, dense names) `model`'s current version in Redis trains on;
     None while the model has published no version."""
     blob = client.get(wire.version_key(model))
-    return wire.ModelVersion.from_json(blob).schema_obj if blob else None
+    if not blob:
+        return None
+    try:
+        return wire.ModelVersion.from_json(blob).schema_obj
+    except ValueError as exc:
+        log.warning("%s: unreadable version record (%s)", model, str(exc)[:200])
+        return None

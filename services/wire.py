@@ -70,6 +70,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
+from pydantic import TypeAdapter
 
 from storage.batch import MISSING_ID, DatasetSchema, SparseBatch, hash_values
 
@@ -686,7 +687,8 @@ class ModelVersion:
     events_checksum: str  # decimal uint64: sum of event_id_hashes of applied events mod 2^64
     events_invalid: int
     offsets: dict[str, int]  # "topic:partition" -> next offset to read
-    metrics: dict[str, float] = field(default_factory=dict)  # auc, logloss, window_auc, ...
+    metrics: dict[str, float | None] = field(default_factory=dict)  # auc, logloss, ... (null:
+    # not defined yet)
     wire_version: int = WIRE_VERSION
 
     def to_json(self) -> bytes:
@@ -694,15 +696,20 @@ class ModelVersion:
 
     @classmethod
     def from_json(cls, blob: bytes | str) -> ModelVersion:
+        """Parse and type-check a record (anything may sit in Redis under the key): raises
+        ValueError (orjson's or pydantic's) when it is not a version record."""
         doc = orjson.loads(blob)
         if not isinstance(doc, dict):
             raise ValueError(f"version record: expected a JSON object, got {type(doc).__name__}")
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in doc.items() if k in known})
+        return _VERSION_ADAPTER.validate_python({k: v for k, v in doc.items() if k in known})
 
     @property
     def schema_obj(self) -> DatasetSchema:
         return DatasetSchema(self.schema, tuple(self.fields), tuple(self.dense_names))
+
+
+_VERSION_ADAPTER = TypeAdapter(ModelVersion)
 
 
 def finite_or_none(x: float) -> float | None:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -91,6 +92,7 @@ def join(default_schema: Annotated[str, typer.Option(
     """Run the joiner: exposures + feedback -> labelled events and outcomes; also records the
     arms' model versions (embedding bytes, live-chunk histogram) from Redis."""
     import redis
+    from sqlalchemy.exc import SQLAlchemyError
 
     from services.joiner import JoinerService
     from services.version_recorder import record_versions, schema_of
@@ -122,10 +124,14 @@ def join(default_schema: Annotated[str, typer.Option(
         if time.monotonic() - last[0] < record_every_s:
             return
         last[0] = time.monotonic()
-        with factory() as s:
-            models = sorted({a.model for e in running_experiment_ids(s)
-                             for a in experiment_config(s, e).arms})
-        record_versions(factory, client, models)
+        try:
+            with factory() as s:
+                models = sorted({a.model for e in running_experiment_ids(s)
+                                 for a in experiment_config(s, e).arms})
+            record_versions(factory, client, models)
+        except (redis.RedisError, SQLAlchemyError) as exc:  # the join goes on; next tick retries
+            logging.getLogger("chunkrec.versions").warning("recording versions: %s",
+                                                          str(exc)[:300])
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

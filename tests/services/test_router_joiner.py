@@ -163,3 +163,28 @@ def test_version_recorder_copies_versions_and_chunk_histogram(redis_client, db_f
         row = s.scalars(select(ModelVersionRow)).one()
     assert (row.version, row.embedding_bytes, row.metrics) == (4, 9999, {"auc": 0.7})
     assert row.chunk_histogram == {"1": 1, "2": 2, "3": 2}
+
+
+def test_version_recorder_skips_records_that_are_not_versions(redis_client, db_factory) -> None:
+    """Anything may sit under a model's version key: the joiner's recorder skips it (it used
+    to raise inside the joiner's tick and stop the joiner)."""
+    from services import wire
+    from services.version_recorder import record_versions, schema_of
+
+    good = f"m{uuid.uuid4().hex[:6]}"
+    ver = wire.ModelVersion(
+        model=good, version=1, created_at=1.0, policy="fixed:8", schema="sim",
+        fields=["user"], dense_names=[], arch="mlp", dim=8, widths=[8],
+        dense_key=wire.dense_key(good, 1), full=True, entries_written=0, entries_deleted=0,
+        embedding_bytes=1, embedding_value_bytes=1, redis_embedding_bytes=0,
+        redis_embedding_records=0, events_applied=0, events_checksum="0", events_invalid=0,
+        offsets={}, metrics={"auc": None})
+    redis_client.set(wire.version_key(good), ver.to_json())
+    junk = {f"j{uuid.uuid4().hex[:6]}": blob for blob in (
+        b"{not json", b"[1]", b'{"version": "x"}', ver.to_json().replace(b'"dim":8',
+                                                                         b'"dim":"eight"'))}
+    for name, blob in junk.items():
+        redis_client.set(wire.version_key(name), blob)
+        assert schema_of(redis_client, name) is None
+    assert record_versions(db_factory, redis_client, [*junk, good]) == 1
+    assert schema_of(redis_client, good).fields == ("user",)
