@@ -1,16 +1,36 @@
 """The one Settings object (env prefix CHUNKREC_). Read once by the entry points and passed in;
-no other module reads os.environ."""
+no other module reads os.environ.
+
+Every value is validated when read: numbers have bounds and are finite, choices are Literal,
+ports are 1..65535, addresses non-empty. `get_settings()` turns a refusal into a SettingsError
+whose message is one line naming the variable, e.g.
+`CHUNKREC_PUBLISH_INTERVAL_S='nan': Input should be a finite number`."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+Host = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CHUNKREC_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="CHUNKREC_", env_file=".env", extra="ignore",
+                                      allow_inf_nan=False)  # a nan interval never fires
 
     data_dir: Path = Field(
         default=Path.home() / ".cache" / "chunkrec",
@@ -20,51 +40,52 @@ class Settings(BaseSettings):
         default=Path(__file__).resolve().parents[2] / "shared" / "data",
         description="where the real sample data sets live (../shared/data beside the repo)",
     )
-    batch_size: int = 1024
-    seed: int = 0
+    batch_size: PositiveInt = 1024
+    seed: NonNegativeInt = 0
 
     # --- streaming system: broker, Redis, trainer (services/trainer.py) ---
     kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka host:port")
     # secrets: repr=False keeps them out of any logged Settings; a password may sit in the URL
     # (redis://:PASSWORD@host:port/0) or apart in redis_password, which overrides it
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis for serving",
-                           repr=False)
+                           repr=False, pattern=r"^(redis|rediss|unix)://.")
     redis_password: str = Field(default="", repr=False, description="Redis AUTH password")
     checkpoint_dir: Path = Field(
         default=Path.home() / ".cache" / "chunkrec" / "checkpoints",
         description="trainer checkpoints, one folder per model",
     )
-    checkpoint_interval_s: float = 30.0  # checkpoint at least this often while events arrive
-    checkpoint_every_events: int = 200_000  # ... and after this many applied events (0: off)
-    checkpoints_kept: int = 2
-    publish_interval_s: float = 2.0  # a new model version in Redis this often
-    trainer_batch_events: int = 512  # micro-batch rows of a training step
-    trainer_linger_ms: int = 50  # train a partial micro-batch after waiting this long
-    trainer_max_poll_records: int = 64  # Kafka messages per poll (each holds many events)
-    trainer_threads: int | None = None  # torch.set_num_threads for the trainer
-    trainer_start: str = "earliest"  # where a model without a checkpoint starts: or "latest"
-    metrics_window: int = 10_000  # rows of the "recent" online metrics
-    redis_write_chunk: int = 2_000  # keys per Redis write script (~5 ms of Redis time)
-    dense_versions_kept: int = 3  # dense-weight blobs kept in Redis (older ones deleted)
+    checkpoint_interval_s: PositiveFloat = 30.0  # checkpoint this often while events arrive
+    checkpoint_every_events: NonNegativeInt = 200_000  # ... and after this many events (0: off)
+    checkpoints_kept: PositiveInt = 2
+    publish_interval_s: PositiveFloat = 2.0  # a new model version in Redis this often
+    trainer_batch_events: PositiveInt = 512  # micro-batch rows of a training step
+    trainer_linger_ms: NonNegativeInt = 50  # train a partial micro-batch after waiting this long
+    trainer_max_poll_records: PositiveInt = 64  # Kafka messages per poll (each holds many events)
+    trainer_threads: int | None = Field(default=None, ge=1)  # torch.set_num_threads, trainer
+    # where a model without a checkpoint starts reading the events topic
+    trainer_start: Literal["earliest", "latest"] = "earliest"
+    metrics_window: PositiveInt = 10_000  # rows of the "recent" online metrics
+    redis_write_chunk: PositiveInt = 2_000  # keys per Redis write script (~5 ms of Redis time)
+    dense_versions_kept: PositiveInt = 3  # dense-weight blobs kept in Redis (older ones deleted)
     # one trainer per model (services/lease.py): the owner's lease in Redis lasts this long
     # unless renewed (every third of it); a second trainer waits this long, then is refused
     trainer_lease_ttl_s: float = Field(default=10.0, gt=0, le=3600, allow_inf_nan=False)
     # tansu assigns a group's partitions only after max_poll_interval; keep it small
-    kafka_session_timeout_ms: int = 6_000
-    kafka_heartbeat_interval_ms: int = 2_000
-    kafka_max_poll_interval_ms: int = 5_000
-    replay_batch_events: int = 200  # events per Kafka message
+    kafka_session_timeout_ms: PositiveInt = 6_000
+    kafka_heartbeat_interval_ms: PositiveInt = 2_000  # below the session timeout (Kafka's rule)
+    kafka_max_poll_interval_ms: PositiveInt = 5_000
+    replay_batch_events: PositiveInt = 200  # events per Kafka message
 
     # --- serving (services/serving) and the local stack (services/stack.py) ---
-    serving_host: str = "127.0.0.1"
-    serving_port: int = 8000
+    serving_host: Host = "127.0.0.1"
+    serving_port: Port = 8000
     serving_models: str = ""  # comma-separated model names to serve; empty: every model in Redis
-    serving_max_items: int = 1000  # items per /v1/score request
-    serving_max_body_bytes: int = 2 << 20  # request body limit (413 beyond it)
-    serving_cache_entries: int = 200_000  # embedding records cached per model (LRU)
-    serving_poll_s: float = 1.0  # version check interval besides the pub/sub announcements
-    serving_mget_chunk: int = 1000  # keys per MGET in one pipelined round trip
-    serving_threads: int = 1  # torch.set_num_threads for the serving process
+    serving_max_items: PositiveInt = 1000  # items per /v1/score request
+    serving_max_body_bytes: PositiveInt = 2 << 20  # request body limit (413 beyond it)
+    serving_cache_entries: NonNegativeInt = 200_000  # records cached per model (LRU); 0: off
+    serving_poll_s: PositiveFloat = 1.0  # version check interval besides the pub/sub announcements
+    serving_mget_chunk: PositiveInt = 1000  # keys per MGET in one pipelined round trip
+    serving_threads: NonNegativeInt = 1  # torch.set_num_threads for serving; 0: torch's
     serving_stale_after_s: float = Field(
         default=10.0, gt=0, description="a served model whose version refresh has failed for "
         "this long makes /readyz answer 503")
@@ -87,15 +108,15 @@ class Settings(BaseSettings):
     database_url: str = Field(
         default="", repr=False,
         description="SQLAlchemy URL (may hold a password); empty: SQLite at data_dir/chunkrec.db")
-    router_host: str = "127.0.0.1"
-    router_port: int = 8100
+    router_host: Host = "127.0.0.1"
+    router_port: Port = 8100
     router_api_key: str = Field(default="", repr=False,
                                 description="admin API key; empty: admin refused")
     serving_url: str = Field(default="", description="serving base URL for the router; empty: "
-                             "http://serving_host:serving_port")
-    router_max_body_bytes: int = 2 << 20  # request body limit of the router (413 beyond it)
-    router_config_ttl_s: float = 1.0  # how long a router replica caches experiment configs
-    router_score_timeout_s: float = 2.0
+                             "http://serving_host:serving_port", pattern=r"^(|https?://.+)$")
+    router_max_body_bytes: PositiveInt = 2 << 20  # request body limit of the router (413 beyond it)
+    router_config_ttl_s: NonNegativeFloat = 1.0  # how long a replica caches experiment configs
+    router_score_timeout_s: PositiveFloat = 2.0
     router_body_timeout_s: float = Field(
         default=10.0, gt=0, description="time to receive a whole request body at the router "
         "(408 beyond it)")
@@ -123,9 +144,29 @@ class Settings(BaseSettings):
     router_migrate: bool = Field(
         default=False, description="upgrade the database to the newest schema when the "
         "router starts (else a database behind it stops the router)")
-    attribution_window_s: float = 30.0  # feedback counts as a click within this after exposure
-    joiner_grace_s: float = 5.0  # an exposure closes this long after its window (late arrivals)
+    attribution_window_s: PositiveFloat = 30.0  # feedback within this after exposure is a click
+    joiner_grace_s: NonNegativeFloat = 5.0  # an exposure closes this long after its window
     joiner_wall_clock: bool = True  # close windows by wall time too, not only by event time
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_servers(cls, v: str) -> str:
+        """host:port[,host:port...], every port in 1..65535."""
+        for server in v.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"expected host:port[,host:port...], got {server.strip()!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _heartbeat_within_session(self) -> Settings:
+        # The broker refuses a consumer whose heartbeat is not below its session timeout, but
+        # only once the trainer has connected; say so at start instead.
+        if self.kafka_heartbeat_interval_ms >= self.kafka_session_timeout_ms:
+            raise ValueError(
+                f"CHUNKREC_KAFKA_HEARTBEAT_INTERVAL_MS={self.kafka_heartbeat_interval_ms} must be "
+                f"below CHUNKREC_KAFKA_SESSION_TIMEOUT_MS={self.kafka_session_timeout_ms}")
+        return self
 
     @property
     def resolved_database_url(self) -> str:
@@ -143,5 +184,35 @@ class Settings(BaseSettings):
         return self.serving_url or f"http://{self.serving_host}:{self.serving_port}"
 
 
-def get_settings() -> Settings:
-    return Settings()
+class SettingsError(ValueError):
+    """A refused setting; the message is one line naming the variable."""
+
+
+def describe_validation_error(exc: ValidationError, name: Any = str,
+                              secret: frozenset[str] = frozenset()) -> str:
+    """One line for a pydantic refusal: `NAME=input: reason` per error, joined by '; '.
+    `name` maps a field's name to what the user typed (an environment variable, a spec key);
+    the input of a `secret` field is not shown (a URL may hold a password)."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if not err["loc"]:  # a whole-object check: its message names what it checks
+            parts.append(msg)
+            continue
+        field = str(err["loc"][0])
+        value = err.get("input")
+        shown = isinstance(value, str | int | float) and field not in secret
+        parts.append(f"{name(field)}={value!r}: {msg}" if shown else f"{name(field)}: {msg}")
+    return "; ".join(parts).replace("\n", " ")
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with `overrides` (what a command line sets) winning.
+    Raises SettingsError (one line naming the variable) when a value is refused."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        prefix = Settings.model_config.get("env_prefix", "")
+        secret = frozenset(n for n, f in Settings.model_fields.items() if not f.repr)
+        raise SettingsError(describe_validation_error(
+            exc, name=lambda field: f"{prefix}{field}".upper(), secret=secret)) from None
