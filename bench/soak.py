@@ -132,11 +132,13 @@ def start_experiment(router_url: str) -> int:
     return eid
 
 
-def rank_bodies(score_bodies: list[bytes]) -> list[bytes]:
-    """The serving bodies as /v1/rank requests: user fields as context, the rest per item."""
+def rank_bodies(score_bodies: list[bytes], max_candidates: int) -> list[bytes]:
+    """The serving bodies as /v1/rank requests: user fields as context, the rest per item;
+    at most `max_candidates` each (the router's CHUNKREC_ROUTER_MAX_CANDIDATES, 422 beyond)."""
     out = []
     for k, raw in enumerate(score_bodies):
         items = orjson.loads(raw)["items"]
+        assert len(items) <= max_candidates, f"{len(items)} candidates, at most {max_candidates}"
         first = items[0]["features"]
         user_keys = ("user", "gender", "age", "occupation", "zip")
         context = {f: first[f] for f in user_keys}
@@ -209,14 +211,17 @@ def main() -> None:
                     env = {**os.environ, "CHUNKREC_REDIS_URL": store.url,
                            "CHUNKREC_KAFKA_BOOTSTRAP": broker.address,
                            "CHUNKREC_SERVING_URL": surl, "CHUNKREC_ROUTER_API_KEY": API_KEY,
-                           "CHUNKREC_DATABASE_URL": f"sqlite:///{work / 'meta.db'}"}
+                           "CHUNKREC_DATABASE_URL": f"sqlite:///{work / 'meta.db'}",
+                           # wrk replays 20 unit ids at full speed: the per-unit limit (1,200
+                           # a minute by default) would turn the soak into a 429 count
+                           "CHUNKREC_ROUTER_UNIT_REQUESTS_PER_MINUTE": "1e12"}
                     rport = free_port()
                     with start_router(rport, env, work / "router.log") as router:
                         rurl = f"http://127.0.0.1:{rport}"
                         start_experiment(rurl)
-                        results["router"] = soak(
-                            "router /v1/rank", rurl, "/v1/rank", rank_bodies(bodies), args,
-                            work, {**procs, "router": router})
+                        ranks = rank_bodies(bodies, settings.router_max_candidates)
+                        results["router"] = soak("router /v1/rank", rurl, "/v1/rank", ranks,
+                                                 args, work, {**procs, "router": router})
     print(f"\nsoak bench: {args.minutes} x {args.segment_s:g} s at {args.load:.0%} of the "
           f"measured maximum, {args.concurrency} wrk connections, 100 candidates/request, "
           f"model {POLICY} ({seeded['records']:,} records), {os.cpu_count()} CPUs")

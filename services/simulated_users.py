@@ -9,6 +9,12 @@ differs by ranking quality alone.
 
     sessions = build_sessions(ratings, session_items=3)
     stats = simulate(http_client, router_url, sessions, features, ...)
+
+Features: the user's (user, gender, age, occupation, zip) go as the request's context; the
+item's (item, genre: ITEM_FEATURES) either with each candidate or, when the router serves
+them from its item table (`item_table(features)` written to CHUNKREC_ROUTER_ITEM_TABLE), not
+at all: candidates are then `{"item": id}`. Either way the router merges them into the
+MovieLens schema's seven fields.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import pandas as pd
 
 from services.replay import TokenBucket
 from storage.datasets.spec import DatasetError, open_dataset
+
+ITEM_FEATURES = ("item", "genre")  # what a candidate carries (or the item table holds)
 
 
 @dataclass
@@ -49,8 +57,6 @@ class UserStats:
     clicks: int = 0
     errors: int = 0
     seconds: float = 0.0
-    # not filled: /v1/rank no longer says which arm served (see `chunkrec report` per arm)
-    arms: dict[str, int] | None = None
 
 
 def build_sessions(ratings: pd.DataFrame, session_items: int = 3,
@@ -91,9 +97,23 @@ def load_movielens(spec: str) -> tuple[pd.DataFrame, UserFeatures]:
     return t.ratings, feats
 
 
+def item_table(feats: UserFeatures) -> pd.DataFrame:
+    """The router's item table (columns ITEM_FEATURES, one row per item of the data set), the
+    values a candidate would carry: rank_request(..., item_features=False) needs it loaded.
+
+        item_table(feats).to_csv(path, index=False)   # item,genre / 1,Animation / ...
+    """
+    items = pd.Series(feats.all_items, dtype=np.int64)
+    return pd.DataFrame({"item": items.astype(str),
+                         "genre": items.map(feats.genres).fillna("").astype(str)},
+                        columns=list(ITEM_FEATURES))
+
+
 def rank_request(s: Session, feats: UserFeatures, rng: np.random.Generator, negatives: int,
-                 top_k: int) -> tuple[dict, set[str]]:
-    """The /v1/rank body of a session, and the items the user would click (rating >= 4)."""
+                 top_k: int, item_features: bool = True) -> tuple[dict, set[str]]:
+    """The /v1/rank body of a session, and the items the user would click (rating >= 4).
+    Without `item_features` the candidates are item ids only (the router's table has the
+    rest)."""
     seen = feats.rated.get(s.user, set())
     pool = rng.choice(feats.all_items, size=min(len(feats.all_items), 4 * negatives + 8),
                       replace=False)
@@ -101,8 +121,8 @@ def rank_request(s: Session, feats: UserFeatures, rng: np.random.Generator, nega
     items = [int(i) for i in s.items] + neg
     rng.shuffle(items)
     context = {"user": str(s.user), **feats.users.get(s.user, {})}
-    cands = [{"item": str(i), "features": {"item": str(i), "genre": feats.genres.get(i, "")}}
-             for i in items]
+    cands = ([{"item": str(i), "features": {"item": str(i), "genre": feats.genres.get(i, "")}}
+              for i in items] if item_features else [{"item": str(i)} for i in items])
     liked = {str(int(i)) for i, r in zip(s.items, s.ratings, strict=True) if r >= 4}
     return {"unit_id": str(s.user), "candidates": cands, "context": context,
             "top_k": top_k}, liked
@@ -110,9 +130,10 @@ def rank_request(s: Session, feats: UserFeatures, rng: np.random.Generator, nega
 
 def simulate(client, router_url: str, sessions: list[Session], feats: UserFeatures,  # type: ignore[no-untyped-def]
              negatives: int = 7, top_k: int = 3, rate: float | None = None, seed: int = 0,
-             experiment_id: int | None = None,
+             experiment_id: int | None = None, item_features: bool = True,
              progress: Callable[[int], None] | None = None) -> UserStats:
-    """Drive the router with `sessions` through `client` (an httpx.Client or a TestClient)."""
+    """Drive the router with `sessions` through `client` (an httpx.Client or a TestClient);
+    `item_features=False` when the router has an item table (candidates are ids only)."""
     rng = np.random.default_rng(seed)
     bucket = TokenBucket(rate, burst=max(1.0, rate * 0.1)) if rate else None
     st = UserStats()
@@ -121,7 +142,7 @@ def simulate(client, router_url: str, sessions: list[Session], feats: UserFeatur
     for s in sessions:
         if bucket is not None:
             bucket.take(1)
-        body, liked = rank_request(s, feats, rng, negatives, top_k)
+        body, liked = rank_request(s, feats, rng, negatives, top_k, item_features)
         if experiment_id is not None:
             body["experiment_id"] = experiment_id
         r = client.post(f"{base}/v1/rank", json=body)

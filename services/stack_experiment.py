@@ -29,6 +29,19 @@ users then replay the sessions made of the remaining ratings (`--skip-ratings`),
 model has seen the labels of the items it ranks: the arms' CTRs measure prediction, not
 recall of the training data.
 
+Items: the router serves item features from a table (`{run_dir}/items.csv`: item, genre;
+CHUNKREC_ROUTER_ITEM_TABLE), written from the data set before it starts; the users send item
+ids and their own features (the context), and the exposures carry both, the MovieLens schema's
+fields, as the trainers read them.
+
+Rate limit: the users replay each MovieLens user's history in seconds, so one unit sends at
+once what its user sent over months: a rank and up to top_k (3) clicks per session. On
+MovieLens-100k that fits the router's default of 1,200 a minute per unit (the busiest user
+has 246 sessions, at most 984 requests, within the bucket's first minute); a MovieLens-1M
+user has up to 772 sessions, ~3,000 requests, and would get 429s. The stack's router lifts
+the per-unit limit (DEMO_UNIT_REQUESTS_PER_MINUTE) unless
+CHUNKREC_ROUTER_UNIT_REQUESTS_PER_MINUTE is set.
+
 Every child is started through the stack (its state file, its logs, stopped with it). The
 router's admin key is generated per run, given to the router process only (its environment)
 and written to `{run_dir}/router_api_key` (mode 0600); it is never printed or logged.
@@ -42,6 +55,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -54,6 +68,7 @@ EXPERIMENT_MODELS = (("fixed64", "fixed:64"), ("fiited", "fiited:budget=0.25"),
                      ("fixed_eq", "fixed:8,pad=64"))
 CONTROL = "fixed64"
 WARMUP_SHARE = 0.8  # of the ratings, replayed to `events` before the users arrive
+DEMO_UNIT_REQUESTS_PER_MINUTE = 1e9  # see module docstring (rate limit)
 _USERS_DONE = re.compile(r"([\d,]+) requests, ([\d,]+) shown, ([\d,]+) clicks .*?(\d+) errors")
 
 
@@ -93,6 +108,7 @@ class StackExperiment:
         self.router_url = ""
         self.experiment_id: int | None = None
         self.key_file = stack.run_dir / "router_api_key"
+        self.item_table = stack.run_dir / "items.csv"
         self.http = httpx.Client(timeout=10.0)
 
     @property
@@ -116,15 +132,21 @@ class StackExperiment:
         create_topics(stack.broker.address, {wire.EXPOSURES_TOPIC: 2, wire.FEEDBACK_TOPIC: 2})
         say(f"metadata database: {self.database_url} (migrations applied)")
         upgrade(self.database_url)
+        say(f"item table: {self.item_table} (the router's item features)")
+        write_item_table(self.plan.data, self.item_table)
         port = free_port()
         self.router_url = f"http://127.0.0.1:{port}"
         updates: dict[str, object] = {
             "database_url": self.database_url, "router_host": "127.0.0.1",
             "router_port": port, "serving_url": stack.serving_url,
             "router_api_key": "",  # the key goes to the router process alone
+            # the router and the users (who then send item ids only)
+            "router_item_table": self.item_table,
         }
         for name, value in (("attribution_window_s", self.plan.window_s),
-                            ("joiner_grace_s", self.plan.grace_s)):
+                            ("joiner_grace_s", self.plan.grace_s),
+                            ("router_unit_requests_per_minute",
+                             DEMO_UNIT_REQUESTS_PER_MINUTE)):
             if name not in s.model_fields_set:
                 updates[name] = value
         stack.configure_children(**updates)
@@ -222,6 +244,15 @@ class StackExperiment:
 
     def close(self) -> None:
         self.http.close()
+
+
+def write_item_table(data: str, path: Path) -> None:
+    """The router's item table of a MovieLens data set (simulated_users.item_table) as CSV."""
+    from services.simulated_users import item_table, load_movielens
+
+    _, feats = load_movielens(data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    item_table(feats).to_csv(path, index=False)
 
 
 def warmup_events(data: str, share: float = WARMUP_SHARE) -> int:

@@ -94,6 +94,9 @@ def test_up_runs_the_experiment_to_its_verdict_and_stops_everything(tmp_path: Pa
     assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/experiments/1 +\(HTTP 200\)",
                      verdict), verdict
     assert "simulated users: 100 requests" in out and "100 requests joined" in out, out[-2000:]
+    # the router served item features from the run's table; the users sent item ids only
+    items = next((tmp_path / "stack" / "runs").glob("*/items.csv")).read_text().splitlines()
+    assert items[0] == "item,genre" and len(items) == 1 + 1682
     api_key = next((tmp_path / "stack" / "runs").glob("*/router_api_key")).read_text().strip()
     logs = "".join(p.read_text(errors="replace")
                    for p in (tmp_path / "stack" / "runs").glob("*/logs/*.log"))
