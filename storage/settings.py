@@ -103,6 +103,12 @@ class Settings(BaseSettings):
         "connection before its 503")
     serving_body_timeout_s: float = Field(
         default=10.0, gt=0, description="time to receive a whole request body (408 beyond it)")
+    serving_max_inflight: int = Field(
+        default=16, gt=0, description="/v1/score requests scored at once; more wait for a slot "
+        "(admitted ones keep the event loop free enough for Redis' replies to be read in time)")
+    serving_queue_wait_s: float = Field(
+        default=1.0, ge=0, description="how long a score request waits for a slot before its "
+        "503 + Retry-After")
 
     # --- metadata database, A/B router, joiner (storage/db, services/router, services/joiner) ---
     database_url: str = Field(
@@ -196,6 +202,8 @@ def describe_validation_error(exc: ValidationError, name: Any = str,
     parts = []
     for err in exc.errors(include_url=False):
         msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+            msg = "unknown name"
         if not err["loc"]:  # a whole-object check: its message names what it checks
             parts.append(msg)
             continue

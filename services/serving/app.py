@@ -101,6 +101,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.metrics = serving_metrics
     app.state.hasher = RawIdHasher(max_bytes=settings.serving_hash_memo_bytes)
     app.state.log_throttle = LogThrottle()
+    # admission: past this many requests in scoring, a burst queues (then sheds with 503)
+    # instead of starving the event loop so that every request's Redis reads time out
+    app.state.score_slots = asyncio.Semaphore(settings.serving_max_inflight)
     app.include_router(score.router)
     app.include_router(health.router)
     app.include_router(metrics.router)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 import redis.asyncio as aioredis
@@ -39,9 +40,14 @@ async def get_log_throttle(request: Request) -> LogThrottle:
     return request.app.state.log_throttle
 
 
+async def get_score_slots(request: Request) -> asyncio.Semaphore:
+    return request.app.state.score_slots
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
 MetricsDep = Annotated[ServingMetrics, Depends(get_metrics)]
 HasherDep = Annotated[RawIdHasher, Depends(get_hasher)]
 LogThrottleDep = Annotated[LogThrottle, Depends(get_log_throttle)]
+ScoreSlotsDep = Annotated[asyncio.Semaphore, Depends(get_score_slots)]

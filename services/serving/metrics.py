@@ -61,6 +61,9 @@ class ServingMetrics:
         self.corrupt_records = Counter("chunkrec_serving_corrupt_records",
                                        "Embedding records fetched that did not decode (read "
                                        "as missing)", ["model"], registry=r)
+        self.shed = Counter("chunkrec_serving_shed",
+                            "Score requests answered 503 because every slot stayed busy "
+                            "(serving_max_inflight, serving_queue_wait_s)", registry=r)
         self.redis_errors = Counter("chunkrec_serving_redis_errors",
                                     "Requests answered 503 because Redis failed", ["kind"],
                                     registry=r)

@@ -425,3 +425,39 @@ def test_a_prompt_body_is_not_timed_out(redis_server: ManagedProcess,
             resp = client.post("/v1/score", content=chunks(),
                                headers={"content-type": "application/json"})
             assert resp.status_code == 200, resp.text
+
+
+def test_a_burst_past_the_slots_is_shed_with_retry_after_not_redis_timeouts(
+        redis_server: ManagedProcess, redis_client: redis.Redis, tmp_path: Path) -> None:
+    """On the demo stack 300 concurrent cache-missing 50-item requests starved the event loop,
+    so most admitted requests' Redis reads passed the 1 s timeout (503 'redis timed out').
+    Admission: at most serving_max_inflight requests score at once; the rest wait
+    serving_queue_wait_s for a slot, then get 503 + Retry-After."""
+    name = "hostile-shed"
+    publish(redis_client, name)
+    env = {"CHUNKREC_REDIS_URL": redis_server.url, "CHUNKREC_SERVING_MODELS": name,
+           "CHUNKREC_SERVING_POLL_S": "0.2", "CHUNKREC_SERVING_CACHE_ENTRIES": "0",
+           "CHUNKREC_SERVING_MAX_INFLIGHT": "2", "CHUNKREC_SERVING_QUEUE_WAIT_S": "0.05"}
+    n = 300
+
+    async def burst(url: str) -> list[tuple[int, str, str | None]]:
+        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+        async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+            async def one(k: int) -> tuple[int, str, str | None]:
+                items = [{"features": {f: f"shed-{k}-{j}-{f}" for f in FIELDS}}
+                         for j in range(50)]
+                resp = await client.post("/v1/score", json={"model": name, "items": items})
+                return resp.status_code, resp.text, resp.headers.get("retry-after")
+
+            return await asyncio.gather(*(one(k) for k in range(n)))
+
+    with serving_process(env, tmp_path) as url:
+        wait_until(lambda: _served(url, name) == 1, 30, "v1 served")
+        answers = asyncio.run(burst(url))
+        text = httpx.get(url + "/metrics").text
+    codes = Counter(code for code, _, _ in answers)
+    assert set(codes) <= {200, 503} and codes[200] >= 2 and codes[503] >= 1, codes
+    for code, body, retry in answers:
+        if code == 503:
+            assert "saturated" in body and retry == "1", body
+    assert _metric(text, "chunkrec_serving_shed_total") == codes[503]

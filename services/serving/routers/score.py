@@ -3,6 +3,7 @@ bodies; scorer.py the path from items to scores)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from fastapi import APIRouter, HTTPException
@@ -14,6 +15,7 @@ from services.serving.deps import (
     MetricsDep,
     RedisDep,
     RegistryDep,
+    ScoreSlotsDep,
     SettingsDep,
 )
 from services.serving.errors import redis_failure
@@ -22,6 +24,7 @@ from services.serving.schemas import ScoreRequest, ScoreResponse
 from services.serving.scorer import FieldError, gather_embeddings, items_to_arrays
 
 log = logging.getLogger("chunkrec.serving")
+RETRY_AFTER_S = 1
 router = APIRouter(tags=["score"])
 
 
@@ -32,11 +35,12 @@ router = APIRouter(tags=["score"])
     responses={404: {"description": "unknown model"},
                413: {"description": "request body too large"},
                422: {"description": "a field that does not fit the model (named in loc)"},
-               503: {"description": "no version of the model loaded yet, or Redis down"}},
+               503: {"description": "no version of the model loaded yet, Redis down, or "
+                                    "saturated (Retry-After)"}},
 )
 async def score(req: ScoreRequest, settings: SettingsDep, registry: RegistryDep,
                 client: RedisDep, metrics: MetricsDep, hasher: HasherDep,
-                throttle: LogThrottleDep) -> OrjsonResponse:
+                throttle: LogThrottleDep, slots: ScoreSlotsDep) -> OrjsonResponse:
     """Score `items` with the newest loaded version of `model`; every item is scored by the
     same version (the one returned)."""
     if len(req.items) > settings.serving_max_items:
@@ -51,19 +55,28 @@ async def score(req: ScoreRequest, settings: SettingsDep, registry: RegistryDep,
         known = ", ".join(registry.known()) or "none yet"
         raise HTTPException(404, f"unknown model {req.model!r}; serving: {known}")
     try:
-        ids, dense = items_to_arrays(model, req.items, req.dense, hasher)
-    except FieldError as exc:
-        raise HTTPException(422, exc.errors) from None
+        await asyncio.wait_for(slots.acquire(), settings.serving_queue_wait_s)
+    except TimeoutError:
+        metrics.shed.inc()
+        raise HTTPException(503, "serving is saturated; retry shortly",
+                            headers={"Retry-After": str(RETRY_AFTER_S)}) from None
     try:
-        emb, unseen, hits, misses = await gather_embeddings(model, ids, client,
-                                                            settings.serving_mget_chunk, metrics)
-    except (RedisError, OSError) as exc:
-        # the client gets a fixed phrase: redis-py's text names Redis' host and port
-        kind, phrase = redis_failure(exc)
-        metrics.redis_errors.labels(kind).inc()
-        throttle.log(log, f"score-{kind}", "score: embeddings unavailable: %r", exc)
-        raise HTTPException(503, f"embeddings unavailable: {phrase}") from None
-    probs = model.predict(emb, dense)
+        try:
+            ids, dense = items_to_arrays(model, req.items, req.dense, hasher)
+        except FieldError as exc:
+            raise HTTPException(422, exc.errors) from None
+        try:
+            emb, unseen, hits, misses = await gather_embeddings(
+                model, ids, client, settings.serving_mget_chunk, metrics)
+        except (RedisError, OSError) as exc:
+            # the client gets a fixed phrase: redis-py's text names Redis' host and port
+            kind, phrase = redis_failure(exc)
+            metrics.redis_errors.labels(kind).inc()
+            throttle.log(log, f"score-{kind}", "score: embeddings unavailable: %r", exc)
+            raise HTTPException(503, f"embeddings unavailable: {phrase}") from None
+        probs = model.predict(emb, dense)
+    finally:
+        slots.release()
     metrics.observe_score(model.name, len(req.items), unseen, hits, misses, len(model.cache))
     return OrjsonResponse({"model": model.name, "version": model.version,
                            "scores": probs.tolist(), "unseen_ids": unseen})
