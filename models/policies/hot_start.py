@@ -17,6 +17,8 @@ is narrower), written into all K chunks; then the new policy applies its own rul
   steps;
 - dml / amtl: a relayout to the policy's current mask (DML's N_f at init, AMTL's k from the
   mask network fed with the copied counts); chunks past the mask are freed.
+A save holding more IDs than the policy's entry limit (StoreConfig.entry_limit) is cut to it
+at once, the least used (or, with a budget, least useful by the seeded utilities) going first.
 The network's state_dict is loaded from `path.net.pt` when `model` is given and that file
 exists (the network must have the same shape: same data set, model and D).
 """
@@ -89,13 +91,15 @@ def hot_start(policy: EmbeddingPolicy, path: Path, model: nn.Module | None = Non
     s.count[slots] = counts
     s.last[slots] = s.epoch & 0xFFFF
     s.dirty[slots] = True
-    if isinstance(policy, MaskedChunkPolicy):
-        policy.relayout()
-    elif s.tracks_utility:
+    if s.tracks_utility:
         norms = torch.sqrt((values * values) @ s._segments).numpy()  # [N, K]
         seed = counts.astype(np.float32)[:, None] * norms
         scale = np.float32(s.config.gamma) ** np.float32(-(s.step - s.util_origin))
         s._store_utilities(slots, seed * scale)
+    s.enforce_entry_limit()  # the copy went around the limit a train lookup keeps
+    if isinstance(policy, MaskedChunkPolicy):
+        policy.relayout()
+    elif s.tracks_utility:
         s.prune_regrow()
     net = network_path(Path(path))
     if model is not None and net.exists():

@@ -26,6 +26,11 @@ Training step, as the trainer drives it:
     emb, ctx = store.lookup(ids, train=True)     # int64[B, F] -> float32[B, F, D]
     ... loss.backward() on a model of emb ...
     store.apply_gradients(ctx, emb_grad)         # utilities, Adagrad on live chunks, schedule
+
+Memory is bounded: past `config.entry_limit()` entries (by default derived from
+`config.max_bytes`, see storage/vhpi/config.py) a train lookup evicts the least useful entries
+not in its batch, down to 1/16 below the limit, so the O(entries) ranking runs once per
+limit/16 new IDs, not once per step.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ class ChunkStore:
         for j in range(self.K):
             self._segments[self.offsets[j] : self.offsets[j + 1], j] = 1.0
         self.tracks_utility = config.budget is not None
+        self.entry_limit = config.entry_limit()
         self.index = HashIndex(initial_capacity=config.initial_capacity)
         self.pools = [
             ChunkPool(w, config.optimizer, initial_capacity=config.initial_capacity)
@@ -295,6 +301,7 @@ class ChunkStore:
         else:
             slots = self._sketch_admission(fields, keys)
         uniq, inverse, counts = np.unique(slots, return_inverse=True, return_counts=True)
+        self.enforce_entry_limit(protect=uniq[uniq >= 0])
         inverse = inverse.ravel()
         if uniq.size and uniq[0] < 0:  # IDs the sketch has not admitted: they read zeros
             uniq, counts = uniq.copy(), counts.copy()
@@ -470,16 +477,35 @@ class ChunkStore:
             live = self.live_slots()
             idle = (self.epoch - self.last[live].astype(np.int64)) & 0xFFFF
             self.evict(live[idle * c.interval > c.evict_after])
-        if c.max_entries is not None and self.index.num_entries > c.max_entries:
-            live = self.live_slots()
-            if self.tracks_utility:
-                worth = self.utilities(live).sum(axis=1)
-            else:
-                worth = self.count[live].astype(np.float32)
-            excess = self.index.num_entries - c.max_entries
-            self.evict(live[np.argpartition(worth, excess - 1)[:excess]])
+        self.enforce_entry_limit()
         if c.budget is not None:
             self.prune_regrow()
+
+    def enforce_entry_limit(self, protect: np.ndarray | None = None) -> int:
+        """Past the entry limit, evict the least useful entries (not those in `protect`, the
+        batch being trained) down to 1/16 below it; returns how many were evicted.
+
+        Worth: summed utility with a budget; else the access count, the longest unseen first
+        among equal counts."""
+        limit = self.entry_limit
+        if limit is None or self.index.num_entries <= limit:
+            return 0
+        live = self.live_slots()
+        if self.tracks_utility:
+            worth = self.utilities(live).sum(axis=1).astype(np.float64)
+        else:
+            age = (self.epoch - self.last[live].astype(np.int64)) & 0xFFFF
+            worth = self.count[live].astype(np.float64) - age / 65536.0
+        if protect is not None and protect.size:
+            held = np.zeros(self.index.high_water, dtype=bool)
+            held[protect] = True
+            worth[held[live]] = np.inf
+        target = limit - limit // 16
+        excess = min(self.index.num_entries - target, int(np.isfinite(worth).sum()))
+        if excess <= 0:
+            return 0
+        self.evict(live[np.argpartition(worth, excess - 1)[:excess]])
+        return excess
 
     def evict(self, slots: np.ndarray) -> None:
         """Drop entries: their chunks and records go back to the pools, their index slots are
