@@ -22,6 +22,12 @@ Policies with learnable parts beyond the table (Dimension Mask Layer, AMTL) expo
     dml[:penalty=0.02,...]                    Dimension Mask Layer: a learned length per field
     amtl[:penalty=0.001,...]                  AMTL: a learned length per value, from frequency
     any spec + ,hot=PATH                      hot start from a fixed:64 save (hot_start.py)
+
+A spec is validated when parsed, before anything is built or connected: an unknown kind, an
+unknown or repeated parameter, a stray word (`fixed:64,fixd:64`) or a value out of range
+(dims and intervals >= 1, budgets in (0, 1], gamma in [0, 1], finite numbers) is a ValueError
+of one line naming it: "policy 'fiited:interval=0': interval='0': Input should be greater than
+or equal to 1".
 """
 
 from __future__ import annotations
@@ -117,31 +123,72 @@ class EmbeddingPolicy(ABC):
     def load(self, path: Path) -> None: ...
 
 
+KINDS = ("fixed", "fiited", "adaembed", "dml", "amtl", "torch")
+_DIM_FIRST = ("fixed", "torch")  # kinds whose first parameter may be a bare dim: fixed:64
+
+
 def parse_policy(spec: str, num_fields: int, seed: int = 0) -> EmbeddingPolicy:
-    """Build a policy from its spec string (see module docstring)."""
-    kind, _, arg = spec.partition(":")
+    """Build a policy from its spec string (see module docstring). Raises ValueError with one
+    line naming the refused parameter."""
+    from pydantic import ValidationError
+
+    from storage.settings import describe_validation_error
+
+    try:
+        return _build_policy(spec, num_fields, seed)
+    except ValidationError as exc:
+        raise ValueError(f"policy {spec!r}: {describe_validation_error(exc)}") from exc
+    except ValueError as exc:
+        message = " ".join(str(exc).split())  # one line, whatever raised it
+        raise ValueError(f"policy {spec!r}: {message}") from exc
+
+
+def split_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """'fixed:64,pad=128' -> ('fixed', {'dim': '64', 'pad': '128'}), checking the shape: a
+    known kind, key=value parameters each given once, a bare dim only first in fixed/torch."""
+    kind, _, arg = spec.strip().partition(":")
     kind = kind.strip().lower()
-    hot = [p for p in arg.split(",") if p.strip().startswith("hot=")]
-    if hot:
+    if kind not in KINDS:
+        raise ValueError(f"unknown policy kind {kind!r}; expected fixed:d, fiited:..., "
+                         "adaembed, dml, amtl or torch:d")
+    params: dict[str, str] = {}
+    for i, part in enumerate(p.strip() for p in arg.split(",")):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep:
+            if not part:
+                continue  # "fixed:64," : an empty part says nothing
+            if i == 0 and kind in _DIM_FIRST:
+                key, value = "dim", part
+            else:
+                hint = " (one policy per spec)" if ":" in part else ""
+                raise ValueError(f"unexpected {part!r}: parameters are key=value{hint}")
+        if not key:
+            raise ValueError(f"{part!r}: a parameter needs a name")
+        if key in params:
+            raise ValueError(f"parameter {key!r} given twice")
+        params[key] = value.strip()
+    return kind, params
+
+
+def _build_policy(spec: str, num_fields: int, seed: int) -> EmbeddingPolicy:
+    kind, params = split_spec(spec)
+    hot = params.pop("hot", None)
+    if hot is not None:
         from models.policies.hot_start import hot_start
 
-        cold = f"{kind}:" + ",".join(p for p in arg.split(",") if p not in hot)
-        policy = parse_policy(cold.rstrip(":"), num_fields, seed)
+        if not hot:
+            raise ValueError("hot= needs the path of a fixed:64 save")
+        policy = _build_policy(
+            ":".join([kind, ",".join(f"{k}={v}" for k, v in params.items())]).rstrip(":"),
+            num_fields, seed)
         policy.spec = spec
-        hot_start(policy, Path(hot[-1].partition("=")[2].strip()))
+        hot_start(policy, Path(hot))
         return policy
-    params: dict[str, str] = {}
-    positional: list[str] = []
-    for part in filter(None, (p.strip() for p in arg.split(","))):
-        key, sep, value = part.partition("=")
-        if sep:
-            params[key.strip()] = value.strip()
-        else:
-            positional.append(part)
     if kind == "fixed":
         from models.policies.chunked import ChunkedPolicy
 
-        dim = int(positional[0]) if positional else int(params.pop("dim", 64))
+        dim = params.pop("dim", "64")
         return ChunkedPolicy.fixed(dim, num_fields=num_fields, seed=seed, spec=spec, **params)
     if kind in ("fiited", "adaembed"):
         from models.policies.chunked import ChunkedPolicy
@@ -157,16 +204,7 @@ def parse_policy(spec: str, num_fields: int, seed: int = 0) -> EmbeddingPolicy:
         from models.policies.amtl import AMTLPolicy
 
         return AMTLPolicy(num_fields=num_fields, seed=seed, spec=spec, **params)
-    if kind == "torch":
-        from models.policies.torch_embedding import TorchEmbeddingPolicy
+    from models.policies.torch_embedding import TorchEmbeddingPolicy, TorchParams
 
-        dim = int(positional[0]) if positional else int(params.pop("dim", 64))
-        return TorchEmbeddingPolicy(
-            dim,
-            num_fields=num_fields,
-            seed=seed,
-            spec=spec,
-            rows=int(params.get("rows", 1 << 20)),
-        )
-    raise ValueError(f"unknown policy {spec!r}; expected fixed:d, fiited:..., adaembed, "
-                     "dml, amtl, torch:d")
+    p = TorchParams.model_validate(params)
+    return TorchEmbeddingPolicy(p.dim, num_fields=num_fields, seed=seed, spec=spec, rows=p.rows)

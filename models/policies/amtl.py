@@ -30,21 +30,26 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from torch import nn
 
-from models.policies.masked import MaskedChunkPolicy, split_params
+from models.policies.chunked import PolicyParams, split_params
+from models.policies.masked import MaskedChunkPolicy
 
 AMTL_WIDTHS = "4-4-8-16-32"
-_OWN = {
-    "penalty": float,
-    "tau": float,
-    "gain": float,
-    "hidden": int,
-    "high": float,
-    "start": int,
-    "relayout": int,
-    "warmup": int,
-}
+
+
+class AMTLParams(PolicyParams):
+    """amtl's own spec parameters (the rest go to StoreConfig)."""
+
+    penalty: NonNegativeFloat = 0.001  # weight of the expected kept fraction in the loss
+    tau: PositiveFloat = 1.0  # softmax temperature
+    gain: PositiveFloat = 5.0  # logit scale
+    hidden: PositiveInt = 16  # width of each twin MLP
+    high: PositiveFloat = 1000.0  # accesses at which the frequency input reaches 1.0
+    start: PositiveInt | None = None  # option every value starts at, 1..K; default K
+    relayout: PositiveInt = 50  # re-lay out every live entry every this many steps
+    warmup: NonNegativeInt = 100  # the penalty ramps up over this many steps
 
 
 class TwinMaskNet(nn.Module):
@@ -79,25 +84,23 @@ class AMTLPolicy(MaskedChunkPolicy):
     dims >= k(value) zero (and not stored)."""
 
     def __init__(self, num_fields: int, seed: int = 0, spec: str = "", **params: str) -> None:
-        own, rest = split_params(params, _OWN)
-        config = self.store_config(rest, seed, AMTL_WIDTHS)
+        own, rest = split_params(params, AMTLParams)
+        config = self.store_config(rest, seed, AMTL_WIDTHS, AMTLParams)
+        K = config.num_chunks
+        start = K if own.start is None else own.start
+        if not 1 <= start <= K:  # checked before the store is built
+            raise ValueError(f"start must be a chunk count in 1..{K}, got {start}")
         super().__init__(
             config,
             num_fields,
             spec or "amtl",
-            relayout=int(own.get("relayout", 50)),
-            warmup=int(own.get("warmup", 100)),
-            penalty=float(own.get("penalty", 0.001)),
+            relayout=own.relayout,
+            warmup=own.warmup,
+            penalty=own.penalty,
         )
-        K = self.store.K
-        self.tau = float(own.get("tau", 1.0))
-        self.log_hot = float(np.log1p(float(own.get("high", 1000.0))))
-        start = int(own.get("start", K))
-        if not 1 <= start <= K:
-            raise ValueError(f"start must be a chunk count in 1..{K}, got {start}")
-        self.mask_module = TwinMaskNet(
-            num_fields, int(own.get("hidden", 16)), K, start, float(own.get("gain", 5.0)), seed
-        )
+        self.tau = own.tau
+        self.log_hot = float(np.log1p(own.high))
+        self.mask_module = TwinMaskNet(num_fields, own.hidden, K, start, own.gain, seed)
         self._kept = torch.from_numpy(self.store.offsets[1:]).float() / config.dim  # [K]
 
     def frequency(self, slots: np.ndarray) -> torch.Tensor:

@@ -5,41 +5,79 @@ and metadata as FIITED and "equal memory" compares like with like.
 
     fiited:budget=0.25,widths=4-4-8-16-32,gamma=0.99,interval=50  (any StoreConfig field)
     fiited:K=8,budget=0.25                                        (K equal chunks)
+    fiited:max_bytes=64MiB                                        (entry limit from 64 MiB)
+
+Parameters are validated by StoreConfig (a pydantic dataclass) and, for a policy's own ones,
+by its pydantic model (`split_params`): a refused one is a ValueError of one line naming the
+parameter as it was typed. Every policy here is bounded by the store's entry limit
+(StoreConfig.max_bytes, 512 MiB by default).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import fields
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError
 
 from models.policy import EmbeddingExport, EmbeddingPolicy, MemoryReport
+from storage.settings import describe_validation_error
 from storage.vhpi.store import ChunkStore, LookupContext, StoreConfig
 
 _ALIASES = {"K": "num_chunks", "k": "num_chunks", "D": "dim", "d": "dim"}
+_NONE = ("none", "")  # how a spec says "no value" (budget=none, max_bytes=none)
 
 
-def _store_config(params: dict[str, str], seed: int) -> StoreConfig:
-    types = {f.name: f.type for f in fields(StoreConfig)}
+class PolicyParams(BaseModel):
+    """Base of a policy's own spec parameters (beyond StoreConfig's): finite numbers."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+P = TypeVar("P", bound=PolicyParams)
+
+
+class FixedParams(PolicyParams):
+    pad: NonNegativeInt = 0  # zero-pad the D stored dims to this width for the model
+
+
+def split_params(params: dict[str, str], model: type[P]) -> tuple[P, dict[str, str]]:
+    """Separate a policy's own spec parameters, validated by `model`, from the rest (the
+    StoreConfig's). A refused value is a ValueError of one line naming it."""
+    mine = {k: None if v.strip().lower() in _NONE else v
+            for k, v in params.items() if k in model.model_fields}
+    rest = {k: v for k, v in params.items() if k not in model.model_fields}
+    try:
+        return model.model_validate(mine), rest
+    except ValidationError as exc:
+        raise ValueError(describe_validation_error(exc)) from None
+
+
+def _store_config(params: dict[str, str], seed: int, also_known: Iterable[str] = ()
+                  ) -> StoreConfig:
+    """StoreConfig from spec strings; pydantic converts and checks them. `also_known`: the
+    calling policy's own parameter names, for the message about an unknown one."""
+    names = {f.name for f in fields(StoreConfig)}
     kwargs: dict[str, object] = {"seed": seed}
+    typed: dict[str, str] = {}  # field name -> the key as the spec spelled it
     for key, raw in params.items():
         name = _ALIASES.get(key, key)
-        if name not in types:
-            raise ValueError(f"unknown policy parameter {key!r}; known: {sorted(types)}")
-        t = str(types[name])
-        if raw.lower() in ("none", "") and "None" in t:
-            kwargs[name] = None
-        elif t.startswith("bool"):
-            kwargs[name] = raw.lower() in ("1", "true", "yes", "on")
-        elif t.startswith("int"):
-            kwargs[name] = int(raw)
-        elif t.startswith("float"):
-            kwargs[name] = float(raw)
-        else:
-            kwargs[name] = raw
-    return StoreConfig(**kwargs)
+        if name not in names:
+            known = ", ".join(sorted(names | set(_ALIASES) | set(also_known)))
+            raise ValueError(f"unknown policy parameter {key!r} (known: {known})")
+        if name in typed:
+            raise ValueError(f"parameter {key!r} given twice (as {typed[name]!r})")
+        typed[name] = key
+        kwargs[name] = None if raw.strip().lower() in _NONE else raw
+    try:
+        return StoreConfig(**kwargs)
+    except ValidationError as exc:
+        raise ValueError(describe_validation_error(
+            exc, name=lambda field: typed.get(field, field))) from None
 
 
 class ChunkedPolicy(EmbeddingPolicy):
@@ -51,24 +89,31 @@ class ChunkedPolicy(EmbeddingPolicy):
         self._pending: tuple[LookupContext, torch.Tensor] | None = None
 
     @classmethod
-    def fixed(cls, dim: int, num_fields: int, seed: int = 0, spec: str = "", **params: str):
+    def fixed(cls, dim: int | str, num_fields: int, seed: int = 0, spec: str = "",
+              **params: str) -> ChunkedPolicy:
         """fixed:d[,pad=P]: d stored dims per ID; with pad, zero-padded to P for the model, so
         a fixed-dim baseline can run the very network a wider policy runs."""
-        params = dict(params) | {"dim": str(dim), "K": "1"}
-        pad = int(params.pop("pad", 0))
+        own, params = split_params(params, FixedParams)
+        chunking = {"K", "k", "num_chunks", "widths"} & params.keys()
+        if chunking:
+            raise ValueError(f"fixed:d has one chunk; {sorted(chunking)[0]!r} does not apply")
+        params |= {"dim": str(dim), "K": "1"}
         params.setdefault("budget", "none")
-        return cls(_store_config(params, seed), num_fields, spec or f"fixed:{dim}", pad=pad)
+        config = _store_config(params, seed, also_known=FixedParams.model_fields)
+        return cls(config, num_fields, spec or f"fixed:{dim}", pad=own.pad)
 
     @classmethod
-    def fiited(cls, num_fields: int, seed: int = 0, spec: str = "", **params: str):
+    def fiited(cls, num_fields: int, seed: int = 0, spec: str = "",
+               **params: str) -> ChunkedPolicy:
         params = dict(params)
         if not {"K", "k", "num_chunks", "widths"} & params.keys():
             # Narrow first chunks: every admitted ID can afford a small embedding, and the
             # budget left over buys wide chunks for the IDs that earn them.
-            dim = int(params.get("dim", params.get("D", params.get("d", 64))))
-            if dim % 16 == 0:
+            raw = params.get("dim", params.get("D", params.get("d", "64"))).strip()
+            dim = int(raw) if raw.isdigit() else 0  # not a number: StoreConfig names it
+            if dim and dim % 16 == 0:
                 params["widths"] = "-".join(str(dim // q) for q in (16, 16, 8, 4, 2))
-            else:
+            elif dim:
                 params["K"] = "1"
         params.setdefault("budget", "0.25")
         return cls(_store_config(params, seed), num_fields, spec or "fiited")

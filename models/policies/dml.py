@@ -28,20 +28,25 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from torch import nn
 
-from models.policies.masked import MaskedChunkPolicy, split_params
+from models.policies.chunked import PolicyParams, split_params
+from models.policies.masked import MaskedChunkPolicy
 
 DML_WIDTHS = "4-4-8-8-8-16-16"
-_OWN = {
-    "penalty": float,
-    "tau": float,
-    "speed": float,
-    "init": float,
-    "harden": int,
-    "relayout": int,
-    "warmup": int,
-}
+
+
+class DMLParams(PolicyParams):
+    """dml's own spec parameters (the rest go to StoreConfig)."""
+
+    penalty: NonNegativeFloat = 0.02  # weight of the expected kept fraction in the loss
+    tau: PositiveFloat = 2.0  # soft mask temperature, in dims
+    speed: PositiveFloat = 500.0  # dims one unit of theta moves t_f
+    init: NonNegativeFloat | None = None  # t_f at start, in dims; default D
+    harden: NonNegativeInt = 300  # freeze N_f after this many steps unchanged; 0: never
+    relayout: PositiveInt = 50  # re-lay out every live entry every this many steps
+    warmup: NonNegativeInt = 0  # the penalty ramps up over this many steps
 
 
 class DimensionMaskPolicy(MaskedChunkPolicy):
@@ -49,21 +54,21 @@ class DimensionMaskPolicy(MaskedChunkPolicy):
     float32[B, F, D] with dims >= N_f zero (and not stored)."""
 
     def __init__(self, num_fields: int, seed: int = 0, spec: str = "", **params: str) -> None:
-        own, rest = split_params(params, _OWN)
-        config = self.store_config(rest, seed, DML_WIDTHS)
+        own, rest = split_params(params, DMLParams)
+        config = self.store_config(rest, seed, DML_WIDTHS, DMLParams)
         super().__init__(
             config,
             num_fields,
             spec or "dml",
-            relayout=int(own.get("relayout", 50)),
-            warmup=int(own.get("warmup", 0)),
-            penalty=float(own.get("penalty", 0.02)),
+            relayout=own.relayout,
+            warmup=own.warmup,
+            penalty=own.penalty,
         )
         D = config.dim
-        self.tau = float(own.get("tau", 2.0))
-        self.speed = float(own.get("speed", 500.0))
-        self.init = float(own.get("init", D))
-        self.harden_after = int(own.get("harden", 300))
+        self.tau = own.tau
+        self.speed = own.speed
+        self.init = float(D if own.init is None else own.init)
+        self.harden_after = own.harden
         self.mask_module = nn.ParameterDict({"theta": nn.Parameter(torch.zeros(num_fields))})
         self._starts = torch.from_numpy(self.store.offsets[:-1]).float()  # [K] chunk starts
         self._dim_center = torch.arange(D, dtype=torch.float32) + 0.5  # [D]

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.policies.chunked import ChunkedPolicy, _store_config
+from models.policies.chunked import ChunkedPolicy, PolicyParams, _store_config
 from models.policy import MemoryReport
 from storage.vhpi.store import ChunkStore, StoreConfig
 
@@ -68,16 +68,6 @@ def straight_through(values: torch.Tensor, hard: torch.Tensor, soft: torch.Tenso
     return values * hard + values.detach() * (soft - soft.detach())
 
 
-def split_params(params: dict[str, str], own: dict[str, type]) -> tuple[dict[str, object], dict]:
-    """Separate the policy's own spec parameters (typed by `own`) from StoreConfig's."""
-    mine: dict[str, object] = {}
-    rest = dict(params)
-    for key, typ in own.items():
-        if key in rest:
-            mine[key] = typ(rest.pop(key))
-    return mine, rest
-
-
 class MaskedChunkPolicy(ChunkedPolicy):
     """Base of `dml` and `amtl`: see module docstring. Subclasses set `self.mask_module` (the
     mask's learnable parameters, trained by the Learner's dense optimizer) and implement
@@ -107,11 +97,14 @@ class MaskedChunkPolicy(ChunkedPolicy):
         self.last_penalty = 0.0
 
     @staticmethod
-    def store_config(params: dict[str, str], seed: int, widths: str) -> StoreConfig:
+    def store_config(params: dict[str, str], seed: int, widths: str,
+                     own: type[PolicyParams] = PolicyParams) -> StoreConfig:
+        """StoreConfig of the spec's remaining parameters (`own`: the policy's parameter
+        model, named in the message about an unknown parameter)."""
         params = dict(params)
         params.setdefault("widths", widths)
         params.setdefault("budget", "none")
-        return _store_config(params, seed)
+        return _store_config(params, seed, also_known=own.model_fields)
 
     # ---- the subclass's mask --------------------------------------------------------------
     @abstractmethod

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, PositiveInt
 from torch import nn
 
 from models.policy import EmbeddingExport, EmbeddingPolicy, MemoryReport
@@ -46,6 +47,15 @@ def hash_rows(ids: np.ndarray, rows: int) -> np.ndarray:
     x = (x ^ (x >> np.uint64(27))) * _MIX2
     x ^= x >> np.uint64(31)
     return (x % np.uint64(rows)).astype(np.int64)
+
+
+class TorchParams(BaseModel):
+    """`torch:d[,rows=N]`'s parameters. Its memory is rows x D whatever the IDs: bounded by
+    construction (more IDs only share rows), so it needs no entry limit."""
+
+    model_config = ConfigDict(extra="forbid")
+    dim: PositiveInt = 64
+    rows: PositiveInt = 1 << 20
 
 
 class TorchEmbeddingPolicy(EmbeddingPolicy):
