@@ -122,7 +122,8 @@ def quality(
             hot_start=hot_start,
         )
     except (DatasetError, PolicySpecError) as exc:
-        log.print(f"[red]error:[/red] {exc}")
+        # plain: rich would wrap a long message and read its brackets as markup
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     console.print(render_table(report))
     write_json(report, out)

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from services import wire
 from services.replay import parse_rate, replay_dataset
 from storage.datasets.spec import DatasetError, open_dataset
-from storage.settings import get_settings
+from storage.settings import SettingsError, get_settings
 
 
 def replay(
@@ -49,7 +49,11 @@ def replay(
     if mode != "events":
         raise typer.BadParameter("expected 'events' or 'users'", param_hint="--mode")
     if bootstrap:
-        settings = settings.model_copy(update={"kafka_bootstrap": bootstrap})
+        try:  # checked like the environment's value
+            settings = get_settings(kafka_bootstrap=bootstrap)
+        except SettingsError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
     try:
         events_per_s = parse_rate(rate)
     except ValueError as exc:

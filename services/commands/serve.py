@@ -13,7 +13,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from services.serving.app import create_app
-from storage.settings import get_settings
+from storage.settings import SettingsError, get_settings
 
 
 def serve(
@@ -26,12 +26,14 @@ def serve(
 ) -> None:
     """Serve POST /v1/score, /healthz, /readyz, /metrics and /docs."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    settings = get_settings()
     updates = {k: v for k, v in (("serving_host", host), ("serving_port", port),
                                  ("redis_url", redis_url), ("serving_models", models))
                if v is not None}
-    if updates:
-        settings = settings.model_copy(update=updates)
+    try:
+        settings = get_settings(**updates)  # the options are checked like the environment
+    except SettingsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     run_server(create_app(settings), settings.serving_host, settings.serving_port, log_level)
 
 

@@ -43,14 +43,12 @@ def train(
     """Train one model on the event stream; publish versions to Redis; checkpoint."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
-    settings = get_settings()
     overrides = {k: v for k, v in (("kafka_bootstrap", bootstrap), ("redis_url", redis_url))
                  if v}
-    if overrides:
-        settings = settings.model_copy(update=overrides)
     if arch.strip().lower() not in MODEL_NAMES:
         raise typer.BadParameter(f"expected one of {', '.join(MODEL_NAMES)}", param_hint="--arch")
-    try:
+    try:  # settings, names, schema and policy spec are all checked before any connection
+        settings = get_settings(**overrides)
         wire.check_model_name(model)
         schema = open_dataset(data).schema
         trainer = StreamTrainer(settings, TrainerConfig(
