@@ -26,7 +26,7 @@ import re
 from typing import Annotated
 
 from fastapi import Path, Query
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
 from services import wire
 
@@ -57,12 +57,21 @@ RequestId = Annotated[StrictStr, Field(min_length=1, max_length=64,  # exposures
                                        pattern=_NO_NUL)]
 
 
+# relative traffic weights: finite and bounded, so their sum is too (1e308 + 1e308 is inf)
+Weight = Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
+
+
+def _some_traffic(weights: list[float]) -> None:
+    if not sum(weights) > 0:
+        raise ValueError("weights: at least one arm needs a weight above 0")
+
+
 class ArmIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Name
     model: Name = Field(description="the model (serving name) this arm ranks with")
-    weight: float = Field(ge=0, description="traffic weight (relative)")
+    weight: Weight = Field(description="traffic weight (relative, 0..1e6)")
     control: bool = False
 
 
@@ -74,12 +83,22 @@ class ExperimentCreate(BaseModel):
     salt: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
         default=None, description="hash salt (default: random); keep it to reproduce buckets")
 
+    @model_validator(mode="after")
+    def _traffic(self) -> ExperimentCreate:
+        _some_traffic([a.weight for a in self.arms])
+        return self
+
 
 class WeightsUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    weights: dict[str, Annotated[float, Field(ge=0)]] = Field(
-        description="arm name -> weight, every arm; opens a new phase")
+    weights: dict[str, Weight] = Field(
+        description="arm name -> weight (0..1e6), every arm; opens a new phase")
+
+    @model_validator(mode="after")
+    def _traffic(self) -> WeightsUpdate:
+        _some_traffic(list(self.weights.values()))
+        return self
 
 
 class ArmOut(BaseModel):

@@ -377,3 +377,29 @@ def test_unmigrated_database_refuses_to_start(db_url: str) -> None:
     with TestClient(create_app(migrating, sink=NullSink())) as c:
         r = c.post("/v1/experiments", headers=ADMIN, json={"name": "m", "arms": ARMS})
         assert r.status_code == 201, r.text
+
+
+# --- finding 9 (router part): admin weights bounded and finite -------------------------------
+
+
+def test_admin_weights_past_1e6_or_not_finite_are_422(router) -> None:
+    """Review finding: weights 1e308/1e308 (their sum is inf) and 1e999 (inf) were accepted."""
+    with router() as c:
+        eid = c.experiment_id
+        arms = [a["name"] for a in ARMS]
+        for bad in (1e308, float("inf"), 1e6 + 1):
+            body = {"weights": dict.fromkeys(arms, bad)}
+            raw = orjson.dumps(body) if bad != float("inf") else (
+                orjson.dumps(body).replace(b"null", b"1e999"))
+            r = c.put(f"/v1/experiments/{eid}/weights", headers=ADMIN | {
+                "content-type": "application/json"}, content=raw)
+            assert r.status_code == 422, (bad, r.text)
+        zero = c.put(f"/v1/experiments/{eid}/weights", headers=ADMIN,
+                     json={"weights": dict.fromkeys(arms, 0)})
+        assert zero.status_code == 422 and "above 0" in zero.text
+        created = c.post("/v1/experiments", headers=ADMIN, json={
+            "name": "w", "arms": [dict(a, weight=1e308) for a in ARMS]})
+        assert created.status_code == 422
+        ok = c.put(f"/v1/experiments/{eid}/weights", headers=ADMIN,
+                   json={"weights": dict.fromkeys(arms, 2.5)})
+        assert ok.status_code == 200, ok.text
