@@ -4,7 +4,8 @@ newest checkpoint) must equal the produced set's: no event lost, none applied tw
 
     python bench/fault_trainer_kills.py [--events 200000] [--kills 20] [--rate 800] [--seed 0]
 
-Set-up: a tansu broker and a redis-server (services/infra.py, free ports), a 2-partition topic,
+Set-up: a tansu broker and a redis-server (services/stack/infra.py, free ports), a
+2-partition topic,
 a synthetic stream (4 fields, vocab 5,000) replayed at `rate` events/s in a background thread
 while the trainer runs (checkpoints every 5,000 events or 2 s, publishes every 0.5 s). Each
 round: start the trainer, wait until it has joined the group, then kill it after a random
@@ -31,9 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from services import wire  # noqa: E402
-from services.checkpoint import CheckpointState, list_checkpoints  # noqa: E402
-from services.infra import create_topics, start_redis, start_tansu, wait_until  # noqa: E402
-from services.replay import ReplayStats, replay_dataset  # noqa: E402
+from services.stack.infra import create_topics, start_redis, start_tansu, wait_until  # noqa: E402
+from services.stack.replay import ReplayStats, replay_dataset  # noqa: E402
+from services.trainer.checkpoint import CheckpointState, list_checkpoints  # noqa: E402
 from storage.settings import Settings  # noqa: E402
 
 POLICY = "fiited:dim=16,budget=0.5,interval=20"

@@ -2,10 +2,10 @@
 
     python bench/freshness.py [--trials 10] [--policy fiited:budget=0.25] [--rate 1000]
 
-Set-up: the local stack (services/stack.py) with one trainer (`fresh`, the policy given),
+Set-up: the local stack (services/stack/processes.py) with one trainer (`fresh`, the policy given),
 serving, and a MovieLens-100k replay at `rate` events/s as background traffic, so the trainer
 is busy as in production. Settings are the defaults (CHUNKREC_PUBLISH_INTERVAL_S, 2 s
-unless set) except where the stack sets its own (see services/stack.py).
+unless set) except where the stack sets its own (see services/stack/processes.py).
 
 Each trial: a user ID never seen before; one score request for it (its user ID reads as zeros:
 `unseen_ids` counts it); then one Kafka message of `events_per_trial` clicks by that user
@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from services import wire  # noqa: E402
-from services.infra import wait_until  # noqa: E402
-from services.replay import make_producer  # noqa: E402
-from services.stack import Stack, StackConfig  # noqa: E402
+from services.stack.infra import wait_until  # noqa: E402
+from services.stack.processes import Stack, StackConfig  # noqa: E402
+from services.stack.replay import make_producer  # noqa: E402
 from storage.datasets.movielens import SCHEMA_100K  # noqa: E402
 from storage.settings import get_settings  # noqa: E402
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from services.quality_bench import (
+from services.evaluation.quality import (
     QualityReport,
     policy_kind,
     render_table,

@@ -6,7 +6,7 @@ training, so the broker side is never what holds a trainer back. Prints a table.
     python bench/ingestion.py [--data movielens-100k] [--policy fiited:budget=0.25] \\
         [--arch dlrm] [--events 100000] [--threads 1]
 
-Starts its own tansu broker and redis-server (services/infra.py) unless --bootstrap and
+Starts its own tansu broker and redis-server (services/stack/infra.py) unless --bootstrap and
 --redis are given, replays the data set into a fresh topic once, then reads it with fresh
 consumer groups: "poll only" (a bare KafkaConsumer with the trainer's settings), "ingest"
 (StreamTrainer with decode_only: poll, validate, decode, dead-letter, no training) and
@@ -27,9 +27,9 @@ from kafka import KafkaConsumer
 from rich.console import Console
 from rich.table import Table
 
-from services.infra import create_topics, start_redis, start_tansu
-from services.replay import replay_dataset
-from services.trainer import StreamTrainer, TrainerConfig
+from services.stack.infra import create_topics, start_redis, start_tansu
+from services.stack.replay import replay_dataset
+from services.trainer.loop import StreamTrainer, TrainerConfig
 from storage.datasets import open_dataset
 from storage.settings import Settings
 

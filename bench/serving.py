@@ -4,7 +4,7 @@ trivial FastAPI endpoint on the same server in the same run.
     python bench/serving.py [--duration 10] [--concurrency 8] [--candidates 100]
 
 Set-up (all on 127.0.0.1): a redis-server; a `fiited:budget=0.25` DLRM trained on
-MovieLens-100k in-process and published to Redis as a trainer would (services/publisher.py);
+MovieLens-100k in-process and published to Redis as a trainer would (services/trainer/publisher.py);
 one uvicorn process running the serving app exactly as `chunkrec serve` does, plus two bench
 routes: `/bench/trivial` parses and validates the same request body (ScoreRequest) and
 returns constant scores (the framework's cost for this body), `/bench/bare` ignores the body.
@@ -38,7 +38,7 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.infra import ManagedProcess, free_port, start_redis, wait_until  # noqa: E402
+from services.stack.infra import ManagedProcess, free_port, start_redis, wait_until  # noqa: E402
 from storage.settings import Settings, get_settings  # noqa: E402
 
 MODEL = "fiited"
@@ -48,7 +48,7 @@ POLICY = "fiited:budget=0.25"
 # ------------------------------------------------------------------------------ server side
 def serve(port: int, redis_url: str, cache_entries: int | None) -> None:
     """The serving app as `chunkrec serve` runs it, plus /bench/trivial and /bench/bare."""
-    from services.commands.serve import run_server
+    from services.cli.commands.serve import run_server
     from services.serving.app import create_app
     from services.serving.responses import OrjsonResponse
     from services.serving.schemas import ScoreRequest
@@ -79,7 +79,7 @@ def publish_model(redis_url: str, settings: Settings) -> dict[str, object]:
     from models.networks import build_model
     from models.policy import parse_policy
     from services import wire
-    from services.publisher import RedisPublisher
+    from services.trainer.publisher import RedisPublisher
     from storage.datasets.spec import open_dataset
 
     torch.set_num_threads(1)

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from serving import MODEL, POLICY, publish_model, request_bodies, start_server  # noqa: E402
 
 from services import wire  # noqa: E402
-from services.infra import (  # noqa: E402
+from services.stack.infra import (  # noqa: E402
     ManagedProcess,
     create_topics,
     free_port,

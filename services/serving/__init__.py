@@ -10,5 +10,5 @@
     middleware.py   body-size limit and body-read deadline, request metrics
     errors.py       failures in words safe for a response body; throttled logging of them
 
-Imports models/, storage/ and services/wire.py only, never the trainer's internals.
+Imports models/, storage/ and services/wire/ only, never the trainer's internals.
 """

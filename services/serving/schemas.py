@@ -1,5 +1,5 @@
 """Request and response bodies of the serving API (kept apart from the wire formats: these are
-what HTTP clients send, services/wire.py is what the trainer writes).
+what HTTP clients send, services/wire/ is what the trainer writes).
 
     POST /v1/score
     {"model": "fiited",

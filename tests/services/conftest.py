@@ -1,5 +1,5 @@
 """Fixtures for the streaming system: a real tansu broker and a real redis-server, one of each
-per test session (services/infra.py starts them on free ports and stops exactly them).
+per test session (services/stack/infra.py starts them on free ports and stops exactly them).
 
 Tests share them without stepping on each other: each test uses its own events topic
 (`topic` fixture), model name and checkpoint folder; dead letters all go to `events.dlq` and
@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from services import wire
-from services.infra import ManagedProcess, create_topics, start_redis, start_tansu
+from services.stack.infra import ManagedProcess, create_topics, start_redis, start_tansu
 from storage.settings import Settings
 
 

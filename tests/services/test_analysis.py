@@ -10,7 +10,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from sqlalchemy import insert
 from statsmodels.stats import proportion
 
-from services.analysis import experiment_report, format_report, msprt_p_values, srm_test
+from services.experiments.analysis import experiment_report, format_report, msprt_p_values, srm_test
 from storage.db import experiments as store
 from storage.db.models import Exposure, Model, ModelVersionRow, Outcome
 
@@ -131,7 +131,7 @@ def _sessions(rng, users: int, items: int, mean: float) -> tuple[np.ndarray, ...
 def test_clustered_ctr_variance_matches_statsmodels() -> None:
     import statsmodels.api as sm
 
-    from services.analysis import clustered_ctr_variance_at
+    from services.experiments.analysis import clustered_ctr_variance_at
 
     rng = np.random.default_rng(5)
     ts, clicked, unit = _sessions(rng, 60, 7, 0.3)
@@ -154,7 +154,7 @@ def test_clustered_ctr_variance_matches_statsmodels() -> None:
 
 
 def test_msprt_with_clustered_variance_holds_its_level_when_users_see_many_items() -> None:
-    from services.analysis import clustered_ctr_variance_at, cumulative_at
+    from services.experiments.analysis import clustered_ctr_variance_at, cumulative_at
 
     rng = np.random.default_rng(7)
     runs, fp_clustered, fp_binomial = 200, 0, 0
@@ -180,7 +180,7 @@ def test_msprt_with_clustered_variance_holds_its_level_when_users_see_many_items
 def test_clustered_difference_widens_for_correlated_units() -> None:
     import statsmodels.api as sm
 
-    from services.analysis import clustered_difference, difference
+    from services.experiments.analysis import clustered_difference, difference
 
     rng = np.random.default_rng(3)
     units = np.repeat(np.arange(200), 30)  # 200 users, 30 items each

@@ -16,9 +16,9 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from services.infra import ManagedProcess, free_port, wait_until
-from services.replay import replay_dataset
-from services.trainer import StreamTrainer, TrainerConfig
+from services.stack.infra import ManagedProcess, free_port, wait_until
+from services.stack.replay import replay_dataset
+from services.trainer.loop import StreamTrainer, TrainerConfig
 from storage.datasets.spec import open_dataset
 from storage.settings import Settings
 
@@ -52,7 +52,7 @@ def apps(broker: ManagedProcess, redis_server: ManagedProcess,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """(serving URL, router URL): a model trained on the broker's events, served from Redis."""
     tmp = tmp_path_factory.mktemp("apifuzz")
-    from services.infra import create_topics
+    from services.stack.infra import create_topics
 
     topic = "events-apifuzz"
     create_topics(broker.address, {topic: 1})

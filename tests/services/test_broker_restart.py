@@ -16,7 +16,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from services import wire
-from services.infra import (
+from services.stack.infra import (
     InfraError,
     ManagedProcess,
     S3Store,
@@ -27,8 +27,8 @@ from services.infra import (
     start_tansu,
     wait_until,
 )
-from services.replay import ReplayStats, replay_dataset
-from services.trainer import StreamTrainer, TrainerConfig
+from services.stack.replay import ReplayStats, replay_dataset
+from services.trainer.loop import StreamTrainer, TrainerConfig
 from storage.datasets.spec import open_dataset
 from storage.settings import Settings
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from kafka.future import Future
 
-from services.confirmed import ConfirmedProducer
+from services.messaging.confirmed import ConfirmedProducer
 
 
 class _Meta:

@@ -24,7 +24,7 @@ import redis
 from kafka import KafkaProducer
 
 from services import wire
-from services.infra import (
+from services.stack.infra import (
     ManagedProcess,
     create_topics,
     free_port,

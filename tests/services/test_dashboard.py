@@ -18,8 +18,8 @@ import pytest
 import uvicorn
 from sqlalchemy import insert
 
-from services.infra import free_port
-from services.router.app import create_app
+from services.experiments.router.app import create_app
+from services.stack.infra import free_port
 from storage.db import experiments as store
 from storage.db.models import Exposure, Model, ModelVersionRow, Outcome
 from storage.settings import Settings

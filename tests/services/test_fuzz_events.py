@@ -18,9 +18,9 @@ import redis
 from kafka import KafkaConsumer, TopicPartition
 
 from services import wire
-from services.infra import ManagedProcess, wait_until
-from services.replay import make_producer
-from services.trainer import StreamTrainer, TrainerConfig
+from services.stack.infra import ManagedProcess, wait_until
+from services.stack.replay import make_producer
+from services.trainer.loop import StreamTrainer, TrainerConfig
 from storage.batch import DatasetSchema
 from storage.datasets.spec import open_dataset
 from storage.settings import Settings

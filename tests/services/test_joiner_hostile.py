@@ -21,8 +21,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from services import wire
-from services.infra import ManagedProcess, create_topics
-from services.joiner import (
+from services.experiments.joiner import (
     MAX_EVENTS_MESSAGE_BYTES,
     MAX_SHOWN,
     BadMessage,
@@ -30,6 +29,7 @@ from services.joiner import (
     read_exposure,
     read_feedback,
 )
+from services.stack.infra import ManagedProcess, create_topics
 from storage.batch import DatasetSchema
 from storage.db import experiments as store
 from storage.db.models import Exposure, Outcome

@@ -11,9 +11,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import services.quality_bench as quality_bench
+import services.evaluation.quality as quality_bench
 from services.cli import app
-from services.quality_bench import split_policies
+from services.evaluation.quality import split_policies
 from storage.batch import DatasetSchema, SparseBatch
 
 KEYS = {

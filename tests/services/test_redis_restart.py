@@ -21,9 +21,9 @@ import httpx
 import redis
 
 from services import wire
-from services.infra import ManagedProcess, free_port, start_redis, wait_until
-from services.replay import replay_dataset
-from services.trainer import StreamTrainer, TrainerConfig
+from services.stack.infra import ManagedProcess, free_port, start_redis, wait_until
+from services.stack.replay import replay_dataset
+from services.trainer.loop import StreamTrainer, TrainerConfig
 from storage.datasets.spec import open_dataset
 from storage.settings import Settings
 

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from services import wire
 from services.cli import app
-from services.infra import ManagedProcess
-from services.replay import TokenBucket, parse_rate
+from services.stack.infra import ManagedProcess
+from services.stack.replay import TokenBucket, parse_rate
 from storage.datasets.spec import open_dataset
 
 SPEC = "synthetic:events=3000,fields=3,vocab=500,seed=2"

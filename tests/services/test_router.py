@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from scipy import stats
 
 from services import wire
-from services.router.app import create_app
-from services.router.assignment import assign_arm, assign_arms
+from services.experiments.router.app import create_app
+from services.experiments.router.assignment import assign_arm, assign_arms
 from storage.settings import Settings
 
 KEY = "s3cret-key"

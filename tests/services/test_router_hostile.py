@@ -25,9 +25,9 @@ from kafka import KafkaConsumer, TopicPartition
 from typer.testing import CliRunner
 
 from services import wire
-from services.infra import ManagedProcess, create_topics
-from services.router.app import create_app
-from services.router.assignment import assign_arm
+from services.experiments.router.app import create_app
+from services.experiments.router.assignment import assign_arm
+from services.stack.infra import ManagedProcess, create_topics
 from storage.settings import Settings
 
 KEY = "hostile-admin-key"
@@ -227,7 +227,7 @@ def test_client_mistakes_are_4xx_not_5xx(router) -> None:
         assert r.status_code == 413, (r.status_code, r.text)
         no_internals(r)
     # what the router accepts, serving's schema accepts: the edges of each bound
-    from services.router.schemas import RankRequest
+    from services.experiments.router.schemas import RankRequest
     from services.serving.schemas import ScoreRequest
 
     edge = RankRequest.model_validate({
@@ -280,7 +280,7 @@ def test_candidates_and_requests_per_unit_are_capped(router) -> None:
 
 
 def test_rate_limiter_memory_is_bounded() -> None:
-    from services.router.limiter import UnitRateLimiter
+    from services.experiments.router.limiter import UnitRateLimiter
 
     lim = UnitRateLimiter(per_minute=2, max_units=100)
     assert all(lim.take(f"u{i}") is None for i in range(10_000))
@@ -304,7 +304,7 @@ def test_item_table_supplies_item_features(router, tap, tmp_path: Path) -> None:
     assert {s["item"]: s["features"] for s in exposure["shown"]} == {
         "2": {"user": "u", "item": "2", "genre": "Comedy"},
         "1": {"user": "u", "item": "1", "genre": "Drama"}}
-    from services.router.items import ItemTable, ItemTableError
+    from services.experiments.router.items import ItemTable, ItemTableError
 
     dup = tmp_path / "dup.csv"
     dup.write_text("item,genre\n1,Drama\n1,Comedy\n")

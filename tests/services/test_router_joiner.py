@@ -12,8 +12,8 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer
 from sqlalchemy import func, select
 
-from services.infra import create_topics
-from services.joiner import JoinerService, JoinState
+from services.experiments.joiner import JoinerService, JoinState
+from services.stack.infra import create_topics
 from storage.batch import DatasetSchema
 from storage.db import experiments as store
 from storage.db.models import Exposure, Outcome
@@ -141,7 +141,7 @@ def test_version_recorder_copies_versions_and_chunk_histogram(redis_client, db_f
     import numpy as np
 
     from services import wire
-    from services.version_recorder import record_versions
+    from services.experiments.version_recorder import record_versions
     from storage.db.models import ModelVersionRow
 
     model = f"m{uuid.uuid4().hex[:6]}"
@@ -169,7 +169,7 @@ def test_version_recorder_skips_records_that_are_not_versions(redis_client, db_f
     """Anything may sit under a model's version key: the joiner's recorder skips it (it used
     to raise inside the joiner's tick and stop the joiner)."""
     from services import wire
-    from services.version_recorder import record_versions, schema_of
+    from services.experiments.version_recorder import record_versions, schema_of
 
     good = f"m{uuid.uuid4().hex[:6]}"
     ver = wire.ModelVersion(

@@ -21,10 +21,10 @@ import redis
 from sqlalchemy import create_engine, text
 
 from services import wire
-from services.infra import ManagedProcess, free_port, start_redis, wait_until
-from services.replay import replay_dataset
-from services.router import deps as router_deps
-from services.trainer import StreamTrainer, TrainerConfig
+from services.experiments.router import deps as router_deps
+from services.stack.infra import ManagedProcess, free_port, start_redis, wait_until
+from services.stack.replay import replay_dataset
+from services.trainer.loop import StreamTrainer, TrainerConfig
 from storage.datasets.spec import open_dataset
 from storage.settings import Settings
 from tests.conftest import PG_ADMIN_URL

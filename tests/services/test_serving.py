@@ -24,10 +24,10 @@ from models.learner import Learner
 from models.networks import build_model
 from models.policy import parse_policy
 from services import wire
-from services.infra import ManagedProcess, free_port, wait_until
-from services.publisher import RedisPublisher
-from services.replay import replay_dataset
-from services.trainer import StreamTrainer, TrainerConfig
+from services.stack.infra import ManagedProcess, free_port, wait_until
+from services.stack.replay import replay_dataset
+from services.trainer.loop import StreamTrainer, TrainerConfig
+from services.trainer.publisher import RedisPublisher
 from storage.datasets.spec import open_dataset
 from storage.settings import Settings
 

@@ -13,9 +13,9 @@ import redis.asyncio as aioredis
 import torch
 
 from services import wire
-from services.infra import ManagedProcess
 from services.serving.embedding_cache import EmbeddingCache
 from services.serving.scorer import LoadedModel, RawIdHasher, gather_embeddings
+from services.stack.infra import ManagedProcess
 from storage.batch import DatasetSchema, hash_values
 
 WIDTHS = (4, 4, 8)

@@ -34,10 +34,10 @@ from models.learner import Learner
 from models.networks import build_model
 from models.policy import parse_policy
 from services import wire
-from services.infra import ManagedProcess, free_port, start_redis, wait_until
-from services.publisher import RedisPublisher
 from services.serving.app import create_app
 from services.serving.scorer import RawIdHasher
+from services.stack.infra import ManagedProcess, free_port, start_redis, wait_until
+from services.trainer.publisher import RedisPublisher
 from storage.batch import hash_values
 from storage.datasets.spec import open_dataset
 from storage.settings import Settings

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import orjson
 
-from services.infra import wait_until
-from services.stack import _start_time
+from services.stack.infra import wait_until
+from services.stack.processes import _start_time
 from storage.datasets.movielens import ML100K_FILES
 from storage.settings import Settings
 

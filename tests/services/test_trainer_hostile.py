@@ -17,9 +17,9 @@ import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from services import wire
-from services.infra import ManagedProcess, wait_until
-from services.lease import Fenced, ModelLease
-from services.trainer import StreamTrainer, TrainerConfig
+from services.stack.infra import ManagedProcess, wait_until
+from services.trainer.lease import Fenced, ModelLease
+from services.trainer.loop import StreamTrainer, TrainerConfig
 from storage.datasets.spec import open_dataset
 from storage.settings import Settings
 from tests.services.conftest import stream_env

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.infra import ManagedProcess
+from services.stack.infra import ManagedProcess
 from storage.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

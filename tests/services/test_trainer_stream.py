@@ -18,10 +18,10 @@ import redis
 from kafka import KafkaConsumer, TopicPartition
 
 from services import wire
-from services.checkpoint import CheckpointState, list_checkpoints
-from services.infra import ManagedProcess, wait_until
-from services.replay import ReplayStats, make_producer, replay_dataset
-from services.trainer import StreamTrainer, TrainerConfig
+from services.stack.infra import ManagedProcess, wait_until
+from services.stack.replay import ReplayStats, make_producer, replay_dataset
+from services.trainer.checkpoint import CheckpointState, list_checkpoints
+from services.trainer.loop import StreamTrainer, TrainerConfig
 from storage.datasets.spec import open_dataset
 from storage.settings import Settings
 from tests.services.conftest import stream_env

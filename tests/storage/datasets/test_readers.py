@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from services.commands import data as data_commands
+from services.cli.commands import data as data_commands
 from storage.batch import MISSING_ID, SparseBatch, hash_values
 from storage.datasets import DatasetError, open_dataset
 from storage.datasets import textfile as textfile_module

@@ -1,0 +1,40 @@
+"""The `chunkrec` command. Each group lives in its own module under services/commands.
+
+Settings are checked before any command runs: a bad CHUNKREC_ variable stops every command with
+exit status 2 and one line naming it (`error: CHUNKREC_PUBLISH_INTERVAL_S='nan': ...`)."""
+
+from __future__ import annotations
+
+import typer
+
+from services.cli.commands import ab, bench, data, replay, serve, stack, train
+from storage.settings import SettingsError, get_settings
+
+app = typer.Typer(
+    help="chunkrec: online-learning CTR with self-resizing (FIITED) embedding tables.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def check_settings() -> None:
+    """chunkrec: online-learning CTR with self-resizing (FIITED) embedding tables."""
+    try:
+        get_settings()
+    except SettingsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+app.add_typer(data.app, name="data", help="Fetch and inspect data sets.")
+app.add_typer(bench.app, name="bench", help="Benchmarks: quality, reading speed.")
+app.command("replay")(replay.replay)
+app.command("train")(train.train)
+app.command("serve")(serve.serve)
+app.command("up")(stack.up)
+app.command("down")(stack.down_command)
+app.add_typer(ab.db_app, name="db", help="Metadata database migrations.")
+app.command("route")(ab.route)
+app.command("join")(ab.join)
+app.command("report")(ab.report)

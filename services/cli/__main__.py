@@ -1,0 +1,5 @@
+"""`python -m services.cli`: the `chunkrec` command."""
+
+from services.cli import app
+
+app()

@@ -1,0 +1,171 @@
+"""A/B commands: `chunkrec db upgrade|downgrade`, `chunkrec route`, `chunkrec join`,
+`chunkrec report`.
+
+    chunkrec db upgrade
+    CHUNKREC_ROUTER_API_KEY=... chunkrec route --port 8100
+    chunkrec join --default-schema movielens-100k
+    chunkrec report 1 [--json]
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Annotated
+
+import orjson
+import typer
+
+from storage.settings import get_settings
+
+db_app = typer.Typer(no_args_is_help=True)
+
+
+def _shown(url: str) -> str:
+    """A database URL fit to print: its password masked."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Apply Alembic revisions to CHUNKREC_DATABASE_URL (default SQLite in the data dir)."""
+    from storage.db.migrate import current, upgrade
+
+    url = get_settings().resolved_database_url
+    upgrade(url, revision)
+    typer.echo(f"{_shown(url)}: at revision {current(url)}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument()] = "base") -> None:
+    """Revert Alembic revisions (default: everything)."""
+    from storage.db.migrate import current, downgrade
+
+    url = get_settings().resolved_database_url
+    downgrade(url, revision)
+    typer.echo(f"{_shown(url)}: at revision {current(url)}")
+
+
+def route(host: Annotated[str | None, typer.Option()] = None,
+          port: Annotated[int | None, typer.Option()] = None,
+          migrate: Annotated[bool, typer.Option(
+              "--migrate", help="upgrade the database to the newest schema first "
+              "(CHUNKREC_ROUTER_MIGRATE)")] = False) -> None:
+    """Run the A/B router (FastAPI on uvicorn): admin, /v1/rank, /v1/feedback, reports,
+    the dashboard at /experiments/{id}. A database behind the newest schema stops it with
+    one line naming the fix, unless --migrate."""
+    import uvicorn
+
+    from services.experiments.router.app import create_app
+    from storage.db.migrate import schema_problem
+
+    settings = get_settings()
+    if migrate:
+        settings = settings.model_copy(update={"router_migrate": True})
+    # checked here too (the app checks at startup), so the refusal is one line, not uvicorn's
+    # traceback of a failed lifespan
+    problem = None if settings.router_migrate else schema_problem(
+        settings.resolved_database_url)
+    if problem is None and settings.router_item_table is not None:
+        from services.experiments.router.items import ItemTable, ItemTableError
+
+        try:
+            ItemTable.load(settings.router_item_table)
+        except ItemTableError as exc:
+            problem = str(exc)
+    if problem is not None:
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
+    uvicorn.run(create_app(settings), host=host or settings.router_host,
+                port=port or settings.router_port, log_level="warning")
+
+
+def join(default_schema: Annotated[str, typer.Option(
+             help="data set spec whose schema the events follow when a model's Redis version "
+                  "does not say")] = "movielens-100k",
+         record_every_s: Annotated[float, typer.Option(
+             help="copy model versions from Redis to the database this often")] = 5.0) -> None:
+    """Run the joiner: exposures + feedback -> labelled events and outcomes; also records the
+    arms' model versions (embedding bytes, live-chunk histogram) from Redis."""
+    import redis
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from services.experiments.joiner import JoinerService
+    from services.experiments.version_recorder import record_versions, schema_of
+    from storage.batch import DatasetSchema
+    from storage.datasets.spec import DatasetError, open_dataset
+    from storage.db.experiments import experiment_config, running_experiment_ids
+    from storage.db.session import make_engine, session_factory
+
+    settings = get_settings()
+    try:  # the joiner validates events with the trainer's validator: it needs the fields
+        default = open_dataset(default_schema).schema
+    except DatasetError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    factory = session_factory(make_engine(settings.resolved_database_url))
+    client = redis.Redis.from_url(settings.redis_url, **settings.redis_kwargs)
+    schemas: dict[str, DatasetSchema] = {}
+    last = [0.0]
+
+    def schema_for(model: str) -> DatasetSchema:
+        if model not in schemas:
+            found = schema_of(client, model)
+            if found is None:  # not cached: the model's first version will say
+                return default
+            schemas[model] = found
+        return schemas[model]
+
+    def tick() -> None:
+        if time.monotonic() - last[0] < record_every_s:
+            return
+        last[0] = time.monotonic()
+        try:
+            with factory() as s:
+                models = sorted({a.model for e in running_experiment_ids(s)
+                                 for a in experiment_config(s, e).arms})
+            record_versions(factory, client, models)
+        except (redis.RedisError, SQLAlchemyError) as exc:  # the join goes on; next tick retries
+            logging.getLogger("chunkrec.versions").warning("recording versions: %s",
+                                                          str(exc)[:300])
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    svc = JoinerService(settings.kafka_bootstrap, factory, schema_for,
+                        window_s=settings.attribution_window_s, grace_s=settings.joiner_grace_s,
+                        wall_clock=settings.joiner_wall_clock,
+                        max_poll_interval_ms=settings.kafka_max_poll_interval_ms, on_tick=tick)
+    try:
+        svc.run(stop.is_set)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        svc.drain()
+        svc.close()
+        typer.echo(f"joiner: {svc.state.stats}")
+
+
+def report(experiment_id: Annotated[int, typer.Argument()],
+           phase: Annotated[int | None, typer.Option()] = None,
+           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Print an experiment's report (per-arm CTR with CIs, differences, mSPRT, SRM, AUC,
+    latency, embedding bytes)."""
+    from services.experiments.analysis import experiment_report, format_report
+    from storage.db.session import make_engine, session_factory
+
+    settings = get_settings()
+    factory = session_factory(make_engine(settings.resolved_database_url))
+    with factory() as s:
+        try:
+            rep = experiment_report(s, experiment_id, phase=phase)
+        except LookupError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+    if as_json:
+        typer.echo(orjson.dumps(rep.to_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        typer.echo(format_report(rep))

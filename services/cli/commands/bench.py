@@ -1,0 +1,133 @@
+"""`chunkrec bench ...`: benchmarks.
+
+    chunkrec bench quality --data frappe:../shared/data/frappe/frappe.test.libfm \\
+        --policies fixed:64,fixed:16,fiited:K=8,budget=0.25 --seeds 3 --out results.json \\
+        --png frontier.png
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from models.learner import DENSE_LR
+from models.networks import MODEL_NAMES
+from services.evaluation.quality import (
+    PolicySpecError,
+    Run,
+    render_table,
+    run_quality_bench,
+    split_policies,
+    write_frontier_png,
+    write_json,
+)
+from storage.datasets.spec import DatasetError
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.callback()
+def _group() -> None:
+    """Benchmarks: quality, reading speed."""
+
+
+@app.command("quality")
+def quality(
+    data: Annotated[str, typer.Option("--data", help="data-set spec, e.g. frappe:PATH")],
+    policies: Annotated[
+        str | None,
+        typer.Option(
+            "--policies",
+            help="comma-separated policy specs; a comma starts a new policy only before a "
+            "policy kind, so fiited:K=8,budget=0.25 stays one",
+        ),
+    ] = None,
+    policy: Annotated[
+        list[str] | None, typer.Option("--policy", help="one policy spec; may be repeated")
+    ] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="seeds 0..N-1 per policy")] = 3,
+    out: Annotated[Path, typer.Option(help="JSON: one object per policy and seed")] = Path(
+        "results.json"
+    ),
+    reference: Annotated[
+        str | None, typer.Option(help="policy the ΔAUC is measured against (default: first)")
+    ] = None,
+    model: Annotated[
+        str,
+        typer.Option(
+            help=f"network: {' or '.join(MODEL_NAMES)} (dlrm: dot products are exact under "
+            "zero padding)"
+        ),
+    ] = "dlrm",
+    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    max_rows: Annotated[int | None, typer.Option(min=1, help="stop after N rows")] = None,
+    png: Annotated[Path | None, typer.Option(help="write the memory-vs-AUC frontier here")] = None,
+    bootstrap: Annotated[int, typer.Option(min=10, help="bootstrap resamples")] = 300,
+    lr: Annotated[float, typer.Option(help="Adam learning rate of the network")] = DENSE_LR,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch.set_num_threads")] = None,
+    common_dim: Annotated[
+        bool,
+        typer.Option(
+            help="zero-pad fixed-dim baselines to the widest policy's D, so every run uses the "
+            "same network and only the embedding memory differs"
+        ),
+    ] = True,
+    hot_start: Annotated[
+        Path | None,
+        typer.Option(
+            "--hot-start",
+            help="start every policy from this fixed:64 policy save (and its network from "
+            "PATH.net.pt if present)",
+        ),
+    ] = None,
+) -> None:
+    """Stream the data set once per policy and seed (progressive validation) and compare
+    embedding bytes, AUC, log loss, NE, speed and paired ΔAUC against the reference."""
+    specs = split_policies(policies or "") + [p.strip() for p in policy or [] if p.strip()]
+    if not specs:
+        raise typer.BadParameter("give --policies or --policy", param_hint="--policies")
+    if model.strip().lower() not in MODEL_NAMES:
+        raise typer.BadParameter(f"expected one of {', '.join(MODEL_NAMES)}", param_hint="--model")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    log = Console(stderr=True)
+
+    def progress(run: Run) -> None:
+        s = run.metrics.summary()
+        log.print(
+            f"[dim]{run.policy} seed {run.seed}: {s['rows']:,} rows, AUC {s['auc']:.4f}, "
+            f"{run.samples_per_s:,.0f} samples/s, {run.wall_s:.1f} s[/dim]"
+        )
+
+    try:
+        report = run_quality_bench(
+            data,
+            specs,
+            seeds=seeds,
+            reference=reference,
+            model=model,
+            batch_size=batch_size,
+            max_rows=max_rows,
+            n_bootstrap=bootstrap,
+            lr=lr,
+            progress=progress,
+            common_dim=common_dim,
+            hot_start=hot_start,
+        )
+    except (DatasetError, PolicySpecError) as exc:
+        # plain: rich would wrap a long message and read its brackets as markup
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    console.print(render_table(report))
+    write_json(report, out)
+    log.print(f"wrote {out}")
+    if png is not None:
+        write_frontier_png(report, png)
+        log.print(f"wrote {png}")

@@ -1,0 +1,82 @@
+"""`chunkrec replay`: stream a data set into Kafka as click events.
+
+    chunkrec replay --data movielens-100k --topic events --rate 2000
+    chunkrec replay --data synthetic:events=20000,fields=4,vocab=2000,seed=1 --rate max
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from tqdm import tqdm
+
+from services import wire
+from services.stack.replay import parse_rate, replay_dataset
+from storage.datasets.spec import DatasetError, open_dataset
+from storage.settings import SettingsError, get_settings
+
+
+def replay(
+    data: Annotated[str, typer.Option("--data", help="data-set spec, e.g. movielens-100k")],
+    topic: Annotated[str, typer.Option(help="Kafka topic")] = wire.EVENTS_TOPIC,
+    rate: Annotated[str, typer.Option(help="events per second, or 'max'")] = "max",
+    batch_events: Annotated[int | None, typer.Option(
+        "--batch-events", min=1, help="events per Kafka message (default: settings, 200)")] = None,
+    bootstrap: Annotated[str | None, typer.Option(
+        help="Kafka host:port (default: CHUNKREC_KAFKA_BOOTSTRAP)")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="stop after N events")] = None,
+    id_prefix: Annotated[str | None, typer.Option(
+        help="event ids are PREFIX:row (default: the spec)")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
+    mode: Annotated[str, typer.Option(
+        help="'events': stream into Kafka; 'users': simulated users drive the A/B router "
+             "(services/stack/simulated_users.py; --limit = sessions)")] = "events",
+    router_url: Annotated[str | None, typer.Option(
+        help="--mode users: router base URL (default http://ROUTER_HOST:ROUTER_PORT)")] = None,
+    skip_ratings: Annotated[int, typer.Option(
+        min=0, help="--mode users: sessions only from the ratings after the first N in time "
+                    "order (what a warm-up `replay --limit N` sent)")] = 0,
+) -> None:
+    """Stream a data set into Kafka in event-time order, several events per message; or, with
+    --mode users, replay its users against the A/B router."""
+    settings = get_settings()
+    if mode == "users":
+        from services.cli.commands.users import replay_users
+
+        replay_users(settings, data, rate, limit, router_url, quiet, skip_ratings)
+        return
+    if mode != "events":
+        raise typer.BadParameter("expected 'events' or 'users'", param_hint="--mode")
+    if bootstrap:
+        try:  # checked like the environment's value
+            settings = get_settings(kafka_bootstrap=bootstrap)
+        except SettingsError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+    try:
+        events_per_s = parse_rate(rate)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--rate") from exc
+    try:
+        total: int | None = len(open_dataset(data))  # type: ignore[arg-type]
+    except (TypeError, DatasetError):
+        total = None  # readers that do not know their length; a bad spec fails below
+    if limit is not None:
+        total = min(total, limit) if total is not None else limit
+    bar = tqdm(total=total, unit="ev", unit_scale=True, disable=quiet, desc=f"replay -> {topic}")
+    try:
+        stats = replay_dataset(settings, data, topic=topic, rate=events_per_s,
+                               batch_events=batch_events, limit=limit, id_prefix=id_prefix,
+                               progress=bar.update)
+    except DatasetError as exc:
+        bar.close()
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    bar.close()
+    typer.echo(f"sent {stats.events:,} events in {stats.messages:,} messages, "
+               f"{stats.seconds:.1f} s, {stats.events_per_s:,.0f} events/s, "
+               f"checksum {stats.checksum}")
+    if stats.failed_messages:
+        typer.echo(f"error: {stats.failed_messages} messages failed", err=True)
+        raise typer.Exit(1)

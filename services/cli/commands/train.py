@@ -1,0 +1,73 @@
+"""`chunkrec train`: the streaming trainer of one model (services/trainer/loop.py).
+
+    chunkrec train --model fiited25 --policy fiited:K=8,budget=0.25 --arch dlrm \\
+        --data movielens-100k
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from models.networks import MODEL_NAMES
+from services import wire
+from services.trainer.lease import Fenced, LeaseHeld
+from services.trainer.loop import StreamTrainer, TrainerConfig
+from storage.datasets.spec import DatasetError, open_dataset
+from storage.settings import get_settings
+
+
+def train(
+    model: Annotated[str, typer.Option("--model", help="model name ([A-Za-z0-9_.-])")],
+    policy: Annotated[str, typer.Option("--policy", help="policy spec, e.g. fixed:64")],
+    data: Annotated[str, typer.Option(
+        "--data", help="data-set spec whose schema the events follow (not read)")],
+    arch: Annotated[str, typer.Option(help=f"network: {' or '.join(MODEL_NAMES)}")] = "dlrm",
+    topic: Annotated[str, typer.Option(help="Kafka topic")] = wire.EVENTS_TOPIC,
+    seed: Annotated[int, typer.Option(help="initialisation seed")] = 0,
+    max_events: Annotated[int | None, typer.Option(
+        min=1, help="stop once this many events are applied (counted across restarts)")] = None,
+    idle_exit: Annotated[float | None, typer.Option(
+        min=0.1, help="stop after this many seconds without events")] = None,
+    bootstrap: Annotated[str | None, typer.Option(help="Kafka host:port")] = None,
+    redis_url: Annotated[str | None, typer.Option("--redis", help="Redis URL")] = None,
+    hot_start: Annotated[Path | None, typer.Option(
+        "--hot-start", help="when this model has no checkpoint yet, start from another model's "
+        "(a fixed:64 trainer's ckpt-* folder, or its checkpoint folder for the newest): its "
+        "embeddings, network and Kafka offsets")] = None,
+) -> None:
+    """Train one model on the event stream; publish versions to Redis; checkpoint."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    overrides = {k: v for k, v in (("kafka_bootstrap", bootstrap), ("redis_url", redis_url))
+                 if v}
+    if arch.strip().lower() not in MODEL_NAMES:
+        raise typer.BadParameter(f"expected one of {', '.join(MODEL_NAMES)}", param_hint="--arch")
+    try:  # settings, names, schema and policy spec are all checked before any connection
+        settings = get_settings(**overrides)
+        wire.check_model_name(model)
+        schema = open_dataset(data).schema
+        trainer = StreamTrainer(settings, TrainerConfig(
+            model=model, policy=policy, schema=schema, arch=arch.strip().lower(), topic=topic,
+            seed=seed, max_events=max_events, idle_exit_s=idle_exit, hot_start=hot_start))
+    except (DatasetError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+    def on_signal(signum: int, _frame: object) -> None:
+        trainer.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        stats = trainer.run()
+    except (LeaseHeld, Fenced) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"applied {stats.events_applied:,} events ({stats.events_invalid:,} invalid), "
+               f"{stats.versions_published} versions, {stats.checkpoints} checkpoints, "
+               f"checksum {stats.events_checksum}")

@@ -1,0 +1,413 @@
+"""The one-command local stack (`chunkrec up` / `chunkrec down`), without Docker.
+
+    stack = Stack(settings, StackConfig(data="movielens-100k"))
+    with stack:                      # stop() on the way out, whatever happened
+        stack.start()                # broker, Redis, trainers, serving, replay
+        result = stack.wait(monitor) # until the replay is done and both trainers applied it
+
+What it starts, in order, each on a free port on 127.0.0.1 and each a process of its own
+(its own session, so a Ctrl-C in the terminal reaches only `up`, which stops them in turn):
+
+1. a tansu broker and a redis-server (services/stack/infra.py), the topics `events` (2 partitions)
+   and `events.dlq`;
+2. one `chunkrec train` per model (default `fiited` = fiited:budget=0.25 and `fixed64` =
+   fixed:64, same network), each its own consumer group over the whole `events` topic;
+3. `chunkrec serve`, polled on /healthz;
+4. `chunkrec replay` of the data set (paced at `rate` events/s).
+
+Everything it started is written to a state file (`{data_dir}/stack/stack.json`: the `up`
+process and each child, with its pid and the kernel's start time of that pid), so `chunkrec
+down` from another shell can ask `up` to stop (SIGTERM), and, if `up` itself is gone, stop
+the recorded children, each only if the pid still names the process that was started (start
+time checked: a recycled pid is left alone). Nothing else is ever signalled.
+
+Done: the replay exited (its last line says how many events it sent) and the newest version
+record of every model in Redis says it applied that many; or the deadline passes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+import orjson
+import redis
+
+from services import wire
+from services.stack.infra import (
+    InfraError,
+    ManagedProcess,
+    create_topics,
+    free_port,
+    start_redis,
+    start_seaweedfs,
+    start_tansu,
+    wait_until,
+)
+from storage.settings import Settings
+
+DEFAULT_MODELS = (("fiited", "fiited:budget=0.25"), ("fixed64", "fixed:64"))
+# children that exit when their work is done (the others must keep running)
+FINITE = ("replay", "users")
+_SENT = re.compile(r"sent ([\d,]+) events")
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@dataclass
+class StackConfig:
+    data: str = "movielens-100k"
+    events: int | None = None  # replay at most this many
+    rate: float | None = 5000.0  # replay events/s (None: as fast as the broker takes them)
+    minutes: float = 9.0  # give up (and stop everything) after this long
+    models: tuple[tuple[str, str], ...] = DEFAULT_MODELS  # (name, policy spec)
+    arch: str = "dlrm"
+    serving_port: int | None = None  # default: a free port
+    publish_interval_s: float = 1.0  # unless CHUNKREC_PUBLISH_INTERVAL_S is set
+    durable: bool = False  # the broker keeps its log in SeaweedFS (tansu's s3:// engine)
+
+
+@dataclass
+class Sample:
+    """One model's version record as seen at time t (seconds since the stack started)."""
+
+    t: float
+    model: str
+    version: int
+    events_applied: int
+    auc: float | None
+    window_auc: float | None
+    logloss: float | None
+    embedding_bytes: int
+    redis_bytes: int
+    redis_records: int
+    lag: int | None
+
+
+@dataclass
+class StackResult:
+    done: bool  # every event replayed and applied by every model
+    reason: str
+    events_sent: int | None
+    seconds: float
+    samples: list[Sample] = field(default_factory=list)
+    latest: dict[str, wire.ModelVersion] = field(default_factory=dict)
+
+
+def state_path(settings: Settings) -> Path:
+    return Path(settings.data_dir) / "stack" / "stack.json"
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (field 22 of /proc/PID/stat), or None if it is gone
+    or a zombie. With the pid it names one process for good: a recycled pid has another start
+    time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # fields from the 3rd on: state, ppid, ...
+    return None if fields[0] in ("Z", "X") else fields[19]  # a zombie has exited
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    if not Path("/proc").is_dir():  # no procfs: fall back to "the pid exists"
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+    return start is not None and _start_time(pid) == start
+
+
+def settings_env(settings: Settings, **overrides: object) -> dict[str, str]:
+    """The CHUNKREC_* variables that give a child process `settings` (plus overrides)."""
+    values = settings.model_dump() | overrides
+    return {f"CHUNKREC_{k.upper()}": str(v) for k, v in values.items() if v is not None}
+
+
+class Stack:
+    """See module docstring."""
+
+    def __init__(self, settings: Settings, config: StackConfig) -> None:
+        self.s = settings
+        self.c = config
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.run_dir = Path(settings.data_dir) / "stack" / "runs" / stamp
+        self.log_dir = self.run_dir / "logs"
+        self.state_file = state_path(settings)
+        self.procs: dict[str, ManagedProcess] = {}
+        self.redis: ManagedProcess | None = None
+        self.broker: ManagedProcess | None = None
+        self.s3_store: ManagedProcess | None = None  # SeaweedFS, with --durable
+        self.serving_url = ""
+        self.t0 = time.monotonic()
+        self._child_settings: Settings | None = None
+
+    # ---------------------------------------------------------------- state file
+    def _claim(self) -> None:
+        """Refuse to start beside a running stack; take the state file."""
+        if self.state_file.is_file():
+            state = orjson.loads(self.state_file.read_bytes())
+            owner = state.get("owner", {})
+            if _alive(int(owner.get("pid", 0)), owner.get("start")):
+                raise StackError(f"a stack is already running (pid {owner['pid']}); stop it "
+                                 "with `chunkrec down`")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._write_state()
+
+    def _write_state(self) -> None:
+        # a child that has exited (the replay, before the users start) has no start time
+        # and nothing left to stop: it is left out rather than recorded as (pid, None)
+        starts = {name: (mp.proc.pid, _start_time(mp.proc.pid)) for name, mp in self._all()}
+        procfs = Path("/proc").is_dir()
+        procs = {name: {"pid": pid, "start": start} for name, (pid, start) in starts.items()
+                 if start is not None or not procfs}
+        doc = {"owner": {"pid": os.getpid(), "start": _start_time(os.getpid())},
+               "run_dir": str(self.run_dir), "serving_url": self.serving_url, "procs": procs}
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+        tmp.replace(self.state_file)
+
+    def _all(self) -> list[tuple[str, ManagedProcess]]:
+        infra = [(n, p) for n, p in (("seaweedfs", self.s3_store), ("tansu", self.broker),
+                                     ("redis", self.redis)) if p]
+        return infra + list(self.procs.items())
+
+    # ---------------------------------------------------------------- starting
+    def configure_children(self, **updates: object) -> None:
+        """Settings for the children started from now on (after start(): the experiment's
+        database, router and joiner settings)."""
+        assert self._child_settings is not None, "start() first"
+        self._child_settings = self._child_settings.model_copy(update=updates)
+
+    def spawn(self, name: str, args: list[str], port: int = 0,
+              env: dict[str, str] | None = None) -> ManagedProcess:
+        """Start `chunkrec ARGS` as child `name` (log in log_dir/NAME.log); `env` is added to
+        the child's environment only (a secret for one child)."""
+        return self._spawn(name, args, port, env)
+
+    def _spawn(self, name: str, args: list[str], port: int = 0,
+               extra_env: dict[str, str] | None = None) -> ManagedProcess:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        log = open(log_path, "wb")  # noqa: SIM115 - closed by ManagedProcess.stop
+        assert self._child_settings is not None
+        # the child's environment: this one passed through, plus the stack's settings
+        env = dict(os.environ) | settings_env(self._child_settings) | (extra_env or {})
+        proc = subprocess.Popen([sys.executable, "-m", "services.cli", *args], stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+        mp = ManagedProcess(name, proc, "127.0.0.1", port, log_path, log)
+        self.procs[name] = mp
+        self._write_state()
+        return mp
+
+    def start(self, on_step: Callable[[str], None] | None = None) -> None:
+        """Start everything (see module docstring); raises StackError / InfraError."""
+        step = on_step or (lambda _msg: None)
+        self._claim()
+        s3 = None
+        if self.c.durable:
+            step("starting SeaweedFS (S3) for the durable broker")
+            self.s3_store, s3 = start_seaweedfs(self.run_dir / "s3", log_dir=self.log_dir)
+            self._write_state()
+        step("starting the broker (tansu) and redis-server")
+        self.broker = start_tansu(log_dir=self.log_dir, s3=s3)
+        self._write_state()
+        self.redis = start_redis(log_dir=self.log_dir)
+        self._write_state()
+        create_topics(self.broker.address, {wire.EVENTS_TOPIC: 2, wire.DLQ_TOPIC: 1})
+        port = self.c.serving_port or free_port()
+        self.serving_url = f"http://127.0.0.1:{port}"
+        updates: dict[str, object] = {
+            # the stack's own redis-server has no password: a configured one would fail AUTH
+            "kafka_bootstrap": self.broker.address, "redis_url": self.redis.url,
+            "redis_password": "",
+            "checkpoint_dir": self.run_dir / "checkpoints", "serving_port": port,
+            "serving_host": "127.0.0.1", "trainer_threads": self.s.trainer_threads or 1,
+        }
+        if "publish_interval_s" not in self.s.model_fields_set:
+            updates["publish_interval_s"] = self.c.publish_interval_s
+        self._child_settings = self.s.model_copy(update=updates)
+        for name, policy in self.c.models:
+            step(f"starting trainer {name} ({policy})")
+            self._spawn(f"train-{name}", ["train", "--model", name, "--policy", policy,
+                                          "--data", self.c.data, "--arch", self.c.arch])
+        step(f"starting serving on {self.serving_url}")
+        serving = self._spawn("serve", ["serve", "--port", str(port)], port)
+        wait_until(lambda: self._http_ok("/healthz"), 60, "serving /healthz", serving.alive)
+        step(f"replaying {self.c.data}")
+        args = ["replay", "--data", self.c.data, "--quiet", "--rate",
+                str(self.c.rate) if self.c.rate else "max"]
+        if self.c.events:
+            args += ["--limit", str(self.c.events)]
+        self._spawn("replay", args)
+
+    def _http_ok(self, path: str) -> bool:
+        try:
+            return httpx.get(self.serving_url + path, timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    # ---------------------------------------------------------------- watching
+    def client(self) -> redis.Redis:
+        assert self.redis is not None
+        return redis.Redis.from_url(self.redis.url, socket_timeout=5)
+
+    def read_versions(self, r: redis.Redis) -> dict[str, wire.ModelVersion]:
+        names = [name for name, _ in self.c.models]
+        blobs = r.mget([wire.version_key(n) for n in names])
+        return {n: wire.ModelVersion.from_json(b) for n, b in zip(names, blobs, strict=True)
+                if b is not None}
+
+    def sample(self, rec: wire.ModelVersion) -> Sample:
+        m = rec.metrics
+        return Sample(time.monotonic() - self.t0, rec.model, rec.version, rec.events_applied,
+                      m.get("auc"), m.get("window_auc"), m.get("logloss"), rec.embedding_bytes,
+                      rec.redis_embedding_bytes, rec.redis_embedding_records, m.get("lag"))
+
+    def events_sent(self) -> int | None:
+        """Events the replay sent, once it has exited with success (from its last line)."""
+        mp = self.procs.get("replay")
+        if mp is None or mp.alive():
+            return None
+        if mp.proc.returncode != 0:
+            raise StackError(f"the replay failed (exit {mp.proc.returncode}):\n{mp.log_tail()}")
+        found = _SENT.findall(mp.log_tail(5))
+        if not found:
+            raise StackError(f"the replay's output has no event count:\n{mp.log_tail()}")
+        return int(found[-1].replace(",", ""))
+
+    def check_children(self) -> None:
+        for name, mp in self.procs.items():
+            if name not in FINITE and not mp.alive():
+                raise StackError(f"{name} exited (code {mp.proc.returncode}):\n{mp.log_tail()}")
+
+    def wait(self, on_tick: Callable[[StackResult], None] | None = None,
+             tick_s: float = 1.0) -> StackResult:
+        """Poll the version records every `tick_s` until done or the deadline; `on_tick` gets
+        the result so far (samples accumulate)."""
+        result = StackResult(False, "", None, 0.0)
+        deadline = self.t0 + self.c.minutes * 60
+        r = self.client()
+        try:
+            while True:
+                self.check_children()
+                result.events_sent = self.events_sent()
+                result.latest = self.read_versions(r)
+                result.samples += [self.sample(v) for v in result.latest.values()]
+                result.seconds = time.monotonic() - self.t0
+                if on_tick is not None:
+                    on_tick(result)
+                sent = result.events_sent
+                if sent is not None and len(result.latest) == len(self.c.models) and all(
+                        v.events_applied >= sent for v in result.latest.values()):
+                    result.done, result.reason = True, "all events applied"
+                    return result
+                if time.monotonic() > deadline:
+                    result.reason = f"deadline of {self.c.minutes:g} minutes passed"
+                    return result
+                time.sleep(tick_s)  # the refresh period of the display, not a synchronisation
+        finally:
+            r.close()
+
+    # ---------------------------------------------------------------- stopping
+    def served_versions(self) -> dict[str, int]:
+        """Model -> version that serving scores with now (its /readyz), {} if unreachable."""
+        try:
+            doc = httpx.get(self.serving_url + "/readyz", timeout=1.0).json()
+        except (httpx.HTTPError, ValueError):
+            return {}
+        return {name: m["version"] for name, m in doc.get("models", {}).items()}
+
+    def stop(self) -> None:
+        """Stop everything this stack started, newest first; then remove the state file.
+        A second Ctrl-C (or SIGTERM) while it stops is ignored: it would orphan children."""
+        import threading
+
+        masked = threading.current_thread() is threading.main_thread()
+        if masked:
+            before = {sig: signal.signal(sig, signal.SIG_IGN)
+                      for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._stop_all()
+        finally:
+            if masked:
+                for sig, handler in before.items():
+                    signal.signal(sig, handler)
+
+    def _stop_all(self) -> None:
+        # the replay and the users first (no more events), then every app process at once
+        # (trainers checkpoint, publish and leave their groups in parallel), then Redis and
+        # the broker
+        for name in FINITE:
+            if name in self.procs:
+                self.procs[name].stop()
+        rest = [(name, mp) for name, mp in self.procs.items() if name not in FINITE]
+        for _, mp in rest:
+            if mp.alive():
+                mp.proc.terminate()
+        for name, mp in rest:
+            mp.stop(grace_s=30.0 if name.startswith("train-") else 10.0)
+        for mp in (self.redis, self.broker, self.s3_store):
+            if mp is not None:
+                mp.stop()
+        with contextlib.suppress(OSError):
+            state = orjson.loads(self.state_file.read_bytes())
+            if state.get("owner", {}).get("pid") == os.getpid():
+                self.state_file.unlink()
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def down(settings: Settings, timeout_s: float = 90.0,
+         echo: Callable[[str], None] = print) -> int:
+    """Stop the stack recorded in the state file: SIGTERM to `up` (which stops its children),
+    then whatever it left, only processes whose pid and start time match the record. Returns
+    the number of processes signalled."""
+    path = state_path(settings)
+    if not path.is_file():
+        echo(f"no stack is running (no state file at {path})")
+        return 0
+    state = orjson.loads(path.read_bytes())
+    owner = state.get("owner", {})
+    signalled = 0
+    pid, start = int(owner.get("pid", 0)), owner.get("start")
+    if pid and _alive(pid, start):
+        echo(f"stopping chunkrec up (pid {pid})")
+        os.kill(pid, signal.SIGTERM)
+        signalled += 1
+        with contextlib.suppress(InfraError):
+            wait_until(lambda: not _alive(pid, start), timeout_s, f"chunkrec up (pid {pid})")
+    for name, info in state.get("procs", {}).items():
+        cpid, cstart = int(info["pid"]), info.get("start")
+        if _alive(cpid, cstart):
+            echo(f"stopping {name} (pid {cpid})")
+            os.kill(cpid, signal.SIGTERM)
+            signalled += 1
+            with contextlib.suppress(InfraError):
+                wait_until(lambda p=cpid, s=cstart: not _alive(p, s), 30, name)
+            if _alive(cpid, cstart):
+                os.kill(cpid, signal.SIGKILL)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    return signalled

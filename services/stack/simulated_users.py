@@ -1,0 +1,163 @@
+"""Simulated users for the A/B router (`chunkrec replay --mode users --data movielens...`).
+
+Users arrive in rating-time order. Each user's ratings are cut into sessions of
+`session_items` consecutive ratings; a session becomes one POST /v1/rank whose candidates are
+those rated items plus `negatives` sampled items the user never rated. The router ranks them
+with the unit's arm and returns the top_k shown; the user clicks every shown item they rated
+>= 4 (POST /v1/feedback). Better rankings put liked items into the top_k, so the arms' CTR
+differs by ranking quality alone.
+
+    sessions = build_sessions(ratings, session_items=3)
+    stats = simulate(http_client, router_url, sessions, features, ...)
+
+Features: the user's (user, gender, age, occupation, zip) go as the request's context; the
+item's (item, genre: ITEM_FEATURES) either with each candidate or, when the router serves
+them from its item table (`item_table(features)` written to CHUNKREC_ROUTER_ITEM_TABLE), not
+at all: candidates are then `{"item": id}`. Either way the router merges them into the
+MovieLens schema's seven fields.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from services.stack.replay import TokenBucket
+from storage.datasets.spec import DatasetError, open_dataset
+
+ITEM_FEATURES = ("item", "genre")  # what a candidate carries (or the item table holds)
+
+
+@dataclass
+class Session:
+    user: int
+    ts: int
+    items: np.ndarray  # int64[k] the items rated in this session
+    ratings: np.ndarray  # float64[k]
+
+
+@dataclass
+class UserFeatures:
+    """Raw feature values, the string forms the dataset reader hashes."""
+
+    users: dict[int, dict[str, str]]  # user -> gender, age, occupation, zip
+    genres: dict[int, str]  # item -> first listed genre
+    all_items: np.ndarray  # int64[M]
+    rated: dict[int, set[int]]  # user -> every item they rated
+
+
+@dataclass
+class UserStats:
+    requests: int = 0
+    shown: int = 0
+    clicks: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+
+
+def build_sessions(ratings: pd.DataFrame, session_items: int = 3,
+                   skip_ratings: int = 0) -> list[Session]:
+    """ratings[user, item, rating, timestamp] -> sessions in time order (stable), made of the
+    ratings after the first `skip_ratings` in that order: the ones `replay --limit N` sent as
+    warm-up (the reader sorts the same way), so no model has seen a session's labels."""
+    r = ratings.sort_values("timestamp", kind="stable").iloc[skip_ratings:]
+    r = r.reset_index(drop=True)
+    r["block"] = r.groupby("user").cumcount() // session_items
+    out = []
+    for (user, _), g in r.groupby(["user", "block"], sort=False):
+        out.append(Session(int(user), int(g["timestamp"].iloc[0]),
+                           g["item"].to_numpy(np.int64), g["rating"].to_numpy(np.float64)))
+    out.sort(key=lambda s: s.ts)
+    return out
+
+
+def load_movielens(spec: str) -> tuple[pd.DataFrame, UserFeatures]:
+    """Ratings and raw features of a MovieLens spec (movielens-100k, movielens:PATH)."""
+    ds = open_dataset(spec)
+    tables = getattr(ds, "_tables", None)
+    if tables is None or not spec.lower().startswith("movielens"):
+        raise DatasetError(f"--mode users needs a MovieLens data set, got {spec!r}")
+    t = tables()
+    users: dict[int, dict[str, str]] = {}
+    if t.users is not None:
+        for row in t.users.itertuples(index=False):
+            users[int(row.user)] = {k: str(getattr(row, k)) for k in
+                                    ("gender", "age", "occupation", "zip")}
+    genres: dict[int, str] = {}
+    if t.movies is not None:
+        first = t.movies["genres"].astype(str).str.partition("|")[0]
+        genres = dict(zip(t.movies["item"].astype(int).tolist(), first.tolist(), strict=True))
+    rated = t.ratings.groupby("user")["item"].agg(lambda s: set(s.tolist())).to_dict()
+    feats = UserFeatures(users, genres, np.unique(t.ratings["item"].to_numpy(np.int64)),
+                         {int(k): v for k, v in rated.items()})
+    return t.ratings, feats
+
+
+def item_table(feats: UserFeatures) -> pd.DataFrame:
+    """The router's item table (columns ITEM_FEATURES, one row per item of the data set), the
+    values a candidate would carry: rank_request(..., item_features=False) needs it loaded.
+
+        item_table(feats).to_csv(path, index=False)   # item,genre / 1,Animation / ...
+    """
+    items = pd.Series(feats.all_items, dtype=np.int64)
+    return pd.DataFrame({"item": items.astype(str),
+                         "genre": items.map(feats.genres).fillna("").astype(str)},
+                        columns=list(ITEM_FEATURES))
+
+
+def rank_request(s: Session, feats: UserFeatures, rng: np.random.Generator, negatives: int,
+                 top_k: int, item_features: bool = True) -> tuple[dict, set[str]]:
+    """The /v1/rank body of a session, and the items the user would click (rating >= 4).
+    Without `item_features` the candidates are item ids only (the router's table has the
+    rest)."""
+    seen = feats.rated.get(s.user, set())
+    pool = rng.choice(feats.all_items, size=min(len(feats.all_items), 4 * negatives + 8),
+                      replace=False)
+    neg = [int(i) for i in pool if int(i) not in seen][:negatives]
+    items = [int(i) for i in s.items] + neg
+    rng.shuffle(items)
+    context = {"user": str(s.user), **feats.users.get(s.user, {})}
+    cands = ([{"item": str(i), "features": {"item": str(i), "genre": feats.genres.get(i, "")}}
+              for i in items] if item_features else [{"item": str(i)} for i in items])
+    liked = {str(int(i)) for i, r in zip(s.items, s.ratings, strict=True) if r >= 4}
+    return {"unit_id": str(s.user), "candidates": cands, "context": context,
+            "top_k": top_k}, liked
+
+
+def simulate(client, router_url: str, sessions: list[Session], feats: UserFeatures,  # type: ignore[no-untyped-def]
+             negatives: int = 7, top_k: int = 3, rate: float | None = None, seed: int = 0,
+             experiment_id: int | None = None, item_features: bool = True,
+             progress: Callable[[int], None] | None = None) -> UserStats:
+    """Drive the router with `sessions` through `client` (an httpx.Client or a TestClient);
+    `item_features=False` when the router has an item table (candidates are ids only)."""
+    rng = np.random.default_rng(seed)
+    bucket = TokenBucket(rate, burst=max(1.0, rate * 0.1)) if rate else None
+    st = UserStats()
+    base = router_url.rstrip("/")
+    t0 = time.perf_counter()
+    for s in sessions:
+        if bucket is not None:
+            bucket.take(1)
+        body, liked = rank_request(s, feats, rng, negatives, top_k, item_features)
+        if experiment_id is not None:
+            body["experiment_id"] = experiment_id
+        r = client.post(f"{base}/v1/rank", json=body)
+        st.requests += 1
+        if r.status_code != 200:
+            st.errors += 1
+            continue
+        out = r.json()
+        st.shown += len(out["items"])
+        for it in out["items"]:
+            if it["item"] in liked:
+                fb = client.post(f"{base}/v1/feedback", json={
+                    "request_id": out["request_id"], "item": it["item"], "clicked": True})
+                st.clicks += fb.status_code == 202
+        if progress is not None:
+            progress(1)
+    st.seconds = time.perf_counter() - t0
+    return st
