@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     batch_size: PositiveInt = 1024
     seed: NonNegativeInt = 0
 
-    # --- streaming system: broker, Redis, trainer (services/trainer.py) ---
+    # --- streaming system: broker, Redis, trainer (services/trainer/loop.py) ---
     kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka host:port")
     # secrets: repr=False keeps them out of any logged Settings; a password may sit in the URL
     # (redis://:PASSWORD@host:port/0) or apart in redis_password, which overrides it
@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     metrics_window: PositiveInt = 10_000  # rows of the "recent" online metrics
     redis_write_chunk: PositiveInt = 2_000  # keys per Redis write script (~5 ms of Redis time)
     dense_versions_kept: PositiveInt = 3  # dense-weight blobs kept in Redis (older ones deleted)
-    # one trainer per model (services/lease.py): the owner's lease in Redis lasts this long
+    # one trainer per model (services/trainer/lease.py): the owner's lease in Redis lasts this long
     # unless renewed (every third of it); a second trainer waits this long, then is refused
     trainer_lease_ttl_s: float = Field(default=10.0, gt=0, le=3600, allow_inf_nan=False)
     # tansu assigns a group's partitions only after max_poll_interval; keep it small
@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     kafka_max_poll_interval_ms: PositiveInt = 5_000
     replay_batch_events: PositiveInt = 200  # events per Kafka message
 
-    # --- serving (services/serving) and the local stack (services/stack.py) ---
+    # --- serving (services/serving) and the local stack (services/stack/processes.py) ---
     serving_host: Host = "127.0.0.1"
     serving_port: Port = 8000
     serving_models: str = ""  # comma-separated model names to serve; empty: every model in Redis

@@ -178,7 +178,8 @@ class MetricPoint(Base):
 
 class OutboxMessage(Base):
     """One Kafka message value, written in the same transaction as the rows it derives from
-    and deleted once the broker stored it (a transactional outbox: see services/joiner.py)."""
+    and deleted once the broker stored it (a transactional outbox: see
+    services/experiments/joiner.py)."""
 
     __tablename__ = "joiner_outbox"
 
