@@ -28,12 +28,13 @@ from redis.exceptions import RedisError
 
 from services.serving.errors import LogThrottle
 from services.serving.metrics import ServingMetrics
+from services.serving.middleware import RequestMetrics
 from services.serving.registry import ModelRegistry
 from services.serving.responses import OrjsonResponse
 from services.serving.routers import health, metrics, score
 from services.serving.schemas import RAW_VALUE_MSG, RAW_VALUE_TAGS
 from services.serving.scorer import RawIdHasher
-from services.web.body_limit import BodyLimit, RequestMetrics
+from services.web.body_limit import BodyLimit
 from storage.settings import Settings
 
 log = logging.getLogger("chunkrec.serving")

@@ -1,21 +1,20 @@
-"""Pure ASGI middleware (no per-request task or body copy, unlike BaseHTTPMiddleware):
+"""`BodyLimit`, pure ASGI middleware (no per-request task or body copy, unlike
+BaseHTTPMiddleware) that serving and the router both mount: a request body over `max_bytes`
+gets 413 before the app sees it: at once from its Content-Length, or while it streams in
+(chunked bodies are counted as they arrive); a body not received in full within `timeout_s`
+gets 408 and the connection is closed.
 
-- `BodyLimit`: a request body over `max_bytes` gets 413 before the app sees it: at once from
-  its Content-Length, or while it streams in (chunked bodies are counted as they arrive); a
-  body not received in full within `timeout_s` gets 408 and the connection is closed.
-- `RequestMetrics`: counts every HTTP response by path and status, and its latency.
+    app.add_middleware(BodyLimit, max_bytes=2 << 20, timeout_s=10,
+                       setting="CHUNKREC_SERVING_MAX_BODY_BYTES")
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from services.serving.metrics import ServingMetrics
 
 
 async def _send_json(send: Send, status: int, doc: dict[str, Any], close: bool = False) -> None:
@@ -29,14 +28,15 @@ async def _send_json(send: Send, status: int, doc: dict[str, Any], close: bool =
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 10.0) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 10.0,
+                 setting: str = "CHUNKREC_SERVING_MAX_BODY_BYTES") -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+        self.setting = setting  # named in the 413: the limit a client hit
 
     def _too_large(self) -> dict[str, str]:
-        return {"detail": f"request body larger than {self.max_bytes} bytes "
-                          "(CHUNKREC_SERVING_MAX_BODY_BYTES)"}
+        return {"detail": f"request body larger than {self.max_bytes} bytes ({self.setting})"}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -90,27 +90,3 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
-
-
-class RequestMetrics:
-    def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        t0 = time.perf_counter()
-        status = 500
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        finally:
-            self.metrics.observe_request(scope["path"], status, time.perf_counter() - t0)

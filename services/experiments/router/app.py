@@ -88,7 +88,8 @@ def create_app(settings: Settings, sink: MessageSink | None = None,
         return JSONResponse({"detail": errors[:20]}, status_code=422)
 
     app.add_middleware(BodyLimit, max_bytes=settings.router_max_body_bytes,
-                       timeout_s=settings.router_body_timeout_s)
+                       timeout_s=settings.router_body_timeout_s,
+                       setting="CHUNKREC_ROUTER_MAX_BODY_BYTES")
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
