@@ -17,7 +17,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -156,3 +156,14 @@ def hash_values(values: np.ndarray | pd.Series) -> np.ndarray:
     out[out == MISSING_ID] = 1  # keep MISSING_ID reserved
     out[missing] = MISSING_ID
     return out
+
+
+def hash_raw(values: Sequence[str | int]) -> np.ndarray:
+    """Raw feature values as events and scoring requests carry them (a str, or an int that
+    hashes as its decimal string, so 196 and "196" are one ID) -> int64[N] IDs: `hash_values`
+    of their string forms, in one vectorised call.
+
+    hash_raw(["196", 196, "alice"]) -> int64[3] (the first two equal)
+    """
+    return hash_values(np.array([v if type(v) is str else str(v) for v in values],
+                                dtype=object))

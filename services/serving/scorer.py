@@ -29,7 +29,7 @@ from services import wire
 from services.serving.embedding_cache import EmbeddingCache
 from services.serving.metrics import ServingMetrics
 from services.serving.schemas import Item
-from storage.batch import DatasetSchema, hash_values
+from storage.batch import DatasetSchema, hash_raw
 
 log = logging.getLogger("chunkrec.serving")
 
@@ -121,10 +121,10 @@ class LoadedModel:
 
 
 class RawIdHasher:
-    """Raw feature value -> int64 ID, exactly `hash_values` of its string form (an int hashes
-    as its decimal string, as in events), memoised by the value itself: the mapping never
-    changes, so entries never go stale. A request whose values are all known is one pass of
-    dict lookups; its new distinct values are hashed in one vectorised call.
+    """Raw feature value -> int64 ID, exactly `hash_raw` (storage/batch.py: the events' own
+    conversion, an int hashing as its decimal string), memoised by the value itself: the
+    mapping never changes, so entries never go stale. A request whose values are all known is
+    one pass of dict lookups; its new distinct values are hashed in one vectorised call.
 
     The memo is bounded in bytes (`max_bytes`, the values' own sizes plus a per-entry
     allowance) and in entries (`capacity`); past either it starts over. A byte bound, because
@@ -161,8 +161,7 @@ class RawIdHasher:
             self.nbytes = 0
             new = list(dict.fromkeys(raw))
             size = sum(map(sys.getsizeof, new)) + self.ENTRY_BYTES * len(new)
-        text = np.array([v if type(v) is str else str(v) for v in new], dtype=object)
-        ids = hash_values(text)
+        ids = hash_raw(new)
         if size <= self.max_bytes:  # one request larger than the whole memo is not kept
             d.update(zip(new, ids.tolist(), strict=True))
             self.nbytes += size
@@ -298,9 +297,10 @@ def unpack_or_skip(model: LoadedModel, names: list[str], records: list[bytes | N
     a missing one: (float32[N, stored_dim], found bool[N]).
 
     The batch is unpacked in one call; only when it raises are the records checked one by one
-    (the format's checks stay in wire.py), so the common path pays nothing. Each corrupt
-    record is counted in `metrics`, and its key logged once per version (the cache then holds
-    it as missing; with caching off it is fetched and counted again, not logged again)."""
+    (the format's checks stay in services/wire/records.py), so the common path pays nothing.
+    Each corrupt record is counted in `metrics`, and its key logged once per version (the
+    cache then holds it as missing; with caching off it is fetched and counted again, not
+    logged again)."""
     try:
         return wire.unpack_records(records, model.widths, model.stored_dim)
     except ValueError:
