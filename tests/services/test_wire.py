@@ -27,6 +27,14 @@ def _event(**over: object) -> dict[str, object]:
 _DROP = object()
 
 
+def _read(value: bytes | None) -> tuple[wire.EventBatch, list[tuple[str, bytes]]]:
+    """One events message as the trainer reads it: (valid events, [(reason, original)] from
+    its dead letters)."""
+    batch, letters = wire.dead_letters(value, SCHEMA, "events", 0, 0)
+    docs = [wire.parse_dlq_record(v) for v in letters]
+    return batch, [(d["reason"], d["original"]) for d in docs]
+
+
 # ------------------------------------------------------------------ packed records
 
 
@@ -95,7 +103,7 @@ def test_batch_to_events_round_trips_through_validation() -> None:
                         dense=np.array([[0.25], [1.5]], np.float32),
                         unit_ids=np.array([10, 11]), timestamps=np.array([100, 101]))
     events = wire.batch_to_events(batch, ["a:0", "a:1"])
-    got, bad = wire.validate_message(wire.encode_events(events), SCHEMA)
+    got, bad = _read(wire.encode_events(events))
     assert bad == []
     assert got.event_ids == ["a:0", "a:1"]
     for name in ("labels", "ids", "dense", "unit_ids", "timestamps"):
@@ -104,7 +112,7 @@ def test_batch_to_events_round_trips_through_validation() -> None:
 
 def test_raw_features_hash_like_the_readers() -> None:
     ev = _event(ids=_DROP, features={"user": "196", "item": 242}, unit_id="alice")
-    got, bad = wire.validate_message(orjson.dumps([ev]), SCHEMA)
+    got, bad = _read(orjson.dumps([ev]))
     assert bad == []
     np.testing.assert_array_equal(got.batch.ids[0], hash_values(np.array(["196", "242"],
                                                                          dtype=object)))
@@ -140,7 +148,7 @@ def test_invalid_events_are_reported_with_their_reason(over: dict[str, object],
     good = _event(event_id="good")
     bad_ev = _event(**over)
     value = orjson.dumps([good, bad_ev])
-    got, bad = wire.validate_message(value, SCHEMA)
+    got, bad = _read(value)
     assert got.event_ids == ["good"]
     assert len(bad) == 1 and reason in bad[0][0]
     assert isinstance(bad[0][1], bytes)
@@ -149,7 +157,7 @@ def test_invalid_events_are_reported_with_their_reason(over: dict[str, object],
 @pytest.mark.parametrize(
     "value", [b"\xff\xfe not json", b"{\"a\": ", b"42", b"", None, b"[{\"ts\": 1e999}]"])
 def test_malformed_messages_dead_letter_whole(value: bytes | None) -> None:
-    got, bad = wire.validate_message(value, SCHEMA)
+    got, bad = _read(value)
     assert len(got) == 0 and len(bad) == 1
     assert bad[0][0].startswith("message:")
     assert bad[0][1] == (value or b"")
@@ -220,3 +228,60 @@ def test_dense_weights_that_are_not_finite_do_not_load() -> None:
         events_applied=0, events_checksum="0", events_invalid=0, offsets={})
     with pytest.raises(ValueError, match="not finite"):
         build_loaded_model(record, wire.dense_to_bytes(net.state_dict()), 100)
+
+
+# ------------------------------------------------------------------ names, exposures, feedback
+
+
+@pytest.mark.parametrize("name", ["m", "fiited-v2.1_a", "x" * 64, "", "x" * 65, "bad:name",
+                                  "a b", "é"])
+def test_model_name_type_and_check_agree(name: str) -> None:
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        wire.check_model_name(name)
+        ok = True
+    except ValueError:
+        ok = False
+    try:
+        TypeAdapter(wire.ModelName).validate_python(name)
+        typed = True
+    except ValidationError:
+        typed = False
+    assert ok == typed == (name in ("m", "fiited-v2.1_a", "x" * 64))
+
+
+def test_exposure_string_bounds_are_the_database_columns() -> None:
+    from storage.db.models import Exposure, Outcome
+
+    def chars(column: object) -> int:
+        return int(column.property.columns[0].type.length)  # type: ignore[attr-defined]
+
+    assert wire.REQUEST_ID_CHARS == chars(Exposure.request_id)
+    assert wire.UNIT_ID_CHARS == chars(Exposure.unit_id)
+    assert wire.ITEM_CHARS == chars(Outcome.item)
+
+
+def test_typed_exposure_and_feedback_round_trip() -> None:
+    shown = [wire.ShownMsg.model_construct(item=str(k), position=k, score=0.5,
+                                           features={"user": "u", "item": k}) for k in range(3)]
+    exp = wire.ExposureMsg.model_construct(
+        request_id="r1", experiment_id=1, phase=1, arm="a", arm_id=2, model="m",
+        model_version=3, unit_id="u", ts=10.0, latency_ms=1.5, shown=shown)
+    doc, repeats = wire.read_exposure(orjson.dumps(exp.model_dump()))
+    assert repeats == 0 and doc == exp.model_dump()
+    fb = wire.FeedbackMsg.model_construct(request_id="r1", item="2", clicked=True, ts=11.0)
+    assert wire.read_feedback(orjson.dumps(fb.model_dump())) == fb.model_dump()
+
+
+def test_raw_ids_are_one_conversion_for_events_and_serving() -> None:
+    from services.serving.scorer import RawIdHasher
+    from storage.batch import hash_raw
+
+    raw: list[str | int] = ["196", 196, "", "alice", -(2**63)]
+    want = hash_values(np.array(["196", "196", "", "alice", str(-(2**63))], dtype=object))
+    np.testing.assert_array_equal(hash_raw(raw), want)
+    np.testing.assert_array_equal(RawIdHasher().hash(raw), want)
+    ev = _event(ids=_DROP, features={"user": 196, "item": "alice"})
+    got, _ = _read(orjson.dumps([ev]))
+    np.testing.assert_array_equal(got.batch.ids[0], want[[0, 3]])
