@@ -21,15 +21,10 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from services import wire
-from services.experiments.joiner import (
-    MAX_EVENTS_MESSAGE_BYTES,
-    MAX_SHOWN,
-    BadMessage,
-    JoinerService,
-    read_exposure,
-    read_feedback,
-)
+from services.experiments.join_store import MAX_EVENTS_MESSAGE_BYTES
+from services.experiments.joiner import JoinerService
 from services.stack.infra import ManagedProcess, create_topics
+from services.wire import MAX_SHOWN, BadMessage, read_exposure, read_feedback
 from storage.batch import DatasetSchema
 from storage.db import experiments as store
 from storage.db.models import Exposure, Outcome

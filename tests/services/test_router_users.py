@@ -95,7 +95,8 @@ def test_users_send_item_ids_and_the_item_table_fills_the_schema(tmp_path) -> No
     """With an item table (as `chunkrec up` runs it) the users send item ids only; serving and
     the exposures get the user's context plus the table's item features, and the joined events
     are valid MovieLens events (the seven schema fields, nothing else)."""
-    from services.experiments.joiner import Closed, closed_to_events
+    from services.experiments.join_state import Closed
+    from services.experiments.join_store import closed_to_events
     from services.stack.simulated_users import ITEM_FEATURES, item_table
     from storage.datasets.movielens import FIELDS, SCHEMA_100K
     from storage.db.migrate import upgrade
