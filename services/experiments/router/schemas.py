@@ -34,9 +34,9 @@ from services import wire
 DB_INT_MAX = (1 << 63) - 1
 ExperimentId = Annotated[int, Path(ge=1, le=DB_INT_MAX)]
 PhaseQuery = Annotated[int | None, Query(ge=1, le=DB_INT_MAX)]
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+Name = wire.ModelName  # an arm name follows the model-name rule too
 
-MAX_UNIT_CHARS = 256  # exposures.unit_id
+MAX_UNIT_CHARS = wire.UNIT_ID_CHARS  # exposures.unit_id
 # outcomes.item is 256 chars; the joined event id "exp:{32-hex request_id}:{item}" must fit
 # MAX_EVENT_ID_CHARS whole, or two items sharing a long prefix would share an event id
 MAX_ITEM_CHARS = wire.MAX_EVENT_ID_CHARS - len(wire.joined_event_id("0" * 32, ""))
@@ -53,7 +53,7 @@ Features = Annotated[dict[FeatureName, RawValue], Field(max_length=MAX_FEATURES)
 ItemId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ITEM_CHARS, pattern=_NO_NUL)]
 UnitId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_UNIT_CHARS,
                                     pattern=_NO_NUL)] | Int64
-RequestId = Annotated[StrictStr, Field(min_length=1, max_length=64,  # exposures.request_id
+RequestId = Annotated[StrictStr, Field(min_length=1, max_length=wire.REQUEST_ID_CHARS,
                                        pattern=_NO_NUL)]
 
 

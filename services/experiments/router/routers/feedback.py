@@ -34,7 +34,8 @@ def feedback(req: FeedbackRequest, state: StateDep) -> FeedbackResponse:
         if req.item not in shown:
             raise HTTPException(422, f"item {req.item!r} was not shown in request "
                                 f"{req.request_id}")
-    msg = {"request_id": req.request_id, "item": req.item, "clicked": req.clicked,
-           "ts": time.time()}
-    state.sink.send(wire.FEEDBACK_TOPIC, req.request_id.encode(), orjson.dumps(msg))
+    msg = wire.FeedbackMsg.model_construct(request_id=req.request_id, item=req.item,
+                                           clicked=req.clicked, ts=time.time())
+    state.sink.send(wire.FEEDBACK_TOPIC, req.request_id.encode(),
+                    orjson.dumps(msg.model_dump()))
     return FeedbackResponse()

@@ -173,18 +173,20 @@ async def rank(req: RankRequest, state: StateDep) -> RankResponse:
     scores, version = await _score(state, arm.model, content, len(items))
     order = np.argsort(-scores, kind="stable")[: req.top_k or len(scores)]
     request_id = uuid.uuid4().hex
-    shown = [{"item": req.candidates[i].item, "position": pos, "score": float(scores[i]),
-              "features": items[i]} for pos, i in enumerate(order.tolist())]
+    # the record is built unvalidated (model_construct): the joiner validates it on read and
+    # dead-letters what it refuses, as it does for any producer
+    shown = [wire.ShownMsg.model_construct(item=req.candidates[i].item, position=pos,
+                                           score=float(scores[i]), features=items[i])
+             for pos, i in enumerate(order.tolist())]
     latency_ms = (time.perf_counter() - t0) * 1e3
-    exposure = {"request_id": request_id, "experiment_id": cfg.id, "phase": cfg.phase,
-                "arm": arm.name, "arm_id": arm.id, "model": arm.model,
-                "model_version": version, "unit_id": unit,
-                "ts": time.time(), "latency_ms": latency_ms, "shown": shown}
-    value = orjson.dumps(exposure)
+    exposure = wire.ExposureMsg.model_construct(
+        request_id=request_id, experiment_id=cfg.id, phase=cfg.phase, arm=arm.name,
+        arm_id=arm.id, model=arm.model, model_version=version, unit_id=unit, ts=time.time(),
+        latency_ms=latency_ms, shown=shown)
+    value = orjson.dumps(exposure.model_dump())
     if len(value) > limit:  # the bound above is meant to make this unreachable
         raise _too_large(len(value), limit)
     state.sink.send(wire.EXPOSURES_TOPIC, request_id.encode(), value)
-    state.issued.add(request_id, unit, (s["item"] for s in shown))
+    state.issued.add(request_id, unit, (s.item for s in shown))
     return RankResponse(request_id=request_id, experiment_id=cfg.id, phase=cfg.phase,
-                        items=[RankedItem(item=s["item"], position=s["position"])
-                               for s in shown])
+                        items=[RankedItem(item=s.item, position=s.position) for s in shown])
