@@ -19,6 +19,10 @@ go to `events.dlq` with their reason and original bytes, counted; valid ones are
 trained on in micro-batches of `trainer_batch_events` (a partial batch after
 `trainer_linger_ms`). Publishes and checkpoints happen only with the queue empty, i.e. on
 exactly the events the offsets say.
+
+The parts: offsets.py (the per-partition offsets and the queue: the protocol above), ingest.py
+(validation and dead letters), versions.py (the version record), hot_start.py (`--hot-start`),
+checkpoint.py, publisher.py (Redis), lease.py (one trainer per model), run.py (the process).
 """
 
 from __future__ import annotations
@@ -32,23 +36,21 @@ from typing import Any
 
 import redis
 import torch
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from models.learner import Learner
 from models.metrics import StreamMetrics
 from models.networks import build_model
-from models.policies.hot_start import hot_start
-from models.policy import parse_policy
+from models.policies.registry import parse_policy
 from services import wire
 from services.messaging.confirmed import ConfirmedProducer
-from services.trainer.checkpoint import (
-    CheckpointState,
-    list_checkpoints,
-    load_latest,
-    write_checkpoint,
-)
+from services.trainer.checkpoint import CheckpointState, load_latest, write_checkpoint
+from services.trainer.hot_start import hot_start_from
+from services.trainer.ingest import ingest
 from services.trainer.lease import Fenced, ModelLease
+from services.trainer.offsets import OffsetBook
 from services.trainer.publisher import RedisPublisher
+from services.trainer.versions import version_record
 from storage.batch import DatasetSchema, SparseBatch
 from storage.settings import Settings
 
@@ -99,21 +101,6 @@ class TrainerStats:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, trainer: StreamTrainer) -> None:
-        self.trainer = trainer
-
-    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self.trainer._on_revoked(revoked)
-
-    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.trainer._on_assigned(assigned)
-
-
-def _tp_name(tp: TopicPartition) -> str:
-    return f"{tp.topic}:{tp.partition}"
-
-
 class StreamTrainer:
     """See module docstring."""
 
@@ -131,15 +118,11 @@ class StreamTrainer:
         # only, and a checkpoint must not grow with the stream
         self.learner.metrics = StreamMetrics(retain=max(1, settings.metrics_window))
         self.stats = TrainerStats()
-        self.applied: dict[TopicPartition, int] = {}  # next offset after the last applied event
-        self.consumed: dict[TopicPartition, int] = {}  # next offset after the last queued one
-        self.queue: list[tuple[TopicPartition, wire.EventBatch]] = []
+        self.offsets = OffsetBook(settings.trainer_start)  # applied, consumed, the queue
         self.version = 0
         self.ckpt_root = Path(settings.checkpoint_dir) / config.model
         self._stop = False
         self._need_full = True  # a full republish on start
-        self._assigned_at: float | None = None  # the idle clock starts at the first assignment
-        self._fresh: set[TopicPartition] = set()  # assigned, no offset known yet
         self._published_events = -1  # events_applied at the last publish
         self.consumer: KafkaConsumer | None = None
         self.producer: ConfirmedProducer | None = None
@@ -148,13 +131,19 @@ class StreamTrainer:
         self.fenced = False  # another trainer took the model over: write nothing more
         self._restore()
 
+    @property
+    def applied(self) -> dict[TopicPartition, int]:
+        """Per partition, the next offset after the last applied event."""
+        return self.offsets.applied
+
     # ---------------------------------------------------------------- state
     def _restore(self) -> None:
         got = load_latest(self.ckpt_root, self.policy, self.net, self.learner.optimizer,
                           metrics_retain=max(1, self.s.metrics_window))
         if got is None:
             if self.c.hot_start is not None:
-                self._hot_start(Path(self.c.hot_start))
+                self.offsets.resume_at(hot_start_from(Path(self.c.hot_start), self.policy,
+                                                      self.net, self.c))
             return
         restored, metrics = got
         st = restored.state
@@ -171,54 +160,13 @@ class StreamTrainer:
         self.stats.events_checksum = st.events_checksum
         self.stats.events_invalid = st.events_invalid
         self.version = st.version
-        self._resume_at(st.offsets)
+        self.offsets.resume_at(st.offsets)
         log.info("restored %s: %d events applied, offsets %s", restored.path,
                  st.events_applied, st.offsets)
 
-    def _resume_at(self, offsets: dict[str, int]) -> None:
-        """Seek every partition of a checkpoint's offsets ("topic:partition" -> next offset)
-        when it is assigned."""
-        for name, off in offsets.items():
-            topic, _, part = name.rpartition(":")
-            tp = TopicPartition(topic, int(part))
-            self.applied[tp] = self.consumed[tp] = int(off)
-
-    def _hot_start(self, source: Path) -> None:
-        """Start from another model's checkpoint: its embeddings into this policy
-        (models.policies.hot_start: copied, then this policy's own rule, e.g. pruned to its
-        budget), its network where the shapes match, and its Kafka offsets, so the events
-        its weights already hold are not learned twice. Counts and checksum start at zero:
-        they are this model's applied events."""
-        path = source
-        if not (path / "state.json").exists():
-            found = list_checkpoints(path)
-            if not found:
-                raise ValueError(f"{source}: no checkpoint to hot-start from (expected a "
-                                 "ckpt-* folder, or a model's folder of them)")
-            path = found[-1]
-        st = CheckpointState.from_json((path / "state.json").read_bytes())
-        if st.schema != self.c.schema.name:
-            raise ValueError(f"{path}: checkpoint of schema {st.schema!r}, this model's is "
-                             f"{self.c.schema.name!r}")
-        try:
-            ids = hot_start(self.policy, path / "policy.bin")
-        except (TypeError, ValueError, KeyError, OSError) as exc:
-            raise ValueError(f"{path}: cannot hot-start {self.c.policy!r} from it: {exc}") from exc
-        network = "fresh (different network)"
-        if st.arch == self.c.arch:
-            dense = torch.load(path / "dense.pt", weights_only=True)["model"]
-            try:
-                self.net.load_state_dict(dense)
-                network = "copied"
-            except RuntimeError:
-                pass  # another D or schema: the network starts from its seed
-        self._resume_at(st.offsets)
-        log.info("hot start from %s (model %s, policy %s): %d IDs, network %s, offsets %s",
-                 path, st.model, st.policy, ids, network, st.offsets)
-
     def checkpoint(self) -> Path:
         """Write a checkpoint of the applied state (the queue must be empty)."""
-        assert not self.queue, "checkpoint with events queued"
+        assert not self.offsets.queue, "checkpoint with events queued"
         self._check_lease()  # a fenced trainer must not write over the owner's checkpoints
         if self.producer is not None:
             self.producer.flush()  # dead letters of the checkpointed offsets are durable
@@ -227,7 +175,7 @@ class StreamTrainer:
             schema=self.c.schema.name, events_applied=self.stats.events_applied,
             events_checksum=self.stats.events_checksum,
             events_invalid=self.stats.events_invalid,
-            offsets={_tp_name(tp): off for tp, off in self.applied.items()},
+            offsets=self.offsets.named(),
             version=self.version, rows_trained=self.learner.rows_trained,
             batches_trained=self.learner.batches_trained,
         )
@@ -239,31 +187,6 @@ class StreamTrainer:
         return path
 
     # ---------------------------------------------------------------- Kafka
-    def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        # queued events of a revoked partition are re-read after the next assignment's seek
-        self.queue = [(tp, b) for tp, b in self.queue if tp not in revoked]
-        for tp in revoked:
-            if tp in self.applied:
-                self.consumed[tp] = self.applied[tp]
-
-    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
-        assert self.consumer is not None
-        for tp in assigned:
-            if tp in self.applied:
-                self.consumer.seek(tp, self.applied[tp])
-                self.consumed[tp] = self.applied[tp]
-        fresh = [tp for tp in assigned if tp not in self.applied]
-        if fresh:
-            # seeks only mark the reset; position() would block the IO thread this runs on,
-            # so fresh partitions get their offsets in `_resolve_fresh` after the poll
-            if self.s.trainer_start == "latest":
-                self.consumer.seek_to_end(*fresh)
-            else:
-                self.consumer.seek_to_beginning(*fresh)
-            self._fresh.update(fresh)
-        self._assigned_at = time.monotonic()
-        log.info("assigned %s", sorted(_tp_name(tp) for tp in assigned))
-
     def connect(self) -> None:
         """Take the model's lease (LeaseHeld when another trainer owns it), then join the
         consumer group: a refused trainer never takes partitions from the owner."""
@@ -289,7 +212,7 @@ class StreamTrainer:
             max_poll_records=self.s.trainer_max_poll_records,
             client_id=f"chunkrec-trainer-{self.c.model}",
         )
-        self.consumer.subscribe([self.c.topic], listener=_Rebalance(self))
+        self.consumer.subscribe([self.c.topic], listener=self.offsets.listener(self.consumer))
         # max_block_ms: a send that cannot get metadata gives up (and is counted) in seconds,
         # not the default minute
         self.producer = ConfirmedProducer(KafkaProducer(
@@ -309,17 +232,8 @@ class StreamTrainer:
             self.publisher.r.close()
 
     def lag(self) -> int | None:
-        """Events (messages) behind the broker's high-water marks of the assigned partitions.
-        From consumer.highwater() (fetch responses): tansu's ListOffsets(latest) is wrong."""
-        if self.consumer is None:
-            return None
-        total = 0
-        for tp in self.consumer.assignment():
-            hw = self.consumer.highwater(tp)
-            if hw is None:
-                return None
-            total += max(0, hw - self.consumed.get(tp, 0))
-        return total
+        """Events (messages) behind the broker's high-water marks (OffsetBook.lag)."""
+        return self.offsets.lag()
 
     # ---------------------------------------------------------------- the loop
     def stop(self) -> None:
@@ -328,39 +242,11 @@ class StreamTrainer:
         self._stop = True
 
     def ingest(self, records: dict[TopicPartition, list[Any]]) -> int:
-        """Validate polled records, dead-letter the invalid ones, queue the valid ones.
-        Returns the number of valid events queued."""
+        """Validate polled records, dead-letter the invalid ones, queue the valid ones
+        (services/trainer/ingest.py). Returns the number of valid events queued."""
         assert self.producer is not None
-        t0 = time.perf_counter()
-        n = 0
-        for tp, msgs in records.items():
-            if tp in self.applied and msgs and msgs[0].offset < self.consumed.get(tp, 0):
-                msgs = [m for m in msgs if m.offset >= self.consumed[tp]]  # already queued
-            for m in msgs:
-                try:
-                    batch, dlq = wire.dead_letters(m.value, self.c.schema, tp.topic,
-                                                   tp.partition, m.offset)
-                except Exception as exc:  # noqa: BLE001 - no message may stop the trainer
-                    log.exception("validating %s:%d:%d failed", tp.topic, tp.partition,
-                                  m.offset)
-                    batch = wire.EventBatch.empty(self.c.schema)
-                    dlq = [wire.dlq_record(f"trainer: cannot validate ({type(exc).__name__}: "
-                                           f"{exc})", m.value or b"", tp.topic, tp.partition,
-                                           m.offset)]
-                for rec in dlq:
-                    self._dead_letter(rec)
-                self.stats.events_invalid += len(dlq)
-                if len(batch):
-                    self.queue.append((tp, batch))
-                    n += len(batch)
-                self.consumed[tp] = m.offset + 1
-                self.stats.messages += 1
-            if msgs and tp not in self.applied:
-                self.applied[tp] = msgs[0].offset
-        self.stats.decode_seconds += time.perf_counter() - t0
-        if n and self.stats.first_event_at is None:
-            self.stats.first_event_at = t0
-        return n
+        return ingest(records, book=self.offsets, schema=self.c.schema, producer=self.producer,
+                      stats=self.stats)
 
     def _check_lease(self) -> None:
         """Renew the lease; raises Fenced when another trainer owns the model. Redis being
@@ -372,45 +258,17 @@ class StreamTrainer:
         except redis.RedisError as exc:
             log.warning("lease not renewed (%s)", exc)
 
-    def _dead_letter(self, record: bytes) -> None:
-        """Send a dead letter; if the producer refuses it, a stub without the original (its
-        length and hash stay); if that is refused too, count it. Never raises: the original
-        message stays in its topic at the offset the letter names either way."""
-        assert self.producer is not None
-        if self.producer.send(wire.DLQ_TOPIC, record):
-            return
-        log.error("dead letter refused (%s); sending a stub", self.producer.last_error)
-        if not self.producer.send(wire.DLQ_TOPIC, wire.dlq_stub(record)):
-            self.stats.dead_letters_lost += 1
-            log.error("dead-letter stub refused too (%s)", self.producer.last_error)
-
-    def _resolve_fresh(self) -> None:
-        """Offsets of assigned partitions that had none (no checkpoint): the first message
-        polled from one gives it (in `ingest`), else its position, asked here, outside the
-        rebalance callback."""
-        assert self.consumer is not None
-        assignment = self.consumer.assignment()
-        for tp in list(self._fresh):
-            if tp not in assignment:
-                self._fresh.discard(tp)
-            elif tp in self.applied:
-                self._fresh.discard(tp)
-            else:
-                self.applied[tp] = self.consumed[tp] = self.consumer.position(tp)
-                self._fresh.discard(tp)
-
     def queued_events(self) -> int:
-        return sum(len(b) for _, b in self.queue)
+        return self.offsets.queued_events()
 
     def train_queue(self) -> int:
         """Train on every queued event, in order, in micro-batches; then the applied offsets
         are the consumed ones. Returns the number of events applied."""
-        if not self.queue:
-            self.applied.update(self.consumed)
+        if not self.offsets.queue:
+            self.offsets.commit()
             return 0
         t0 = time.perf_counter()
-        joined = wire.EventBatch.concat([b for _, b in self.queue])
-        self.queue = []
+        joined = wire.EventBatch.concat(self.offsets.take())
         size = max(1, self.s.trainer_batch_events)
         if not self.c.decode_only:
             for a in range(0, len(joined), size):
@@ -418,46 +276,22 @@ class StreamTrainer:
         self.stats.events_applied += len(joined)
         self.stats.events_checksum = wire.add_checksums(
             self.stats.events_checksum, wire.event_id_checksum(joined.event_ids))
-        self.applied.update(self.consumed)
+        self.offsets.commit()
         self.stats.last_applied_at = time.perf_counter()
         self.stats.train_seconds += self.stats.last_applied_at - t0
         return len(joined)
 
     def version_record(self) -> wire.ModelVersion:
-        m = self.learner.metrics
-        run = m.running()
-        window = max(1, self.s.metrics_window)
-        metrics = {
-            "auc": wire.finite_or_none(m.auc()) if len(m) else None,
-            "logloss": wire.finite_or_none(run["logloss"]),
-            "ne": wire.finite_or_none(run["ne"]),
-            "window_auc": wire.finite_or_none(m.auc(start=-window)) if len(m) else None,
-            "window_logloss": wire.finite_or_none(m.logloss(start=-window)),
-            "window_rows": min(len(m), window),
-            "rows": len(m),
-            "lag": self.lag(),
-            "samples_per_s": wire.finite_or_none(self.learner.samples_per_s),
-        }
-        mem = self.policy.memory()
-        schema = self.c.schema
-        return wire.ModelVersion(
-            model=self.c.model, version=self.version, created_at=time.time(),
-            policy=self.c.policy, schema=schema.name, fields=list(schema.fields),
-            dense_names=list(schema.dense), arch=self.c.arch, dim=self.policy.dim, widths=[],
-            dense_key="", full=False, entries_written=0, entries_deleted=0,
-            embedding_bytes=mem.total_bytes, embedding_value_bytes=mem.value_bytes,
-            redis_embedding_bytes=0, redis_embedding_records=0,
-            events_applied=self.stats.events_applied,
-            events_checksum=str(self.stats.events_checksum),
-            events_invalid=self.stats.events_invalid,
-            offsets={_tp_name(tp): off for tp, off in self.applied.items()},
-            metrics=metrics,
-        )
+        return version_record(
+            self.c, version=self.version, policy=self.policy, learner=self.learner,
+            counts=(self.stats.events_applied, self.stats.events_checksum,
+                    self.stats.events_invalid),
+            offsets=self.offsets.named(), lag=self.lag(), window=max(1, self.s.metrics_window))
 
     def publish(self) -> bool:
         """Publish a new version (full when due); False when Redis is unreachable or nothing
         changed since the last version (no event applied, Redis still holding it)."""
-        assert self.publisher is not None and not self.queue
+        assert self.publisher is not None and not self.offsets.queue
         try:
             if (not self._need_full and self.stats.events_applied == self._published_events
                     and self.publisher.r.exists(wire.version_key(self.c.model))):
@@ -519,8 +353,8 @@ class StreamTrainer:
             if records and self.ingest(records):
                 last_event = now
                 first_queued = first_queued or now
-            if self._fresh:
-                self._resolve_fresh()
+            if self.offsets.fresh:
+                self.offsets.resolve_fresh()
             pub_due = now - last_pub >= self.s.publish_interval_s
             ckpt_due = now - last_ckpt >= self.s.checkpoint_interval_s or (
                 self.s.checkpoint_every_events > 0
@@ -541,8 +375,9 @@ class StreamTrainer:
             if self.c.max_events is not None and (
                     self.stats.events_applied + self.queued_events() >= self.c.max_events):
                 break
-            if self.c.idle_exit_s is not None and self._assigned_at is not None and (
-                    now - max(last_event, self._assigned_at) >= self.c.idle_exit_s):
+            assigned_at = self.offsets.assigned_at  # the idle clock starts at an assignment
+            if self.c.idle_exit_s is not None and assigned_at is not None and (
+                    now - max(last_event, assigned_at) >= self.c.idle_exit_s):
                 break
         self.train_queue()
         if not self.c.decode_only:

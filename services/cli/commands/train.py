@@ -1,4 +1,4 @@
-"""`chunkrec train`: the streaming trainer of one model (services/trainer/loop.py).
+"""`chunkrec train`: the streaming trainer of one model (services/trainer/run.py).
 
     chunkrec train --model fiited25 --policy fiited:K=8,budget=0.25 --arch dlrm \\
         --data movielens-100k
@@ -7,18 +7,10 @@
 from __future__ import annotations
 
 import logging
-import signal
 from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from models.networks import MODEL_NAMES
-from services import wire
-from services.trainer.lease import Fenced, LeaseHeld
-from services.trainer.loop import StreamTrainer, TrainerConfig
-from storage.datasets.spec import DatasetError, open_dataset
-from storage.settings import get_settings
 
 
 def train(
@@ -26,8 +18,11 @@ def train(
     policy: Annotated[str, typer.Option("--policy", help="policy spec, e.g. fixed:64")],
     data: Annotated[str, typer.Option(
         "--data", help="data-set spec whose schema the events follow (not read)")],
-    arch: Annotated[str, typer.Option(help=f"network: {' or '.join(MODEL_NAMES)}")] = "dlrm",
-    topic: Annotated[str, typer.Option(help="Kafka topic")] = wire.EVENTS_TOPIC,
+    arch: Annotated[str, typer.Option(
+        help="network (models.networks.MODEL_NAMES: a wrong one is refused with the list)")
+    ] = "dlrm",
+    topic: Annotated[str | None, typer.Option(
+        help="Kafka topic (default: the events topic)")] = None,
     seed: Annotated[int, typer.Option(help="initialisation seed")] = 0,
     max_events: Annotated[int | None, typer.Option(
         min=1, help="stop once this many events are applied (counted across restarts)")] = None,
@@ -41,31 +36,25 @@ def train(
         "embeddings, network and Kafka offsets")] = None,
 ) -> None:
     """Train one model on the event stream; publish versions to Redis; checkpoint."""
+    # heavy (torch, Kafka): imported when the command runs, not for `chunkrec --help`
+    from models.networks import MODEL_NAMES
+    from services import wire
+    from services.trainer.lease import Fenced, LeaseHeld
+    from services.trainer.run import TrainerOptions, TrainerRefused, run_trainer
+    from storage.settings import SettingsError, get_settings
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
     overrides = {k: v for k, v in (("kafka_bootstrap", bootstrap), ("redis_url", redis_url))
                  if v}
     if arch.strip().lower() not in MODEL_NAMES:
         raise typer.BadParameter(f"expected one of {', '.join(MODEL_NAMES)}", param_hint="--arch")
+    opts = TrainerOptions(model=model, policy=policy, data=data, arch=arch,
+                          topic=topic or wire.EVENTS_TOPIC, seed=seed, max_events=max_events,
+                          idle_exit_s=idle_exit, hot_start=hot_start)
     try:  # settings, names, schema and policy spec are all checked before any connection
-        settings = get_settings(**overrides)
-        wire.check_model_name(model)
-        schema = open_dataset(data).schema
-        trainer = StreamTrainer(settings, TrainerConfig(
-            model=model, policy=policy, schema=schema, arch=arch.strip().lower(), topic=topic,
-            seed=seed, max_events=max_events, idle_exit_s=idle_exit, hot_start=hot_start))
-    except (DatasetError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-
-    def on_signal(signum: int, _frame: object) -> None:
-        trainer.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        stats = trainer.run()
-    except (LeaseHeld, Fenced) as exc:
+        stats = run_trainer(get_settings(**overrides), opts)
+    except (SettingsError, TrainerRefused, LeaseHeld, Fenced) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"applied {stats.events_applied:,} events ({stats.events_invalid:,} invalid), "

@@ -1,0 +1,65 @@
+"""The trainer process (`chunkrec train`): one model's StreamTrainer, built from its options,
+run until SIGTERM / SIGINT, max_events or idle_exit_s.
+
+    stats = run_trainer(settings, TrainerOptions(model="fiited", policy="fiited:budget=0.25",
+                                                 data="movielens-100k"))
+
+Everything is checked before any connection (settings, the model name, the data set's
+schema, the policy spec): a refusal raises TrainerRefused with one line naming it; LeaseHeld
+(another trainer owns the model) and Fenced (another took it over) come from the run.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from services import wire
+from services.trainer.loop import StreamTrainer, TrainerConfig, TrainerStats
+from storage.datasets.spec import DatasetError, open_dataset
+from storage.settings import Settings
+
+
+class TrainerRefused(ValueError):
+    """A bad option, data-set spec or policy spec: nothing was started."""
+
+
+@dataclass
+class TrainerOptions:
+    model: str
+    policy: str
+    data: str  # data-set spec whose schema the events follow (not read)
+    arch: str = "dlrm"
+    topic: str = wire.EVENTS_TOPIC
+    seed: int = 0
+    max_events: int | None = None
+    idle_exit_s: float | None = None
+    hot_start: Path | None = None
+
+
+def build_trainer(settings: Settings, opts: TrainerOptions) -> StreamTrainer:
+    """The trainer of `opts` (restored from its newest checkpoint), not connected yet."""
+    arch = opts.arch.strip().lower()
+    try:
+        wire.check_model_name(opts.model)
+        schema = open_dataset(opts.data).schema
+        return StreamTrainer(settings, TrainerConfig(
+            model=opts.model, policy=opts.policy, schema=schema, arch=arch, topic=opts.topic,
+            seed=opts.seed, max_events=opts.max_events, idle_exit_s=opts.idle_exit_s,
+            hot_start=opts.hot_start))
+    except (DatasetError, ValueError) as exc:
+        raise TrainerRefused(str(exc)) from exc
+
+
+def run_trainer(settings: Settings, opts: TrainerOptions) -> TrainerStats:
+    """Build the trainer, stop it on SIGTERM / SIGINT (final train, checkpoint, publish), run
+    it; returns its counters."""
+    trainer = build_trainer(settings, opts)
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        trainer.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return trainer.run()
