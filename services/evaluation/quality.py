@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import textwrap
 import time
 from collections.abc import Callable, Sequence
@@ -36,29 +35,17 @@ from rich.table import Table
 from models.learner import DENSE_LR, Learner
 from models.metrics import StreamMetrics, bootstrap_auc
 from models.networks import build_model
-from models.policy import parse_policy
+from models.policies.registry import parse_policy
+from services.evaluation.policy_specs import (  # noqa: F401 - re-exported for bench/
+    POLICY_KINDS,
+    PolicySpecError,
+    policy_kind,
+    split_policies,
+)
 from storage.datasets.spec import Dataset, open_dataset
 
-POLICY_KINDS = ("fixed", "fiited", "adaembed", "torch", "dml", "amtl")
 TAIL_FRACTION = 0.3
 FULL_DIM = 64  # "% of fixed-64": the total bytes of fixed:64 are 100%
-
-# A comma starts a new policy only where a policy kind follows it: fiited:K=8,budget=0.25 is one.
-_POLICY_SPLIT = re.compile(r",\s*(?=(?:" + "|".join(POLICY_KINDS) + r")\b(?!\s*=))", re.I)
-
-
-class PolicySpecError(ValueError):
-    """A policy spec that cannot be built; str() is one line naming the spec."""
-
-
-def split_policies(text: str) -> list[str]:
-    """'fixed:64,fiited:K=8,budget=0.25,torch:64' -> ['fixed:64', 'fiited:K=8,budget=0.25',
-    'torch:64']: split on commas followed by a policy kind name."""
-    return [p.strip() for p in _POLICY_SPLIT.split(text) if p.strip()]
-
-
-def policy_kind(spec: str) -> str:
-    return spec.partition(":")[0].strip().lower()
 
 
 @dataclass

@@ -7,25 +7,10 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-
-from models.learner import DENSE_LR
-from models.networks import MODEL_NAMES
-from services.evaluation.quality import (
-    PolicySpecError,
-    Run,
-    render_table,
-    run_quality_bench,
-    split_policies,
-    write_frontier_png,
-    write_json,
-)
-from storage.datasets.spec import DatasetError
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -59,7 +44,7 @@ def quality(
     model: Annotated[
         str,
         typer.Option(
-            help=f"network: {' or '.join(MODEL_NAMES)} (dlrm: dot products are exact under "
+            help="network (models.networks.MODEL_NAMES; dlrm: dot products are exact under "
             "zero padding)"
         ),
     ] = "dlrm",
@@ -67,7 +52,10 @@ def quality(
     max_rows: Annotated[int | None, typer.Option(min=1, help="stop after N rows")] = None,
     png: Annotated[Path | None, typer.Option(help="write the memory-vs-AUC frontier here")] = None,
     bootstrap: Annotated[int, typer.Option(min=10, help="bootstrap resamples")] = 300,
-    lr: Annotated[float, typer.Option(help="Adam learning rate of the network")] = DENSE_LR,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="Adam learning rate of the network (default: models.learner.DENSE_LR)"),
+    ] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="torch.set_num_threads")] = None,
     common_dim: Annotated[
         bool,
@@ -87,47 +75,24 @@ def quality(
 ) -> None:
     """Stream the data set once per policy and seed (progressive validation) and compare
     embedding bytes, AUC, log loss, NE, speed and paired ΔAUC against the reference."""
+    # heavy (torch, scikit-learn): imported when the command runs, not for `chunkrec --help`
+    from models.networks import MODEL_NAMES
+    from services.evaluation.policy_specs import PolicySpecError, split_policies
+    from services.evaluation.quality_run import bench_quality
+    from storage.datasets.spec import DatasetError
+
     specs = split_policies(policies or "") + [p.strip() for p in policy or [] if p.strip()]
     if not specs:
         raise typer.BadParameter("give --policies or --policy", param_hint="--policies")
     if model.strip().lower() not in MODEL_NAMES:
         raise typer.BadParameter(f"expected one of {', '.join(MODEL_NAMES)}", param_hint="--model")
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-    console = Console(width=None if sys.stdout.isatty() else 200)
-    log = Console(stderr=True)
-
-    def progress(run: Run) -> None:
-        s = run.metrics.summary()
-        log.print(
-            f"[dim]{run.policy} seed {run.seed}: {s['rows']:,} rows, AUC {s['auc']:.4f}, "
-            f"{run.samples_per_s:,.0f} samples/s, {run.wall_s:.1f} s[/dim]"
-        )
-
+    options = {"lr": lr} if lr is not None else {}
     try:
-        report = run_quality_bench(
-            data,
-            specs,
-            seeds=seeds,
-            reference=reference,
-            model=model,
-            batch_size=batch_size,
-            max_rows=max_rows,
-            n_bootstrap=bootstrap,
-            lr=lr,
-            progress=progress,
-            common_dim=common_dim,
-            hot_start=hot_start,
-        )
+        bench_quality(data, specs, out=out, png=png, threads=threads, seeds=seeds,
+                      reference=reference, model=model, batch_size=batch_size,
+                      max_rows=max_rows, n_bootstrap=bootstrap, common_dim=common_dim,
+                      hot_start=hot_start, **options)
     except (DatasetError, PolicySpecError) as exc:
         # plain: rich would wrap a long message and read its brackets as markup
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    console.print(render_table(report))
-    write_json(report, out)
-    log.print(f"wrote {out}")
-    if png is not None:
-        write_frontier_png(report, png)
-        log.print(f"wrote {png}")
