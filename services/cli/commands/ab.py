@@ -9,16 +9,9 @@
 
 from __future__ import annotations
 
-import logging
-import signal
-import threading
-import time
 from typing import Annotated
 
-import orjson
 import typer
-
-from storage.settings import get_settings
 
 db_app = typer.Typer(no_args_is_help=True)
 
@@ -34,6 +27,7 @@ def _shown(url: str) -> str:
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply Alembic revisions to CHUNKREC_DATABASE_URL (default SQLite in the data dir)."""
     from storage.db.migrate import current, upgrade
+    from storage.settings import get_settings
 
     url = get_settings().resolved_database_url
     upgrade(url, revision)
@@ -44,6 +38,7 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
 def db_downgrade(revision: Annotated[str, typer.Argument()] = "base") -> None:
     """Revert Alembic revisions (default: everything)."""
     from storage.db.migrate import current, downgrade
+    from storage.settings import get_settings
 
     url = get_settings().resolved_database_url
     downgrade(url, revision)
@@ -62,6 +57,7 @@ def route(host: Annotated[str | None, typer.Option()] = None,
 
     from services.experiments.router.app import create_app
     from storage.db.migrate import schema_problem
+    from storage.settings import get_settings
 
     settings = get_settings()
     if migrate:
@@ -91,62 +87,15 @@ def join(default_schema: Annotated[str, typer.Option(
              help="copy model versions from Redis to the database this often")] = 5.0) -> None:
     """Run the joiner: exposures + feedback -> labelled events and outcomes; also records the
     arms' model versions (embedding bytes, live-chunk histogram) from Redis."""
-    import redis
-    from sqlalchemy.exc import SQLAlchemyError
+    from services.experiments.run_joiner import run_joiner
+    from storage.datasets.spec import DatasetError
+    from storage.settings import get_settings
 
-    from services.experiments.joiner import JoinerService
-    from services.experiments.version_recorder import record_versions, schema_of
-    from storage.batch import DatasetSchema
-    from storage.datasets.spec import DatasetError, open_dataset
-    from storage.db.experiments import experiment_config, running_experiment_ids
-    from storage.db.session import make_engine, session_factory
-
-    settings = get_settings()
-    try:  # the joiner validates events with the trainer's validator: it needs the fields
-        default = open_dataset(default_schema).schema
+    try:
+        run_joiner(get_settings(), default_schema, record_every_s, echo=typer.echo)
     except DatasetError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    factory = session_factory(make_engine(settings.resolved_database_url))
-    client = redis.Redis.from_url(settings.redis_url, **settings.redis_kwargs)
-    schemas: dict[str, DatasetSchema] = {}
-    last = [0.0]
-
-    def schema_for(model: str) -> DatasetSchema:
-        if model not in schemas:
-            found = schema_of(client, model)
-            if found is None:  # not cached: the model's first version will say
-                return default
-            schemas[model] = found
-        return schemas[model]
-
-    def tick() -> None:
-        if time.monotonic() - last[0] < record_every_s:
-            return
-        last[0] = time.monotonic()
-        try:
-            with factory() as s:
-                models = sorted({a.model for e in running_experiment_ids(s)
-                                 for a in experiment_config(s, e).arms})
-            record_versions(factory, client, models)
-        except (redis.RedisError, SQLAlchemyError) as exc:  # the join goes on; next tick retries
-            logging.getLogger("chunkrec.versions").warning("recording versions: %s",
-                                                          str(exc)[:300])
-
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    svc = JoinerService(settings.kafka_bootstrap, factory, schema_for,
-                        window_s=settings.attribution_window_s, grace_s=settings.joiner_grace_s,
-                        wall_clock=settings.joiner_wall_clock,
-                        max_poll_interval_ms=settings.kafka_max_poll_interval_ms, on_tick=tick)
-    try:
-        svc.run(stop.is_set)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        svc.drain()
-        svc.close()
-        typer.echo(f"joiner: {svc.state.stats}")
 
 
 def report(experiment_id: Annotated[int, typer.Argument()],
@@ -154,8 +103,11 @@ def report(experiment_id: Annotated[int, typer.Argument()],
            as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Print an experiment's report (per-arm CTR with CIs, differences, mSPRT, SRM, AUC,
     latency, embedding bytes)."""
+    import orjson
+
     from services.experiments.analysis import experiment_report, format_report
     from storage.db.session import make_engine, session_factory
+    from storage.settings import get_settings
 
     settings = get_settings()
     factory = session_factory(make_engine(settings.resolved_database_url))
