@@ -62,7 +62,7 @@ from typing import Any
 import httpx
 
 from services import wire
-from services.stack.infra import create_topics, free_port, wait_until
+from services.stack.infra import create_topics, free_port, poll, wait_until
 from services.stack.processes import Stack, StackError
 
 EXPERIMENT_MODELS = (("fixed64", "fixed:64"), ("fiited", "fiited:budget=0.25"),
@@ -203,9 +203,9 @@ class StackExperiment:
                 "--rate", f"{self.plan.users_rate:g}" if self.plan.users_rate else "max",
                 "--router-url", self.router_url]
         users = stack.spawn("users", args)
-        deadline = stack.t0 + stack.c.minutes * 60
         run = UsersRun(0.0)
-        while True:
+
+        def step() -> bool:
             stack.check_children()
             if not users.alive() and run.requests is None:
                 self._read_users(run, users.proc.returncode, users.log_tail(5))
@@ -215,16 +215,18 @@ class StackExperiment:
             run.seconds = time.monotonic() - stack.t0
             if on_tick is not None:
                 on_tick(run)
-            if run.requests is not None:
-                expected = run.requests - (run.errors or 0)
-                recorded = all(a["embedding_bytes"] is not None for a in rep["arms"])
-                if run.joined >= expected and recorded:
-                    run.done, run.reason = True, "every request joined"
-                    return run
-            if time.monotonic() > deadline:
-                run.reason = f"deadline of {stack.c.minutes:g} minutes passed"
-                return run
-            time.sleep(tick_s)  # the refresh period of the display, not a synchronisation
+            if run.requests is None:
+                return False
+            expected = run.requests - (run.errors or 0)
+            recorded = all(a["embedding_bytes"] is not None for a in rep["arms"])
+            return run.joined >= expected and recorded
+
+        # tick_s: the refresh period of the display, not a synchronisation
+        if poll(step, stack.deadline, tick_s):
+            run.done, run.reason = True, "every request joined"
+        else:
+            run.reason = f"deadline of {stack.c.minutes:g} minutes passed"
+        return run
 
     @staticmethod
     def _read_users(run: UsersRun, code: int | None, tail: str) -> None:

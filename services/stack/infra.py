@@ -114,19 +114,32 @@ class ManagedProcess:
         self.stop()
 
 
+def poll(step: Callable[[], bool], deadline: float, interval_s: float = _POLL_S) -> bool:
+    """Call `step()` every `interval_s` until it returns True (-> True) or the monotonic
+    `deadline` passes (-> False). The one poll-until-deadline loop of the stack: readiness,
+    the replay's progress, the simulated users'. Exceptions from `step` propagate."""
+    while True:
+        if step():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval_s)  # poll interval, not synchronisation: step() decides
+
+
 def wait_until(ready: Callable[[], bool], deadline_s: float, what: str,
                alive: Callable[[], bool] | None = None) -> None:
     """Poll `ready()` until it returns True; InfraError after `deadline_s` or when `alive()`
     turns False (the process died)."""
-    deadline = time.monotonic() + deadline_s
-    while True:
+
+    def step() -> bool:
         if ready():
-            return
+            return True
         if alive is not None and not alive():
             raise InfraError(f"{what}: the process exited before it was ready")
-        if time.monotonic() > deadline:
-            raise InfraError(f"{what}: not ready after {deadline_s:.0f} s")
-        time.sleep(_POLL_S)  # poll interval, not synchronisation: ready() decides
+        return False
+
+    if not poll(step, time.monotonic() + deadline_s):
+        raise InfraError(f"{what}: not ready after {deadline_s:.0f} s")
 
 
 def _spawn(name: str, cmd: list[str], port: int, log_dir: Path | None,

@@ -19,7 +19,7 @@ Everything it started is written to a state file (`{data_dir}/stack/stack.json`:
 process and each child, with its pid and the kernel's start time of that pid), so `chunkrec
 down` from another shell can ask `up` to stop (SIGTERM), and, if `up` itself is gone, stop
 the recorded children, each only if the pid still names the process that was started (start
-time checked: a recycled pid is left alone). Nothing else is ever signalled.
+time checked: a recycled pid is left alone). Nothing else is ever signalled (state.py).
 
 Done: the replay exited (its last line says how many events it sent) and the newest version
 record of every model in Redis says it applied that many; or the deadline passes.
@@ -45,15 +45,16 @@ import redis
 
 from services import wire
 from services.stack.infra import (
-    InfraError,
     ManagedProcess,
     create_topics,
     free_port,
+    poll,
     start_redis,
     start_seaweedfs,
     start_tansu,
     wait_until,
 )
+from services.stack.state import alive, start_time, state_path
 from storage.settings import Settings
 
 DEFAULT_MODELS = (("fiited", "fiited:budget=0.25"), ("fixed64", "fixed:64"))
@@ -106,32 +107,6 @@ class StackResult:
     latest: dict[str, wire.ModelVersion] = field(default_factory=dict)
 
 
-def state_path(settings: Settings) -> Path:
-    return Path(settings.data_dir) / "stack" / "stack.json"
-
-
-def _start_time(pid: int) -> str | None:
-    """The kernel's start time of `pid` (field 22 of /proc/PID/stat), or None if it is gone
-    or a zombie. With the pid it names one process for good: a recycled pid has another start
-    time."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()  # fields from the 3rd on: state, ppid, ...
-    return None if fields[0] in ("Z", "X") else fields[19]  # a zombie has exited
-
-
-def _alive(pid: int, start: str | None) -> bool:
-    if not Path("/proc").is_dir():  # no procfs: fall back to "the pid exists"
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return False
-        return True
-    return start is not None and _start_time(pid) == start
-
-
 def settings_env(settings: Settings, **overrides: object) -> dict[str, str]:
     """The CHUNKREC_* variables that give a child process `settings` (plus overrides)."""
     values = settings.model_dump() | overrides
@@ -162,7 +137,7 @@ class Stack:
         if self.state_file.is_file():
             state = orjson.loads(self.state_file.read_bytes())
             owner = state.get("owner", {})
-            if _alive(int(owner.get("pid", 0)), owner.get("start")):
+            if alive(int(owner.get("pid", 0)), owner.get("start")):
                 raise StackError(f"a stack is already running (pid {owner['pid']}); stop it "
                                  "with `chunkrec down`")
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -171,11 +146,11 @@ class Stack:
     def _write_state(self) -> None:
         # a child that has exited (the replay, before the users start) has no start time
         # and nothing left to stop: it is left out rather than recorded as (pid, None)
-        starts = {name: (mp.proc.pid, _start_time(mp.proc.pid)) for name, mp in self._all()}
+        starts = {name: (mp.proc.pid, start_time(mp.proc.pid)) for name, mp in self._all()}
         procfs = Path("/proc").is_dir()
         procs = {name: {"pid": pid, "start": start} for name, (pid, start) in starts.items()
                  if start is not None or not procfs}
-        doc = {"owner": {"pid": os.getpid(), "start": _start_time(os.getpid())},
+        doc = {"owner": {"pid": os.getpid(), "start": start_time(os.getpid())},
                "run_dir": str(self.run_dir), "serving_url": self.serving_url, "procs": procs}
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_file.with_suffix(".tmp")
@@ -302,28 +277,34 @@ class Stack:
         """Poll the version records every `tick_s` until done or the deadline; `on_tick` gets
         the result so far (samples accumulate)."""
         result = StackResult(False, "", None, 0.0)
-        deadline = self.t0 + self.c.minutes * 60
         r = self.client()
+
+        def step() -> bool:
+            self.check_children()
+            result.events_sent = self.events_sent()
+            result.latest = self.read_versions(r)
+            result.samples += [self.sample(v) for v in result.latest.values()]
+            result.seconds = time.monotonic() - self.t0
+            if on_tick is not None:
+                on_tick(result)
+            sent = result.events_sent
+            return sent is not None and len(result.latest) == len(self.c.models) and all(
+                v.events_applied >= sent for v in result.latest.values())
+
         try:
-            while True:
-                self.check_children()
-                result.events_sent = self.events_sent()
-                result.latest = self.read_versions(r)
-                result.samples += [self.sample(v) for v in result.latest.values()]
-                result.seconds = time.monotonic() - self.t0
-                if on_tick is not None:
-                    on_tick(result)
-                sent = result.events_sent
-                if sent is not None and len(result.latest) == len(self.c.models) and all(
-                        v.events_applied >= sent for v in result.latest.values()):
-                    result.done, result.reason = True, "all events applied"
-                    return result
-                if time.monotonic() > deadline:
-                    result.reason = f"deadline of {self.c.minutes:g} minutes passed"
-                    return result
-                time.sleep(tick_s)  # the refresh period of the display, not a synchronisation
+            # tick_s: the refresh period of the display, not a synchronisation
+            if poll(step, self.deadline, tick_s):
+                result.done, result.reason = True, "all events applied"
+            else:
+                result.reason = f"deadline of {self.c.minutes:g} minutes passed"
+            return result
         finally:
             r.close()
+
+    @property
+    def deadline(self) -> float:
+        """The monotonic time after which `up` gives up: `minutes` after the start."""
+        return self.t0 + self.c.minutes * 60
 
     # ---------------------------------------------------------------- stopping
     def served_versions(self) -> dict[str, int]:
@@ -377,37 +358,3 @@ class Stack:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
-
-
-def down(settings: Settings, timeout_s: float = 90.0,
-         echo: Callable[[str], None] = print) -> int:
-    """Stop the stack recorded in the state file: SIGTERM to `up` (which stops its children),
-    then whatever it left, only processes whose pid and start time match the record. Returns
-    the number of processes signalled."""
-    path = state_path(settings)
-    if not path.is_file():
-        echo(f"no stack is running (no state file at {path})")
-        return 0
-    state = orjson.loads(path.read_bytes())
-    owner = state.get("owner", {})
-    signalled = 0
-    pid, start = int(owner.get("pid", 0)), owner.get("start")
-    if pid and _alive(pid, start):
-        echo(f"stopping chunkrec up (pid {pid})")
-        os.kill(pid, signal.SIGTERM)
-        signalled += 1
-        with contextlib.suppress(InfraError):
-            wait_until(lambda: not _alive(pid, start), timeout_s, f"chunkrec up (pid {pid})")
-    for name, info in state.get("procs", {}).items():
-        cpid, cstart = int(info["pid"]), info.get("start")
-        if _alive(cpid, cstart):
-            echo(f"stopping {name} (pid {cpid})")
-            os.kill(cpid, signal.SIGTERM)
-            signalled += 1
-            with contextlib.suppress(InfraError):
-                wait_until(lambda p=cpid, s=cstart: not _alive(p, s), 30, name)
-            if _alive(cpid, cstart):
-                os.kill(cpid, signal.SIGKILL)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    return signalled

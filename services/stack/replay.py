@@ -68,10 +68,14 @@ class ReplayStats:
 
 
 def parse_rate(text: str) -> float | None:
-    """"max" -> None (unthrottled), else a positive number of events per second."""
+    """"max" -> None (unthrottled), else a positive number per second (events for the replay,
+    sessions for the simulated users): the one reading of every --rate option."""
     if text.strip().lower() in ("max", "inf", "0", ""):
         return None
-    rate = float(text)
+    try:
+        rate = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number or 'max', got {text!r}") from None
     if not rate > 0:
         raise ValueError(f"rate must be positive or 'max', got {text!r}")
     return rate

@@ -9,6 +9,7 @@ differs by ranking quality alone.
 
     sessions = build_sessions(ratings, session_items=3)
     stats = simulate(http_client, router_url, sessions, features, ...)
+    stats = run_users(settings, "movielens-100k", "http://127.0.0.1:8100", limit=500)  # both
 
 Features: the user's (user, gender, age, occupation, zip) go as the request's context; the
 item's (item, genre: ITEM_FEATURES) either with each candidate or, when the router serves
@@ -28,6 +29,7 @@ import pandas as pd
 
 from services.stack.replay import TokenBucket
 from storage.datasets.spec import DatasetError, open_dataset
+from storage.settings import Settings
 
 ITEM_FEATURES = ("item", "genre")  # what a candidate carries (or the item table holds)
 
@@ -161,3 +163,23 @@ def simulate(client, router_url: str, sessions: list[Session], feats: UserFeatur
             progress(1)
     st.seconds = time.perf_counter() - t0
     return st
+
+
+def run_users(settings: Settings, data: str, router_url: str, rate: float | None = None,
+              limit: int | None = None, skip_ratings: int = 0,
+              on_sessions: Callable[[int], None] | None = None,
+              progress: Callable[[int], None] | None = None) -> UserStats:
+    """`chunkrec replay --mode users`: the sessions of a MovieLens data set after its first
+    `skip_ratings` ratings (at most `limit`) against the router at `router_url`, at `rate`
+    sessions/s; `on_sessions(n)` once they are built. With CHUNKREC_ROUTER_ITEM_TABLE set
+    (the router's item table, as `chunkrec up` gives both) the users send item ids only.
+    Raises DatasetError for a data set that is not MovieLens."""
+    import httpx
+
+    ratings, feats = load_movielens(data)
+    sessions = build_sessions(ratings, skip_ratings=skip_ratings)[:limit]
+    if on_sessions is not None:
+        on_sessions(len(sessions))
+    with httpx.Client(timeout=10.0) as client:
+        return simulate(client, router_url, sessions, feats, rate=rate, seed=settings.seed,
+                        progress=progress, item_features=settings.router_item_table is None)

@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 
 from services.stack.infra import wait_until
-from services.stack.processes import _start_time
+from services.stack.state import start_time
 from storage.datasets.movielens import ML100K_FILES
 from storage.settings import Settings
 
@@ -45,7 +45,7 @@ def _recorded(state_file: Path) -> dict[str, tuple[int, str]]:
 
 
 def _gone(pid: int, start: str) -> bool:
-    return _start_time(pid) != start
+    return start_time(pid) != start
 
 
 def _movielens_into(data_dir: Path) -> None:

@@ -1,25 +1,28 @@
-"""`chunkrec replay`: stream a data set into Kafka as click events.
+"""`chunkrec replay`: stream a data set into Kafka as click events (services/stack/replay.py),
+or, with --mode users, simulated MovieLens users against the A/B router
+(services/stack/simulated_users.py).
 
     chunkrec replay --data movielens-100k --topic events --rate 2000
     chunkrec replay --data synthetic:events=20000,fields=4,vocab=2000,seed=1 --rate max
+    chunkrec replay --mode users --data movielens-100k --limit 500 --router-url URL
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from tqdm import tqdm
 
-from services import wire
-from services.stack.replay import parse_rate, replay_dataset
-from storage.datasets.spec import DatasetError, open_dataset
-from storage.settings import SettingsError, get_settings
+from services.cli.options import rate_option
+
+if TYPE_CHECKING:
+    from storage.settings import Settings
 
 
 def replay(
     data: Annotated[str, typer.Option("--data", help="data-set spec, e.g. movielens-100k")],
-    topic: Annotated[str, typer.Option(help="Kafka topic")] = wire.EVENTS_TOPIC,
+    topic: Annotated[str | None, typer.Option(
+        help="Kafka topic (default: the events topic)")] = None,
     rate: Annotated[str, typer.Option(help="events per second, or 'max'")] = "max",
     batch_events: Annotated[int | None, typer.Option(
         "--batch-events", min=1, help="events per Kafka message (default: settings, 200)")] = None,
@@ -40,11 +43,11 @@ def replay(
 ) -> None:
     """Stream a data set into Kafka in event-time order, several events per message; or, with
     --mode users, replay its users against the A/B router."""
+    from storage.settings import SettingsError, get_settings
+
     settings = get_settings()
     if mode == "users":
-        from services.cli.commands.users import replay_users
-
-        replay_users(settings, data, rate, limit, router_url, quiet, skip_ratings)
+        _users(settings, data, rate, limit, router_url, quiet, skip_ratings)
         return
     if mode != "events":
         raise typer.BadParameter("expected 'events' or 'users'", param_hint="--mode")
@@ -54,10 +57,14 @@ def replay(
         except SettingsError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
-    try:
-        events_per_s = parse_rate(rate)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--rate") from exc
+    events_per_s = rate_option(rate, "--rate")
+    from tqdm import tqdm
+
+    from services import wire
+    from services.stack.replay import replay_dataset
+    from storage.datasets.spec import DatasetError, open_dataset
+
+    topic = topic or wire.EVENTS_TOPIC
     try:
         total: int | None = len(open_dataset(data))  # type: ignore[arg-type]
     except (TypeError, DatasetError):
@@ -79,4 +86,32 @@ def replay(
                f"checksum {stats.checksum}")
     if stats.failed_messages:
         typer.echo(f"error: {stats.failed_messages} messages failed", err=True)
+        raise typer.Exit(1)
+
+
+def _users(settings: Settings, data: str, rate: str, limit: int | None, router_url: str | None,
+           quiet: bool, skip_ratings: int) -> None:
+    from tqdm import tqdm
+
+    from services.stack.simulated_users import run_users
+    from storage.datasets.spec import DatasetError
+
+    url = router_url or f"http://{settings.router_host}:{settings.router_port}"
+    bar = tqdm(unit="req", disable=quiet, desc=f"users -> {url}")
+
+    def sessions(n: int) -> None:
+        bar.reset(total=n)
+
+    try:
+        st = run_users(settings, data, url, rate=rate_option(rate, "--rate"), limit=limit,
+                       skip_ratings=skip_ratings, on_sessions=sessions, progress=bar.update)
+    except DatasetError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    finally:
+        bar.close()
+    ctr = st.clicks / st.shown if st.shown else 0.0
+    typer.echo(f"{st.requests:,} requests, {st.shown:,} shown, {st.clicks:,} clicks "
+               f"(CTR {100 * ctr:.2f}%), {st.errors} errors, {st.seconds:.1f} s")
+    if st.errors:
         raise typer.Exit(1)
