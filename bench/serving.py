@@ -77,7 +77,7 @@ def publish_model(redis_url: str, settings: Settings) -> dict[str, object]:
 
     from models.learner import Learner
     from models.networks import build_model
-    from models.policy import parse_policy
+    from models.policies.registry import parse_policy
     from services import wire
     from services.trainer.publisher import RedisPublisher
     from storage.datasets.spec import open_dataset

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from models.learner import Learner
 from models.networks import build_model
-from models.policy import parse_policy
+from models.policies.registry import parse_policy
 from storage.datasets import open_dataset
 from storage.vhpi.hash_index import HashIndex
 

@@ -10,24 +10,10 @@ optimizer (embeddings are updated sparsely by the policy, never by the dense opt
 
 Policies with learnable parts beyond the table (Dimension Mask Layer, AMTL) expose them via
 `dense_parameters()` so the model's optimizer trains them, and apply their mask inside
-`lookup`. Spec strings (`parse_policy`):
+`lookup`.
 
-    fixed:d                                   every ID gets d dims (D = d)
-    fiited[:budget=0.25,widths=4-4-8-16-32,gamma=0.99,interval=50,...]
-                                              default chunks: 4-4-8-16-32 (narrow first chunks);
-                                              K=8 gives the paper's K equal chunks
-    adaembed[:budget=...]                     FIITED with K = 1
-    torch:d[,rows=N]                          torch nn.Embedding(sparse=True), hashed rows; a
-                                              reference for speed, not a product policy
-    dml[:penalty=0.02,...]                    Dimension Mask Layer: a learned length per field
-    amtl[:penalty=0.001,...]                  AMTL: a learned length per value, from frequency
-    any spec + ,hot=PATH                      hot start from a fixed:64 save (hot_start.py)
-
-A spec is validated when parsed, before anything is built or connected: an unknown kind, an
-unknown or repeated parameter, a stray word (`fixed:64,fixd:64`) or a value out of range
-(dims and intervals >= 1, budgets in (0, 1], gamma in [0, 1], finite numbers) is a ValueError
-of one line naming it: "policy 'fiited:interval=0': interval='0': Input should be greater than
-or equal to 1".
+This module is the interface only: the policies are in models/policies/, and the registry
+(models/policies/registry.py) maps a spec's kind to one and parses specs (`parse_policy`).
 """
 
 from __future__ import annotations
@@ -35,9 +21,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 
 
 @dataclass
@@ -91,6 +79,14 @@ class EmbeddingPolicy(ABC):
     spec: str
     dim: int
     num_fields: int
+    Params: ClassVar[type[BaseModel]]  # the kind's own spec parameters (models/policies/params.py)
+
+    @classmethod
+    def from_params(cls, params: Any, rest: dict[str, str], num_fields: int, seed: int,
+                    spec: str) -> EmbeddingPolicy:
+        """Build from a parsed spec: `params` validated by `Params`, `rest` the other
+        parameters as typed (the chunk store's, for policies that have one)."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from a spec")
 
     @abstractmethod
     def lookup(self, ids: np.ndarray, train: bool = False) -> torch.Tensor:
@@ -121,90 +117,3 @@ class EmbeddingPolicy(ABC):
 
     @abstractmethod
     def load(self, path: Path) -> None: ...
-
-
-KINDS = ("fixed", "fiited", "adaembed", "dml", "amtl", "torch")
-_DIM_FIRST = ("fixed", "torch")  # kinds whose first parameter may be a bare dim: fixed:64
-
-
-def parse_policy(spec: str, num_fields: int, seed: int = 0) -> EmbeddingPolicy:
-    """Build a policy from its spec string (see module docstring). Raises ValueError with one
-    line naming the refused parameter."""
-    from pydantic import ValidationError
-
-    from storage.settings import describe_validation_error
-
-    try:
-        return _build_policy(spec, num_fields, seed)
-    except ValidationError as exc:
-        raise ValueError(f"policy {spec!r}: {describe_validation_error(exc)}") from exc
-    except ValueError as exc:
-        message = " ".join(str(exc).split())  # one line, whatever raised it
-        raise ValueError(f"policy {spec!r}: {message}") from exc
-
-
-def split_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """'fixed:64,pad=128' -> ('fixed', {'dim': '64', 'pad': '128'}), checking the shape: a
-    known kind, key=value parameters each given once, a bare dim only first in fixed/torch."""
-    kind, _, arg = spec.strip().partition(":")
-    kind = kind.strip().lower()
-    if kind not in KINDS:
-        raise ValueError(f"unknown policy kind {kind!r}; expected fixed:d, fiited:..., "
-                         "adaembed, dml, amtl or torch:d")
-    params: dict[str, str] = {}
-    for i, part in enumerate(p.strip() for p in arg.split(",")):
-        key, sep, value = part.partition("=")
-        key = key.strip()
-        if not sep:
-            if not part:
-                continue  # "fixed:64," : an empty part says nothing
-            if i == 0 and kind in _DIM_FIRST:
-                key, value = "dim", part
-            else:
-                hint = " (one policy per spec)" if ":" in part else ""
-                raise ValueError(f"unexpected {part!r}: parameters are key=value{hint}")
-        if not key:
-            raise ValueError(f"{part!r}: a parameter needs a name")
-        if key in params:
-            raise ValueError(f"parameter {key!r} given twice")
-        params[key] = value.strip()
-    return kind, params
-
-
-def _build_policy(spec: str, num_fields: int, seed: int) -> EmbeddingPolicy:
-    kind, params = split_spec(spec)
-    hot = params.pop("hot", None)
-    if hot is not None:
-        from models.policies.hot_start import hot_start
-
-        if not hot:
-            raise ValueError("hot= needs the path of a fixed:64 save")
-        policy = _build_policy(
-            ":".join([kind, ",".join(f"{k}={v}" for k, v in params.items())]).rstrip(":"),
-            num_fields, seed)
-        policy.spec = spec
-        hot_start(policy, Path(hot))
-        return policy
-    if kind == "fixed":
-        from models.policies.chunked import ChunkedPolicy
-
-        dim = params.pop("dim", "64")
-        return ChunkedPolicy.fixed(dim, num_fields=num_fields, seed=seed, spec=spec, **params)
-    if kind in ("fiited", "adaembed"):
-        from models.policies.chunked import ChunkedPolicy
-
-        if kind == "adaembed":
-            params["K"] = "1"
-        return ChunkedPolicy.fiited(num_fields=num_fields, seed=seed, spec=spec, **params)
-    if kind == "dml":
-        from models.policies.dml import DimensionMaskPolicy
-
-        return DimensionMaskPolicy(num_fields=num_fields, seed=seed, spec=spec, **params)
-    if kind == "amtl":
-        from models.policies.amtl import AMTLPolicy
-
-        return AMTLPolicy(num_fields=num_fields, seed=seed, spec=spec, **params)
-    from models.policies.torch_embedding import TorchEmbeddingPolicy, TorchParams
-
-    p = TorchParams.model_validate(params)
-    return TorchEmbeddingPolicy(p.dim, num_fields=num_fields, seed=seed, spec=spec, rows=p.rows)

@@ -33,13 +33,13 @@ import torch
 from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from torch import nn
 
-from models.policies.chunked import PolicyParams, split_params
-from models.policies.masked import MaskedChunkPolicy
+from models.policies.masked import MaskedChunkPolicy, MaskedParams
+from storage.vhpi.config import StoreConfig
 
 AMTL_WIDTHS = "4-4-8-16-32"
 
 
-class AMTLParams(PolicyParams):
+class AMTLParams(MaskedParams):
     """amtl's own spec parameters (the rest go to StoreConfig)."""
 
     penalty: NonNegativeFloat = 0.001  # weight of the expected kept fraction in the loss
@@ -48,7 +48,6 @@ class AMTLParams(PolicyParams):
     hidden: PositiveInt = 16  # width of each twin MLP
     high: PositiveFloat = 1000.0  # accesses at which the frequency input reaches 1.0
     start: PositiveInt | None = None  # option every value starts at, 1..K; default K
-    relayout: PositiveInt = 50  # re-lay out every live entry every this many steps
     warmup: NonNegativeInt = 100  # the penalty ramps up over this many steps
 
 
@@ -83,29 +82,28 @@ class AMTLPolicy(MaskedChunkPolicy):
     """Per-value learned k over the chunk store. lookup(int64[B, F]) -> float32[B, F, D] with
     dims >= k(value) zero (and not stored)."""
 
-    def __init__(self, num_fields: int, seed: int = 0, spec: str = "", **params: str) -> None:
-        own, rest = split_params(params, AMTLParams)
-        config = self.store_config(rest, seed, AMTL_WIDTHS, AMTLParams)
+    Params = AMTLParams
+    WIDTHS = AMTL_WIDTHS
+
+    @classmethod
+    def check(cls, params: AMTLParams, config: StoreConfig) -> None:  # type: ignore[override]
         K = config.num_chunks
-        start = K if own.start is None else own.start
-        if not 1 <= start <= K:  # checked before the store is built
+        start = K if params.start is None else params.start
+        if not 1 <= start <= K:
             raise ValueError(f"start must be a chunk count in 1..{K}, got {start}")
-        super().__init__(
-            config,
-            num_fields,
-            spec or "amtl",
-            relayout=own.relayout,
-            warmup=own.warmup,
-            penalty=own.penalty,
-        )
-        self.tau = own.tau
-        self.log_hot = float(np.log1p(own.high))
-        self.mask_module = TwinMaskNet(num_fields, own.hidden, K, start, own.gain, seed)
+
+    def setup(self, params: AMTLParams) -> None:  # type: ignore[override]
+        config = self.store.config
+        K = config.num_chunks
+        start = K if params.start is None else params.start
+        self.log_hot = float(np.log1p(params.high))
+        self.mask_module = TwinMaskNet(self.num_fields, params.hidden, K, start, params.gain,
+                                       config.seed)
         self._kept = torch.from_numpy(self.store.offsets[1:]).float() / config.dim  # [K]
 
     def frequency(self, slots: np.ndarray) -> torch.Tensor:
         """float32[U] log-scaled access counts, 1.0 at `high` accesses."""
-        c = self.store.count[slots].astype(np.float32)
+        c = self.store.counts(slots).astype(np.float32)
         return torch.from_numpy(np.log1p(c) / np.float32(self.log_hot))
 
     def probabilities(self, slots: np.ndarray) -> torch.Tensor:

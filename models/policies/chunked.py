@@ -15,108 +15,33 @@ parameter as it was typed. Every policy here is bounded by the store's entry lim
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import fields
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError
+from pydantic import NonNegativeInt
 
+from models.policies.params import CHUNKING, PolicyParams, store_config
 from models.policy import EmbeddingExport, EmbeddingPolicy, MemoryReport
-from storage.settings import describe_validation_error
 from storage.vhpi.store import ChunkStore, LookupContext, StoreConfig
-
-_ALIASES = {"K": "num_chunks", "k": "num_chunks", "D": "dim", "d": "dim"}
-_NONE = ("none", "")  # how a spec says "no value" (budget=none, max_bytes=none)
-
-
-class PolicyParams(BaseModel):
-    """Base of a policy's own spec parameters (beyond StoreConfig's): finite numbers."""
-
-    model_config = ConfigDict(allow_inf_nan=False)
-
-
-P = TypeVar("P", bound=PolicyParams)
 
 
 class FixedParams(PolicyParams):
     pad: NonNegativeInt = 0  # zero-pad the D stored dims to this width for the model
 
 
-def split_params(params: dict[str, str], model: type[P]) -> tuple[P, dict[str, str]]:
-    """Separate a policy's own spec parameters, validated by `model`, from the rest (the
-    StoreConfig's). A refused value is a ValueError of one line naming it."""
-    mine = {k: None if v.strip().lower() in _NONE else v
-            for k, v in params.items() if k in model.model_fields}
-    rest = {k: v for k, v in params.items() if k not in model.model_fields}
-    try:
-        return model.model_validate(mine), rest
-    except ValidationError as exc:
-        raise ValueError(describe_validation_error(exc)) from None
-
-
-def _store_config(params: dict[str, str], seed: int, also_known: Iterable[str] = ()
-                  ) -> StoreConfig:
-    """StoreConfig from spec strings; pydantic converts and checks them. `also_known`: the
-    calling policy's own parameter names, for the message about an unknown one."""
-    names = {f.name for f in fields(StoreConfig)}
-    kwargs: dict[str, object] = {"seed": seed}
-    typed: dict[str, str] = {}  # field name -> the key as the spec spelled it
-    for key, raw in params.items():
-        name = _ALIASES.get(key, key)
-        if name not in names:
-            known = ", ".join(sorted(names | set(_ALIASES) | set(also_known)))
-            raise ValueError(f"unknown policy parameter {key!r} (known: {known})")
-        if name in typed:
-            raise ValueError(f"parameter {key!r} given twice (as {typed[name]!r})")
-        typed[name] = key
-        kwargs[name] = None if raw.strip().lower() in _NONE else raw
-    try:
-        return StoreConfig(**kwargs)
-    except ValidationError as exc:
-        raise ValueError(describe_validation_error(
-            exc, name=lambda field: typed.get(field, field))) from None
-
-
 class ChunkedPolicy(EmbeddingPolicy):
+    """A policy over one ChunkStore; the kinds below differ in how a spec configures it."""
+
+    Params: ClassVar[type[PolicyParams]] = PolicyParams
+
     def __init__(self, config: StoreConfig, num_fields: int, spec: str, pad: int = 0) -> None:
         self.spec = spec
         self.dim = max(config.dim, pad)  # the model sees D = dim; stored dims are config.dim
         self.num_fields = num_fields
         self.store = ChunkStore(config)
         self._pending: tuple[LookupContext, torch.Tensor] | None = None
-
-    @classmethod
-    def fixed(cls, dim: int | str, num_fields: int, seed: int = 0, spec: str = "",
-              **params: str) -> ChunkedPolicy:
-        """fixed:d[,pad=P]: d stored dims per ID; with pad, zero-padded to P for the model, so
-        a fixed-dim baseline can run the very network a wider policy runs."""
-        own, params = split_params(params, FixedParams)
-        chunking = {"K", "k", "num_chunks", "widths"} & params.keys()
-        if chunking:
-            raise ValueError(f"fixed:d has one chunk; {sorted(chunking)[0]!r} does not apply")
-        params |= {"dim": str(dim), "K": "1"}
-        params.setdefault("budget", "none")
-        config = _store_config(params, seed, also_known=FixedParams.model_fields)
-        return cls(config, num_fields, spec or f"fixed:{dim}", pad=own.pad)
-
-    @classmethod
-    def fiited(cls, num_fields: int, seed: int = 0, spec: str = "",
-               **params: str) -> ChunkedPolicy:
-        params = dict(params)
-        if not {"K", "k", "num_chunks", "widths"} & params.keys():
-            # Narrow first chunks: every admitted ID can afford a small embedding, and the
-            # budget left over buys wide chunks for the IDs that earn them.
-            raw = params.get("dim", params.get("D", params.get("d", "64"))).strip()
-            dim = int(raw) if raw.isdigit() else 0  # not a number: StoreConfig names it
-            if dim and dim % 16 == 0:
-                params["widths"] = "-".join(str(dim // q) for q in (16, 16, 8, 4, 2))
-            elif dim:
-                params["K"] = "1"
-        params.setdefault("budget", "0.25")
-        return cls(_store_config(params, seed), num_fields, spec or "fiited")
 
     def lookup(self, ids: np.ndarray, train: bool = False) -> torch.Tensor:
         emb, ctx = self.store.lookup(ids, train=train)
@@ -168,3 +93,53 @@ class ChunkedPolicy(EmbeddingPolicy):
 
     def load(self, path: Path) -> None:
         self.store = ChunkStore.load(path)
+
+
+class FixedPolicy(ChunkedPolicy):
+    """fixed:d[,pad=P]: d stored dims per ID; with pad, zero-padded to P for the model, so a
+    fixed-dim baseline can run the very network a wider policy runs."""
+
+    Params = FixedParams
+
+    @classmethod
+    def from_params(cls, params: FixedParams, rest: dict[str, str], num_fields: int,
+                    seed: int, spec: str) -> FixedPolicy:
+        chunking = CHUNKING & rest.keys()
+        if chunking:
+            raise ValueError(f"fixed:d has one chunk; {sorted(chunking)[0]!r} does not apply")
+        rest = dict(rest)
+        dim = rest.pop("dim", "64")
+        rest |= {"dim": dim, "K": "1"}
+        rest.setdefault("budget", "none")
+        config = store_config(rest, seed, own=FixedParams)
+        return cls(config, num_fields, spec or f"fixed:{dim}", pad=params.pad)
+
+
+class FiitedPolicy(ChunkedPolicy):
+    """fiited[:budget=0.25,...]: chunks pruned and regrown against a memory budget."""
+
+    @classmethod
+    def from_params(cls, params: PolicyParams, rest: dict[str, str], num_fields: int,
+                    seed: int, spec: str) -> FiitedPolicy:
+        rest = dict(rest)
+        if not CHUNKING & rest.keys():
+            # Narrow first chunks: every admitted ID can afford a small embedding, and the
+            # budget left over buys wide chunks for the IDs that earn them.
+            raw = rest.get("dim", rest.get("D", rest.get("d", "64"))).strip()
+            dim = int(raw) if raw.isdigit() else 0  # not a number: StoreConfig names it
+            if dim and dim % 16 == 0:
+                rest["widths"] = "-".join(str(dim // q) for q in (16, 16, 8, 4, 2))
+            elif dim:
+                rest["K"] = "1"
+        rest.setdefault("budget", "0.25")
+        return cls(store_config(rest, seed), num_fields, spec or "fiited")
+
+
+class AdaEmbedPolicy(FiitedPolicy):
+    """adaembed[:budget=...]: FIITED with K = 1 (a whole embedding is kept or pruned)."""
+
+    @classmethod
+    def from_params(cls, params: PolicyParams, rest: dict[str, str], num_fields: int,
+                    seed: int, spec: str) -> FiitedPolicy:
+        return super().from_params(params, rest | {"K": "1"}, num_fields, seed,
+                                   spec or "adaembed")

@@ -28,16 +28,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat
 from torch import nn
 
-from models.policies.chunked import PolicyParams, split_params
-from models.policies.masked import MaskedChunkPolicy
+from models.policies.masked import MaskedChunkPolicy, MaskedParams
 
 DML_WIDTHS = "4-4-8-8-8-16-16"
 
 
-class DMLParams(PolicyParams):
+class DMLParams(MaskedParams):
     """dml's own spec parameters (the rest go to StoreConfig)."""
 
     penalty: NonNegativeFloat = 0.02  # weight of the expected kept fraction in the loss
@@ -45,30 +44,21 @@ class DMLParams(PolicyParams):
     speed: PositiveFloat = 500.0  # dims one unit of theta moves t_f
     init: NonNegativeFloat | None = None  # t_f at start, in dims; default D
     harden: NonNegativeInt = 300  # freeze N_f after this many steps unchanged; 0: never
-    relayout: PositiveInt = 50  # re-lay out every live entry every this many steps
-    warmup: NonNegativeInt = 0  # the penalty ramps up over this many steps
 
 
 class DimensionMaskPolicy(MaskedChunkPolicy):
     """Per-field learned length N_f over the chunk store. lookup(int64[B, F]) ->
     float32[B, F, D] with dims >= N_f zero (and not stored)."""
 
-    def __init__(self, num_fields: int, seed: int = 0, spec: str = "", **params: str) -> None:
-        own, rest = split_params(params, DMLParams)
-        config = self.store_config(rest, seed, DML_WIDTHS, DMLParams)
-        super().__init__(
-            config,
-            num_fields,
-            spec or "dml",
-            relayout=own.relayout,
-            warmup=own.warmup,
-            penalty=own.penalty,
-        )
-        D = config.dim
-        self.tau = own.tau
-        self.speed = own.speed
-        self.init = float(D if own.init is None else own.init)
-        self.harden_after = own.harden
+    Params = DMLParams
+    WIDTHS = DML_WIDTHS
+
+    def setup(self, params: DMLParams) -> None:  # type: ignore[override]
+        D = self.store.config.dim
+        num_fields = self.num_fields
+        self.speed = params.speed
+        self.init = float(D if params.init is None else params.init)
+        self.harden_after = params.harden
         self.mask_module = nn.ParameterDict({"theta": nn.Parameter(torch.zeros(num_fields))})
         self._starts = torch.from_numpy(self.store.offsets[:-1]).float()  # [K] chunk starts
         self._dim_center = torch.arange(D, dtype=torch.float32) + 0.5  # [D]

@@ -57,8 +57,8 @@ def read_store(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Te
     return (
         src.index.fields[slots].copy(),
         src.index.keys[slots].copy(),
-        src.count[slots].copy(),
-        src._gather(slots),
+        src.counts(slots).copy(),
+        src.gather(slots),
     )
 
 
@@ -74,28 +74,9 @@ def hot_start(policy: EmbeddingPolicy, path: Path, model: nn.Module | None = Non
         values = values[:, :D]
     else:
         values = torch.nn.functional.pad(values, (0, D - values.shape[1]))
-    slots, inserted = s.index.get_or_insert(fields, keys)
-    s._ensure_entry_arrays()
-    new = slots[inserted]
-    s.head_addr[new] = -1
-    s.ext[new] = -1
-    s.head_util[new] = 0
-    old = s.addresses(slots)
-    for j, pool in enumerate(s.pools):  # an entry already there is overwritten
-        pool.release(old[old[:, j] >= 0, j])
-    addr = np.empty((slots.size, s.K), dtype=np.int32)
-    for j, pool in enumerate(s.pools):
-        addr[:, j] = pool.alloc(slots.size)
-        pool.write(addr[:, j], values[:, s.offsets[j] : s.offsets[j + 1]])
-    s._set_addresses(slots, addr)
-    s.count[slots] = counts
-    s.last[slots] = s.epoch & 0xFFFF
-    s.dirty[slots] = True
+    slots = s.import_entries(fields, keys, counts, values)
     if s.tracks_utility:
-        norms = torch.sqrt((values * values) @ s._segments).numpy()  # [N, K]
-        seed = counts.astype(np.float32)[:, None] * norms
-        scale = np.float32(s.config.gamma) ** np.float32(-(s.step - s.util_origin))
-        s._store_utilities(slots, seed * scale)
+        s.seed_utilities(slots, counts.astype(np.float32)[:, None] * s.chunk_norms(values))
     s.enforce_entry_limit()  # the copy went around the limit a train lookup keeps
     if isinstance(policy, MaskedChunkPolicy):
         policy.relayout()

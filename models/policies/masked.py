@@ -25,17 +25,20 @@ as of the entry's last layout, the very records an export publishes.
 from __future__ import annotations
 
 import json
-import os
 from abc import abstractmethod
 from dataclasses import replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from torch import nn
 
-from models.policies.chunked import ChunkedPolicy, PolicyParams, _store_config
+from models.policies.chunked import ChunkedPolicy
+from models.policies.params import PolicyParams, store_config
 from models.policy import MemoryReport
+from storage.atomic_npz import read_npz, write_npz
 from storage.vhpi.store import ChunkStore, StoreConfig
 
 _MASK_PREFIX = "mask."  # keys of the mask state inside the policy's .npz save
@@ -68,43 +71,57 @@ def straight_through(values: torch.Tensor, hard: torch.Tensor, soft: torch.Tenso
     return values * hard + values.detach() * (soft - soft.detach())
 
 
+class MaskedParams(PolicyParams):
+    """The spec parameters every masked policy has (the subclass sets its own defaults)."""
+
+    penalty: NonNegativeFloat = 0.0  # weight of the expected kept fraction in the loss
+    tau: PositiveFloat = 1.0  # soft mask temperature
+    relayout: PositiveInt = 50  # re-lay out every live entry every this many steps
+    warmup: NonNegativeInt = 0  # the penalty ramps up over this many steps
+
+
 class MaskedChunkPolicy(ChunkedPolicy):
-    """Base of `dml` and `amtl`: see module docstring. Subclasses set `self.mask_module` (the
+    """Base of `dml` and `amtl`: see module docstring. Subclasses declare `Params` and
+    `WIDTHS` (the default chunk widths), set up their mask in `setup` (`self.mask_module`: the
     mask's learnable parameters, trained by the Learner's dense optimizer) and implement
     `masks`."""
 
+    Params: ClassVar[type[MaskedParams]] = MaskedParams
+    WIDTHS: ClassVar[str]
     mask_module: nn.Module
 
-    def __init__(
-        self,
-        config: StoreConfig,
-        num_fields: int,
-        spec: str,
-        relayout: int,
-        penalty: float,
-        warmup: int = 0,
-    ) -> None:
+    @classmethod
+    def from_params(cls, params: MaskedParams, rest: dict[str, str], num_fields: int,
+                    seed: int, spec: str) -> MaskedChunkPolicy:
+        rest = dict(rest)
+        rest.setdefault("widths", cls.WIDTHS)
+        rest.setdefault("budget", "none")
+        return cls(store_config(rest, seed, own=cls.Params), num_fields, spec, params)
+
+    def __init__(self, config: StoreConfig, num_fields: int, spec: str,
+                 params: MaskedParams) -> None:
         if config.budget is not None:
             raise ValueError("masked policies have no budget: the learned mask sets the memory")
+        self.check(params, config)  # before the store is built
         super().__init__(config, num_fields, spec)
-        self.relayout_every = relayout
-        self.penalty_weight = penalty
-        self.warmup = warmup  # the penalty ramps up linearly over this many steps
+        self.relayout_every = params.relayout
+        self.penalty_weight = params.penalty
+        self.warmup = params.warmup  # the penalty ramps up linearly over this many steps
+        self.tau = params.tau
         self.steps = 0
         offsets = torch.from_numpy(self.store.offsets).float()
         # prefix[n - 1, d] = 1 where dim d is kept by a mask of n chunks: float32[K, D]
         self._prefix = (torch.arange(config.dim)[None, :] < offsets[1:, None]).float()
         self.last_penalty = 0.0
+        self.setup(params)
 
-    @staticmethod
-    def store_config(params: dict[str, str], seed: int, widths: str,
-                     own: type[PolicyParams] = PolicyParams) -> StoreConfig:
-        """StoreConfig of the spec's remaining parameters (`own`: the policy's parameter
-        model, named in the message about an unknown parameter)."""
-        params = dict(params)
-        params.setdefault("widths", widths)
-        params.setdefault("budget", "none")
-        return _store_config(params, seed, also_known=own.model_fields)
+    @classmethod
+    def check(cls, params: MaskedParams, config: StoreConfig) -> None:
+        """Refuse parameters that do not fit the config (ValueError)."""
+
+    @abstractmethod
+    def setup(self, params: MaskedParams) -> None:
+        """The subclass's own state from its parameters, and `self.mask_module`."""
 
     # ---- the subclass's mask --------------------------------------------------------------
     @abstractmethod
@@ -119,37 +136,9 @@ class MaskedChunkPolicy(ChunkedPolicy):
 
     # ---- layout ---------------------------------------------------------------------------
     def resize(self, slots: np.ndarray, n_chunks: np.ndarray) -> int:
-        """Give entries exactly their first n chunks: chunks past n are freed (their memory goes
-        back to the pool), missing ones are allocated with the ID's initial values (the same
-        values a new ID starts with). int32[N], int64[N] -> number of entries changed."""
-        s = self.store
-        if slots.size == 0:
-            return 0
-        n = np.where(s.count[slots] >= s.config.min_count, n_chunks, 0)
-        addr = s.addresses(slots)
-        want = np.arange(s.K)[None, :] < n[:, None]
-        have = addr >= 0
-        free, grow = have & ~want, want & ~have
-        changed = (free | grow).any(axis=1)
-        if not changed.any():
-            return 0
-        rows = np.flatnonzero(grow.any(axis=1))
-        init = s._initial_values(slots[rows], s.config.dim) if rows.size else None
-        row_of = np.full(slots.size, -1, dtype=np.int64)
-        row_of[rows] = np.arange(rows.size)
-        for j, pool in enumerate(s.pools):
-            pool.release(addr[free[:, j], j])
-            addr[free[:, j], j] = -1
-            g = grow[:, j]
-            k = int(g.sum())
-            if k:
-                new = pool.alloc(k)
-                vals = init[torch.from_numpy(row_of[g])][:, s.offsets[j] : s.offsets[j + 1]]
-                pool.write(new, vals)
-                addr[g, j] = new
-        s._set_addresses(slots[changed], addr[changed])
-        s.dirty[slots[changed]] = True
-        return int(changed.sum())
+        """Give entries exactly their first n chunks (ChunkStore.resize): int32[N], int64[N]
+        -> number of entries changed."""
+        return self.store.resize(slots, n_chunks)
 
     def relayout(self) -> int:
         """Re-lay out every live entry to the current hard mask; returns entries changed."""
@@ -177,7 +166,7 @@ class MaskedChunkPolicy(ChunkedPolicy):
         n, mask, penalty = self.masks(ctx.unique, train=True)
         self.resize(ctx.unique, n)
         addr = self.store.addresses(ctx.unique)
-        values = self.store._gather(ctx.unique, addr).requires_grad_(True)  # [U, D] leaf
+        values = self.store.gather(ctx.unique, addr).requires_grad_(True)  # [U, D] leaf
         U = ctx.unique.size
         # The leaf is per unique entry, so the store sees one "access" row per entry.
         own = replace(ctx, inverse=np.arange(U), addresses=addr)
@@ -233,28 +222,18 @@ class MaskedChunkPolicy(ChunkedPolicy):
         ignores them, so a hot start reads this file like any store save)."""
         path = Path(path)
         self.store.save(path)
-        with np.load(path) as z:
-            arrays = {k: z[k] for k in z.files}
+        arrays = read_npz(path)
         for name, t in self.mask_module.state_dict().items():
             arrays[_MASK_PREFIX + name] = t.detach().numpy()
         meta = json.dumps(self.extra_state()).encode()
         arrays[_MASK_PREFIX + "meta"] = np.frombuffer(meta, dtype=np.uint8)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_npz(path, arrays)
 
     def load(self, path: Path) -> None:
         """Load in place: the mask parameters keep their identity (the optimizer holds them)."""
         self.store = ChunkStore.load(path)
-        with np.load(Path(path)) as z:
-            state = {
-                k[len(_MASK_PREFIX) :]: torch.from_numpy(np.array(z[k]))
-                for k in z.files
-                if k.startswith(_MASK_PREFIX)
-            }
+        state = {k[len(_MASK_PREFIX) :]: torch.from_numpy(v)
+                 for k, v in read_npz(path).items() if k.startswith(_MASK_PREFIX)}
         meta = state.pop("meta", None)
         if state:
             self.mask_module.load_state_dict(state)

@@ -20,20 +20,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, PositiveInt
+from pydantic import PositiveInt
 from torch import nn
 
+from models.policies.params import PolicyParams, no_store_params
 from models.policy import EmbeddingExport, EmbeddingPolicy, MemoryReport
+from storage.splitmix import GOLDEN, splitmix64
 
 EMBEDDING_LR = 0.05  # Adagrad learning rate of the embedding values
 ADAGRAD_EPS = 1e-10  # torch.optim.Adagrad's default
 ADAGRAD_INITIAL_ACCUMULATOR = 0.0  # torch.optim.Adagrad's default
 EMBEDDING_INIT_STD = 0.01  # new embedding values ~ N(0, std^2)
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-
 
 def hash_rows(ids: np.ndarray, rows: int) -> np.ndarray:
     """Row of each (field, id) in a shared table: splitmix64(id + (field+1) * golden) mod rows.
@@ -41,19 +38,15 @@ def hash_rows(ids: np.ndarray, rows: int) -> np.ndarray:
     hash_rows(int64[B, F], rows) -> int64[B, F], values in [0, rows).
     """
     ids = np.asarray(ids, dtype=np.int64)
-    salt = (np.arange(1, ids.shape[-1] + 1, dtype=np.uint64) * _GOLDEN).astype(np.uint64)
-    x = ids.astype(np.uint64) + salt
-    x = (x ^ (x >> np.uint64(30))) * _MIX1
-    x = (x ^ (x >> np.uint64(27))) * _MIX2
-    x ^= x >> np.uint64(31)
+    salt = (np.arange(1, ids.shape[-1] + 1, dtype=np.uint64) * GOLDEN).astype(np.uint64)
+    x = splitmix64(ids.astype(np.uint64) + salt)
     return (x % np.uint64(rows)).astype(np.int64)
 
 
-class TorchParams(BaseModel):
+class TorchParams(PolicyParams):
     """`torch:d[,rows=N]`'s parameters. Its memory is rows x D whatever the IDs: bounded by
     construction (more IDs only share rows), so it needs no entry limit."""
 
-    model_config = ConfigDict(extra="forbid")
     dim: PositiveInt = 64
     rows: PositiveInt = 1 << 20
 
@@ -65,6 +58,14 @@ class TorchEmbeddingPolicy(EmbeddingPolicy):
     `apply_gradients` turns into the same sparse COO gradient that nn.Embedding's backward
     makes (indices [1, B*F], values [B*F, D]) before stepping Adagrad.
     """
+
+    Params = TorchParams
+
+    @classmethod
+    def from_params(cls, params: TorchParams, rest: dict[str, str], num_fields: int,
+                    seed: int, spec: str) -> TorchEmbeddingPolicy:
+        no_store_params(rest, TorchParams)
+        return cls(params.dim, num_fields=num_fields, seed=seed, spec=spec, rows=params.rows)
 
     def __init__(
         self,

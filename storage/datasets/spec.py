@@ -9,29 +9,24 @@
     synthetic:events=N,fields=F,vocab=V,zipf=A,seed=S,drift=D
 
 A spec that cannot be read raises `DatasetError` whose message is one line naming the file and
-the problem.
+the problem. This module is the registry (a spec's kind -> its reader); the interface the
+readers implement is storage/datasets/base.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Callable
+from pathlib import Path
 
-from storage.batch import DatasetSchema, SparseBatch
+from storage.datasets.avazu import AvazuDataset
+from storage.datasets.base import Dataset, DatasetError
+from storage.datasets.criteo import CriteoDataset
+from storage.datasets.frappe import FrappeDataset
+from storage.datasets.movielens import MovieLensDataset, open_movielens_100k
+from storage.datasets.synthetic import SyntheticDataset
+from storage.datasets.yidian import YidianDataset
 
-
-class DatasetError(ValueError):
-    """A data set that cannot be opened or read; str() is one line naming file and problem."""
-
-
-class Dataset(Protocol):
-    schema: DatasetSchema
-    spec: str
-
-    def batches(self, batch_size: int) -> Iterator[SparseBatch]:
-        """Stream the data set in order, in batches of exactly `batch_size` rows (the last one
-        may be shorter), holding no more than a few batches in memory."""
-        ...
+__all__ = ["DATASETS", "Dataset", "DatasetError", "open_dataset", "parse_kv"]
 
 
 def parse_kv(text: str, spec: str) -> dict[str, str]:
@@ -47,42 +42,30 @@ def parse_kv(text: str, spec: str) -> dict[str, str]:
     return out
 
 
-def open_dataset(spec: str) -> Dataset:
-    """Open a data set by spec string (see module docstring)."""
+# kind -> opener(spec, text after "kind:", data_dir)
+DATASETS: dict[str, Callable[[str, str, Path | None], Dataset]] = {
+    "criteo": lambda spec, arg, _: CriteoDataset(_need_path(spec, arg), spec=spec),
+    "avazu": lambda spec, arg, _: AvazuDataset(_need_path(spec, arg), spec=spec),
+    "movielens": lambda spec, arg, _: MovieLensDataset(_need_path(spec, arg), spec=spec),
+    "movielens-100k": lambda spec, _, data_dir: open_movielens_100k(spec, data_dir),
+    "frappe": lambda spec, arg, _: FrappeDataset(_need_path(spec, arg).split(","), spec=spec),
+    "yidian": lambda spec, arg, _: YidianDataset(_need_path(spec, arg), spec=spec),
+    "synthetic": lambda spec, arg, _: SyntheticDataset.from_params(parse_kv(arg, spec), spec),
+}
+
+
+def open_dataset(spec: str, data_dir: Path | None = None) -> Dataset:
+    """Open a data set by spec string (see module docstring). `data_dir`: where the cached
+    data sets are (Settings.data_dir; movielens-100k reads `data_dir / "movielens-100k"`)."""
     kind, _, arg = spec.partition(":")
     kind = kind.strip().lower()
-    if kind == "criteo":
-        from storage.datasets.criteo import CriteoDataset
-
-        return CriteoDataset(_need_path(spec, arg), spec=spec)
-    if kind == "avazu":
-        from storage.datasets.avazu import AvazuDataset
-
-        return AvazuDataset(_need_path(spec, arg), spec=spec)
-    if kind == "movielens":
-        from storage.datasets.movielens import MovieLensDataset
-
-        return MovieLensDataset(_need_path(spec, arg), spec=spec)
-    if kind == "movielens-100k":
-        from storage.datasets.movielens import open_movielens_100k
-
-        return open_movielens_100k(spec=spec)
-    if kind == "frappe":
-        from storage.datasets.frappe import FrappeDataset
-
-        return FrappeDataset(_need_path(spec, arg).split(","), spec=spec)
-    if kind == "yidian":
-        from storage.datasets.yidian import YidianDataset
-
-        return YidianDataset(_need_path(spec, arg), spec=spec)
-    if kind == "synthetic":
-        from storage.datasets.synthetic import SyntheticDataset
-
-        return SyntheticDataset.from_params(parse_kv(arg, spec), spec=spec)
-    raise DatasetError(
-        f"{spec}: unknown data set kind {kind!r}; expected one of criteo, avazu, movielens, "
-        "movielens-100k, frappe, yidian, synthetic"
-    )
+    opener = DATASETS.get(kind)
+    if opener is None:
+        raise DatasetError(
+            f"{spec}: unknown data set kind {kind!r}; expected one of criteo, avazu, movielens, "
+            "movielens-100k, frappe, yidian, synthetic"
+        )
+    return opener(spec, arg, data_dir)
 
 
 def _need_path(spec: str, arg: str) -> str:

@@ -55,7 +55,9 @@ from collections.abc import Iterator
 import numpy as np
 
 from storage.batch import DatasetSchema, SparseBatch, rebatch
-from storage.datasets.spec import DatasetError
+from storage.datasets.base import DatasetError
+from storage.datasets.popularity import ZipfRanks, drift_step
+from storage.splitmix import splitmix64, splitmix64_inverse
 
 BLOCK_ROWS = 1 << 15  # rows per internally seeded block; also one drift step
 START_TIME = 1_700_000_000  # timestamp of the first event, seconds since the epoch
@@ -69,18 +71,12 @@ DEAD_FRACTION = 0.25  # items whose latent is all zero, whatever their popularit
 ACTIVE_SCALE = 0.75  # m0 = ACTIVE_SCALE * dim: typical n_active of the most popular item
 ACTIVE_DECAY = 0.3  # n_active scale falls as (home rank + 1)^-ACTIVE_DECAY
 ACTIVE_NOISE = 1.1  # log-normal spread of n_active around that scale
-DRIFT_STEP = 1.0  # std of a proposed swap's distance in log-rank
-DRIFT_STIFFNESS = 0.1  # Metropolis weight (x 1/drift) on squared log-rank distance from home
-DRIFT_RANKS = 1 << 14  # only the top ranks propose swaps (deeper ones move as partners)
 
 _TABLE_FLOATS = 1 << 21  # size of the latent table (8 MiB); sets the number of segments
 _NORMALS = 1 << 16  # scalar normals for biases and n_active noise
-_GUIDE_PER_ITEM = 4  # guide-table buckets per vocabulary item, for O(1) Zipf sampling
 _CALIBRATION_ROWS = 1 << 15
 
 _M64 = (1 << 64) - 1
-_C1, _C2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
-_C1_INV, _C2_INV = pow(_C1, -1, 1 << 64), pow(_C2, -1, 1 << 64)
 _U = np.uint64
 
 _DEFAULTS: dict[str, int | float] = {
@@ -95,29 +91,10 @@ _DEFAULTS: dict[str, int | float] = {
 }
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser, a bijection on uint64[...] (vectorised)."""
-    x = x ^ (x >> _U(30))
-    x *= _U(_C1)
-    x ^= x >> _U(27)
-    x *= _U(_C2)
-    x ^= x >> _U(31)
-    return x
-
-
-def _unmix64(x: np.ndarray) -> np.ndarray:
-    """Inverse of `_mix64`."""
-    x = x ^ (x >> _U(31)) ^ (x >> _U(62))
-    x *= _U(_C2_INV)
-    x = x ^ (x >> _U(27)) ^ (x >> _U(54))
-    x *= _U(_C1_INV)
-    return x ^ (x >> _U(30)) ^ (x >> _U(60))
-
-
 def _key(seed: int, tag: int) -> int:
     """A 63-bit key from (seed, tag); below 2**63 so that no valid ID is ever 0 (MISSING_ID)."""
     x = np.array([(seed * 0x9E3779B97F4A7C15 + tag) & _M64], dtype=np.uint64)
-    return int(_mix64(_mix64(x))[0]) & ((1 << 63) - 1) | 1
+    return int(splitmix64(splitmix64(x))[0]) & ((1 << 63) - 1) | 1
 
 
 class SyntheticDataset:
@@ -156,15 +133,7 @@ class SyntheticDataset:
         )
         self._id_key, self._prop_key = _key(self.seed, 1), _key(self.seed, 2)
 
-        # Zipf sampler: CDF over ranks plus a guide table, exact and O(1) expected per draw.
-        p = np.arange(1, self.vocab + 1, dtype=np.float64) ** -self.zipf
-        cdf = np.cumsum(p)
-        self._cdf = cdf / cdf[-1]
-        self._cdf[-1] = 1.0
-        m = _GUIDE_PER_ITEM * self.vocab
-        # one bucket low, so rounding of u * m can never start the search past the answer
-        low = np.maximum(np.arange(m, dtype=np.float64) - 1.0, 0.0) / m
-        self._guide = np.searchsorted(self._cdf, low, side="right").astype(np.int32)
+        self._ranks = ZipfRanks(self.vocab, self.zipf)
 
         # Latent vectors: segment s is [dim normals | dim zeros]; the latent with n active dims
         # in segment s is the window of length dim that starts n entries before the zeros.
@@ -230,12 +199,12 @@ class SyntheticDataset:
         item_ids(f, int[N]) -> int64[N]
         """
         x = np.asarray(items, dtype=np.uint64) + _U((field << 32) + self._id_key)
-        return _mix64(x).view(np.int64)
+        return splitmix64(x).view(np.int64)
 
     def _decode(self, field: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw IDs int64[N] of one field -> (items int64[N], valid bool[N]); an ID is valid
         when it is one this data set makes for that field (unknown IDs get item 0)."""
-        x = _unmix64(ids.view(np.uint64)) - _U((field << 32) + self._id_key)
+        x = splitmix64_inverse(ids.view(np.uint64)) - _U((field << 32) + self._id_key)
         valid = x < _U(self.vocab)
         return np.where(valid, x, _U(0)).view(np.int64), valid
 
@@ -247,7 +216,7 @@ class SyntheticDataset:
         (ids int64[B], items int64[B]) -> (n_active int64[B], latents float32[B, dims or dim],
         squared latent norms float32[B], biases float32[B])
         """
-        h = _mix64(ids.view(np.uint64) ^ _U(self._prop_key))
+        h = splitmix64(ids.view(np.uint64) ^ _U(self._prop_key))
         # bits 0-14: segment (fewer when dim > 32), 16-31: bias, 48-63: n_active noise / dead
         segment = (h & _U(self._segments - 1)).view(np.int64)
         bias = self._bias[((h >> _U(16)) & _U(0xFFFF)).view(np.int64)]
@@ -335,49 +304,12 @@ class SyntheticDataset:
         ids = np.empty((self.num_fields, rows), np.int64)
         parts = _Parts(rows, self.dim)
         for f in range(self.num_fields):
-            items = self._sample_ranks(rng, rows)
+            items = self._ranks.sample(rng, rows)
             if perm is not None:
                 items = perm[f, items].astype(np.int64)
             ids[f] = self.item_ids(f, items)
             parts.add(*self._field_terms(ids[f], items, None, None)[1:])
         return ids, parts
-
-    def _sample_ranks(self, rng: np.random.Generator, rows: int) -> np.ndarray:
-        """Zipf ranks int64[rows] by guide table + exact CDF correction (O(1) expected)."""
-        u = rng.random(rows)
-        r = self._guide[(u * self._guide.shape[0]).astype(np.int64)].astype(np.int64)
-        todo = np.flatnonzero(self._cdf[r] <= u)
-        while todo.size:  # at most a few rounds: a bucket spans few ranks
-            r[todo] += 1
-            todo = todo[self._cdf[r[todo]] <= u[todo]]
-        return r
-
-    def _drift_step(self, perm: np.ndarray, rng: np.random.Generator) -> None:
-        """One drift step, in place on perm int32[F, V] (rank -> item): a fraction `drift` of
-        the top DRIFT_RANKS rank positions propose a swap with a partner a log-normal distance
-        away in rank; proposals are made disjoint, then accepted by Metropolis on the squared
-        log distance of both items from their home ranks (weight DRIFT_STIFFNESS / drift: more
-        drift, both faster and wider)."""
-        v = self.vocab
-        top = min(v, DRIFT_RANKS)  # bounds the cost per block when the vocabulary is large
-        stiffness = DRIFT_STIFFNESS / self.drift
-        owner = np.empty(v, np.int64)
-        for f in range(self.num_fields):
-            k = int(rng.binomial(top, self.drift))
-            a = rng.integers(0, top, k)
-            b = np.rint((a + 1) * np.exp(DRIFT_STEP * rng.standard_normal(k))) - 1
-            b = np.clip(b, 0, v - 1).astype(np.int64)
-            tag = np.arange(k, dtype=np.int64)
-            owner[a] = 2 * tag
-            owner[b] = 2 * tag + 1
-            keep = (owner[a] == 2 * tag) & (owner[b] == 2 * tag + 1)  # disjoint pairs only
-            a, b, u = a[keep], b[keep], rng.random(k)[keep]
-            la, lb = np.log1p(a), np.log1p(b)
-            x, y = perm[f, a], perm[f, b]
-            lx, ly = np.log1p(x), np.log1p(y)
-            delta = (lb - lx) ** 2 + (la - ly) ** 2 - (la - lx) ** 2 - (lb - ly) ** 2
-            ok = u < np.exp(-stiffness * np.maximum(delta, 0.0))
-            perm[f, a[ok]], perm[f, b[ok]] = y[ok], x[ok]
 
     def _blocks(self) -> Iterator[SparseBatch]:
         """The stream in blocks of BLOCK_ROWS rows; block j is seeded by (seed, j)."""
@@ -403,7 +335,7 @@ class SyntheticDataset:
                 extras={"p_true": p},
             )
             if perm is not None:
-                self._drift_step(perm, np.random.default_rng([self.seed, j + 1, 0xD1]))
+                drift_step(perm, np.random.default_rng([self.seed, j + 1, 0xD1]), self.drift)
 
     def batches(self, batch_size: int) -> Iterator[SparseBatch]:
         """The stream in batches of exactly `batch_size` rows (the last may be shorter); the

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from storage.batch import MISSING_ID, SparseBatch, hash_values, rebatch
-from storage.datasets.spec import DatasetError
+from storage.datasets.base import DatasetError
 
 # One pandas call per ~4 MiB (about 16k Criteo lines) amortises its fixed cost; smaller blocks
 # read measurably slower, larger ones only hold more memory.

@@ -12,6 +12,9 @@ Scores (`chunk_scores`):
 - with `keep_first`, every admitted ID's first chunk ranks above all other chunks, ordered by
   its utility, so first chunks go before any second one;
 - IDs not yet admitted score -inf and get nothing.
+
+A newly admitted ID starts with the chunks its own share of the budget pays for
+(`initial_chunk_count`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+
+from storage.vhpi.config import INDEX_ALLOWANCE, StoreConfig, fixed_entry_bytes
 
 _THRESHOLDS = 4096  # candidate thresholds on large stores (quantiles of the scores)
 _SAMPLE_ROWS = 1 << 15  # rows of the sample that brackets the threshold
@@ -134,3 +139,21 @@ def select_chunks(
     if best < 0:
         return np.zeros_like(finite)
     return scores >= candidates[best]
+
+
+def initial_chunk_count(config: StoreConfig, entry_bytes: int,
+                        prefix_cost: Callable[[int], float]) -> int:
+    """How many chunks a newly admitted ID starts with: `init_chunks` if set, all K without a
+    budget, else the longest prefix that the ID's own share of the budget pays for (the budget
+    grows by that share with every new ID), and at least one. `prefix_cost(n)`: bytes of an
+    entry's first n chunks with the extension record they need."""
+    c, K = config, config.num_chunks
+    if c.init_chunks:
+        return min(c.init_chunks, K)
+    if c.budget is None:
+        return K
+    share = c.budget * fixed_entry_bytes(c.dim, c.optimizer) - entry_bytes - INDEX_ALLOWANCE
+    n = 1
+    while n < K and prefix_cost(n + 1) <= share:
+        n += 1
+    return n

@@ -14,23 +14,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from storage.splitmix import GOLDEN, splitmix64
+
 EMPTY = -1
 GROWN_LOAD = 0.5  # load right after the table grows
 TOMBSTONE = -2
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
 
 
 def mix64(fields: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser of (key, field): uint64[N]. Good avalanche, a few vector ops."""
+    """splitmix64 of (key, field): int[N], int64[N] -> uint64[N]."""
     with np.errstate(over="ignore"):
-        z = keys.astype(np.uint64, copy=False) ^ (
-            (fields.astype(np.uint64) + np.uint64(1)) * _GOLDEN
-        )
-        z = (z ^ (z >> np.uint64(30))) * _M1
-        z = (z ^ (z >> np.uint64(27))) * _M2
-        return z ^ (z >> np.uint64(31))
+        salt = (fields.astype(np.uint64) + np.uint64(1)) * GOLDEN
+    return splitmix64(keys.astype(np.uint64, copy=False) ^ salt)
 
 
 class HashIndex:

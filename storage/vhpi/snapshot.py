@@ -1,58 +1,57 @@
-"""A chunk store to one .npz file and back, bit-exactly: the index, every pool's values and
-optimizer state, the entry and extension records, the sketch, the counters and the config."""
+"""A chunk store's state as one `.npz` file and back, bit-exactly: the index, every pool's values
+and optimizer state, the entry and extension records, the sketch, the counters and the config.
+
+    write_snapshot(path, Snapshot(config, counters, index, entries, sketch))  # atomic
+    snap = read_snapshot(path)    # the store rebuilds itself from it (ChunkStore.load)
+
+Keys of the file: `index.*` (HashIndex.state), `pool{j}.*` and the entry arrays by name
+(EntryTable.state), `sketch` (the admission sketch's table, when there is one) and `meta` (JSON:
+the config and the counters). Arrays under other keys are kept by whoever added them and
+ignored here.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from storage.atomic_npz import read_npz, write_npz
 from storage.vhpi.config import StoreConfig
 from storage.vhpi.hash_index import HashIndex
 
-if TYPE_CHECKING:
-    from storage.vhpi.store import ChunkStore
+
+@dataclass
+class Snapshot:
+    config: StoreConfig
+    counters: dict[str, int]  # the store's step, epoch, ... by name
+    index: HashIndex
+    entries: dict[str, np.ndarray]  # EntryTable.state()
+    sketch: np.ndarray | None  # FrequencySketch.table
 
 
-def save_store(store: ChunkStore, path: Path) -> None:
+def write_snapshot(path: Path, snap: Snapshot) -> None:
     """Write atomically: a temp file beside `path`, fsync, rename."""
-    arrays = {f"index.{k}": v for k, v in store.index.state().items()}
-    for j, pool in enumerate(store.pools):
-        arrays |= {f"pool{j}.{k}": v for k, v in pool.state_dict().items()}
-    arrays |= {name: getattr(store, name) for name in store._ARRAYS}
-    if store.sketch is not None:
-        arrays["sketch"] = store.sketch.table
-    meta = {"config": asdict(store.config)} | {k: getattr(store, k) for k in store._COUNTERS}
+    arrays = {f"index.{k}": v for k, v in snap.index.state().items()}
+    arrays |= snap.entries
+    if snap.sketch is not None:
+        arrays["sketch"] = snap.sketch
+    meta = {"config": asdict(snap.config)} | snap.counters
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_npz(path, arrays)
 
 
-def load_store(cls: type[ChunkStore], path: Path) -> ChunkStore:
-    with np.load(path) as z:
-        arrays = {k: z[k] for k in z.files}
+def read_snapshot(path: Path, counters: tuple[str, ...]) -> Snapshot:
+    """What `write_snapshot` wrote; `counters`: the names of the counters to read back."""
+    arrays = read_npz(path)
     meta = json.loads(arrays.pop("meta").tobytes().decode())
-    store = cls(StoreConfig(**meta["config"]))
-    store.index = HashIndex.from_state(
-        {k[6:]: v for k, v in arrays.items() if k.startswith("index.")}
+    index = HashIndex.from_state({k[6:]: v for k, v in arrays.items() if k.startswith("index.")})
+    return Snapshot(
+        config=StoreConfig(**meta["config"]),
+        counters={k: meta[k] for k in counters},
+        index=index,
+        entries=arrays,
+        sketch=arrays.get("sketch"),
     )
-    for j, pool in enumerate(store.pools):
-        prefix = f"pool{j}."
-        pool.load_state_dict(
-            {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
-        )
-    for name in store._ARRAYS:
-        setattr(store, name, np.array(arrays[name]))
-    if store.sketch is not None:
-        store.sketch.table = np.array(arrays["sketch"])
-    for key in store._COUNTERS:
-        setattr(store, key, meta[key])
-    return store

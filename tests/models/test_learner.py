@@ -11,8 +11,8 @@ import torch
 
 from models.learner import Learner
 from models.networks import build_model
+from models.policies.registry import parse_policy
 from models.policies.torch_embedding import TorchEmbeddingPolicy
-from models.policy import parse_policy
 from storage.batch import DatasetSchema, SparseBatch
 
 SCHEMA = DatasetSchema("planted", fields=("user", "item", "ctx"), dense=("x",))

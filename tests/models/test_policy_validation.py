@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.policy import parse_policy
+from models.policies.registry import parse_policy
 
 BAD = [
     # (spec, what the message must name)

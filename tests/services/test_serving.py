@@ -22,7 +22,7 @@ import torch
 
 from models.learner import Learner
 from models.networks import build_model
-from models.policy import parse_policy
+from models.policies.registry import parse_policy
 from services import wire
 from services.stack.infra import ManagedProcess, free_port, wait_until
 from services.stack.replay import replay_dataset

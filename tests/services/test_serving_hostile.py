@@ -32,7 +32,7 @@ from fastapi import FastAPI
 
 from models.learner import Learner
 from models.networks import build_model
-from models.policy import parse_policy
+from models.policies.registry import parse_policy
 from services import wire
 from services.serving.app import create_app
 from services.serving.scorer import RawIdHasher

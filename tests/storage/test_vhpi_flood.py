@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from models.policies.chunked import ChunkedPolicy
-from models.policy import parse_policy
+from models.policies.registry import parse_policy
 from storage.vhpi.config import DEFAULT_MAX_BYTES, StoreConfig
 
 ROWS, FIELDS = 512, 8

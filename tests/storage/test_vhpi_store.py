@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from storage.vhpi.entries import EntryTable
 from storage.vhpi.store import ChunkStore, StoreConfig
 
 
@@ -28,9 +29,9 @@ def check_pool(store: ChunkStore) -> None:
         assert live.size == pool.num_live
         assert live.size + pool.free.size == pool.capacity
         assert not np.intersect1d(live, pool.free).size, "a live chunk is on the free stack"
-    has_ext = store.ext[slots] >= 0
+    has_ext = store.entries.ext[slots] >= 0
     assert (has_ext == (addr[:, 1:] >= 0).any(axis=1)).all(), "extension record mismatch"
-    assert has_ext.sum() == store.ext_live
+    assert has_ext.sum() == store.entries.ext_live
     assert store.used_bytes() <= store.budget_bytes(), "over budget"
     if store.config.prefix:
         on = addr >= 0
@@ -58,7 +59,7 @@ def test_prune_regrow_invariants_hold_after_every_step() -> None:
             # Chunks admitted by this prune step start at zero.
             slots = store.live_slots()
             addr = store.addresses(slots)
-            emb = store._gather(slots).reshape(-1, store.K, 16)
+            emb = store.gather(slots).reshape(-1, store.K, 16)
             for i, s in enumerate(slots):
                 old = before.get(int(s))
                 if old is None:
@@ -186,8 +187,8 @@ def test_snapshot_round_trips_bit_exactly(tmp_path) -> None:
         train_step(store, zipf_ids(rng, 64, 3), w)
     store.save(tmp_path / "s.npz")
     back = ChunkStore.load(tmp_path / "s.npz")
-    for name in ChunkStore._ARRAYS:
-        np.testing.assert_array_equal(getattr(back, name), getattr(store, name))
+    for name in EntryTable.ARRAYS:
+        np.testing.assert_array_equal(getattr(back.entries, name), getattr(store.entries, name))
     for a, b in zip(back.pools, store.pools, strict=True):
         assert torch.equal(a.values, b.values) and torch.equal(a.state, b.state)
     assert back.step == store.step and back.memory() == store.memory()
@@ -213,8 +214,9 @@ def test_narrow_first_chunks_and_extension_records_are_accounted() -> None:
     m = store.memory()
     hist = store.live_chunks_per_id()
     assert hist[1] > 0 and hist[2:].sum() > 0, "no ID grew past its first chunk"
-    assert store.ext_live == hist[2:].sum()  # only IDs with a second chunk hold a record
-    expected_meta = m["live_ids"] * store.entry_bytes() + store.ext_live * store.ext_record_bytes()
+    assert store.entries.ext_live == hist[2:].sum()  # only IDs with a second chunk hold a record
+    expected_meta = (m["live_ids"] * store.entry_bytes()
+                     + store.entries.ext_live * store.entries.record_bytes())
     assert m["metadata_bytes"] == expected_meta
     addr = store.addresses(store.live_slots())
     expected_values = sum(
@@ -294,7 +296,8 @@ def test_sketch_admission_keeps_the_tail_out_of_the_store() -> None:
     assert store.index.lookup(np.zeros(1, np.int16), hot[0])[0] >= 0
     m = store.memory()
     assert m["metadata_bytes"] == (
-        store.entry_bytes() + store.ext_live * store.ext_record_bytes() + store.sketch.nbytes
+        store.entry_bytes() + store.entries.ext_live * store.entries.record_bytes()
+        + store.sketch.nbytes
     )
     check_pool(store)
 

@@ -8,7 +8,7 @@ import pytest
 from models.learner import Learner
 from models.networks import build_model
 from models.policies.hot_start import hot_start, save_hot_start
-from models.policy import parse_policy
+from models.policies.registry import parse_policy
 from storage.batch import DatasetSchema, SparseBatch
 
 SCHEMA = DatasetSchema("planted", fields=("user", "item", "noise"))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from models.policies.registry import parse_policy
 from models.policies.torch_embedding import EMBEDDING_LR, TorchEmbeddingPolicy, hash_rows
-from models.policy import parse_policy
 
 
 def test_hash_rows_is_stable_in_range_and_per_field() -> None:

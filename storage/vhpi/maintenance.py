@@ -1,0 +1,187 @@
+"""The chunk store's budget and its periodic work: what the store measures, what the budget
+allows, and the maintenance that keeps it within both (utility rescale, eviction past the entry
+limit or of idle entries, FIITED's prune / regrow). `ChunkStore` (store.py) builds on it; the
+state it works on is declared here and set up there.
+
+    store.memory()           # measured bytes: values, optimizer state, metadata, index
+    store.maintain()         # every `interval` steps (apply_gradients calls it)
+    store.prune_regrow()     # -> {"freed": chunks, "admitted": chunks}
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from storage.vhpi.admission import FrequencySketch
+from storage.vhpi.allocation import chunk_scores, select_chunks
+from storage.vhpi.config import StoreConfig, fixed_entry_bytes
+from storage.vhpi.entries import EntryTable
+from storage.vhpi.hash_index import HashIndex
+
+
+class StoreMaintenance:
+    """Base of ChunkStore: accounting, eviction and pruning over its index and entries."""
+
+    config: StoreConfig
+    K: int
+    index: HashIndex
+    entries: EntryTable
+    sketch: FrequencySketch | None
+    tracks_utility: bool
+    entry_limit: int | None
+    step: int
+    util_origin: int  # t0: the step the stored utilities are scaled to
+    epoch: int  # maintenance epochs so far (mod 2^16 in `last`)
+    prunes: int
+    _deleted: list[tuple[np.ndarray, np.ndarray]]  # (fields, keys) evicted since the export
+    _rng: np.random.Generator
+
+    def utilities(self, slots: np.ndarray) -> np.ndarray:
+        """Utilities decayed to the current step: int32[N] -> float32[N, K]."""
+        decay = np.float32(self.config.gamma) ** np.float32(self.step - self.util_origin)
+        return self.entries.stored_utilities(slots) * decay
+
+
+    # ---- sizes and accounting ------------------------------------------------------------
+    def entry_bytes(self) -> int:
+        return self.entries.entry_bytes()
+
+    def live_chunks(self) -> int:
+        return self.entries.live_chunks()
+
+    def memory(self) -> dict[str, int]:
+        """Bytes measured from the arrays: live values, their optimizer state, entry and
+        extension records in use, index table; and everything allocated (capacity)."""
+        value = sum(p.live_bytes()[0] for p in self.entries.pools)
+        opt = sum(p.live_bytes()[1] for p in self.entries.pools)
+        n = self.index.num_entries
+        sketch = self.sketch.nbytes if self.sketch is not None else 0
+        index_arrays = (self.index.keys, self.index.fields, self.index.alive, self.index.table)
+        return {
+            "value_bytes": value,
+            "optimizer_bytes": opt,
+            "metadata_bytes": n * self.entry_bytes()
+            + self.entries.ext_live * self.entries.record_bytes() + sketch,
+            "index_bytes": self.index.table_bytes,
+            "allocated_bytes": self.entries.allocated_bytes() + sketch
+            + sum(int(a.nbytes) for a in index_arrays),
+            "live_ids": n,
+            "live_chunks": self.live_chunks(),
+        }
+
+    def budget_bytes(self) -> float:
+        """Total bytes the budget allows now: a fraction of what a fixed-D store would take
+        for the same IDs (infinite without a budget)."""
+        if self.config.budget is None:
+            return float("inf")
+        n = self.index.num_entries
+        fixed = n * fixed_entry_bytes(self.config.dim, self.config.optimizer)
+        return self.config.budget * (fixed + self.index.table_bytes)
+
+    def used_bytes(self) -> int:
+        m = self.memory()
+        return m["value_bytes"] + m["optimizer_bytes"] + m["metadata_bytes"] + m["index_bytes"]
+
+    # ---- maintenance -------------------------------------------------------------------
+    def live_slots(self) -> np.ndarray:
+        """int32[E] slots of every entry held."""
+        return np.flatnonzero(self.index.alive[: self.index.high_water]).astype(np.int32)
+
+    def maintain(self) -> None:
+        """The periodic work: rescale utilities, evict stale or excess entries, prune/regrow."""
+        c = self.config
+        if self.tracks_utility:
+            decay = np.float32(c.gamma) ** np.float32(self.step - self.util_origin)
+            self.entries.rescale_utilities(decay)
+            self.util_origin = self.step
+        self.epoch += 1
+        if self.sketch is not None and self.epoch % c.sketch_decay_every == 0:
+            self.sketch.decay()
+        if c.evict_after is not None:
+            live = self.live_slots()
+            idle = (self.epoch - self.entries.last[live].astype(np.int64)) & 0xFFFF
+            self.evict(live[idle * c.interval > c.evict_after])
+        self.enforce_entry_limit()
+        if c.budget is not None:
+            self.prune_regrow()
+
+    def enforce_entry_limit(self, protect: np.ndarray | None = None) -> int:
+        """Past the entry limit, evict the least useful entries (not those in `protect`, the
+        batch being trained) down to 1/16 below it; returns how many were evicted.
+
+        Worth: summed utility with a budget; else the access count, the longest unseen first
+        among equal counts."""
+        limit = self.entry_limit
+        if limit is None or self.index.num_entries <= limit:
+            return 0
+        live = self.live_slots()
+        if self.tracks_utility:
+            worth = self.utilities(live).sum(axis=1).astype(np.float64)
+        else:
+            age = (self.epoch - self.entries.last[live].astype(np.int64)) & 0xFFFF
+            worth = self.entries.count[live].astype(np.float64) - age / 65536.0
+        if protect is not None and protect.size:
+            held = np.zeros(self.index.high_water, dtype=bool)
+            held[protect] = True
+            worth[held[live]] = np.inf
+        target = limit - limit // 16
+        excess = min(self.index.num_entries - target, int(np.isfinite(worth).sum()))
+        if excess <= 0:
+            return 0
+        self.evict(live[np.argpartition(worth, excess - 1)[:excess]])
+        return excess
+
+    def evict(self, slots: np.ndarray) -> None:
+        """Drop entries int32[N]: their chunks and records go back to the pools, their index
+        slots are reused, and they are reported as deleted by the next export."""
+        if slots.size == 0:
+            return
+        self.entries.drop(slots)
+        self._deleted.append((self.index.fields[slots].copy(), self.index.keys[slots].copy()))
+        self.index.delete(slots)
+
+    def prune_regrow(self) -> dict[str, int]:
+        """Keep the best-scored chunks that fit the budget: free live chunks that fall out,
+        re-admit pruned chunks that rise in (at zero, fresh optimizer state)."""
+        slots = self.live_slots()
+        if slots.size == 0:
+            return {"freed": 0, "admitted": 0}
+        c = self.config
+        costs = self.entries.chunk_costs()
+        scores = chunk_scores(
+            self.utilities(slots),
+            self.index.fields[slots],
+            self.entries.count[slots] >= c.min_count,
+            normalize=c.normalize == "field",
+            prefix=c.prefix,
+            keep_first=c.keep_first,
+            live=self.entries.addresses(slots) >= 0,
+            hysteresis=c.hysteresis,
+            cost=(costs / costs[0]) ** c.cost_power if c.cost_power else None,
+        )
+        fixed_cost = slots.size * self.entry_bytes() + self.index.table_bytes
+        if self.sketch is not None:
+            fixed_cost += self.sketch.nbytes  # the admission sketch is paid before any chunk
+        capacity = self.budget_bytes() - fixed_cost
+        ext_bytes = self.entries.record_bytes()
+
+        def exact(keep: np.ndarray) -> float:
+            per_position = np.count_nonzero(keep, axis=0)
+            if self.K == 1:
+                n_ext = 0
+            elif c.prefix:  # a prefix with a chunk 1 is exactly an entry with a record
+                n_ext = int(per_position[1])
+            else:
+                n_ext = int(np.count_nonzero(keep[:, 1:].any(axis=1)))
+            return float(per_position @ costs) + n_ext * ext_bytes
+
+        keep = select_chunks(scores, capacity, exact, self._rng)
+        freed, admitted = self.entries.keep(slots, keep)
+        self.prunes += 1
+        return {"freed": freed, "admitted": admitted}
+
+    # ---- introspection and export ------------------------------------------------------
+    def live_chunks_per_id(self) -> np.ndarray:
+        """int64[K + 1] histogram: how many live IDs have 0..K live chunks."""
+        slots = self.live_slots()
+        return np.bincount((self.entries.addresses(slots) >= 0).sum(axis=1), minlength=self.K + 1)
