@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from storage.batch import MISSING_ID, DatasetSchema, SparseBatch
-from storage.datasets.spec import DatasetError
+from storage.datasets.base import DatasetError
 from storage.datasets.textfile import TextFile, hash_column
 
 FIELDS = ("user", "item", "gender", "age", "occupation", "zip", "genre")
