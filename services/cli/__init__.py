@@ -1,4 +1,7 @@
-"""The `chunkrec` command. Each group lives in its own module under services/commands.
+"""The `chunkrec` command. Each group lives in its own module under services/cli/commands/;
+each command parses its options and calls one function of its role's folder (the stack, the
+trainer, the experiment system, the evaluation library), imported when the command runs, so
+`chunkrec --help` loads neither torch nor pandas (tests/services/test_cli_validation.py).
 
 Settings are checked before any command runs: a bad CHUNKREC_ variable stops every command with
 exit status 2 and one line naming it (`error: CHUNKREC_PUBLISH_INTERVAL_S='nan': ...`)."""
@@ -8,7 +11,6 @@ from __future__ import annotations
 import typer
 
 from services.cli.commands import ab, bench, data, replay, serve, stack, train
-from storage.settings import SettingsError, get_settings
 
 app = typer.Typer(
     help="chunkrec: online-learning CTR with self-resizing (FIITED) embedding tables.",
@@ -20,6 +22,8 @@ app = typer.Typer(
 @app.callback()
 def check_settings() -> None:
     """chunkrec: online-learning CTR with self-resizing (FIITED) embedding tables."""
+    from storage.settings import SettingsError, get_settings
+
     try:
         get_settings()
     except SettingsError as exc:

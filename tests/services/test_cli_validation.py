@@ -4,6 +4,9 @@ below lead nowhere, so a command that got as far as connecting would hang or fai
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from typer.testing import CliRunner
 
@@ -43,3 +46,23 @@ def test_a_bad_policy_spec_stops_train(policy: str, name: str) -> None:
 def test_a_bad_override_on_the_command_line_is_refused() -> None:
     result = CliRunner().invoke(app, ["serve", "--port", "70000"], env=NOWHERE)
     _one_line_error(result, "SERVING_PORT")
+
+
+HEAVY = ("torch", "sklearn", "pandas", "statsmodels", "matplotlib")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["bench", "quality", "--help"],
+                                  ["up", "--help"], ["join", "--help"]])
+def test_help_loads_no_heavy_module(args: list[str]) -> None:
+    """`chunkrec --help` and a command's --help import no heavy library: each command imports
+    what it needs when it runs (a timing assertion would be flaky; this is what makes it fast)."""
+    code = ("import sys\n"
+            "from typer.testing import CliRunner\n"
+            "from services.cli import app\n"
+            f"result = CliRunner().invoke(app, {args!r})\n"
+            "assert result.exit_code == 0, result.output\n"
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]", done.stdout

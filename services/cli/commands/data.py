@@ -11,12 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import typer
-
-from storage.datasets import DatasetError, open_dataset
-from storage.datasets.movielens import ML100K_FILES, write_movielens_100k_cache
-from storage.settings import get_settings
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -31,6 +26,9 @@ def fetch(
     force: bool = typer.Option(False, "--force", help="fetch again even if cached"),
 ) -> None:
     """Download a data set into the cache (CHUNKREC_DATA_DIR, default ~/.cache/chunkrec)."""
+    from storage.datasets.movielens import ML100K_FILES, write_movielens_100k_cache
+    from storage.settings import get_settings
+
     if name not in FETCHABLE:
         typer.echo(f"cannot fetch {name!r}; fetchable: {', '.join(FETCHABLE)}", err=True)
         raise typer.Exit(2)
@@ -63,6 +61,10 @@ def info(
     batch_size: int = typer.Option(65536, help="rows read at a time"),
 ) -> None:
     """Print a data set's schema, row count, clicks and CTR (reads it once, end to end)."""
+    import numpy as np
+
+    from storage.datasets import DatasetError, open_dataset
+
     try:
         ds = open_dataset(spec)
         rows = clicks = 0
@@ -95,4 +97,6 @@ def info(
 
 
 def _utc(seconds: int | None) -> str:
+    import numpy as np
+
     return str(np.datetime64(seconds, "s")).replace("T", " ")

@@ -6,14 +6,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-import uvicorn
-from fastapi import FastAPI
 
-from services.serving.app import create_app
-from storage.settings import SettingsError, get_settings
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 def serve(
@@ -25,6 +23,9 @@ def serve(
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
 ) -> None:
     """Serve POST /v1/score, /healthz, /readyz, /metrics and /docs."""
+    from services.serving.app import create_app
+    from storage.settings import SettingsError, get_settings
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     updates = {k: v for k, v in (("serving_host", host), ("serving_port", port),
                                  ("redis_url", redis_url), ("serving_models", models))
@@ -40,5 +41,7 @@ def serve(
 def run_server(app: FastAPI, host: str, port: int, log_level: str = "warning") -> None:
     """uvicorn as `chunkrec serve` runs it (one process; uvloop and httptools when installed,
     which uvicorn[standard] brings); bench/serving.py runs its apps the same way."""
+    import uvicorn
+
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, loop="auto",
                 http="auto", timeout_graceful_shutdown=5)
