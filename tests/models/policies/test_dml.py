@@ -3,32 +3,7 @@
 import numpy as np
 import torch
 
-from models.learner import Learner
-from models.networks import build_model
 from models.policies.registry import parse_policy
-from storage.batch import DatasetSchema, SparseBatch
-
-SCHEMA = DatasetSchema("planted", fields=("user", "item", "noise"))
-
-
-def planted_stream(n_batches: int = 150, rows: int = 256, seed: int = 0) -> list[SparseBatch]:
-    """Labels from a rank-4 interaction of fields 0 and 1; field 2 is pure noise."""
-    rng = np.random.default_rng(seed)
-    u, v = rng.normal(size=(50, 4)), rng.normal(size=(50, 4))
-    out = []
-    for _ in range(n_batches):
-        ids = rng.integers(0, 50, size=(rows, 3))
-        logit = (u[ids[:, 0]] * v[ids[:, 1]]).sum(axis=1)
-        labels = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.float32)
-        out.append(SparseBatch(SCHEMA, labels=labels, ids=ids))
-    return out
-
-
-def trained(spec: str, batches: list[SparseBatch]):
-    policy = parse_policy(spec, SCHEMA.num_fields, seed=0)
-    learner = Learner(build_model("dlrm", SCHEMA, policy.dim, seed=0), policy, num_threads=1)
-    learner.run(batches)
-    return policy, learner
 
 
 def stored_dims(policy) -> np.ndarray:
@@ -38,9 +13,9 @@ def stored_dims(policy) -> np.ndarray:
     return s.offsets[n]
 
 
-def test_forward_mask_is_hard_and_backward_reaches_the_threshold() -> None:
-    policy = parse_policy("dml:init=30", SCHEMA.num_fields, seed=0)  # t = 30 -> N = 32
-    ids = planted_stream(1, rows=64)[0].ids
+def test_forward_mask_is_hard_and_backward_reaches_the_threshold(planted) -> None:
+    policy = parse_policy("dml:init=30", planted.schema.num_fields, seed=0)  # t = 30 -> N = 32
+    ids = planted.stream(1, rows=64)[0].ids
     out = policy.lookup(ids, train=True)
     ctx, values = policy._pending
     assert (out[..., 32:] == 0).all() and (out[..., :32] != 0).all()
@@ -58,16 +33,16 @@ def test_forward_mask_is_hard_and_backward_reaches_the_threshold() -> None:
     assert (policy.chunk_counts() == 5).all()  # 4-4-8-8-8: the stored chunks are the mask
 
 
-def test_learned_length_follows_the_planted_signal() -> None:
-    policy, learner = trained("dml", planted_stream())
+def test_learned_length_follows_the_planted_signal(planted) -> None:
+    policy, learner = planted.trained("dml", planted.stream())
     n = policy.field_dims()
     assert n[2] <= 8, f"the noise field kept {n[2]} dims"
     assert n[0] >= 24 and n[1] >= 24, f"signal fields shrank to {n[:2]}"
     assert learner.metrics.auc(start=len(learner.metrics) // 2) > 0.75
 
 
-def test_memory_counts_only_stored_dims() -> None:
-    policy, _ = trained("dml", planted_stream(60))
+def test_memory_counts_only_stored_dims(planted) -> None:
+    policy, _ = planted.trained("dml", planted.stream(60))
     policy.relayout()
     s = policy.store
     dims = stored_dims(policy)
@@ -77,33 +52,33 @@ def test_memory_counts_only_stored_dims() -> None:
     assert mem.value_bytes == 4 * int(dims.sum())
     n_chunks = (s.addresses(s.live_slots()) >= 0).sum()
     assert mem.optimizer_bytes == 4 * int(n_chunks)  # row-wise Adagrad: one float per chunk
-    fixed, _ = trained("fixed:64", planted_stream(60))
+    fixed, _ = planted.trained("fixed:64", planted.stream(60))
     assert mem.value_bytes < fixed.memory().value_bytes
 
 
-def test_export_reproduces_the_eval_lookup() -> None:
-    batches = planted_stream(40)
-    policy, _ = trained("dml", batches)
+def test_export_reproduces_the_eval_lookup(planted) -> None:
+    batches = planted.stream(40)
+    policy, _ = planted.trained("dml", batches)
     exp = policy.export(dirty_only=False)
     bits = (exp.masks[:, None] >> np.arange(len(exp.widths), dtype=np.uint32)) & 1
     kept = np.repeat(bits.astype(bool), exp.widths, axis=1)
     served = np.where(kept, exp.values, 0.0)  # what serving rebuilds from the records
-    ids = np.zeros((len(exp), SCHEMA.num_fields), dtype=np.int64)
+    ids = np.zeros((len(exp), planted.schema.num_fields), dtype=np.int64)
     ids[np.arange(len(exp)), exp.fields.astype(np.int64)] = exp.keys
     emb = policy.lookup(ids, train=False).numpy()[np.arange(len(exp)), exp.fields.astype(int)]
     np.testing.assert_array_equal(served, emb)
 
 
-def test_hardened_fields_stop_moving_and_save_load_keeps_them(tmp_path) -> None:
-    policy, learner = trained("dml:harden=20", planted_stream(80))
+def test_hardened_fields_stop_moving_and_save_load_keeps_them(tmp_path, planted) -> None:
+    policy, learner = planted.trained("dml:harden=20", planted.stream(80))
     assert policy.frozen.any()
     before = policy.field_dims().copy()
-    learner.run(planted_stream(20, seed=1))
+    learner.run(planted.stream(20, seed=1))
     after = policy.field_dims()
     assert (after[policy.frozen] == before[policy.frozen]).all()
     policy.save(tmp_path / "dml.npz")
-    other = parse_policy("dml:harden=20", SCHEMA.num_fields, seed=0)
+    other = parse_policy("dml:harden=20", planted.schema.num_fields, seed=0)
     other.load(tmp_path / "dml.npz")
     assert (other.field_dims() == after).all() and (other.frozen == policy.frozen).all()
-    ids = planted_stream(1, seed=2)[0].ids
+    ids = planted.stream(1, seed=2)[0].ids
     assert torch.equal(policy.lookup(ids), other.lookup(ids))

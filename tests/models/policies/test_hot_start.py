@@ -2,39 +2,24 @@
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from models.learner import Learner
 from models.networks import build_model
 from models.policies.hot_start import hot_start, save_hot_start
 from models.policies.registry import parse_policy
-from storage.batch import DatasetSchema, SparseBatch
+from storage.batch import SparseBatch
 
-SCHEMA = DatasetSchema("planted", fields=("user", "item", "noise"))
 TRAIN, PROBE = 120, 8  # batches to train fixed:64 on, then batches the AUC is measured on
 
 
-def planted_stream(n_batches: int, rows: int = 256, seed: int = 0) -> list[SparseBatch]:
-    """Labels from a rank-4 interaction of fields 0 and 1; field 2 is pure noise."""
-    rng = np.random.default_rng(seed)
-    u, v = rng.normal(size=(50, 4)), rng.normal(size=(50, 4))
-    out = []
-    for _ in range(n_batches):
-        ids = rng.integers(0, 50, size=(rows, 3))
-        logit = (u[ids[:, 0]] * v[ids[:, 1]]).sum(axis=1)
-        labels = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.float32)
-        out.append(SparseBatch(SCHEMA, labels=labels, ids=ids))
-    return out
-
-
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> tuple[Path, list[SparseBatch], float]:
+def checkpoint(tmp_path_factory, planted) -> tuple[Path, list[SparseBatch], float]:
     """A fixed:64 save after TRAIN batches, the PROBE batches after them, and the trained
     fixed-64's progressive AUC on those."""
-    batches = planted_stream(TRAIN + PROBE)
-    policy = parse_policy("fixed:64", SCHEMA.num_fields, seed=0)
-    net = build_model("dlrm", SCHEMA, 64, seed=0)
+    batches = planted.stream(TRAIN + PROBE)
+    policy = parse_policy("fixed:64", planted.schema.num_fields, seed=0)
+    net = build_model("dlrm", planted.schema, 64, seed=0)
     learner = Learner(net, policy, num_threads=1)
     learner.run(batches[:TRAIN])
     path = tmp_path_factory.mktemp("hot") / "fixed64.npz"
@@ -43,9 +28,9 @@ def checkpoint(tmp_path_factory) -> tuple[Path, list[SparseBatch], float]:
     return path, batches[TRAIN:], learner.metrics.auc(start=TRAIN * 256)
 
 
-def probe_auc(spec: str, path: Path | None, probe: list[SparseBatch]):
-    policy = parse_policy(spec, SCHEMA.num_fields, seed=0)
-    net = build_model("dlrm", SCHEMA, policy.dim, seed=0)
+def probe_auc(spec: str, path: Path | None, probe: list[SparseBatch], planted):
+    policy = parse_policy(spec, planted.schema.num_fields, seed=0)
+    net = build_model("dlrm", planted.schema, policy.dim, seed=0)
     if path is not None:
         hot_start(policy, path, model=net)
     learner = Learner(net, policy, num_threads=1)
@@ -64,10 +49,10 @@ def probe_auc(spec: str, path: Path | None, probe: list[SparseBatch]):
         "fixed:16,pad=64",
     ],
 )
-def test_hot_start_starts_at_the_checkpoints_auc(checkpoint, spec: str) -> None:
+def test_hot_start_starts_at_the_checkpoints_auc(checkpoint, spec: str, planted) -> None:
     path, probe, trained_auc = checkpoint
-    cold, _ = probe_auc(spec, None, probe)
-    hot, policy = probe_auc(spec, path, probe)
+    cold, _ = probe_auc(spec, None, probe, planted)
+    hot, policy = probe_auc(spec, path, probe, planted)
     assert trained_auc > 0.8
     assert hot > cold + 0.1, f"{spec}: hot {hot:.3f} vs cold {cold:.3f}"
     if policy.store.config.budget is not None:
@@ -80,10 +65,11 @@ def test_hot_start_starts_at_the_checkpoints_auc(checkpoint, spec: str) -> None:
     assert hot >= trained_auc - slack, f"{spec}: hot {hot:.3f} vs trained {trained_auc:.3f}"
 
 
-def test_budgeted_hot_start_is_within_budget_and_keeps_frequent_ids(checkpoint) -> None:
+def test_budgeted_hot_start_is_within_budget_and_keeps_frequent_ids(checkpoint, planted) -> None:
     path, _, _ = checkpoint
     # A small index table: with the default capacity it would take most of 150 IDs' budget.
-    policy = parse_policy("fiited:budget=0.25,initial_capacity=64", SCHEMA.num_fields, seed=0)
+    policy = parse_policy("fiited:budget=0.25,initial_capacity=64", planted.schema.num_fields,
+                          seed=0)
     n = hot_start(policy, path)
     s = policy.store
     assert n == s.index.num_entries == 150
@@ -92,9 +78,9 @@ def test_budgeted_hot_start_is_within_budget_and_keeps_frequent_ids(checkpoint) 
     assert live.min() >= 1 and live.max() > 1  # every ID keeps a first chunk, some more
 
 
-def test_hot_spec_parameter(checkpoint) -> None:
+def test_hot_spec_parameter(checkpoint, planted) -> None:
     path, probe, trained_auc = checkpoint
-    policy = parse_policy(f"dml:penalty=0.01,hot={path}", SCHEMA.num_fields, seed=0)
+    policy = parse_policy(f"dml:penalty=0.01,hot={path}", planted.schema.num_fields, seed=0)
     assert policy.store.index.num_entries == 150
     assert policy.spec.endswith(f"hot={path}")
     assert policy.penalty_weight == 0.01
