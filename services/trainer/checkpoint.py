@@ -33,6 +33,7 @@ import torch
 
 from models.metrics import StreamMetrics
 from models.policy import EmbeddingPolicy
+from storage.atomic_npz import write_npz
 
 _NAME = re.compile(r"^ckpt-(\d{8})$")
 
@@ -113,8 +114,7 @@ def write_checkpoint(root: Path, state: CheckpointState, policy: EmbeddingPolicy
     policy.save(tmp / "policy.bin")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()},
                tmp / "dense.pt")
-    with open(tmp / "metrics.npz", "wb") as fh:
-        np.savez(fh, **metrics.state())
+    write_npz(tmp / "metrics.npz", metrics.state())
     (tmp / "state.json").write_bytes(state.to_json())
     for f in tmp.iterdir():
         _fsync_file(f)
