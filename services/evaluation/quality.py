@@ -6,7 +6,7 @@ network and policy built from that seed. At the end it measures the policy's byt
 (`policy.memory()`) and the metrics of the whole stream and of its last 30%.
 
 Paired comparison against the reference policy (`--reference`, default the first):
-- Rows are resampled with Poisson(1) weights (`models.metrics.bootstrap_auc`); one set of
+- Rows are resampled with Poisson(1) weights (`models.bootstrap.bootstrap_auc`); one set of
   weights per resample is shared by all runs, so every difference is paired by row.
 - Seeds are paired too: seed s of a policy is compared with seed s of the reference (same
   network initialisation). Per run, `delta_auc` is AUC(policy, s) - AUC(reference, s) and its
@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
+from models.bootstrap import bootstrap_auc
 from models.learner import DENSE_LR, Learner
-from models.metrics import StreamMetrics, bootstrap_auc
+from models.metrics import StreamMetrics
 from models.networks import build_model
 from models.policies.registry import parse_policy
 from services.evaluation.policy_specs import (  # noqa: F401 - re-exported for bench/

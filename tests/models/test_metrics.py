@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
-from models.metrics import StreamMetrics, binary_entropy, bootstrap_auc, poisson1_weights
+from models.bootstrap import bootstrap_auc, poisson1_weights
+from models.metrics import StreamMetrics, binary_entropy
 
 
 def _stream(n: int = 3000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
