@@ -79,7 +79,7 @@ def run_kills(settings: Settings, spec: str, topic: str, kills: int, rate: float
               work: Path, say: bool = True) -> KillReport:
     """The fault run (see module docstring) against the broker and Redis in `settings`."""
     rng = random.Random(seed)
-    r = redis.Redis.from_url(settings.redis_url, **settings.redis_kwargs)
+    r = redis.Redis.from_url(settings.redis.url, **settings.redis.client_kwargs)
 
     def published() -> int:
         blob = r.get(wire.version_key(MODEL))
@@ -120,7 +120,8 @@ def run_kills(settings: Settings, spec: str, topic: str, kills: int, rate: float
     rec = wire.ModelVersion.from_json(r.get(wire.version_key(MODEL)))
     r.close()
     ckpt = CheckpointState.from_json(
-        (list_checkpoints(Path(settings.checkpoint_dir) / MODEL)[-1] / "state.json").read_bytes())
+        (list_checkpoints(Path(settings.trainer.checkpoint_dir) / MODEL)[-1]
+         / "state.json").read_bytes())
     return KillReport(kills, sent.events, sent.checksum, rec.events_applied,
                       int(rec.events_checksum), ckpt.events_applied, ckpt.events_checksum,
                       time.monotonic() - t0)

@@ -70,7 +70,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     config = StackConfig(data="movielens-100k", rate=args.rate, minutes=10,
                          models=((MODEL, args.policy),),
-                         publish_interval_s=settings.publish_interval_s)
+                         publish_interval_s=settings.trainer.publish_interval_s)
     delays: list[float | None] = []
     with Stack(settings, config) as stack:
         stack.start(on_step=lambda msg: print(f"- {msg}", flush=True))

@@ -39,12 +39,12 @@ app = typer.Typer(add_completion=False)
 def _poll_only(settings: Settings, topic: str, events: int, messages: int) -> tuple[float, int]:
     """Events/s of a bare consumer (no validation) reading `messages` messages."""
     consumer = KafkaConsumer(
-        topic, bootstrap_servers=settings.kafka_bootstrap,
+        topic, bootstrap_servers=settings.kafka.bootstrap,
         group_id=f"bench-poll-{uuid.uuid4().hex[:6]}", enable_auto_commit=False,
-        auto_offset_reset="earliest", session_timeout_ms=settings.kafka_session_timeout_ms,
-        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
-        max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
-        max_poll_records=settings.trainer_max_poll_records)
+        auto_offset_reset="earliest", session_timeout_ms=settings.kafka.session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka.heartbeat_interval_ms,
+        max_poll_interval_ms=settings.kafka.max_poll_interval_ms,
+        max_poll_records=settings.trainer.max_poll_records)
     seen = 0
     first: float | None = None
     nbytes = 0
@@ -90,7 +90,7 @@ def main(
                               limit=events)
         console.print(f"replayed {sent.events:,} events of {data} in {sent.messages:,} "
                       f"messages ({sent.events_per_s:,.0f} events/s)")
-        schema = open_dataset(data).schema
+        schema = open_dataset(data, settings.data_dir).schema
 
         poll_rate, nbytes = _poll_only(settings, topic, sent.events, sent.messages)
         rows: list[tuple[str, float, str]] = [

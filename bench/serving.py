@@ -56,7 +56,7 @@ def serve(port: int, redis_url: str, cache_entries: int | None) -> None:
     update: dict[str, object] = {"redis_url": redis_url}
     if cache_entries is not None:
         update["serving_cache_entries"] = cache_entries
-    app = create_app(get_settings().model_copy(update=update))
+    app = create_app(get_settings().replace(**update))
 
     @app.post("/bench/trivial")
     async def trivial(req: ScoreRequest) -> OrjsonResponse:
@@ -83,7 +83,7 @@ def publish_model(redis_url: str, settings: Settings) -> dict[str, object]:
     from storage.datasets.spec import open_dataset
 
     torch.set_num_threads(1)
-    ds = open_dataset("movielens-100k")
+    ds = open_dataset("movielens-100k", settings.data_dir)
     policy = parse_policy(POLICY, num_fields=ds.schema.num_fields)
     net = build_model("dlrm", ds.schema, dim=policy.dim)
     learner = Learner(net, policy)

@@ -219,7 +219,7 @@ def main() -> None:
                     with start_router(rport, env, work / "router.log") as router:
                         rurl = f"http://127.0.0.1:{rport}"
                         start_experiment(rurl)
-                        ranks = rank_bodies(bodies, settings.router_max_candidates)
+                        ranks = rank_bodies(bodies, settings.router.max_candidates)
                         results["router"] = soak("router /v1/rank", rurl, "/v1/rank", ranks,
                                                  args, work, {**procs, "router": router})
     print(f"\nsoak bench: {args.minutes} x {args.segment_s:g} s at {args.load:.0%} of the "

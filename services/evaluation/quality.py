@@ -176,6 +176,7 @@ def run_quality_bench(
     progress: Callable[[Run], None] | None = None,
     common_dim: bool = True,
     hot_start: Path | None = None,
+    data_dir: Path | None = None,
 ) -> QualityReport:
     """Run every policy with seeds 0..seeds-1 and compare them (see module docstring).
 
@@ -189,7 +190,7 @@ def run_quality_bench(
     reference = (reference or policies[0]).strip()
     if reference not in policies:
         policies.append(reference)
-    dataset = open_dataset(data)
+    dataset = open_dataset(data, data_dir)  # data_dir: where cached data sets are
     dims = []
     for spec in policies:  # fail on a bad spec now, not after hours of the others' runs
         try:

@@ -78,15 +78,16 @@ def run_joiner(settings: Settings, default_schema: str, record_every_s: float,
                echo: Callable[[str], None] = print) -> None:
     """Join until SIGTERM or Ctrl-C; drain and close; `echo` the joiner's counters last."""
     # the joiner validates events with the trainer's validator: it needs the fields
-    default = open_dataset(default_schema).schema
+    default = open_dataset(default_schema, settings.data_dir).schema
     factory = session_factory(make_engine(settings.resolved_database_url))
-    client = redis.Redis.from_url(settings.redis_url, **settings.redis_kwargs)
+    client = redis.Redis.from_url(settings.redis.url, **settings.redis.client_kwargs)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    svc = JoinerService(settings.kafka_bootstrap, factory, SchemaLookup(client, default),
-                        window_s=settings.attribution_window_s, grace_s=settings.joiner_grace_s,
-                        wall_clock=settings.joiner_wall_clock,
-                        max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
+    svc = JoinerService(settings.kafka.bootstrap, factory, SchemaLookup(client, default),
+                        window_s=settings.joiner.attribution_window_s,
+                        grace_s=settings.joiner.grace_s,
+                        wall_clock=settings.joiner.wall_clock,
+                        max_poll_interval_ms=settings.kafka.max_poll_interval_ms,
                         on_tick=VersionRecording(factory, client, record_every_s))
     try:
         svc.run(stop.is_set)

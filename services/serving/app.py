@@ -49,20 +49,20 @@ def open_redis(settings: Settings) -> aioredis.Redis:
     request that long, not a TCP timeout. A pooled connection goes stale when Redis restarts
     ("Connection closed by server"): one retry on a fresh connection turns that into a success
     instead of a 503; a timeout is not retried (the retry would wait as long again)."""
-    timeout = settings.serving_redis_timeout_s
+    timeout = settings.serving.redis_timeout_s
     pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=settings.serving_redis_max_connections,
-        timeout=settings.serving_redis_pool_timeout_s, socket_timeout=timeout,
+        settings.redis.url, max_connections=settings.serving.redis_max_connections,
+        timeout=settings.serving.redis_pool_timeout_s, socket_timeout=timeout,
         socket_connect_timeout=timeout, health_check_interval=30,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        retry_on_error=[RedisConnectionError], **settings.redis_kwargs)
+        retry_on_error=[RedisConnectionError], **settings.redis.client_kwargs)
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """A serving app reading models from `settings.redis_url` (see module docstring)."""
-    if settings.serving_threads:
-        torch.set_num_threads(settings.serving_threads)
+    """A serving app reading models from `settings.redis.url` (see module docstring)."""
+    if settings.serving.threads:
+        torch.set_num_threads(settings.serving.threads)
     serving_metrics = ServingMetrics()
 
     @contextlib.asynccontextmanager
@@ -100,11 +100,11 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = serving_metrics
-    app.state.hasher = RawIdHasher(max_bytes=settings.serving_hash_memo_bytes)
+    app.state.hasher = RawIdHasher(max_bytes=settings.serving.hash_memo_bytes)
     app.state.log_throttle = LogThrottle()
     # admission: past this many requests in scoring, a burst queues (then sheds with 503)
     # instead of starving the event loop so that every request's Redis reads time out
-    app.state.score_slots = asyncio.Semaphore(settings.serving_max_inflight)
+    app.state.score_slots = asyncio.Semaphore(settings.serving.max_inflight)
     app.include_router(score.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
@@ -126,7 +126,7 @@ def create_app(settings: Settings) -> FastAPI:
                 break
         return OrjsonResponse({"detail": list(errors.values())}, status_code=422)
 
-    app.add_middleware(BodyLimit, max_bytes=settings.serving_max_body_bytes,
-                       timeout_s=settings.serving_body_timeout_s)
+    app.add_middleware(BodyLimit, max_bytes=settings.serving.max_body_bytes,
+                       timeout_s=settings.serving.body_timeout_s)
     app.add_middleware(RequestMetrics, metrics=serving_metrics)  # outermost: sees 413s too
     return app

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 if TYPE_CHECKING:
-    from services.serving.scorer import LoadedModel
+    from services import wire
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
                    0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -115,8 +115,7 @@ class ServingMetrics:
         self.cache_misses.labels(model).inc(misses)
         self.cache_entries.labels(model).set(cache_entries)
 
-    def observe_version(self, model: LoadedModel, load_seconds: float) -> None:
-        rec = model.record
+    def observe_version(self, rec: wire.ModelVersion, load_seconds: float) -> None:
         self.version.labels(rec.model).set(rec.version)
         self.embedding_bytes.labels(rec.model, "trainer").set(rec.embedding_bytes)
         self.embedding_bytes.labels(rec.model, "redis").set(rec.redis_embedding_bytes)

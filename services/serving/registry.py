@@ -68,7 +68,7 @@ class ModelRegistry:
         self.s = settings
         self.r = client
         self.metrics = metrics
-        self.only = {m.strip() for m in settings.serving_models.split(",") if m.strip()}
+        self.only = {m.strip() for m in settings.serving.models.split(",") if m.strip()}
         self._models: dict[str, LoadedModel] = {}
         self.redis_versions: dict[str, int | None] = {}  # newest version seen in Redis
         self.redis_ok = False
@@ -106,7 +106,7 @@ class ModelRegistry:
     def overdue(self) -> list[str]:
         """Served models whose version checks have failed for over `serving_stale_after_s`."""
         return [n for n in self.names()
-                if (age := self.refresh_age(n)) is None or age > self.s.serving_stale_after_s]
+                if (age := self.refresh_age(n)) is None or age > self.s.serving.stale_after_s]
 
     # ---------------------------------------------------------------- refreshing
     async def refresh(self) -> list[str]:
@@ -179,7 +179,7 @@ class ModelRegistry:
             raise LookupError(f"v{record.version}: dense weights {record.dense_key} gone")
         try:
             model = await asyncio.to_thread(build_loaded_model, record, blob,
-                                            self.s.serving_cache_entries)
+                                            self.s.serving.cache_entries)
         except Exception as exc:
             self.metrics.load_failures.labels(record.model).inc()
             self._unloadable[record.model] = (record.version, exc)
@@ -188,7 +188,7 @@ class ModelRegistry:
         if current is not None and current.version >= record.version:
             return False  # a concurrent refresh got there first
         self._models[record.model] = model  # the swap: one reference
-        self.metrics.observe_version(model, time.perf_counter() - t0)
+        self.metrics.observe_version(model.record, time.perf_counter() - t0)
         log.info("serving %s v%d (%d events applied)", record.model, record.version,
                  record.events_applied)
         return True
@@ -207,7 +207,7 @@ class ModelRegistry:
                 if not isinstance(exc, RedisError | OSError):
                     log.exception("version announcements: unexpected error")
                 self.last_error = f"pub/sub: {describe(exc)}"
-                await self._sleep(self.s.serving_poll_s)
+                await self._sleep(self.s.serving.poll_s)
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
@@ -229,7 +229,7 @@ class ModelRegistry:
                     self._iteration_failed(exc)
                 self._publish_status()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.s.serving_poll_s)
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.s.serving.poll_s)
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):

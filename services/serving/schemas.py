@@ -32,8 +32,7 @@ Finite = Annotated[float, Field(allow_inf_nan=False)]
 RawValue = Annotated[StrictStr, Field(max_length=wire.MAX_STRING_CHARS)] | Int64
 RAW_VALUE_TAGS = frozenset({"constrained-str", "constrained-int", "str", "int"})
 RAW_VALUE_MSG = f"expected a string of at most {wire.MAX_STRING_CHARS} chars or an int64"
-ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$",
-                                 examples=["fiited", "fixed64"])]
+ModelName = wire.ModelName  # the one model-name rule (services/wire/names.py)
 
 
 class Item(BaseModel):

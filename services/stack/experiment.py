@@ -134,7 +134,7 @@ class StackExperiment:
         say(f"metadata database: {self.database_url} (migrations applied)")
         upgrade(self.database_url)
         say(f"item table: {self.item_table} (the router's item features)")
-        write_item_table(self.plan.data, self.item_table)
+        write_item_table(self.plan.data, s.data_dir, self.item_table)
         port = free_port()
         self.router_url = f"http://127.0.0.1:{port}"
         updates: dict[str, object] = {
@@ -148,7 +148,7 @@ class StackExperiment:
                             ("joiner_grace_s", self.plan.grace_s),
                             ("router_unit_requests_per_minute",
                              DEMO_UNIT_REQUESTS_PER_MINUTE)):
-            if name not in s.model_fields_set:
+            if not s.is_set(name):
                 updates[name] = value
         stack.configure_children(**updates)
         self.key_file.parent.mkdir(parents=True, exist_ok=True)
@@ -249,20 +249,20 @@ class StackExperiment:
         self.http.close()
 
 
-def write_item_table(data: str, path: Path) -> None:
+def write_item_table(data: str, data_dir: Path, path: Path) -> None:
     """The router's item table of a MovieLens data set (simulated_users.item_table) as CSV."""
     from services.stack.simulated_users import item_table, load_movielens
 
-    _, feats = load_movielens(data)
+    _, feats = load_movielens(data, data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     item_table(feats).to_csv(path, index=False)
 
 
-def warmup_events(data: str, share: float = WARMUP_SHARE) -> int:
+def warmup_events(data: str, data_dir: Path, share: float = WARMUP_SHARE) -> int:
     """The first `share` of a MovieLens data set's ratings: the warm-up replay's --limit."""
     from services.stack.simulated_users import load_movielens
 
-    ratings, _ = load_movielens(data)
+    ratings, _ = load_movielens(data, data_dir)
     return max(1, int(share * len(ratings)))
 
 

@@ -107,12 +107,6 @@ class StackResult:
     latest: dict[str, wire.ModelVersion] = field(default_factory=dict)
 
 
-def settings_env(settings: Settings, **overrides: object) -> dict[str, str]:
-    """The CHUNKREC_* variables that give a child process `settings` (plus overrides)."""
-    values = settings.model_dump() | overrides
-    return {f"CHUNKREC_{k.upper()}": str(v) for k, v in values.items() if v is not None}
-
-
 class Stack:
     """See module docstring."""
 
@@ -167,7 +161,7 @@ class Stack:
         """Settings for the children started from now on (after start(): the experiment's
         database, router and joiner settings)."""
         assert self._child_settings is not None, "start() first"
-        self._child_settings = self._child_settings.model_copy(update=updates)
+        self._child_settings = self._child_settings.replace(**updates)
 
     def spawn(self, name: str, args: list[str], port: int = 0,
               env: dict[str, str] | None = None) -> ManagedProcess:
@@ -182,7 +176,7 @@ class Stack:
         log = open(log_path, "wb")  # noqa: SIM115 - closed by ManagedProcess.stop
         assert self._child_settings is not None
         # the child's environment: this one passed through, plus the stack's settings
-        env = dict(os.environ) | settings_env(self._child_settings) | (extra_env or {})
+        env = dict(os.environ) | self._child_settings.to_env() | (extra_env or {})
         proc = subprocess.Popen([sys.executable, "-m", "services.cli", *args], stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)
@@ -213,11 +207,11 @@ class Stack:
             "kafka_bootstrap": self.broker.address, "redis_url": self.redis.url,
             "redis_password": "",
             "checkpoint_dir": self.run_dir / "checkpoints", "serving_port": port,
-            "serving_host": "127.0.0.1", "trainer_threads": self.s.trainer_threads or 1,
+            "serving_host": "127.0.0.1", "trainer_threads": self.s.trainer.threads or 1,
         }
-        if "publish_interval_s" not in self.s.model_fields_set:
+        if not self.s.is_set("publish_interval_s"):
             updates["publish_interval_s"] = self.c.publish_interval_s
-        self._child_settings = self.s.model_copy(update=updates)
+        self._child_settings = self.s.replace(**updates)
         for name, policy in self.c.models:
             step(f"starting trainer {name} ({policy})")
             self._spawn(f"train-{name}", ["train", "--model", name, "--policy", policy,

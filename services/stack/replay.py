@@ -94,12 +94,12 @@ def replay_dataset(settings: Settings, spec: str, topic: str = wire.EVENTS_TOPIC
                    progress: Callable[[int], None] | None = None,
                    producer: KafkaProducer | None = None) -> ReplayStats:
     """Stream `spec` into `topic`; `progress(n_events)` after each message. See module doc."""
-    ds = open_dataset(spec)
-    per_msg = max(1, batch_events or settings.replay_batch_events)
+    ds = open_dataset(spec, settings.data_dir)
+    per_msg = max(1, batch_events or settings.replay.batch_events)
     prefix = id_prefix if id_prefix is not None else ds.spec
     bucket = TokenBucket(rate, burst=max(per_msg, rate * 0.1)) if rate else None
     own = producer is None
-    prod = ConfirmedProducer(producer or make_producer(settings.kafka_bootstrap))
+    prod = ConfirmedProducer(producer or make_producer(settings.kafka.bootstrap))
     sent = messages = 0
     checksum = 0
     t0 = time.perf_counter()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -77,9 +78,9 @@ def build_sessions(ratings: pd.DataFrame, session_items: int = 3,
     return out
 
 
-def load_movielens(spec: str) -> tuple[pd.DataFrame, UserFeatures]:
+def load_movielens(spec: str, data_dir: Path) -> tuple[pd.DataFrame, UserFeatures]:
     """Ratings and raw features of a MovieLens spec (movielens-100k, movielens:PATH)."""
-    ds = open_dataset(spec)
+    ds = open_dataset(spec, data_dir)
     tables = getattr(ds, "_tables", None)
     if tables is None or not spec.lower().startswith("movielens"):
         raise DatasetError(f"--mode users needs a MovieLens data set, got {spec!r}")
@@ -176,10 +177,10 @@ def run_users(settings: Settings, data: str, router_url: str, rate: float | None
     Raises DatasetError for a data set that is not MovieLens."""
     import httpx
 
-    ratings, feats = load_movielens(data)
+    ratings, feats = load_movielens(data, settings.data_dir)
     sessions = build_sessions(ratings, skip_ratings=skip_ratings)[:limit]
     if on_sessions is not None:
         on_sessions(len(sessions))
     with httpx.Client(timeout=10.0) as client:
         return simulate(client, router_url, sessions, feats, rate=rate, seed=settings.seed,
-                        progress=progress, item_features=settings.router_item_table is None)
+                        progress=progress, item_features=settings.router.item_table is None)

@@ -108,7 +108,7 @@ def run_up(settings: Settings, opts: UpOptions) -> int:
                       f"{opts.data!r}: running without it (--no-experiment)", highlight=False)
         experiment = False
     if experiment and events is None:
-        events = warmup_events(opts.data)
+        events = warmup_events(opts.data, settings.data_dir)
     config = StackConfig(data=opts.data, events=events, rate=opts.rate, minutes=opts.minutes,
                          serving_port=opts.port, durable=opts.durable,
                          models=EXPERIMENT_MODELS if experiment else DEFAULT_MODELS)

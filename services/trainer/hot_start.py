@@ -19,7 +19,7 @@ from models.policy import EmbeddingPolicy
 from services.trainer.checkpoint import CheckpointState, list_checkpoints
 
 if TYPE_CHECKING:
-    from services.trainer.loop import TrainerConfig
+    from services.trainer.config import TrainerConfig
 
 log = logging.getLogger("chunkrec.trainer")
 

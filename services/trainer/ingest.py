@@ -20,7 +20,7 @@ from services.trainer.offsets import OffsetBook
 from storage.batch import DatasetSchema
 
 if TYPE_CHECKING:
-    from services.trainer.loop import TrainerStats
+    from services.trainer.config import TrainerStats
 
 log = logging.getLogger("chunkrec.trainer")
 

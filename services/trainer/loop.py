@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,60 +44,17 @@ from models.policies.registry import parse_policy
 from services import wire
 from services.messaging.confirmed import ConfirmedProducer
 from services.trainer.checkpoint import CheckpointState, load_latest, write_checkpoint
+from services.trainer.config import TrainerConfig, TrainerStats
 from services.trainer.hot_start import hot_start_from
 from services.trainer.ingest import ingest
 from services.trainer.lease import Fenced, ModelLease
 from services.trainer.offsets import OffsetBook
 from services.trainer.publisher import RedisPublisher
 from services.trainer.versions import version_record
-from storage.batch import DatasetSchema, SparseBatch
+from storage.batch import SparseBatch
 from storage.settings import Settings
 
 log = logging.getLogger("chunkrec.trainer")
-
-
-@dataclass
-class TrainerConfig:
-    model: str
-    policy: str
-    schema: DatasetSchema
-    arch: str = "dlrm"
-    topic: str = wire.EVENTS_TOPIC
-    seed: int = 0
-    lr: float = 1e-3
-    max_events: int | None = None  # stop once this many are applied (whole messages, so it
-    # may overshoot; counted across restarts)
-    idle_exit_s: float | None = None  # stop after this long without a new event
-    decode_only: bool = False  # consume + validate + decode, no training (ingestion bench)
-    # another model's checkpoint (a fixed:64 trainer's ckpt-* folder, or its checkpoint folder
-    # for the newest) to start from when this model has none of its own: switching policy
-    # on a running system without starting cold
-    hot_start: Path | None = None
-
-
-@dataclass
-class TrainerStats:
-    events_applied: int = 0
-    events_checksum: int = 0
-    events_invalid: int = 0
-    dead_letters_lost: int = 0  # dead letters the producer refused, even as a stub
-    messages: int = 0
-    versions_published: int = 0
-    checkpoints: int = 0
-    decode_seconds: float = 0.0  # validating and decoding polled messages
-    train_seconds: float = 0.0  # training steps on queued events
-    first_event_at: float | None = None  # perf_counter when the first valid event was queued
-    last_applied_at: float | None = None  # perf_counter when the last events were applied
-
-    @property
-    def stream_events_per_s(self) -> float:
-        """Applied events per second of wall time from the first event queued to the last
-        applied (group join and idle time before the stream are not counted)."""
-        if self.first_event_at is None or self.last_applied_at is None:
-            return float("nan")
-        span = self.last_applied_at - self.first_event_at
-        return self.events_applied / span if span > 0 else float("nan")
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class StreamTrainer:
@@ -108,19 +64,19 @@ class StreamTrainer:
         self.s = settings
         self.c = config
         wire.check_model_name(config.model)
-        if settings.trainer_threads:
-            torch.set_num_threads(settings.trainer_threads)
+        if settings.trainer.threads:
+            torch.set_num_threads(settings.trainer.threads)
         schema = config.schema
         self.policy = parse_policy(config.policy, num_fields=schema.num_fields, seed=config.seed)
         self.net = build_model(config.arch, schema, dim=self.policy.dim, seed=config.seed)
         self.learner = Learner(self.net, self.policy, lr=config.lr)
         # bounded: the version record reads the whole-stream and the newest-window metrics
         # only, and a checkpoint must not grow with the stream
-        self.learner.metrics = StreamMetrics(retain=max(1, settings.metrics_window))
+        self.learner.metrics = StreamMetrics(retain=max(1, settings.trainer.metrics_window))
         self.stats = TrainerStats()
-        self.offsets = OffsetBook(settings.trainer_start)  # applied, consumed, the queue
+        self.offsets = OffsetBook(settings.trainer.start)  # applied, consumed, the queue
         self.version = 0
-        self.ckpt_root = Path(settings.checkpoint_dir) / config.model
+        self.ckpt_root = Path(settings.trainer.checkpoint_dir) / config.model
         self._stop = False
         self._need_full = True  # a full republish on start
         self._published_events = -1  # events_applied at the last publish
@@ -139,7 +95,7 @@ class StreamTrainer:
     # ---------------------------------------------------------------- state
     def _restore(self) -> None:
         got = load_latest(self.ckpt_root, self.policy, self.net, self.learner.optimizer,
-                          metrics_retain=max(1, self.s.metrics_window))
+                          metrics_retain=max(1, self.s.trainer.metrics_window))
         if got is None:
             if self.c.hot_start is not None:
                 self.offsets.resume_at(hot_start_from(Path(self.c.hot_start), self.policy,
@@ -181,7 +137,7 @@ class StreamTrainer:
         )
         path = write_checkpoint(self.ckpt_root, state, self.policy, self.net,
                                 self.learner.optimizer, self.learner.metrics,
-                                keep=self.s.checkpoints_kept)
+                                keep=self.s.trainer.checkpoints_kept)
         self.stats.checkpoints += 1
         log.info("checkpoint %s: %d events applied", path.name, self.stats.events_applied)
         return path
@@ -190,33 +146,34 @@ class StreamTrainer:
     def connect(self) -> None:
         """Take the model's lease (LeaseHeld when another trainer owns it), then join the
         consumer group: a refused trainer never takes partitions from the owner."""
-        client = redis.Redis.from_url(self.s.redis_url, socket_timeout=10,
-                                      **self.s.redis_kwargs)
-        self.lease = ModelLease(client, self.c.model, self.s.trainer_lease_ttl_s)
+        client = redis.Redis.from_url(self.s.redis.url, socket_timeout=10,
+                                      **self.s.redis.client_kwargs)
+        self.lease = ModelLease(client, self.c.model, self.s.trainer.lease_ttl_s)
         try:
-            self.lease.acquire(wait_s=self.s.trainer_lease_ttl_s)  # or LeaseHeld
+            self.lease.acquire(wait_s=self.s.trainer.lease_ttl_s)  # or LeaseHeld
         except redis.RedisError as exc:
             log.warning("Redis unreachable (%s): the first publish takes the model's lease",
                         exc)
         self.publisher = RedisPublisher(client, self.c.model, self.c.schema.fields,
-                                        self.s.redis_write_chunk, self.s.dense_versions_kept,
+                                        self.s.redis.write_chunk,
+                                        self.s.trainer.dense_versions_kept,
                                         lease=self.lease)
         self.consumer = KafkaConsumer(
-            bootstrap_servers=self.s.kafka_bootstrap,
+            bootstrap_servers=self.s.kafka.bootstrap,
             group_id=f"chunkrec-trainer-{self.c.model}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            session_timeout_ms=self.s.kafka_session_timeout_ms,
-            heartbeat_interval_ms=self.s.kafka_heartbeat_interval_ms,
-            max_poll_interval_ms=self.s.kafka_max_poll_interval_ms,
-            max_poll_records=self.s.trainer_max_poll_records,
+            session_timeout_ms=self.s.kafka.session_timeout_ms,
+            heartbeat_interval_ms=self.s.kafka.heartbeat_interval_ms,
+            max_poll_interval_ms=self.s.kafka.max_poll_interval_ms,
+            max_poll_records=self.s.trainer.max_poll_records,
             client_id=f"chunkrec-trainer-{self.c.model}",
         )
         self.consumer.subscribe([self.c.topic], listener=self.offsets.listener(self.consumer))
         # max_block_ms: a send that cannot get metadata gives up (and is counted) in seconds,
         # not the default minute
         self.producer = ConfirmedProducer(KafkaProducer(
-            bootstrap_servers=self.s.kafka_bootstrap, acks="all", retries=5, linger_ms=5,
+            bootstrap_servers=self.s.kafka.bootstrap, acks="all", retries=5, linger_ms=5,
             max_block_ms=10_000))
 
     def close(self) -> None:
@@ -269,7 +226,7 @@ class StreamTrainer:
             return 0
         t0 = time.perf_counter()
         joined = wire.EventBatch.concat(self.offsets.take())
-        size = max(1, self.s.trainer_batch_events)
+        size = max(1, self.s.trainer.batch_events)
         if not self.c.decode_only:
             for a in range(0, len(joined), size):
                 self.learner.step(_rows(joined.batch, a, a + size))
@@ -286,7 +243,8 @@ class StreamTrainer:
             self.c, version=self.version, policy=self.policy, learner=self.learner,
             counts=(self.stats.events_applied, self.stats.events_checksum,
                     self.stats.events_invalid),
-            offsets=self.offsets.named(), lag=self.lag(), window=max(1, self.s.metrics_window))
+            offsets=self.offsets.named(), lag=self.lag(),
+            window=max(1, self.s.trainer.metrics_window))
 
     def publish(self) -> bool:
         """Publish a new version (full when due); False when Redis is unreachable or nothing
@@ -342,7 +300,7 @@ class StreamTrainer:
         last_pub = last_ckpt = last_event = now
         first_queued: float | None = None
         ckpt_events = self.stats.events_applied
-        linger = self.s.trainer_linger_ms / 1000
+        linger = self.s.trainer.linger_ms / 1000
         if not self.c.decode_only:
             self.publish()
         while not self._stop:
@@ -355,12 +313,13 @@ class StreamTrainer:
                 first_queued = first_queued or now
             if self.offsets.fresh:
                 self.offsets.resolve_fresh()
-            pub_due = now - last_pub >= self.s.publish_interval_s
-            ckpt_due = now - last_ckpt >= self.s.checkpoint_interval_s or (
-                self.s.checkpoint_every_events > 0
-                and self.stats.events_applied - ckpt_events >= self.s.checkpoint_every_events)
+            pub_due = now - last_pub >= self.s.trainer.publish_interval_s
+            ckpt_due = now - last_ckpt >= self.s.trainer.checkpoint_interval_s or (
+                self.s.trainer.checkpoint_every_events > 0
+                and self.stats.events_applied - ckpt_events
+                >= self.s.trainer.checkpoint_every_events)
             queued = self.queued_events()
-            if queued >= self.s.trainer_batch_events or pub_due or ckpt_due or (
+            if queued >= self.s.trainer.batch_events or pub_due or ckpt_due or (
                     queued and first_queued is not None and now - first_queued >= linger):
                 self.train_queue()
                 first_queued = None

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services import wire
-from services.trainer.loop import StreamTrainer, TrainerConfig, TrainerStats
+from services.trainer.config import TrainerConfig, TrainerStats
+from services.trainer.loop import StreamTrainer
 from storage.datasets.spec import DatasetError, open_dataset
 from storage.settings import Settings
 
@@ -43,7 +44,7 @@ def build_trainer(settings: Settings, opts: TrainerOptions) -> StreamTrainer:
     arch = opts.arch.strip().lower()
     try:
         wire.check_model_name(opts.model)
-        schema = open_dataset(opts.data).schema
+        schema = open_dataset(opts.data, settings.data_dir).schema
         return StreamTrainer(settings, TrainerConfig(
             model=opts.model, policy=opts.policy, schema=schema, arch=arch, topic=opts.topic,
             seed=opts.seed, max_events=opts.max_events, idle_exit_s=opts.idle_exit_s,

@@ -18,7 +18,7 @@ from services import wire
 if TYPE_CHECKING:
     from models.learner import Learner
     from models.policy import EmbeddingPolicy
-    from services.trainer.loop import TrainerConfig
+    from services.trainer.config import TrainerConfig
 
 
 def stream_metrics(learner: Learner, window: int, lag: int | None) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Annotated
 from pydantic import Field
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
-ModelName = Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
+ModelName = Annotated[str, Field(pattern=MODEL_NAME_PATTERN, examples=["fiited", "fixed64"])]
 
 _MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
 

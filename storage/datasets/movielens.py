@@ -174,11 +174,10 @@ class MovieLens100kDataset(MovieLensDataset):
 def open_movielens_100k(
     spec: str = "movielens-100k", data_dir: Path | None = None
 ) -> MovieLens100kDataset:
-    """MovieLens-100k from `data_dir / "movielens-100k"` (default: `Settings().data_dir`)."""
+    """MovieLens-100k from `data_dir / "movielens-100k"` (the caller passes Settings.data_dir:
+    settings are read at entry points only)."""
     if data_dir is None:
-        from storage.settings import get_settings
-
-        data_dir = get_settings().data_dir
+        raise DatasetError(f"{spec}: a cached data set needs data_dir (Settings.data_dir)")
     return MovieLens100kDataset(Path(data_dir) / "movielens-100k", spec=spec)
 
 

@@ -184,7 +184,7 @@ def test_fuzzed_events_through_the_broker_and_trainer(stream_settings: Settings,
     spec = "synthetic:events=1000,fields=2,vocab=500,seed=3,dense=1"  # every mutation bad
     schema = open_dataset(spec).schema
     messages, good_ids, n_bad = fuzz_messages(500, seed=11, schema=schema, good_per_message=6)
-    prod = make_producer(stream_settings.kafka_bootstrap)
+    prod = make_producer(stream_settings.kafka.bootstrap)
     for value in messages:
         if len(value) < wire.MAX_MESSAGE_BYTES:  # the broker refuses the oversized one itself
             prod.send(topic, value, partition=0)

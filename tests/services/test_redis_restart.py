@@ -84,8 +84,7 @@ def test_redis_restart_under_load(stream_settings: Settings, topic: str,
     port = free_port()
     logs = tmp_path / "logs"
     store = start_redis(port=port, log_dir=logs)
-    settings = stream_settings.model_copy(update={"redis_url": store.url,
-                                                  "publish_interval_s": 0.3})
+    settings = stream_settings.replace(redis_url=store.url, publish_interval_s=0.3)
     sent = replay_dataset(settings, SPEC, topic=topic, batch_events=100)
     schema = open_dataset(SPEC).schema
     trainer = StreamTrainer(settings, TrainerConfig(

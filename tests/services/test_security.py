@@ -85,9 +85,8 @@ def test_password_redis_trainer_serving_and_no_secret_leaks(
     assert REDIS_PW not in repr(secure_redis) and REDIS_PW in secure_redis.url
 
     # trainer: URL without the password, the password apart (CHUNKREC_REDIS_PASSWORD)
-    settings = stream_settings.model_copy(update={"redis_url": bare_url,
-                                                  "redis_password": REDIS_PW,
-                                                  "router_api_key": API_KEY})
+    settings = stream_settings.replace(redis_url=bare_url, redis_password=REDIS_PW,
+                                       router_api_key=API_KEY)
     _no_secret("repr(Settings)", repr(settings))
     sent = replay_dataset(settings, SPEC, topic=topic, batch_events=100)
     schema = open_dataset(SPEC).schema

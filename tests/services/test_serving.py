@@ -188,7 +188,7 @@ def test_new_versions_swap_in_under_load_without_failures(
         stream_settings: Settings, topic: str, redis_client: redis.Redis, serving: str) -> None:
     model = "serve-swap"
     schema = open_dataset(SPEC).schema
-    settings = stream_settings.model_copy(update={"publish_interval_s": 0.25})
+    settings = stream_settings.replace(publish_interval_s=0.25)
     trainer = StreamTrainer(settings, TrainerConfig(model=model, policy=POLICY, schema=schema,
                                                     topic=topic))
     thread = threading.Thread(target=trainer.run, daemon=True)

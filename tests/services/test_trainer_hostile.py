@@ -106,8 +106,7 @@ def test_checkpoints_do_not_grow_with_the_stream(stream_settings: Settings, topi
                                                  broker: ManagedProcess) -> None:
     """Review finding: StreamMetrics kept every prediction (8 bytes an event, in memory and in
     every checkpoint). Now the trainer keeps `metrics_window` rows and histograms."""
-    settings = stream_settings.model_copy(update={"metrics_window": 200,
-                                                  "trainer_max_poll_records": 2})
+    settings = stream_settings.replace(metrics_window=200, trainer_max_poll_records=2)
     events = _events(2000, "grow")
     prod = KafkaProducer(bootstrap_servers=broker.address)
     for a in range(0, 2000, 100):
@@ -121,7 +120,7 @@ def test_checkpoints_do_not_grow_with_the_stream(stream_settings: Settings, topi
         assert upto <= stats.events_applied <= upto + 200  # whole messages: may overshoot
         assert len(trainer.learner.metrics) == stats.events_applied
         assert trainer.learner.metrics.predictions.shape[0] <= 2 * 200
-        ckpt = sorted((settings.checkpoint_dir / "hostile-grow").glob("ckpt-*"))[-1]
+        ckpt = sorted((settings.trainer.checkpoint_dir / "hostile-grow").glob("ckpt-*"))[-1]
         sizes.append((ckpt / "metrics.npz").stat().st_size)
         record = trainer.version_record()
         assert record.metrics["rows"] == stats.events_applied
@@ -181,12 +180,12 @@ def test_one_trainer_per_model_second_refused_zombie_fenced(
     usurper = ModelLease(redis_client, model, ttl_s=30)
     token = usurper.acquire()
     assert token > (owner.lease.token or 0)
-    checkpoints = sorted((stream_settings.checkpoint_dir / model).glob("ckpt-*"))
+    checkpoints = sorted((stream_settings.trainer.checkpoint_dir / model).glob("ckpt-*"))
     version = redis_client.get(wire.version_key(model))
     owner.stop()  # its final checkpoint and publish must be refused
     thread.join(timeout=60)
     assert isinstance(done["error"], Fenced) and owner.fenced
-    assert sorted((stream_settings.checkpoint_dir / model).glob("ckpt-*")) == checkpoints
+    assert sorted((stream_settings.trainer.checkpoint_dir / model).glob("ckpt-*")) == checkpoints
     assert redis_client.get(wire.version_key(model)) == version
     assert redis_client.get(wire.owner_key(model)) == usurper.me.encode()
     usurper.release()

@@ -31,9 +31,8 @@ def test_three_sigkills_lose_nothing_and_apply_nothing_twice(
         stream_settings: Settings, topic: str, redis_server: ManagedProcess,
         tmp_path: Path) -> None:
     bench = _bench()
-    settings = stream_settings.model_copy(update={
-        "checkpoint_every_events": 2000, "checkpoint_interval_s": 1.0,
-        "publish_interval_s": 0.3})
+    settings = stream_settings.replace(checkpoint_every_events=2000, checkpoint_interval_s=1.0,
+                                       publish_interval_s=0.3)
     spec = "synthetic:events=12000,fields=3,vocab=1000,seed=4"
     rep = bench.run_kills(settings, spec, topic, kills=3, rate=1500, seed=1,  # type: ignore[attr-defined]
                           work=tmp_path, say=False)

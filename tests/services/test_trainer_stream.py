@@ -118,7 +118,7 @@ def test_invalid_events_go_to_dlq_and_training_goes_on(stream_settings: Settings
         b"\x00\xffnot json at all",
         wire.encode_events(events[200:]),
     ]
-    prod = make_producer(stream_settings.kafka_bootstrap)
+    prod = make_producer(stream_settings.kafka.bootstrap)
     for value in messages:
         prod.send(topic, value, partition=0)
     prod.flush()
@@ -165,15 +165,15 @@ def _start_trainer(settings: Settings, model: str, topic: str, log: Path,
 def test_sigkill_mid_stream_loses_no_event_and_applies_none_twice(
         stream_settings: Settings, topic: str, redis_client: redis.Redis,
         tmp_path: Path) -> None:
-    settings = stream_settings.model_copy(update={
-        "checkpoint_every_events": 1000, "publish_interval_s": 0.2, "trainer_batch_events": 64})
+    settings = stream_settings.replace(checkpoint_every_events=1000, publish_interval_s=0.2,
+                                       trainer_batch_events=64)
     # the events arrive while the trainer runs (1500/s), so the kill lands mid-stream
     replayed: list[ReplayStats] = []
     producer = threading.Thread(target=lambda: replayed.append(replay_dataset(
         settings, SPEC, topic=topic, batch_events=50, rate=1500)))
     total = len(open_dataset(SPEC))  # type: ignore[arg-type]
     model = "kill1"
-    root = settings.checkpoint_dir / model
+    root = settings.trainer.checkpoint_dir / model
     log = tmp_path / "trainer.log"
 
     def published() -> int:
@@ -236,7 +236,7 @@ def test_hot_start_switches_policy_from_a_fixed64_trainer_checkpoint(
     source_auc = source.learner.metrics.auc()
     then = replay_dataset(stream_settings, SPEC, topic=topic, batch_events=100, id_prefix="b")
 
-    root = Path(stream_settings.checkpoint_dir) / "hotfixed"
+    root = Path(stream_settings.trainer.checkpoint_dir) / "hotfixed"
     hot = StreamTrainer(stream_settings, TrainerConfig(
         model="hotfiited", policy=POLICY, schema=schema, arch="dlrm", topic=topic,
         max_events=then.events, hot_start=root))

@@ -3,9 +3,18 @@ and the defaults (and sane overrides) still load."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from storage.settings import Settings, SettingsError, get_settings
+from storage.settings import (
+    GROUPS,
+    ServingSettings,
+    Settings,
+    SettingsError,
+    flat_names,
+    get_settings,
+)
 
 BAD = [
     ("PUBLISH_INTERVAL_S", "nan"),
@@ -74,15 +83,15 @@ def test_the_defaults_and_sane_values_load(monkeypatch: pytest.MonkeyPatch) -> N
                         ("SERVING_CACHE_ENTRIES", "0"), ("SERVING_PORT", "65535")]:
         monkeypatch.setenv(f"CHUNKREC_{name}", value)
     s = get_settings()
-    assert s.publish_interval_s == 0.25 and s.trainer_start == "latest"
-    assert s.serving_port == 65535
+    assert s.trainer.publish_interval_s == 0.25 and s.trainer.start == "latest"
+    assert s.serving.port == 65535
     monkeypatch.delenv("CHUNKREC_SERVING_PORT")
-    assert get_settings().serving_port == Settings.model_fields["serving_port"].default
+    assert get_settings().serving.port == ServingSettings.model_fields["port"].default
 
 
 def test_overrides_are_validated_too() -> None:
     """What a command line sets goes through the same checks as the environment."""
-    assert get_settings(serving_port=8123).serving_port == 8123
+    assert get_settings(serving_port=8123).serving.port == 8123
     with pytest.raises(SettingsError, match="CHUNKREC_SERVING_PORT"):
         get_settings(serving_port=70000)
 
@@ -96,7 +105,12 @@ def test_heartbeat_must_be_shorter_than_the_session_timeout(
 
 def test_every_numeric_setting_is_bounded() -> None:
     """A new numeric setting without bounds fails here, so the rule cannot drift."""
-    for name, field in Settings.model_fields.items():
+    fields = [(name, field) for name, field in Settings.model_fields.items()
+              if name not in GROUPS]
+    fields += [(f"{g}.{name}", field) for g, cls in GROUPS.items()
+               for name, field in cls.model_fields.items()]
+    assert len(fields) == len(flat_names()) > 50
+    for name, field in fields:
         ann = str(field.annotation)
         if "int" in ann or "float" in ann:
             bounded = any(
@@ -104,6 +118,33 @@ def test_every_numeric_setting_is_bounded() -> None:
                 for m in field.metadata for attr in ("gt", "ge", "lt", "le")
             )
             assert bounded, f"{name} has no bounds"
+
+
+def test_settings_are_grouped_cached_and_copied_by_flat_name(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Flat names (the environment's) reach the groups; get_settings() is one object per
+    environment; replace() validates; to_env() round-trips through a child's environment."""
+    monkeypatch.setenv("CHUNKREC_CHECKPOINT_DIR", str(tmp_path))
+    monkeypatch.setenv("CHUNKREC_ROUTER_API_KEY", "k")
+    s = get_settings()
+    assert s is get_settings()
+    assert s.trainer.checkpoint_dir == tmp_path and s.router.api_key == "k"
+    monkeypatch.setenv("CHUNKREC_ROUTER_API_KEY", "other")
+    assert get_settings() is not s and get_settings().router.api_key == "other"
+    copy = s.replace(serving_port=8123, attribution_window_s=3.0)
+    assert (copy.serving.port, copy.joiner.attribution_window_s) == (8123, 3.0)
+    assert s.serving.port != 8123 and copy.trainer.checkpoint_dir == tmp_path
+    with pytest.raises(ValueError, match="less than or equal to 65535"):
+        s.replace(serving_port=70000)
+    env = copy.to_env()
+    assert env["CHUNKREC_SERVING_PORT"] == "8123" and env["CHUNKREC_ROUTER_API_KEY"] == "k"
+    for name in list(env):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert get_settings() == copy
+    with pytest.raises(ValueError, match="frozen"):
+        s.serving.port = 1  # type: ignore[misc]
 
 
 def test_a_refused_secret_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:

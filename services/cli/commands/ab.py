@@ -61,23 +61,23 @@ def route(host: Annotated[str | None, typer.Option()] = None,
 
     settings = get_settings()
     if migrate:
-        settings = settings.model_copy(update={"router_migrate": True})
+        settings = settings.replace(router_migrate=True)
     # checked here too (the app checks at startup), so the refusal is one line, not uvicorn's
     # traceback of a failed lifespan
-    problem = None if settings.router_migrate else schema_problem(
+    problem = None if settings.router.migrate else schema_problem(
         settings.resolved_database_url)
-    if problem is None and settings.router_item_table is not None:
+    if problem is None and settings.router.item_table is not None:
         from services.experiments.router.items import ItemTable, ItemTableError
 
         try:
-            ItemTable.load(settings.router_item_table)
+            ItemTable.load(settings.router.item_table)
         except ItemTableError as exc:
             problem = str(exc)
     if problem is not None:
         typer.echo(f"error: {problem}", err=True)
         raise typer.Exit(2)
-    uvicorn.run(create_app(settings), host=host or settings.router_host,
-                port=port or settings.router_port, log_level="warning")
+    uvicorn.run(create_app(settings), host=host or settings.router.host,
+                port=port or settings.router.port, log_level="warning")
 
 
 def join(default_schema: Annotated[str, typer.Option(

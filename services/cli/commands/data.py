@@ -64,9 +64,10 @@ def info(
     import numpy as np
 
     from storage.datasets import DatasetError, open_dataset
+    from storage.settings import get_settings
 
     try:
-        ds = open_dataset(spec)
+        ds = open_dataset(spec, get_settings().data_dir)
         rows = clicks = 0
         units: list[np.ndarray] = []
         first_ts = last_ts = None

@@ -66,7 +66,7 @@ def replay(
 
     topic = topic or wire.EVENTS_TOPIC
     try:
-        total: int | None = len(open_dataset(data))  # type: ignore[arg-type]
+        total: int | None = len(open_dataset(data, settings.data_dir))  # type: ignore[arg-type]
     except (TypeError, DatasetError):
         total = None  # readers that do not know their length; a bad spec fails below
     if limit is not None:
@@ -96,7 +96,7 @@ def _users(settings: Settings, data: str, rate: str, limit: int | None, router_u
     from services.stack.simulated_users import run_users
     from storage.datasets.spec import DatasetError
 
-    url = router_url or f"http://{settings.router_host}:{settings.router_port}"
+    url = router_url or f"http://{settings.router.host}:{settings.router.port}"
     bar = tqdm(unit="req", disable=quiet, desc=f"users -> {url}")
 
     def sessions(n: int) -> None:

@@ -35,7 +35,7 @@ def serve(
     except SettingsError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    run_server(create_app(settings), settings.serving_host, settings.serving_port, log_level)
+    run_server(create_app(settings), settings.serving.host, settings.serving.port, log_level)
 
 
 def run_server(app: FastAPI, host: str, port: int, log_level: str = "warning") -> None:

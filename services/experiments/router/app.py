@@ -2,7 +2,7 @@
 
     app = create_app(settings)                      # Kafka sink, httpx client, DB from settings
     app = create_app(settings, sink=..., http=...)  # injected (tests)
-    uvicorn.run(app, host=settings.router_host, port=settings.router_port)
+    uvicorn.run(app, host=settings.router.host, port=settings.router.port)
 
 Startup refuses a database that is not at the newest schema revision (RuntimeError naming the
 fix), or upgrades it when `router_migrate` is set; it loads the item table when one is set.
@@ -38,31 +38,31 @@ def create_app(settings: Settings, sink: MessageSink | None = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url = settings.resolved_database_url
-        if settings.router_migrate:
+        if settings.router.migrate:
             upgrade(url)
         problem = schema_problem(url)
         if problem is not None:  # else every DB endpoint would answer 500 ("no such table")
             raise RuntimeError(problem)
-        items = (ItemTable.load(settings.router_item_table)
-                 if settings.router_item_table is not None else None)
+        items = (ItemTable.load(settings.router.item_table)
+                 if settings.router.item_table is not None else None)
         engine = make_engine(url)
         factory = session_factory(engine)
         own_sink = sink is None
         own_http = http is None
-        slots = settings.router_serving_concurrency
+        slots = settings.router.serving_concurrency
         state = RouterState(
             settings=settings, factory=factory,
-            sink=sink if sink is not None else KafkaSink(settings.kafka_bootstrap),
+            sink=sink if sink is not None else KafkaSink(settings.kafka.bootstrap),
             # the pool holds as many connections as there are slots, so a rank that got a
             # slot finds a connection; the pool wait is a backstop (PoolTimeout -> 503)
             http=http if http is not None else httpx.AsyncClient(
                 limits=httpx.Limits(max_connections=slots, max_keepalive_connections=slots),
-                timeout=httpx.Timeout(settings.router_score_timeout_s,
-                                      pool=max(settings.router_queue_wait_s, 0.01))),
-            configs=ConfigCache(factory, settings.router_config_ttl_s),
-            limiter=UnitRateLimiter(settings.router_unit_requests_per_minute,
-                                    settings.router_rate_limit_units),
-            issued=IssuedRequests(settings.router_rate_limit_units),
+                timeout=httpx.Timeout(settings.router.score_timeout_s,
+                                      pool=max(settings.router.queue_wait_s, 0.01))),
+            configs=ConfigCache(factory, settings.router.config_ttl_s),
+            limiter=UnitRateLimiter(settings.router.unit_requests_per_minute,
+                                    settings.router.rate_limit_units),
+            issued=IssuedRequests(settings.router.rate_limit_units),
             serving_slots=asyncio.Semaphore(slots), items=items)
         app.state.router = state
         gc.freeze()  # startup's objects out of the collector's way (see the serving app)
@@ -87,8 +87,8 @@ def create_app(settings: Settings, sink: MessageSink | None = None,
         errors = [{k: e[k] for k in ("type", "loc", "msg") if k in e} for e in exc.errors()]
         return JSONResponse({"detail": errors[:20]}, status_code=422)
 
-    app.add_middleware(BodyLimit, max_bytes=settings.router_max_body_bytes,
-                       timeout_s=settings.router_body_timeout_s,
+    app.add_middleware(BodyLimit, max_bytes=settings.router.max_body_bytes,
+                       timeout_s=settings.router.body_timeout_s,
                        setting="CHUNKREC_ROUTER_MAX_BODY_BYTES")
 
     @app.get("/healthz", tags=["health"])

@@ -114,7 +114,7 @@ def spend_budget(state: RouterState, key: str) -> None:
     replica did not issue); 429 + Retry-After when its minute's budget is spent."""
     wait_s = state.limiter.take(key)
     if wait_s is not None:
-        raise HTTPException(429, f"over {state.settings.router_unit_requests_per_minute:g} "
+        raise HTTPException(429, f"over {state.settings.router.unit_requests_per_minute:g} "
                             "requests a minute for this unit "
                             "(CHUNKREC_ROUTER_UNIT_REQUESTS_PER_MINUTE)",
                             headers={"Retry-After": str(wait_s)})
@@ -124,7 +124,7 @@ def require_admin(state: StateDep,
                   x_api_key: Annotated[str | None, Header()] = None) -> None:
     """401 without an X-API-Key header, 403 with a wrong one (compared in constant time);
     with no key configured every admin call is refused."""
-    expected = state.settings.router_api_key
+    expected = state.settings.router.api_key
     if not expected:
         raise HTTPException(403, "admin API disabled: set CHUNKREC_ROUTER_API_KEY")
     if x_api_key is None:

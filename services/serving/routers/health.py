@@ -52,7 +52,7 @@ async def readyz(registry: RegistryDep, client: RedisDep, settings: SettingsDep
         "" if models else "no model loaded",
         f"not loaded: {missing}" if missing and models else "",
         *(f"{n}: no good version check for {models[n].refresh_age_s} s "
-          f"(CHUNKREC_SERVING_STALE_AFTER_S={settings.serving_stale_after_s:g}): "
+          f"(CHUNKREC_SERVING_STALE_AFTER_S={settings.serving.stale_after_s:g}): "
           f"{registry.errors.get(n) or 'redis unreachable'}" for n in overdue),
         "" if overdue else registry.last_error]))
     body = ReadyResponse(ready=ready, redis=redis_ok, models=models, detail=detail)

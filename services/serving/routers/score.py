@@ -43,10 +43,10 @@ async def score(req: ScoreRequest, settings: SettingsDep, registry: RegistryDep,
                 throttle: LogThrottleDep, slots: ScoreSlotsDep) -> OrjsonResponse:
     """Score `items` with the newest loaded version of `model`; every item is scored by the
     same version (the one returned)."""
-    if len(req.items) > settings.serving_max_items:
+    if len(req.items) > settings.serving.max_items:
         raise HTTPException(422, [{
             "type": "too_long", "loc": ["body", "items"],
-            "msg": f"{len(req.items)} items, at most {settings.serving_max_items} per request "
+            "msg": f"{len(req.items)} items, at most {settings.serving.max_items} per request "
                    "(CHUNKREC_SERVING_MAX_ITEMS)"}])
     model = registry.get(req.model)  # taken once: a concurrent swap does not affect us
     if model is None:
@@ -55,7 +55,7 @@ async def score(req: ScoreRequest, settings: SettingsDep, registry: RegistryDep,
         known = ", ".join(registry.known()) or "none yet"
         raise HTTPException(404, f"unknown model {req.model!r}; serving: {known}")
     try:
-        await asyncio.wait_for(slots.acquire(), settings.serving_queue_wait_s)
+        await asyncio.wait_for(slots.acquire(), settings.serving.queue_wait_s)
     except TimeoutError:
         metrics.shed.inc()
         raise HTTPException(503, "serving is saturated; retry shortly",
@@ -67,7 +67,7 @@ async def score(req: ScoreRequest, settings: SettingsDep, registry: RegistryDep,
             raise HTTPException(422, exc.errors) from None
         try:
             emb, unseen, hits, misses = await gather_embeddings(
-                model, ids, client, settings.serving_mget_chunk, metrics)
+                model, ids, client, settings.serving.mget_chunk, metrics)
         except (RedisError, OSError) as exc:
             # the client gets a fixed phrase: redis-py's text names Redis' host and port
             kind, phrase = redis_failure(exc)

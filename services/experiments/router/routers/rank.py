@@ -71,7 +71,7 @@ def _item_features(state: RouterState, req: RankRequest) -> list[dict[str, Any]]
 
 
 def _check_candidates(state: RouterState, req: RankRequest) -> None:
-    cap = state.settings.router_max_candidates
+    cap = state.settings.router.max_candidates
     if len(req.candidates) > cap:
         raise HTTPException(422, f"{len(req.candidates)} candidates, at most {cap} per rank "
                             "(CHUNKREC_ROUTER_MAX_CANDIDATES)")
@@ -110,15 +110,15 @@ async def _score(state: RouterState, model: str, content: bytes, n: int) -> tupl
     settings = state.settings
     url = settings.resolved_serving_url.rstrip("/") + "/v1/score"
     try:
-        await asyncio.wait_for(state.serving_slots.acquire(), settings.router_queue_wait_s)
+        await asyncio.wait_for(state.serving_slots.acquire(), settings.router.queue_wait_s)
     except TimeoutError:
         raise HTTPException(503, "the serving tier is saturated; retry shortly",
                             headers={"Retry-After": str(RETRY_AFTER_S)}) from None
     try:
         resp = await state.http.post(
             url, content=content, headers={"content-type": "application/json"},
-            timeout=httpx.Timeout(settings.router_score_timeout_s,
-                                  pool=max(settings.router_queue_wait_s, 0.01)))
+            timeout=httpx.Timeout(settings.router.score_timeout_s,
+                                  pool=max(settings.router.queue_wait_s, 0.01)))
     except httpx.PoolTimeout:
         raise HTTPException(503, "the serving tier is saturated; retry shortly",
                             headers={"Retry-After": str(RETRY_AFTER_S)}) from None
@@ -163,7 +163,7 @@ async def rank(req: RankRequest, state: StateDep) -> RankResponse:
     cfg = _experiment(state, req.experiment_id)
     arm = cfg.arms[assign_arm(cfg.salt, cfg.phase, unit, [a.weight for a in cfg.arms])]
     content = orjson.dumps({"model": arm.model, "items": [{"features": f} for f in items]})
-    limit = state.settings.router_max_exposure_bytes
+    limit = state.settings.router.max_exposure_bytes
     # the exposure holds the shown items' features (a subset of what serving gets), their
     # ids and the unit id, each JSON-escaped as here
     bound = (len(content) + len(orjson.dumps(unit)) + EXPOSURE_BYTES_FIXED
