@@ -38,7 +38,12 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.stack.infra import ManagedProcess, free_port, start_redis, wait_until  # noqa: E402
+from services.stack.infra import (  # noqa: E402
+    ManagedProcess,
+    free_port,
+    start_http_process,
+    start_redis,
+)
 from storage.settings import Settings, get_settings  # noqa: E402
 
 MODEL = "fiited"
@@ -133,18 +138,7 @@ def start_server(port: int, redis_url: str, log: Path,
            "--redis", redis_url]
     if cache_entries is not None:
         cmd += ["--cache-entries", str(cache_entries)]
-    proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
-                            cwd=ROOT, start_new_session=True)
-    mp = ManagedProcess("serve", proc, "127.0.0.1", port, log)
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(ready, 60, "bench server", mp.alive)
-    return mp
+    return start_http_process("bench server", cmd, port, log, ready_path="/readyz", cwd=ROOT)
 
 
 # ------------------------------------------------------------------------------ load

@@ -45,9 +45,9 @@ from services.stack.infra import (  # noqa: E402
     ManagedProcess,
     create_topics,
     free_port,
+    start_http_process,
     start_redis,
     start_tansu,
-    wait_until,
 )
 from storage.settings import get_settings  # noqa: E402
 
@@ -104,19 +104,8 @@ def start_router(port: int, env: dict[str, str], log: Path) -> ManagedProcess:
     chunkrec = [sys.executable, "-m", "services.cli"]
     subprocess.run([*chunkrec, "db", "upgrade"], env=env, cwd=ROOT, check=True,
                    capture_output=True)
-    proc = subprocess.Popen([*chunkrec, "route", "--port", str(port)], env=env, cwd=ROOT,
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
-                            start_new_session=True)
-    mp = ManagedProcess("router", proc, "127.0.0.1", port, log)
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"http://{mp.address}/docs", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(ready, 60, "router", mp.alive)
-    return mp
+    return start_http_process("router", [*chunkrec, "route", "--port", str(port)], port, log,
+                              ready_path="/docs", env=env, cwd=ROOT)
 
 
 def start_experiment(router_url: str) -> int:

@@ -156,6 +156,37 @@ def _spawn(name: str, cmd: list[str], port: int, log_dir: Path | None,
     return ManagedProcess(name, proc, "127.0.0.1", port, log_path, log)
 
 
+def http_ok(url: str, timeout_s: float = 1.0) -> bool:
+    """Whether GET `url` answers 200 (False when it cannot be reached)."""
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=timeout_s).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def start_http_process(name: str, cmd: list[str], port: int, log: Path,
+                       ready_path: str = "/healthz", env: dict[str, str] | None = None,
+                       cwd: Path | None = None, deadline_s: float = 60.0) -> ManagedProcess:
+    """Start `cmd` (a server on 127.0.0.1:`port`; output to `log`, `env` added to this
+    environment) and wait until GET `ready_path` answers 200; InfraError if it exits first or
+    is not ready after `deadline_s`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    out = open(log, "wb")  # noqa: SIM115 - closed by ManagedProcess.stop
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            cwd=cwd, start_new_session=True,
+                            env=None if env is None else dict(os.environ) | env)
+    mp = ManagedProcess(name, proc, "127.0.0.1", port, log, out)
+    try:
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}{ready_path}"), deadline_s, name,
+                   mp.alive)
+    except BaseException:
+        mp.stop()
+        raise
+    return mp
+
+
 def _kafka_ready(address: str) -> bool:
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaConfigurationError, KafkaError

@@ -8,6 +8,8 @@ carry their source topic.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,14 @@ import pytest
 import redis
 
 from services import wire
-from services.stack.infra import ManagedProcess, create_topics, start_redis, start_tansu
+from services.stack.infra import (
+    ManagedProcess,
+    create_topics,
+    free_port,
+    start_http_process,
+    start_redis,
+    start_tansu,
+)
 from storage.settings import Settings
 
 
@@ -84,3 +93,22 @@ def stream_env(settings: Settings) -> dict[str, str]:
             "checkpoint_interval_s", "checkpoint_every_events", "trainer_batch_events",
             "trainer_threads", "kafka_max_poll_interval_ms")
     return {f"CHUNKREC_{k.upper()}": str(getattr(settings, k)) for k in keys}
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def cli_process(args: list[str], env: dict[str, str], log: Path,
+                port: int | None = None) -> Iterator[tuple[str, ManagedProcess]]:
+    """`chunkrec ARGS` in its own process (its own interpreter lock: a burst test measures the
+    server, not the test's client) with `env` added to this environment, serving HTTP on
+    `port` (default: a free one, passed as --port); yields (base URL, process) once /healthz
+    answers 200, and stops it after."""
+    if port is None:
+        port = free_port()
+        args = [*args, "--port", str(port)]
+    mp = start_http_process(f"chunkrec {args[0]}", [sys.executable, "-m", "services.cli", *args],
+                            port, log, env=env, cwd=ROOT)
+    with mp:
+        yield f"http://127.0.0.1:{port}", mp

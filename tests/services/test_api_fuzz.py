@@ -16,35 +16,18 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from services.stack.infra import ManagedProcess, free_port, wait_until
+from services.stack.infra import ManagedProcess, free_port
 from services.stack.replay import replay_dataset
 from services.trainer.loop import StreamTrainer, TrainerConfig
 from storage.datasets.spec import open_dataset
 from storage.settings import Settings
+from tests.services.conftest import cli_process
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = "synthetic:events=1000,fields=2,vocab=200,seed=8"
 MODEL = "apifuzz"
 MAX_EXAMPLES = 25
 KEY = "fuzz-admin-key"
-
-
-def _spawn(args: list[str], env: dict[str, str], log: Path, port: int) -> ManagedProcess:
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", *args],
-                            env=dict(os.environ) | env, cwd=ROOT,
-                            stdout=open(log, "wb"),  # noqa: SIM115 - closed with the process
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    mp = ManagedProcess(args[0], proc, "127.0.0.1", port, log)
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(url + "/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(up, 60, args[0], mp.alive)
-    return mp
 
 
 @pytest.fixture(scope="module")
@@ -72,15 +55,9 @@ def apps(broker: ManagedProcess, redis_server: ManagedProcess,
            "CHUNKREC_SERVING_URL": f"http://127.0.0.1:{sport}"}
     subprocess.run([sys.executable, "-m", "services.cli", "db", "upgrade"], check=True,
                    env=dict(os.environ) | env, cwd=ROOT, capture_output=True, timeout=120)
-    serve = _spawn(["serve", "--port", str(sport)], env, tmp / "serve.log", sport)
-    try:
-        router = _spawn(["route", "--port", str(rport)], env, tmp / "route.log", rport)
-        try:
-            yield f"http://127.0.0.1:{sport}", f"http://127.0.0.1:{rport}"
-        finally:
-            router.stop()
-    finally:
-        serve.stop()
+    with (cli_process(["serve", "--port", str(sport)], env, tmp / "serve.log", sport),
+          cli_process(["route", "--port", str(rport)], env, tmp / "route.log", rport) as (rurl, _)):
+        yield f"http://127.0.0.1:{sport}", rurl
 
 
 FUZZ = settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,

@@ -44,7 +44,8 @@ class PlantedDataset:
 
 @pytest.fixture
 def planted(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(quality_bench, "open_dataset", PlantedDataset)
+    monkeypatch.setattr(quality_bench, "open_dataset",
+                        lambda spec, data_dir=None: PlantedDataset(spec))
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)  # --threads sets it for the process

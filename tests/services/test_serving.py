@@ -6,9 +6,6 @@ load drop no request, unseen IDs read as zeros, 4xx messages name the wrong fiel
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,12 +21,13 @@ from models.learner import Learner
 from models.networks import build_model
 from models.policies.registry import parse_policy
 from services import wire
-from services.stack.infra import ManagedProcess, free_port, wait_until
+from services.stack.infra import ManagedProcess, wait_until
 from services.stack.replay import replay_dataset
 from services.trainer.loop import StreamTrainer, TrainerConfig
 from services.trainer.publisher import RedisPublisher
 from storage.datasets.spec import open_dataset
 from storage.settings import Settings
+from tests.services.conftest import cli_process
 
 SPEC = "synthetic:events=6000,fields=4,vocab=2000,seed=1"
 SPEC2 = "synthetic:events=6000,fields=4,vocab=2000,seed=2"  # same schema, other IDs
@@ -44,29 +42,12 @@ ROOT = Path(__file__).resolve().parents[2]
 def serving(redis_server: ManagedProcess, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[str]:
     """`chunkrec serve` on a free port, reading the fixture's Redis; yields its base URL."""
-    port = free_port()
     log = tmp_path_factory.mktemp("serving") / "serve.log"
-    env = dict(os.environ) | {
-        "CHUNKREC_REDIS_URL": redis_server.url, "CHUNKREC_SERVING_POLL_S": "0.2",
-        "CHUNKREC_SERVING_MAX_ITEMS": str(MAX_ITEMS),
-        "CHUNKREC_SERVING_MAX_BODY_BYTES": str(MAX_BODY)}
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--port", str(port)],
-                            env=env, cwd=ROOT, stdout=open(log, "wb"),  # noqa: SIM115
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    mp = ManagedProcess("serve", proc, "127.0.0.1", port, log)
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(url + "/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(up, 60, "chunkrec serve", mp.alive)
+    env = {"CHUNKREC_REDIS_URL": redis_server.url, "CHUNKREC_SERVING_POLL_S": "0.2",
+           "CHUNKREC_SERVING_MAX_ITEMS": str(MAX_ITEMS),
+           "CHUNKREC_SERVING_MAX_BODY_BYTES": str(MAX_BODY)}
+    with cli_process(["serve"], env, log) as (url, _):
         yield url
-    finally:
-        mp.stop()
 
 
 def _served_version(url: str, model: str) -> int | None:

@@ -10,11 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import tracemalloc
@@ -41,6 +38,7 @@ from services.trainer.publisher import RedisPublisher
 from storage.batch import hash_values
 from storage.datasets.spec import open_dataset
 from storage.settings import Settings
+from tests.services.conftest import cli_process
 
 SPEC = "synthetic:events=2000,fields=3,vocab=300,seed=5"
 POLICY = "fiited:dim=16,budget=0.6,interval=10"
@@ -103,26 +101,8 @@ def serving(settings: Settings) -> Iterator[tuple[str, FastAPI]]:
 def serving_process(env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     """`chunkrec serve` in its own process (its own interpreter lock: a burst test measures
     the server, not the test's client competing with it); yields its base URL."""
-    port = free_port()
-    log = tmp_path / "serve.log"
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--port", str(port)],
-                            env=dict(os.environ) | env, cwd=ROOT,
-                            stdout=open(log, "wb"),  # noqa: SIM115
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    mp = ManagedProcess("serve", proc, "127.0.0.1", port, log)
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(url + "/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(up, 60, "chunkrec serve", mp.alive)
+    with cli_process(["serve"], env, tmp_path / "serve.log") as (url, _):
         yield url
-    finally:
-        mp.stop()
 
 
 def app_settings(redis_url: str, models: str, **kw: object) -> Settings:

@@ -80,6 +80,7 @@ def quality(
     from services.evaluation.policy_specs import PolicySpecError, split_policies
     from services.evaluation.quality_run import bench_quality
     from storage.datasets.spec import DatasetError
+    from storage.settings import get_settings
 
     specs = split_policies(policies or "") + [p.strip() for p in policy or [] if p.strip()]
     if not specs:
@@ -91,7 +92,7 @@ def quality(
         bench_quality(data, specs, out=out, png=png, threads=threads, seeds=seeds,
                       reference=reference, model=model, batch_size=batch_size,
                       max_rows=max_rows, n_bootstrap=bootstrap, common_dim=common_dim,
-                      hot_start=hot_start, **options)
+                      hot_start=hot_start, data_dir=get_settings().data_dir, **options)
     except (DatasetError, PolicySpecError) as exc:
         # plain: rich would wrap a long message and read its brackets as markup
         typer.echo(f"error: {exc}", err=True)
