@@ -59,10 +59,7 @@ class KillReport:
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    keys = ("kafka_bootstrap", "redis_url", "checkpoint_dir", "publish_interval_s",
-            "checkpoint_interval_s", "checkpoint_every_events", "trainer_batch_events",
-            "trainer_threads", "kafka_max_poll_interval_ms")
-    return dict(os.environ) | {f"CHUNKREC_{k.upper()}": str(getattr(settings, k)) for k in keys}
+    return dict(os.environ) | settings.to_env()
 
 
 def _start(settings: Settings, spec: str, topic: str, log: Path,

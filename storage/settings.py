@@ -16,7 +16,7 @@ Every value is validated when read: numbers have bounds and are finite, choices 
 ports are 1..65535, addresses non-empty. `get_settings()` turns a refusal into a SettingsError
 whose message is one line naming the variable, e.g.
 `CHUNKREC_PUBLISH_INTERVAL_S='nan': Input should be a finite number`. `get_settings()` is cached
-per environment: calling it twice costs nothing and gives the same (frozen) object."""
+per environment (the same frozen object until a CHUNKREC_ variable changes)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ PREFIX = "CHUNKREC_"
 
 
 class Group(BaseModel):
-    """A settings group: frozen, unknown names refused, nan/inf refused (a nan interval never
+    """A settings group: frozen; unknown names, nan and inf refused (a nan interval never
     fires). `UNPREFIXED` fields keep a flat name without the group's prefix."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -64,8 +64,7 @@ class KafkaSettings(Group):
 
     @field_validator("bootstrap")
     @classmethod
-    def _bootstrap_servers(cls, v: str) -> str:
-        """host:port[,host:port...], every port in 1..65535."""
+    def _bootstrap_servers(cls, v: str) -> str:  # host:port[,...], every port in 1..65535
         for server in v.split(","):
             host, _, port = server.strip().rpartition(":")
             if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
@@ -123,7 +122,9 @@ class TrainerSettings(Group):
 
 
 class ReplaySettings(Group):
-    batch_events: PositiveInt = 200  # events per Kafka message
+    batch_events: PositiveInt = 200  # events per Kafka message (JSON)
+    # events per Arrow message (services/wire/arrow_events.py: at most 65536 a message)
+    arrow_batch_events: int = Field(default=2048, ge=1, le=65_536)
 
 
 class ServingSettings(Group):
@@ -217,7 +218,7 @@ GROUPS: dict[str, type[Group]] = {
     "replay": ReplaySettings, "serving": ServingSettings, "database": DatabaseSettings,
     "router": RouterSettings, "joiner": JoinerSettings,
 }
-
+_TOP_LEVEL = ("data_dir", "shared_data_dir", "batch_size", "seed")  # settings of no group
 
 @functools.cache
 def flat_names() -> dict[str, tuple[str | None, str]]:
@@ -251,7 +252,7 @@ class _FlatEnvSource(PydanticBaseSettingsSource):
     """CHUNKREC_<flat name> from the environment and from `.env` (the environment wins)."""
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False  # all the work is in __call__
+        return None, field_name, False  # unused: __call__ reads every variable at once
 
     def __call__(self) -> dict[str, Any]:
         found: dict[str, Any] = {}
@@ -339,11 +340,9 @@ class Settings(BaseSettings):
         return self.database.url or f"sqlite:///{Path(self.data_dir) / 'chunkrec.db'}"
 
     @property
-    def resolved_serving_url(self) -> str:
+    def resolved_serving_url(self) -> str:  # what the router calls
         return self.serving.url or f"http://{self.serving.host}:{self.serving.port}"
 
-
-_TOP_LEVEL = ("data_dir", "shared_data_dir", "batch_size", "seed")
 
 
 class SettingsError(ValueError):
@@ -352,10 +351,9 @@ class SettingsError(ValueError):
 
 def describe_validation_error(exc: ValidationError, name: Any = str,
                               secret: frozenset[str] = frozenset()) -> str:
-    """One line for a pydantic refusal: `NAME=input: reason` per error, joined by '; '.
-    `name` maps a field's location (its names joined by '.') to what the user typed (an
-    environment variable, a spec key); the input of a `secret` field is not shown (a URL may
-    hold a password)."""
+    """One line for a pydantic refusal: `NAME=input: reason` per error, joined by '; '. `name`
+    maps a location ('serving.port') to what the user typed (a variable, a spec key); the
+    input of a `secret` field is not shown (a URL may hold a password)."""
     parts = []
     for err in exc.errors(include_url=False):
         msg = str(err["msg"]).removeprefix("Value error, ")
@@ -378,8 +376,8 @@ def _env_name(location: str) -> str:
     return f"{PREFIX}{by_location.get(location, location.replace('.', '_'))}".upper()
 
 
-_SECRETS = frozenset(f"{g}.{f}" for g, cls in GROUPS.items()
-                     for f, info in cls.model_fields.items() if not info.repr)
+_SECRETS = frozenset(f"{g}.{f}" for g, cls in GROUPS.items() for f, i in cls.model_fields.items()
+                     if not i.repr)
 
 
 def get_settings(**overrides: Any) -> Settings:

@@ -3,8 +3,10 @@ event-time order.
 
     stats = replay_dataset(settings, "movielens-100k", topic="events", rate=5000)
 
-Several events go in one Kafka message (a JSON array, `batch_events` of them): kafka-python
-costs ~100 us per send(), so one event per message would cap a replay near 10k events/s.
+Several events go in one Kafka message, `batch_events` of them: kafka-python costs ~100 us per
+send(), so one event per message would cap a replay near 10k events/s. The message is Arrow IPC
+columns (wire/arrow_events.py: built from the reader's arrays, no Python per event, and read
+that way by the trainer) unless `fmt="json"` (a JSON array, what external producers send).
 Event ids are `{id_prefix}:{row_no}` (row_no from 0 in stream order, id_prefix defaulting to
 the spec), so a replay of the same data gives the same ids. `rate` is events per second
 through a token bucket (None: as fast as the broker takes them). A message counts as sent once
@@ -15,13 +17,15 @@ sent again).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 from kafka import KafkaProducer
 
 from services import wire
 from services.messaging.confirmed import ConfirmedProducer
+from storage.batch import SparseBatch
 from storage.datasets.spec import open_dataset
 from storage.settings import Settings
 
@@ -88,14 +92,30 @@ def make_producer(bootstrap: str) -> KafkaProducer:
                          max_in_flight_requests_per_connection=1)
 
 
+def _messages(batch: SparseBatch, ids: list[str], per_msg: int,
+              fmt: str) -> Iterator[tuple[bytes, int]]:
+    """(message value, events in it) for the rows of `batch`, `per_msg` events a message."""
+    if fmt == "arrow":
+        for a in range(0, len(batch), per_msg):
+            part = batch.take(slice(a, a + per_msg))
+            yield wire.encode_arrow(part, ids[a : a + per_msg]), len(part)
+        return
+    events = wire.batch_to_events(batch, ids)
+    for a in range(0, len(events), per_msg):
+        chunk = events[a : a + per_msg]
+        yield wire.encode_events(chunk), len(chunk)
+
+
 def replay_dataset(settings: Settings, spec: str, topic: str = wire.EVENTS_TOPIC,
                    rate: float | None = None, batch_events: int | None = None,
                    limit: int | None = None, id_prefix: str | None = None,
                    progress: Callable[[int], None] | None = None,
-                   producer: KafkaProducer | None = None) -> ReplayStats:
+                   producer: KafkaProducer | None = None,
+                   fmt: Literal["arrow", "json"] = "arrow") -> ReplayStats:
     """Stream `spec` into `topic`; `progress(n_events)` after each message. See module doc."""
     ds = open_dataset(spec, settings.data_dir)
-    per_msg = max(1, batch_events or settings.replay.batch_events)
+    default = settings.replay.arrow_batch_events if fmt == "arrow" else settings.replay.batch_events
+    per_msg = max(1, batch_events or default)
     prefix = id_prefix if id_prefix is not None else ds.spec
     bucket = TokenBucket(rate, burst=max(per_msg, rate * 0.1)) if rate else None
     own = producer is None
@@ -111,17 +131,15 @@ def replay_dataset(settings: Settings, spec: str, topic: str = wire.EVENTS_TOPIC
                 if sent + len(batch) > limit:
                     batch = batch.take(slice(0, limit - sent))
             ids = [f"{prefix}:{row}" for row in range(sent, sent + len(batch))]
-            events = wire.batch_to_events(batch, ids)
             checksum = wire.add_checksums(checksum, wire.event_id_checksum(ids))
-            for a in range(0, len(events), per_msg):
-                chunk = events[a : a + per_msg]
+            for value, n in _messages(batch, ids, per_msg, fmt):
                 if bucket is not None:
-                    bucket.take(len(chunk))
-                prod.send(topic, wire.encode_events(chunk))
+                    bucket.take(n)
+                prod.send(topic, value)
                 messages += 1
-                sent += len(chunk)
+                sent += n
                 if progress is not None:
-                    progress(len(chunk))
+                    progress(n)
         prod.flush()
     finally:
         if own:

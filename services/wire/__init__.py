@@ -6,6 +6,8 @@ One module per format, each opening with the format itself:
 
     events.py        Kafka `events`: click events (JSON arrays), their validation into an
                      EventBatch, the applied-events checksum
+    arrow_events.py  Kafka `events` too: many events a message as Arrow IPC columns (what
+                     replay sends), validated and decoded as columns
     dead_letters.py  Kafka `events.dlq`: the dead letter of an invalid event or message,
                      bounded in size
     exposures.py     Kafka `exposures` (router -> joiner): ExposureMsg / ShownMsg, typed and
@@ -20,6 +22,7 @@ One module per format, each opening with the format itself:
 Callers use the package: `from services import wire; wire.dead_letters(...)`.
 """
 
+from services.wire.arrow_events import MAX_ARROW_EVENTS, encode_arrow, is_arrow, read_arrow
 from services.wire.dead_letters import (
     DLQ_RECORD_MAX_BYTES,
     DLQ_TOPIC,
@@ -93,6 +96,8 @@ from services.wire.versions import (
 )
 
 __all__ = [
+    # arrow events
+    "MAX_ARROW_EVENTS", "encode_arrow", "is_arrow", "read_arrow",
     # events
     "EVENTS_TOPIC", "FLOAT32_MAX", "INT64_MAX", "INT64_MIN", "MAX_EVENT_ID_CHARS",
     "MAX_EVENTS_PER_MESSAGE", "MAX_MESSAGE_BYTES", "MAX_SCHEMA_CHARS", "MAX_STRING_CHARS",

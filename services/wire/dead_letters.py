@@ -6,7 +6,8 @@
      "offset": 1234, "event_index": 3 | null}
 
 `original` is the event re-serialised by orjson for an invalid event inside a valid message
-(`event_index` = its position), or the whole raw message value for a malformed message
+(`event_index` = its position; an Arrow message's row as a JSON object of its columns), or
+the whole raw message value for a malformed message
 (`event_index` null; base64 when the bytes are not UTF-8). A dead letter always fits one Kafka
 message whatever it holds: `original` keeps at most the first MAX_DLQ_ORIGINAL_BYTES bytes
 (`truncated` true), beside `original_bytes` (the full length) and `original_sha256` (of the full
@@ -26,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from services.wire.arrow_events import is_arrow, read_arrow
 from services.wire.events import EventBatch, MessageError, parse_message, validate_events
 from storage.batch import DatasetSchema
 
@@ -87,7 +89,16 @@ def parse_dlq_record(value: bytes) -> dict[str, Any]:
 
 def dead_letters(value: bytes | None, schema: DatasetSchema, topic: str, partition: int,
                  offset: int) -> tuple[EventBatch, list[bytes]]:
-    """Validate one Kafka message: (valid events, DLQ record values for the rest)."""
+    """Validate one Kafka message, JSON or Arrow (arrow_events.py): (valid events, DLQ record
+    values for the rest)."""
+    if value is not None and is_arrow(value):
+        try:
+            batch, bad = read_arrow(value, schema)
+        except MessageError as exc:
+            return EventBatch.empty(schema), [dlq_record(str(exc), value, topic, partition,
+                                                         offset, None)]
+        return batch, [dlq_record(reason, row_json, topic, partition, offset, row)
+                       for row, reason, row_json in bad]
     try:
         events = parse_message(value)
     except MessageError as exc:

@@ -89,10 +89,7 @@ def stream_settings(broker: ManagedProcess, redis_server: ManagedProcess,
 
 def stream_env(settings: Settings) -> dict[str, str]:
     """CHUNKREC_* environment of `settings`, for `chunkrec` subprocesses."""
-    keys = ("kafka_bootstrap", "redis_url", "checkpoint_dir", "publish_interval_s",
-            "checkpoint_interval_s", "checkpoint_every_events", "trainer_batch_events",
-            "trainer_threads", "kafka_max_poll_interval_ms")
-    return {f"CHUNKREC_{k.upper()}": str(getattr(settings, k)) for k in keys}
+    return settings.to_env()
 
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,6 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import orjson
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
@@ -111,7 +110,8 @@ def test_durable_broker_restart_loses_no_acknowledged_event(s3: S3Store, tmp_pat
         assert sent.events == total and sent.failed_messages == 0
 
         values = _read_all(broker.address, topic, 2, sent.messages, strict=False)
-        ids = [ev["event_id"] for v in values for ev in orjson.loads(v)]
+        schema = open_dataset(SPEC).schema
+        ids = [e for v in values for e in wire.read_arrow(v, schema)[0].event_ids]
         distinct = set(ids)
         lost = sorted(set(range(total)) - {int(i.rsplit(":", 1)[1]) for i in distinct})
         assert not lost, (f"{len(lost)} acknowledged events lost (broker killed after "

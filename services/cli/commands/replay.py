@@ -25,7 +25,11 @@ def replay(
         help="Kafka topic (default: the events topic)")] = None,
     rate: Annotated[str, typer.Option(help="events per second, or 'max'")] = "max",
     batch_events: Annotated[int | None, typer.Option(
-        "--batch-events", min=1, help="events per Kafka message (default: settings, 200)")] = None,
+        "--batch-events", min=1, help="events per Kafka message (default: settings, 2048 "
+        "Arrow / 200 JSON)")] = None,
+    fmt: Annotated[str, typer.Option(
+        "--format", help="'arrow': columns, many events a message (fast); 'json': a JSON "
+        "array of events, as external producers send")] = "arrow",
     bootstrap: Annotated[str | None, typer.Option(
         help="Kafka host:port (default: CHUNKREC_KAFKA_BOOTSTRAP)")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="stop after N events")] = None,
@@ -51,6 +55,8 @@ def replay(
         return
     if mode != "events":
         raise typer.BadParameter("expected 'events' or 'users'", param_hint="--mode")
+    if fmt not in ("arrow", "json"):
+        raise typer.BadParameter("expected 'arrow' or 'json'", param_hint="--format")
     if bootstrap:
         try:  # checked like the environment's value
             settings = get_settings(kafka_bootstrap=bootstrap)
@@ -75,7 +81,7 @@ def replay(
     try:
         stats = replay_dataset(settings, data, topic=topic, rate=events_per_s,
                                batch_events=batch_events, limit=limit, id_prefix=id_prefix,
-                               progress=bar.update)
+                               progress=bar.update, fmt=fmt)  # type: ignore[arg-type]
     except DatasetError as exc:
         bar.close()
         typer.echo(f"error: {exc}", err=True)
