@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import statsmodels.api as sm
 from scipy import stats
 from sklearn.metrics import log_loss, roc_auc_score
 from sqlalchemy import insert
 from statsmodels.stats import proportion
 
-from services.experiments.analysis import experiment_report, format_report, msprt_p_values, srm_test
+from services.experiments.analysis import experiment_report, msprt_p_values, srm_test
+from services.experiments.verdict_text import format_report
 from storage.db import experiments as store
 from storage.db.models import Exposure, Model, ModelVersionRow, Outcome
 
@@ -80,10 +82,22 @@ def test_report_matches_scipy_and_statsmodels(db_factory) -> None:
     assert new.p_value < 0.01 and ctl.diff is None
     assert new.always_valid_p is not None and new.p_value <= new.always_valid_p <= 1
     for arm, name in ((ctl, "ctl"), (new, "fiited")):
-        assert arm.auc == pytest.approx(roc_auc_score(labels[name], scores[name]))
-        assert arm.log_loss == pytest.approx(log_loss(labels[name], scores[name]))
-    assert ctl.latency_p50_ms == pytest.approx(np.percentile(np.arange(1000) % 50, 50))
-    assert ctl.latency_p99_ms == pytest.approx(np.percentile(np.arange(1000) % 50, 99))
+        # AUC from a 1,000-bin score histogram, log loss summed by the database
+        assert arm.auc == pytest.approx(roc_auc_score(labels[name], scores[name]), abs=1e-3)
+        assert arm.log_loss == pytest.approx(log_loss(labels[name], scores[name]), rel=1e-9)
+    # latency from a histogram of 1%-wide bins in ln(ms)
+    assert ctl.latency_p50_ms == pytest.approx(np.percentile(np.arange(1000) % 50, 50), rel=0.03)
+    assert ctl.latency_p99_ms == pytest.approx(np.percentile(np.arange(1000) % 50, 99), rel=0.03)
+    # the unit-clustered interval is statsmodels' cluster-robust OLS on the rows
+    y = np.concatenate([labels["ctl"], labels["fiited"]]).astype(float)
+    treated = np.repeat([0.0, 1.0], 2000)
+    units = np.repeat(np.arange(2000), 2)
+    fit = sm.OLS(y, sm.add_constant(treated)).fit(cov_type="cluster",
+                                                  cov_kwds={"groups": units})
+    assert new.diff_ci_clustered == pytest.approx(tuple(fit.conf_int()[1]), rel=1e-9)
+    assert new.p_value_clustered == pytest.approx(fit.pvalues[1], rel=1e-6)
+    assert rep.verdict is not None and rep.verdict.verdict in ("ship", "do not ship",
+                                                               "keep running")
     assert (ctl.embedding_bytes, new.embedding_bytes) == (16000, 4000)
     assert not rep.srm_flag
     assert "fiited" in format_report(rep)
