@@ -64,6 +64,7 @@ class ExperimentConfig:
     status: str
     phase: int
     arms: tuple[ArmConfig, ...]
+    decision_rules: dict | None = None
 
 
 def _check_weights(weights: dict[str, float], names: set[str]) -> None:
@@ -153,7 +154,8 @@ def experiment_config(session: Session, experiment_id: int) -> ExperimentConfig:
     weights = {a: w for a, w in rows}
     arms = tuple(ArmConfig(a.id, a.name, a.model_name, float(weights.get(a.id, 0.0)),
                            a.is_control) for a in sorted(exp.arms, key=lambda a: a.id))
-    return ExperimentConfig(exp.id, exp.name, exp.salt, exp.status, exp.phase, arms)
+    return ExperimentConfig(exp.id, exp.name, exp.salt, exp.status, exp.phase, arms,
+                            exp.decision_rules)
 
 
 def running_experiment_ids(session: Session) -> list[int]:
