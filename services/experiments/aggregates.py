@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from services.experiments.inference import MOMENTS
 
 SCORE_BINS = 1000  # served-score histogram bins: AUC from it is within ~1e-3 of the exact one
+LOOK_SCORE_BINS = 100  # per look (the dashboard's AUC over time): coarser, 20x fewer rows
 LATENCY_BINS_PER_E = 100  # latency histogram: bins of 1% in ln(ms)
 PRIOR_ITEMS = 10.0  # CUPED covariate: a unit's pre-period CTR shrunk with this many items
 EPS = 1e-7  # scores are clipped to [EPS, 1 - EPS] for the log loss, as scikit-learn does
@@ -104,7 +105,9 @@ def _look_moments(session: Session, rows_sql: str, params: dict, values: dict[st
     out: dict[int, dict[str, np.ndarray]] = {}
     for row in session.execute(text(sql), params):
         arm, b = int(row[0]), min(max(int(row[1]), 0), looks - 1)
-        slots = out.setdefault(arm, {v: np.zeros((looks, len(MOMENTS))) for v in names})
+        if arm not in out:
+            out[arm] = {v: np.zeros((looks, len(MOMENTS))) for v in names}
+        slots = out[arm]
         for (v, moment), value in zip(layout, row[2:], strict=True):
             slots[v][b, MOMENTS.index(moment)] += float(value or 0.0)
     return {arm: {v: np.cumsum(m, axis=0) for v, m in d.items()} for arm, d in out.items()}
@@ -149,24 +152,27 @@ def request_moments(session: Session, experiment_id: int, phase: int, span: Span
 
 
 def score_histograms(session: Session, experiment_id: int, phase: int, span: Span,
-                     looks: int) -> dict[int, np.ndarray]:
-    """arm id -> float[looks, SCORE_BINS, 2]: (items, clicks) per served-score bin, per slice
-    (not cumulative)."""
+                     looks: int, bins: int = SCORE_BINS) -> dict[int, np.ndarray]:
+    """arm id -> float[looks, bins, 2]: (items, clicks) per served-score bin, per slice
+    (not cumulative). looks = 1: the whole phase."""
     bucket, params = _bucket(span, looks)
-    params.update(exp=experiment_id, phase=phase, bins=SCORE_BINS)
+    params.update(exp=experiment_id, phase=phase, bins=bins)
     rows = session.execute(text(f"""
         SELECT arm, b, s, COUNT(*), SUM(y) FROM (
           SELECT e.arm_id AS arm, {bucket} AS b, FLOOR(o.score * :bins) AS s,
                  CASE WHEN o.clicked THEN 1 ELSE 0 END AS y
           FROM outcomes o JOIN exposures e ON e.request_id = o.request_id
           WHERE e.experiment_id = :exp AND e.phase = :phase) q
-        GROUP BY arm, b, s"""), params)
+        GROUP BY arm, b, s"""), params).all()
+    got = np.array([tuple(r) for r in rows], np.float64).reshape(-1, 5)
     out: dict[int, np.ndarray] = {}
-    for arm, b, s, n, c in rows:
-        h = out.setdefault(int(arm), np.zeros((looks, SCORE_BINS, 2)))
-        k = min(max(int(b), 0), looks - 1)
-        j = min(max(int(s), 0), SCORE_BINS - 1)
-        h[k, j] += (float(n), float(c or 0))
+    for arm in np.unique(got[:, 0]).astype(int):
+        mine = got[got[:, 0] == arm]
+        h = np.zeros((looks, bins, 2))
+        k = np.clip(mine[:, 1].astype(int), 0, looks - 1)
+        j = np.clip(mine[:, 2].astype(int), 0, bins - 1)
+        np.add.at(h, (k, j), mine[:, 3:5])
+        out[int(arm)] = h
     return out
 
 

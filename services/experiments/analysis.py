@@ -240,7 +240,9 @@ def experiment_report(session: Session, experiment_id: int, phase: int | None = 
     span = aggregates.phase_span(session, experiment_id, phase)
     pre = aggregates.pre_period_ctr(session, experiment_id)
     om = aggregates.outcome_moments(session, experiment_id, phase, span, looks, pre)
-    hist = aggregates.score_histograms(session, experiment_id, phase, span, looks)
+    hist = aggregates.score_histograms(session, experiment_id, phase, span, 1)
+    look_hist = aggregates.score_histograms(session, experiment_id, phase, span, looks,
+                                            aggregates.LOOK_SCORE_BINS)
     lat = aggregates.latency_histograms(session, experiment_id, phase)
     empty = np.zeros((looks, len(inference.MOMENTS)))
     ctr_m = {a.id: om.get(a.id, {}).get("ctr", empty) for a in arms}
@@ -259,8 +261,8 @@ def experiment_report(session: Session, experiment_id: int, phase: int | None = 
     for arm in arms:
         end = ctr_m[arm.id][-1]
         n, c = int(round(end[M["n"]])), int(round(end[M["c"]]))
-        h = hist.get(arm.id, np.zeros((looks, aggregates.SCORE_BINS, 2)))
-        cum_h = np.cumsum(h, axis=0)
+        h = hist.get(arm.id, np.zeros((1, aggregates.SCORE_BINS, 2)))
+        cum_h = np.cumsum(look_hist.get(arm.id, np.zeros((looks, 1, 2))), axis=0)
         edges, counts = lat.get(arm.id, (np.zeros(0), np.zeros(0)))
         ver = versions.get(arm.model_name)
         out.append(ArmStats(
@@ -269,7 +271,7 @@ def experiment_report(session: Session, experiment_id: int, phase: int | None = 
             requests=int(counts.sum()), exposures=n, clicks=c, ctr=c / n if n else 0.0,
             ctr_ci=ctr_interval(c, n),
             log_loss=float(ll_m[arm.id][-1, M["c"]] / n) if n else None,
-            auc=aggregates.auc_from_histogram(cum_h[-1]),
+            auc=aggregates.auc_from_histogram(h[0]),
             latency_p50_ms=aggregates.percentile_from_histogram(edges, counts, 50),
             latency_p99_ms=p99[arm.id],
             embedding_bytes=int(ver.embedding_bytes) if ver else None,

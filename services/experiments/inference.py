@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import optimize, special, stats
 
 # Per-arm sums over units (x: the unit's covariate, the same for all its items).
 MOMENTS = ("units", "n", "c", "nx", "nx2", "cx", "cc", "ccx", "ccx2", "cn", "cnx", "cnx2",
@@ -160,7 +160,7 @@ def one_sided_log_lr(d: np.ndarray, var: np.ndarray, tau: float | np.ndarray) ->
     a = 1.0 / np.square(tau) + 1.0 / var
     b = d / var
     return (np.log(2.0) - np.log(tau) - 0.5 * np.log(a) + b * b / (2 * a)
-            + stats.norm.logcdf(b / np.sqrt(a)))
+            + special.log_ndtr(b / np.sqrt(a)))
 
 
 def boundary(var: np.ndarray, tau: float | np.ndarray, alpha: float) -> np.ndarray:
