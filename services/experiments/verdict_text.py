@@ -80,8 +80,8 @@ def format_report(report: ExperimentReport) -> str:
         if s.variance_reduction is not None and s.diff_ci_cuped and s.diff_ci_clustered:
             shrink = 1 - (s.diff_ci_cuped[1] - s.diff_ci_cuped[0]) / (
                 s.diff_ci_clustered[1] - s.diff_ci_clustered[0])
-            lines.append(f"CUPED ({s.arm} vs control): variance -{100 * s.variance_reduction:.1f}%,"
-                         f" CI {100 * shrink:.1f}% narrower")
+            lines.append(f"CUPED ({s.arm} vs control): variance {-100 * s.variance_reduction:+.1f}%"
+                         f", CI width {-100 * shrink:+.1f}%")
     srm = "FLAG" if report.srm_flag else "ok"
     lines.append(f"SRM chi2 = {report.srm_chi2:.2f}, p = {report.srm_p_value:.3g} ({srm})")
     lines.extend(f"note: {n}" for n in report.notes)

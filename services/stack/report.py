@@ -243,8 +243,8 @@ def verdict_table(report: dict, policies: dict[str, str], dashboard: str) -> Tab
         ("diff, CUPED [95% CI]", ["" if a["is_control"] or a.get("diff_ci_cuped") is None
                                   else ci(a["diff_cuped"], a["diff_ci_cuped"]) for a in arms]),
         ("  CUPED variance / CI width", ["" if a.get("variance_reduction") is None
-                                         else f"-{100 * a['variance_reduction']:.1f}% / "
-                                         f"-{100 * ci_shrink(a):.1f}%" for a in arms]),
+                                         else f"{-100 * a['variance_reduction']:+.1f}% / "
+                                         f"{-100 * ci_shrink(a):+.1f}%" for a in arms]),
         ("log loss (served)", [_f(a["log_loss"]) for a in arms]),
         ("AUC (served)", [_f(a["auc"]) for a in arms]),
         ("latency p50 / p99 ms", [f"{ms(a['latency_p50_ms'])} / {ms(a['latency_p99_ms'])}"
