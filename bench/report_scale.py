@@ -43,19 +43,26 @@ def fill(url: str, outcomes: int) -> tuple[int, float]:
     requests, units = outcomes // ITEMS, max(3, outcomes // OUTCOMES_PER_UNIT)
     p = {"exp": exp.id, "req": requests, "units": units, "a0": arms[0], "a1": arms[1],
          "a2": arms[2]}
+    # item k of request g: score s(g, k), clicked when c(g, k) < 0.6 s: deterministic, so the
+    # exposure's sums (written by the joiner in production) match its outcomes
+    score = "(((g * 31 + k * 17) % 997) + 0.5) / 997.0"
+    click = f"((g * 7 + k * 13) % 1009) / 1009.0 < 0.6 * {score}"
+    loss = f"CASE WHEN {click} THEN -LN({score}) ELSE -LN(1 - {score}) END"
     with engine.begin() as conn:
-        conn.execute(text("""
+        conn.execute(text(f"""
             INSERT INTO exposures (request_id, experiment_id, phase, arm_id, unit_id,
-                                   model_version, ts, latency_ms, n_shown)
+                                   model_version, ts, latency_ms, n_shown, clicks, log_loss)
             SELECT 'r' || g, :exp, 1,
-                   CASE (g * 7919 % :units) % 3 WHEN 0 THEN :a0 WHEN 1 THEN :a1 ELSE :a2 END,
-                   'u' || (g * 7919 % :units), 1, 1000.0 + g * 0.01, 5 + 10 * random(), 10
+                   CASE (g::bigint * 7919 % :units) % 3 WHEN 0 THEN :a0 WHEN 1 THEN :a1
+                        ELSE :a2 END,
+                   'u' || (g::bigint * 7919 % :units), 1, 1000.0 + g * 0.01, 5 + 10 * random(),
+                   10, (SELECT COUNT(*) FROM generate_series(0, 9) k WHERE {click}),
+                   (SELECT SUM({loss}) FROM generate_series(0, 9) k)
             FROM generate_series(1, :req) g"""), p)
-        conn.execute(text("""
+        conn.execute(text(f"""
             INSERT INTO outcomes (request_id, item, position, score, clicked, late_feedback, ts)
-            SELECT 'r' || g, k::text, k, s, random() < 0.6 * s, 0, 1000.0 + g * 0.01
-            FROM generate_series(1, :req) g, generate_series(0, 9) k,
-                 LATERAL (SELECT random() + 0 * g + 0 * k AS s) sc"""), p)
+            SELECT 'r' || g, k::text, k, {score}, {click}, 0, 1000.0 + g * 0.01
+            FROM generate_series(1, :req) g, generate_series(0, 9) k"""), p)
         conn.execute(text("""
             INSERT INTO unit_pre_period (experiment_id, unit_id, exposures, clicks)
             SELECT :exp, 'u' || u, 20, floor(random() * 13)

@@ -237,23 +237,22 @@ def experiment_report(session: Session, experiment_id: int, phase: int | None = 
     weights = phase_weights(session, experiment_id, phase)
     versions = latest_versions(session, [a.model_name for a in arms])
     control = next((a for a in arms if a.is_control), arms[0] if arms else None)
+    aggregates.tune_for_report(session)
     span = aggregates.phase_span(session, experiment_id, phase)
     pre = aggregates.pre_period_ctr(session, experiment_id)
-    om = aggregates.outcome_moments(session, experiment_id, phase, span, looks, pre)
-    hist = aggregates.score_histograms(session, experiment_id, phase, span, 1)
-    look_hist = aggregates.score_histograms(session, experiment_id, phase, span, looks,
-                                            aggregates.LOOK_SCORE_BINS)
     lat = aggregates.latency_histograms(session, experiment_id, phase)
-    empty = np.zeros((looks, len(inference.MOMENTS)))
-    ctr_m = {a.id: om.get(a.id, {}).get("ctr", empty) for a in arms}
-    ll_m = {a.id: om.get(a.id, {}).get("log_loss", empty) for a in arms}
     p99 = {a.id: aggregates.percentile_from_histogram(*lat[a.id], 99) if a.id in lat else None
            for a in arms}
-    slow: dict[int, np.ndarray] = {}
     lat_rule = next((g for g in rules.guardrails if g.metric == "latency_p99"), None)
+    slow_ms = None
     if lat_rule is not None and control is not None and p99[control.id] is not None:
-        slow = aggregates.request_moments(session, experiment_id, phase, span, looks,
-                                          (1 + lat_rule.margin) * p99[control.id])
+        slow_ms = (1 + lat_rule.margin) * p99[control.id]
+    lm = aggregates.look_moments(session, experiment_id, phase, span, looks, pre, slow_ms)
+    look_hist = aggregates.score_histograms(session, experiment_id, phase, span, looks)
+    empty = np.zeros((looks, len(inference.MOMENTS)))
+    ctr_m = {a.id: lm.get(a.id, {}).get("ctr", empty) for a in arms}
+    ll_m = {a.id: lm.get(a.id, {}).get("log_loss", empty) for a in arms}
+    slow = {a.id: lm[a.id]["slow"] for a in arms if "slow" in lm.get(a.id, {})}
     M = inference.M
     out: list[ArmStats] = []
     series: dict[str, dict[str, list]] = {}
@@ -261,8 +260,8 @@ def experiment_report(session: Session, experiment_id: int, phase: int | None = 
     for arm in arms:
         end = ctr_m[arm.id][-1]
         n, c = int(round(end[M["n"]])), int(round(end[M["c"]]))
-        h = hist.get(arm.id, np.zeros((1, aggregates.SCORE_BINS, 2)))
-        cum_h = np.cumsum(look_hist.get(arm.id, np.zeros((looks, 1, 2))), axis=0)
+        cum_h = np.cumsum(look_hist.get(arm.id, np.zeros((looks, aggregates.SCORE_BINS, 2))),
+                          axis=0)
         edges, counts = lat.get(arm.id, (np.zeros(0), np.zeros(0)))
         ver = versions.get(arm.model_name)
         out.append(ArmStats(
@@ -271,7 +270,7 @@ def experiment_report(session: Session, experiment_id: int, phase: int | None = 
             requests=int(counts.sum()), exposures=n, clicks=c, ctr=c / n if n else 0.0,
             ctr_ci=ctr_interval(c, n),
             log_loss=float(ll_m[arm.id][-1, M["c"]] / n) if n else None,
-            auc=aggregates.auc_from_histogram(h[0]),
+            auc=aggregates.auc_from_histogram(cum_h[-1]),
             latency_p50_ms=aggregates.percentile_from_histogram(edges, counts, 50),
             latency_p99_ms=p99[arm.id],
             embedding_bytes=int(ver.embedding_bytes) if ver else None,

@@ -9,7 +9,8 @@ under migrations/versions.
     arms             an experiment's arms: name, model, control flag
     experiment_phases  a traffic layout: one row per (experiment, phase)
     arm_weights      weight of each arm in each phase (a new layout = a new phase)
-    exposures        one row per ranked request (unit, arm, phase, model version, latency)
+    exposures        one row per ranked request (unit, arm, phase, model version, latency; items
+                     shown, their clicks and log loss summed)
     outcomes         one row per shown item of an exposure, written when its window closes:
                      score served, clicked inside the window, late feedback seen
     metric_points    free-form time series (name, value) per model or arm
@@ -154,6 +155,9 @@ class Exposure(Base):
     ts: Mapped[float] = mapped_column(Float, index=True)  # epoch seconds at the router
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     n_shown: Mapped[int] = mapped_column(Integer, default=0)
+    # sums over its outcomes, written with them: the report reads requests, not items
+    clicks: Mapped[int] = mapped_column(Integer, default=0)  # clicked inside the window
+    log_loss: Mapped[float] = mapped_column(Float, default=0.0)  # of the served scores
 
 
 class Outcome(Base):

@@ -12,6 +12,7 @@ from sqlalchemy import insert
 from statsmodels.stats import proportion
 
 from services.experiments.analysis import experiment_report, msprt_p_values, srm_test
+from services.experiments.join_store import served_log_loss
 from services.experiments.verdict_text import format_report
 from storage.db import experiments as store
 from storage.db.models import Exposure, Model, ModelVersionRow, Outcome
@@ -45,9 +46,13 @@ def fill(factory, units: dict[str, int], clicks: dict[str, int], items_per_unit:
             scores[arm], labels[arm] = p, y
             for u in range(n_units):
                 rid = f"{arm}-{u}"
+                mine = slice(u * items_per_unit, (u + 1) * items_per_unit)
                 ex_rows.append(dict(request_id=rid, experiment_id=exp.id, phase=1,
                                     arm_id=arm_ids[arm], unit_id=f"{arm}{u}", model_version=3,
-                                    ts=1000.0 + u, latency_ms=float(u % 50), n_shown=2))
+                                    ts=1000.0 + u, latency_ms=float(u % 50),
+                                    n_shown=items_per_unit, clicks=int(y[mine].sum()),
+                                    log_loss=served_log_loss(p[mine].tolist(),
+                                                             y[mine].tolist())))
                 for k in range(items_per_unit):
                     j = u * items_per_unit + k
                     oc_rows.append(dict(request_id=rid, item=str(k), position=k,
@@ -135,7 +140,8 @@ def test_msprt_is_monotone_and_calibrated() -> None:
 
 def test_look_moments_from_sql_equal_the_rows_up_to_each_look(db_factory) -> None:
     """The database's per-look sums (GROUP BY arm, unit, look; running sums by window) are
-    the sums over units of the rows seen by the end of each look, covariate included."""
+    the sums over units of the rows seen by the end of each look, covariate included, for
+    clicks per item and slow requests per request."""
     from services.experiments import aggregates, inference
 
     rng = np.random.default_rng(4)
@@ -147,11 +153,11 @@ def test_look_moments_from_sql_equal_the_rows_up_to_each_look(db_factory) -> Non
         unit = rng.integers(0, 80, n_req)  # units come back: their sums run across looks
         arm = unit % 2
         ts = np.sort(rng.uniform(0, 1000, n_req))
+        y = rng.random((n_req, 3)) < 0.3
         s.execute(insert(Exposure), [dict(
             request_id=f"r{i}", experiment_id=exp.id, phase=1, arm_id=arm_ids[arm[i]],
-            unit_id=f"u{unit[i]}", model_version=1, ts=float(ts[i]), latency_ms=1.0,
-            n_shown=3) for i in range(n_req)])
-        y = rng.random((n_req, 3)) < 0.3
+            unit_id=f"u{unit[i]}", model_version=1, ts=float(ts[i]), latency_ms=float(i % 7),
+            n_shown=3, clicks=int(y[i].sum())) for i in range(n_req)])
         s.execute(insert(Outcome), [dict(
             request_id=f"r{i}", item=str(k), position=k, score=0.3, clicked=bool(y[i, k]),
             late_feedback=0, ts=float(ts[i])) for i in range(n_req) for k in range(3)])
@@ -162,7 +168,7 @@ def test_look_moments_from_sql_equal_the_rows_up_to_each_look(db_factory) -> Non
     with db_factory() as s:
         span = aggregates.phase_span(s, exp.id, 1)
         q = aggregates.pre_period_ctr(s, exp.id)
-        got = aggregates.outcome_moments(s, exp.id, 1, span, looks, q)
+        got = aggregates.look_moments(s, exp.id, 1, span, looks, q, slow_ms=3.5)
     assert q == pytest.approx(sum(c for _, c in pre.values()) / sum(e for e, _ in pre.values()))
     k = aggregates.PRIOR_ITEMS
     x_of = {u: (pre[f"u{u}"][1] + k * q) / (pre[f"u{u}"][0] + k) - q if f"u{u}" in pre else 0.0
@@ -177,6 +183,11 @@ def test_look_moments_from_sql_equal_the_rows_up_to_each_look(db_factory) -> Non
             x = np.array([x_of[u] for u in units])
             want = inference.moments_of(n, c, x)
             assert got[arm_ids[a]]["ctr"][j] == pytest.approx(want, rel=1e-9, abs=1e-9)
+            slow = np.arange(n_req) % 7 > 3.5  # requests slower than 3.5 ms, per request
+            req = np.array([np.sum(seen & (unit == u)) for u in units], float)
+            sc = np.array([np.sum(seen & (unit == u) & slow) for u in units], float)
+            assert got[arm_ids[a]]["slow"][j] == pytest.approx(inference.moments_of(req, sc),
+                                                               rel=1e-9, abs=1e-9)
 
 
 def test_clustered_difference_widens_for_correlated_units() -> None:
@@ -208,12 +219,12 @@ def test_report_survives_rows_committed_between_its_queries(db_factory) -> None:
 
         def execute(statement, *args, **kwargs):
             text = str(statement)
-            if not written and "FROM outcomes" in text:
+            if not written and "WITH r AS" in text:
                 with db_factory.begin() as writer:  # a concurrent joiner commit
                     writer.execute(insert(Exposure), [dict(
                         request_id="late-0", experiment_id=eid, phase=1, arm_id=arm_id,
                         unit_id="late-unit", model_version=3, ts=2000.0, latency_ms=1.0,
-                        n_shown=1)])
+                        n_shown=1, clicks=1, log_loss=float(np.log(2)))])
                     writer.execute(insert(Outcome), [dict(
                         request_id="late-0", item="0", position=0, score=0.5, clicked=True,
                         late_feedback=0, ts=2000.0)])
@@ -225,7 +236,7 @@ def test_report_survives_rows_committed_between_its_queries(db_factory) -> None:
             rep = experiment_report(session, eid)
         finally:
             session.close()
-    assert written, "the report's outcome query was not seen"
+    assert written, "the report's look query was not seen"
     new = next(a for a in rep.arms if a.arm == "fiited")
     assert new.exposures == 601 and new.clicks == 46  # the late outcome is counted
     assert new.diff_ci_clustered is not None and new.p_value_clustered is not None
