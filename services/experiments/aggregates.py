@@ -1,6 +1,8 @@
 """What the report reads from the database: per-arm sums over units, at every look, computed by
-the database (GROUP BY arm, unit, look), never the rows themselves. A report over 10M
-outcomes moves a few hundred numbers (bench/report_scale.py).
+the database (GROUP BY arm, unit, look), never the rows themselves. The per-look sums read the
+exposures only (one row per request, with its items' clicks and log loss summed by the
+joiner), so 10M outcomes cost a scan of their 1M requests, and a report moves a few thousand
+numbers (bench/report_scale.py).
 
     span = phase_span(s, exp_id, phase)                     # first/last exposure, requests
     looks = look_moments(s, exp_id, phase, span, L, q, slow) # arm -> {"ctr": float[L, M], ...}
@@ -11,7 +13,8 @@ slice k. The moments of inference.MOMENTS at look k need each unit's running sum
 that time; a unit's running sums change only in slices where it was active, so each active
 (unit, slice) adds the increment C^2 - C_before^2 (and so on) and the per-slice increments
 are summed per arm, then accumulated over slices in numpy. Both SQLite (3.35+, for ln and
-floor) and PostgreSQL run the same SQL.
+floor) and PostgreSQL run the same SQL (PostgreSQL: bytewise sort of unit ids, a page sample
+for the score histogram, SET LOCAL work_mem and jit: tune_for_report).
 """
 
 from __future__ import annotations

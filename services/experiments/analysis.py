@@ -75,7 +75,7 @@ class ArmStats:
     lift: float | None = None  # diff / control CTR
     always_valid_p: float | None = None  # mSPRT, two-sided, clustered: safe at any time
     log_loss: float | None = None
-    auc: float | None = None  # from a 1,000-bin histogram of served scores (within ~1e-3)
+    auc: float | None = None  # 1,000-bin score histogram (~1e-3); PostgreSQL: ~20k requests
     latency_p50_ms: float | None = None  # from a 1%-wide log histogram
     latency_p99_ms: float | None = None
     embedding_bytes: int | None = None  # in the trainer (values, optimizer state, index)
