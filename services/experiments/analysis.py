@@ -1,17 +1,21 @@
 """The A/B report: per arm units, exposures, clicks and CTR with a 95% CI; the difference
-against control with its CI and p-value; an always-valid sequential test (mSPRT); a
-sample-ratio-mismatch check; log loss and AUC of the served predictions; latency; embedding
-bytes. Statistics come from scipy / statsmodels / scikit-learn.
+against control with its CI (per item, unit-clustered, and unit-clustered with CUPED) and
+p-values; an always-valid sequential test (mSPRT); a sample-ratio-mismatch check; log loss and
+AUC of the served predictions; latency; embedding bytes; and the decision: the experiment's
+rules (services/experiments/decision.py) tested on every arm, ending in ship, do not ship or
+keep running, with the reason and the users still needed.
 
     report = experiment_report(session, experiment_id)          # current phase
     report.to_dict()                                            # what GET .../report returns
 
-Units of analysis: an exposure is one shown item (an outcome row), a click is feedback inside
-the attribution window. Items shown to the same unit are not independent, so the per-item
-intervals are somewhat narrow when units see many items: the report also gives the
-difference with unit-clustered standard errors, and its always-valid test uses the
-unit-clustered variance; SRM is checked on units.
-The report covers one phase (a weight layout): units are re-bucketed per phase.
+Scale: everything comes from per-arm sums the database computes (services/experiments/
+aggregates.py: GROUP BY arm, unit, look), served-score and latency histograms; no row is
+loaded. Units of analysis: an exposure is one shown item (an outcome row), a click is feedback
+inside the attribution window. Items shown to the same unit are not independent, so the
+per-item interval is too narrow when units see many items; the clustered ones (statsmodels'
+cluster-robust OLS, computed from the sums: services/experiments/inference.py) are the ones
+the tests use. SRM is checked on units. The report covers one phase (a weight layout): units
+are re-bucketed per phase.
 """
 
 from __future__ import annotations
@@ -19,10 +23,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import pandas as pd
-import statsmodels.api as sm
 from scipy import stats
-from sklearn.metrics import log_loss, roc_auc_score
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from statsmodels.stats.proportion import (
@@ -31,19 +32,20 @@ from statsmodels.stats.proportion import (
     test_proportions_2indep,
 )
 
-from storage.db.models import (
-    Arm,
-    ArmWeight,
-    Experiment,
-    ExperimentPhase,
-    Exposure,
-    Model,
-    ModelVersionRow,
-    Outcome,
+from services.experiments import aggregates, inference
+from services.experiments.decision import (
+    DEFAULT_RULES,
+    ArmData,
+    ArmVerdict,
+    DecisionRules,
+    MetricTest,
+    decide,
 )
+from storage.db.models import ArmWeight, Experiment, ExperimentPhase, Model, ModelVersionRow
 
 SRM_ALPHA = 0.001
 DEFAULT_TAU = 0.02  # mSPRT mixing s.d. of the CTR difference (the effect size of interest)
+LOOKS = 20  # time slices the sequential tests look at
 
 
 @dataclass
@@ -59,18 +61,22 @@ class ArmStats:
     ctr: float
     ctr_ci: tuple[float, float]
     diff: float | None = None  # CTR - control CTR
-    diff_ci: tuple[float, float] | None = None
-    p_value: float | None = None  # two-sided, fixed-horizon
+    diff_ci: tuple[float, float] | None = None  # per item (Wald): too narrow, for reference
+    p_value: float | None = None  # two-sided, fixed-horizon, per item
     # The same difference with standard errors clustered by unit: a user's clicks on the items
-    # of one session (and across sessions) are not independent, and the per-item interval
-    # above is too narrow when units see many items.
+    # of one session (and across sessions) are not independent.
     diff_ci_clustered: tuple[float, float] | None = None
     p_value_clustered: float | None = None
+    # ... and with CUPED (the unit's pre-experiment CTR as covariate): the same difference in
+    # expectation, with the variance its pre-period explains removed
+    diff_cuped: float | None = None
+    diff_ci_cuped: tuple[float, float] | None = None
+    variance_reduction: float | None = None  # 1 - var(CUPED) / var(clustered)
     lift: float | None = None  # diff / control CTR
-    always_valid_p: float | None = None  # mSPRT: safe to read at any time
+    always_valid_p: float | None = None  # mSPRT, two-sided, clustered: safe at any time
     log_loss: float | None = None
-    auc: float | None = None
-    latency_p50_ms: float | None = None
+    auc: float | None = None  # 1,000-bin score histogram (~1e-3); PostgreSQL: ~20k requests
+    latency_p50_ms: float | None = None  # from a 1%-wide log histogram
     latency_p99_ms: float | None = None
     embedding_bytes: int | None = None  # in the trainer (values, optimizer state, index)
     redis_embedding_bytes: int | None = None
@@ -88,6 +94,14 @@ class ExperimentReport:
     srm_p_value: float | None
     srm_flag: bool
     notes: list[str] = field(default_factory=list)
+    rules: dict | None = None  # the decision rules used (DEFAULT_RULES when none are set)
+    rules_default: bool = True
+    cuped: bool = False  # whether a pre-period covariate was recorded
+    tests: list[MetricTest] = field(default_factory=list)  # the decision table
+    arm_verdicts: list[ArmVerdict] = field(default_factory=list)
+    verdict: ArmVerdict | None = None
+    # per arm: time of each look, cumulative items, clicks and AUC (the dashboard's series)
+    looks: dict[str, dict[str, list]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,20 +130,6 @@ def difference(c1: int, n1: int, c0: int, n0: int,
     res = test_proportions_2indep(c1, n1, c0, n0, method="wald", compare="diff")
     p = float(res.pvalue) if np.isfinite(res.pvalue) else 1.0
     return float(diff), (float(lo), float(hi)), p
-
-
-def clustered_difference(clicked: np.ndarray, treated: np.ndarray, units: np.ndarray,
-                         alpha: float = 0.05) -> tuple[float, tuple[float, float], float]:
-    """Treatment minus control CTR with unit-clustered standard errors: OLS of clicked on a
-    treatment indicator, cluster-robust covariance by unit (statsmodels). bool[N] clicked,
-    bool[N] treated, [N] unit ids -> (diff, CI, two-sided p-value)."""
-    y = np.asarray(clicked, dtype=np.float64)
-    X = sm.add_constant(np.asarray(treated, dtype=np.float64), has_constant="add")
-    groups = pd.factorize(pd.Series(units))[0]
-    fit = sm.OLS(y, X).fit(cov_type="cluster", cov_kwds={"groups": groups})
-    lo, hi = fit.conf_int(alpha=alpha)[1]
-    p = float(fit.pvalues[1]) if np.isfinite(fit.pvalues[1]) else 1.0
-    return float(fit.params[1]), (float(lo), float(hi)), p
 
 
 def msprt_p_values(c1: np.ndarray, n1: np.ndarray, c0: np.ndarray, n0: np.ndarray,
@@ -176,88 +176,9 @@ def srm_test(observed: list[int], weights: list[float]) -> tuple[float, float]:
     return float(chi2), float(p)
 
 
-def prediction_quality(clicked: np.ndarray, scores: np.ndarray) -> tuple[float | None,
-                                                                         float | None]:
-    """(log loss, AUC) of served scores against clicks (scikit-learn); None when undefined."""
-    if len(clicked) == 0:
-        return None, None
-    p = np.clip(np.asarray(scores, np.float64), 1e-7, 1 - 1e-7)
-    y = np.asarray(clicked, np.int64)
-    ll = float(log_loss(y, p, labels=[0, 1]))
-    auc = float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None
-    return ll, auc
-
-
-def cumulative_at(ts: np.ndarray, clicked: np.ndarray,
-                  grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Cumulative (exposures, clicks) at each time of `grid`: int[T] each. ts float[N] need
-    not be sorted."""
-    order = np.argsort(ts, kind="stable")
-    ts, clicked = np.asarray(ts)[order], np.asarray(clicked, np.int64)[order]
-    idx = np.searchsorted(ts, grid, side="right")
-    cum = np.concatenate([[0], np.cumsum(clicked)])
-    return idx, cum[idx]
-
-
-def clustered_ctr_variance_at(ts: np.ndarray, clicked: np.ndarray, units: np.ndarray,
-                              grid: np.ndarray) -> np.ndarray:
-    """Variance of one arm's CTR (clicks / exposures) at each time of `grid`, clustered by
-    unit, and never below the binomial p q / n: float[T]. ts float[N], clicked bool[N],
-    units [N].
-
-    The CTR is a ratio of per-unit sums, C / N = sum_u c_u / sum_u n_u; its cluster-robust
-    (delta-method) variance is G / (G - 1) * sum_u (c_u - p n_u)^2 / N^2 over the G units seen
-    so far. The sum is kept as sum c^2 - 2 p sum c n + p^2 sum n^2, whose three sums grow
-    row by row in time order, so every look costs one vectorised pass."""
-    order = np.argsort(np.asarray(ts), kind="stable")
-    y = np.asarray(clicked, np.float64)[order]
-    codes = pd.factorize(pd.Series(np.asarray(units)[order]))[0]
-    frame = pd.DataFrame({"u": codes, "y": y})
-    n_prev = frame.groupby("u").cumcount().to_numpy(np.float64)
-    c_prev = frame.groupby("u")["y"].cumsum().to_numpy() - y
-    zero = np.zeros(1)
-    sum_nn = np.concatenate([zero, np.cumsum(2 * n_prev + 1)])
-    sum_cn = np.concatenate([zero, np.cumsum(c_prev + y * (n_prev + 1))])
-    sum_cc = np.concatenate([zero, np.cumsum(y * (2 * c_prev + 1))])
-    groups = np.concatenate([zero, np.cumsum(n_prev == 0)])
-    clicks = np.concatenate([zero, np.cumsum(y)])
-    idx = np.searchsorted(np.asarray(ts)[order], grid, side="right")
-    n, c, g = idx.astype(np.float64), clicks[idx], groups[idx]
-    ok = (n > 0) & (g > 1)
-    p = np.divide(c, n, out=np.zeros_like(c), where=n > 0)
-    spread = sum_cc[idx] - 2 * p * sum_cn[idx] + p * p * sum_nn[idx]
-    clustered = np.divide(spread * g, (g - 1) * n * n, out=np.zeros_like(n), where=ok)
-    binomial = np.divide(p * (1 - p), n, out=np.zeros_like(n), where=n > 0)
-    return np.maximum(clustered, binomial)
-
-
 # ------------------------------------------------------------------------------------------
 # from the database
 # ------------------------------------------------------------------------------------------
-
-
-def phase_frames(session: Session, experiment_id: int,
-                 phase: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(exposures, outcomes) of one phase as DataFrames: exposures[request_id, arm_id, unit_id,
-    ts, latency_ms, model_version]; outcomes[request_id, arm_id, unit_id, score, clicked, ts].
-
-    Each outcome carries its exposure's unit from the same query: the joiner may commit rows
-    between the two queries, so an outcome's exposure need not be in `exposures`."""
-    ex = session.execute(
-        select(Exposure.request_id, Exposure.arm_id, Exposure.unit_id, Exposure.ts,
-               Exposure.latency_ms, Exposure.model_version)
-        .where(Exposure.experiment_id == experiment_id, Exposure.phase == phase)).all()
-    exposures = pd.DataFrame(ex, columns=["request_id", "arm_id", "unit_id", "ts",
-                                          "latency_ms", "model_version"])
-    oc = session.execute(
-        select(Outcome.request_id, Exposure.arm_id, Exposure.unit_id, Outcome.score,
-               Outcome.clicked, Outcome.ts)
-        .join(Exposure, Exposure.request_id == Outcome.request_id)
-        .where(Exposure.experiment_id == experiment_id, Exposure.phase == phase)).all()
-    outcomes = pd.DataFrame(oc, columns=["request_id", "arm_id", "unit_id", "score", "clicked",
-                                         "ts"])
-    outcomes["clicked"] = outcomes["clicked"].astype(bool)
-    return exposures, outcomes
 
 
 def phase_weights(session: Session, experiment_id: int, phase: int) -> dict[int, float]:
@@ -282,66 +203,107 @@ def latest_versions(session: Session, model_names: list[str]) -> dict[str, Model
     return {name: row for name, row in rows}
 
 
+
+def _z_interval(est: float, var: float, alpha: float = 0.05) -> tuple[tuple[float, float], float]:
+    """(normal CI, two-sided p) of an estimate with its variance (statsmodels' z-based
+    conf_int and pvalues of a cluster-robust fit)."""
+    se = float(np.sqrt(var))
+    z = stats.norm.ppf(1 - alpha / 2)
+    p = float(2 * stats.norm.sf(abs(est) / se)) if se > 0 else 1.0
+    return (est - z * se, est + z * se), p
+
+
+def _rules(exp: Experiment, notes: list[str]) -> tuple[DecisionRules, bool]:
+    if exp.decision_rules is None:
+        return DEFAULT_RULES, True
+    try:
+        return DecisionRules.from_dict(exp.decision_rules), False
+    except (KeyError, TypeError, ValueError) as exc:
+        notes.append(f"stored decision rules unreadable ({exc}): the defaults decide")
+        return DEFAULT_RULES, True
+
+
 def experiment_report(session: Session, experiment_id: int, phase: int | None = None,
-                      tau: float = DEFAULT_TAU, looks: int = 50) -> ExperimentReport:
-    """The report of one phase (default: the current one). Raises LookupError for an unknown
-    experiment."""
+                      tau: float = DEFAULT_TAU, looks: int = LOOKS) -> ExperimentReport:
+    """The report of one phase (default: the current one), decided by the experiment's rules.
+    Raises LookupError for an unknown experiment."""
     exp = session.get(Experiment, experiment_id)
     if exp is None:
         raise LookupError(f"experiment {experiment_id} not found")
     phase = exp.phase if phase is None else phase
-    arms: list[Arm] = list(exp.arms)
+    arms = list(exp.arms)
+    notes: list[str] = []
+    rules, default = _rules(exp, notes)
     weights = phase_weights(session, experiment_id, phase)
-    exposures, outcomes = phase_frames(session, experiment_id, phase)
     versions = latest_versions(session, [a.model_name for a in arms])
     control = next((a for a in arms if a.is_control), arms[0] if arms else None)
-    notes: list[str] = []
-
-    t_end = float(outcomes["ts"].max()) if len(outcomes) else 0.0
-    t_start = float(outcomes["ts"].min()) if len(outcomes) else 0.0
-    grid = np.linspace(t_start, t_end, max(2, looks))
-    cum: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    var_at: dict[int, np.ndarray] = {}
+    aggregates.tune_for_report(session)
+    span = aggregates.phase_span(session, experiment_id, phase)
+    pre = aggregates.pre_period_ctr(session, experiment_id)
+    lat = aggregates.latency_histograms(session, experiment_id, phase)
+    p99 = {a.id: aggregates.percentile_from_histogram(*lat[a.id], 99) if a.id in lat else None
+           for a in arms}
+    lat_rule = next((g for g in rules.guardrails if g.metric == "latency_p99"), None)
+    slow_ms = None
+    if lat_rule is not None and control is not None and p99[control.id] is not None:
+        slow_ms = (1 + lat_rule.margin) * p99[control.id]
+    lm = aggregates.look_moments(session, experiment_id, phase, span, looks, pre, slow_ms)
+    look_hist = aggregates.score_histograms(session, experiment_id, phase, span, looks)
+    empty = np.zeros((looks, len(inference.MOMENTS)))
+    ctr_m = {a.id: lm.get(a.id, {}).get("ctr", empty) for a in arms}
+    ll_m = {a.id: lm.get(a.id, {}).get("log_loss", empty) for a in arms}
+    slow = {a.id: lm[a.id]["slow"] for a in arms if "slow" in lm.get(a.id, {})}
+    M = inference.M
     out: list[ArmStats] = []
+    series: dict[str, dict[str, list]] = {}
+    t_look = span.t0 + (span.t1 - span.t0) * np.arange(1, looks + 1) / looks
     for arm in arms:
-        ex = exposures[exposures["arm_id"] == arm.id]
-        oc = outcomes[outcomes["arm_id"] == arm.id]
-        n, c = len(oc), int(oc["clicked"].sum())
-        lat = ex["latency_ms"].to_numpy(np.float64)
-        ll, auc = prediction_quality(oc["clicked"].to_numpy(), oc["score"].to_numpy())
+        end = ctr_m[arm.id][-1]
+        n, c = int(round(end[M["n"]])), int(round(end[M["c"]]))
+        cum_h = np.cumsum(look_hist.get(arm.id, np.zeros((looks, aggregates.SCORE_BINS, 2))),
+                          axis=0)
+        edges, counts = lat.get(arm.id, (np.zeros(0), np.zeros(0)))
         ver = versions.get(arm.model_name)
         out.append(ArmStats(
             arm=arm.name, model=arm.model_name, is_control=arm is control,
-            weight=weights.get(arm.id, 0.0), units=int(ex["unit_id"].nunique()),
-            requests=len(ex), exposures=n, clicks=c, ctr=c / n if n else 0.0,
-            ctr_ci=ctr_interval(c, n), log_loss=ll, auc=auc,
-            latency_p50_ms=float(np.percentile(lat, 50)) if len(lat) else None,
-            latency_p99_ms=float(np.percentile(lat, 99)) if len(lat) else None,
+            weight=weights.get(arm.id, 0.0), units=int(round(end[M["units"]])),
+            requests=int(counts.sum()), exposures=n, clicks=c, ctr=c / n if n else 0.0,
+            ctr_ci=ctr_interval(c, n),
+            log_loss=float(ll_m[arm.id][-1, M["c"]] / n) if n else None,
+            auc=aggregates.auc_from_histogram(cum_h[-1]),
+            latency_p50_ms=aggregates.percentile_from_histogram(edges, counts, 50),
+            latency_p99_ms=p99[arm.id],
             embedding_bytes=int(ver.embedding_bytes) if ver else None,
             redis_embedding_bytes=int(ver.redis_embedding_bytes) if ver else None,
             model_version=int(ver.version) if ver else None))
-        cum[arm.id] = cumulative_at(oc["ts"].to_numpy(), oc["clicked"].to_numpy(), grid)
-        var_at[arm.id] = clustered_ctr_variance_at(oc["ts"].to_numpy(), oc["clicked"].to_numpy(),
-                                                   oc["unit_id"].to_numpy(), grid)
+        series[arm.name] = {
+            "t": (t_look - span.t0).tolist(), "items": ctr_m[arm.id][:, M["n"]].tolist(),
+            "clicks": ctr_m[arm.id][:, M["c"]].tolist(),
+            "auc": [aggregates.auc_from_histogram(x) for x in cum_h]}
 
     base = next((s for s in out if s.is_control), None)
-    if base is not None and base.exposures > 0:
-        n0, c0 = cum[control.id]  # type: ignore[union-attr]
+    if base is not None and base.exposures > 0 and control is not None:
+        m0 = ctr_m[control.id]
         for arm, s in zip(arms, out, strict=True):
             if s.is_control or s.exposures == 0:
                 continue
             s.diff, s.diff_ci, s.p_value = difference(s.clicks, s.exposures, base.clicks,
                                                       base.exposures)
             s.lift = s.diff / base.ctr if base.ctr > 0 else None
-            pair = outcomes[outcomes["arm_id"].isin([arm.id, control.id])]  # type: ignore[union-attr]
-            units = pair["unit_id"]
-            if units.nunique() > 2:
-                _, s.diff_ci_clustered, s.p_value_clustered = clustered_difference(
-                    pair["clicked"].to_numpy(), (pair["arm_id"] == arm.id).to_numpy(),
-                    units.to_numpy())
-            n1, c1 = cum[arm.id]
-            var = var_at[arm.id] + var_at[control.id]  # type: ignore[union-attr]
-            s.always_valid_p = float(msprt_p_values(c1, n1, c0, n0, tau=tau, var=var)[-1])
+            plain = inference.fit_arms(m0, ctr_m[arm.id])
+            d_var = plain.cov[:, 0, 0] + plain.cov[:, 1, 1]
+            if np.isfinite(d_var[-1]):
+                s.diff_ci_clustered, s.p_value_clustered = _z_interval(s.diff, d_var[-1])
+            if pre is not None:
+                cup = inference.fit_arms(m0, ctr_m[arm.id], covariate=True)
+                est, var = inference.contrast(cup, True, 0.0)
+                if np.isfinite(var[-1]) and np.isfinite(d_var[-1]):
+                    s.diff_cuped = float(est[-1])
+                    s.diff_ci_cuped, _ = _z_interval(s.diff_cuped, float(var[-1]))
+                    s.variance_reduction = 1 - float(var[-1]) / float(d_var[-1])
+            s.always_valid_p = float(msprt_p_values(
+                ctr_m[arm.id][:, M["c"]], ctr_m[arm.id][:, M["n"]], m0[:, M["c"]],
+                m0[:, M["n"]], tau=tau, var=d_var)[-1])
     else:
         notes.append("no exposures in the control arm yet: no differences")
 
@@ -350,33 +312,19 @@ def experiment_report(session: Session, experiment_id: int, phase: int | None = 
     if flag:
         notes.append(f"sample ratio mismatch (p = {p_srm:.2e} < {SRM_ALPHA}): do not trust "
                      "the differences until the assignment or logging is fixed")
-    return ExperimentReport(experiment_id=exp.id, name=exp.name, status=exp.status,
-                            phase=phase, arms=out, srm_chi2=chi2, srm_p_value=p_srm,
-                            srm_flag=flag, notes=notes)
-
-
-def format_report(report: ExperimentReport) -> str:
-    """A plain-text verdict table (what `chunkrec report` prints)."""
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{100 * x:.2f}%"
-
-    lines = [f"experiment {report.experiment_id} {report.name!r} ({report.status}), "
-             f"phase {report.phase}",
-             f"{'arm':<14}{'units':>7}{'expos':>8}{'clicks':>7}{'CTR [95% CI]':>24}"
-             f"{'diff [95% CI]':>26}{'p':>8}{'mSPRT p':>9}{'AUC':>7}{'p99 ms':>8}"
-             f"{'emb MB':>8}"]
-    for s in report.arms:
-        ci = f"{pct(s.ctr)} [{pct(s.ctr_ci[0])},{pct(s.ctr_ci[1])}]"
-        diff = ("control" if s.is_control else "-" if s.diff is None
-                else f"{pct(s.diff)} [{pct(s.diff_ci[0])},{pct(s.diff_ci[1])}]")  # type: ignore[index]
-        p = "-" if s.p_value is None else f"{s.p_value:.3g}"
-        avp = "-" if s.always_valid_p is None else f"{s.always_valid_p:.3g}"
-        auc = "-" if s.auc is None else f"{s.auc:.3f}"
-        p99 = "-" if s.latency_p99_ms is None else f"{s.latency_p99_ms:.1f}"
-        mb = "-" if s.embedding_bytes is None else f"{s.embedding_bytes / 1e6:.2f}"
-        lines.append(f"{s.arm:<14}{s.units:>7}{s.exposures:>8}{s.clicks:>7}{ci:>24}{diff:>26}"
-                     f"{p:>8}{avp:>9}{auc:>7}{p99:>8}{mb:>8}")
-    srm = "FLAG" if report.srm_flag else "ok"
-    lines.append(f"SRM chi2 = {report.srm_chi2:.2f}, p = {report.srm_p_value:.3g} ({srm})")
-    lines.extend(f"note: {n}" for n in report.notes)
-    return "\n".join(lines)
+    report = ExperimentReport(experiment_id=exp.id, name=exp.name, status=exp.status,
+                              phase=phase, arms=out, srm_chi2=chi2, srm_p_value=p_srm,
+                              srm_flag=flag, notes=notes, rules=rules.to_dict(),
+                              rules_default=default, cuped=pre is not None, looks=series)
+    if control is not None and base is not None and base.exposures > 0 and len(arms) > 1:
+        data = [ArmData(arm.name, arm is control, weights.get(arm.id, 0.0),
+                        {"ctr": ctr_m[arm.id], "log_loss": ll_m[arm.id],
+                         **({"slow": slow[arm.id]} if arm.id in slow else {})},
+                        p99_ms=p99[arm.id],
+                        cost={k: getattr(s, k) for k in rules.cost})
+                for arm, s in zip(arms, out, strict=True)]
+        report.tests, report.arm_verdicts, report.verdict = decide(rules, data, flag,
+                                                                   covariate=pre is not None)
+    else:
+        report.verdict = ArmVerdict("", "keep running", "no exposures in the control arm yet")
+    return report

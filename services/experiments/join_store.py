@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 from sqlalchemy import select
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
@@ -49,11 +50,14 @@ def write_outcomes(session: Session, closed: list[Closed],
     fresh = [c for c in closed if c.exposure["request_id"] not in known]
     for c in fresh:
         e = c.exposure
+        clicked = [s["item"] in c.clicks for s in e["shown"]]
         session.add(Exposure(request_id=e["request_id"], experiment_id=int(e["experiment_id"]),
                              phase=int(e["phase"]), arm_id=int(e["arm_id"]),
                              unit_id=str(e["unit_id"]), model_version=int(e["model_version"]),
                              ts=float(e["ts"]), latency_ms=float(e["latency_ms"]),
-                             n_shown=len(e["shown"])))
+                             n_shown=len(e["shown"]), clicks=sum(clicked),
+                             log_loss=served_log_loss([float(s["score"]) for s in e["shown"]],
+                                                      clicked)))
     session.flush()
     for c in fresh:
         e = c.exposure
@@ -68,6 +72,14 @@ def write_outcomes(session: Session, closed: list[Closed],
             row.late_feedback += 1
     session.flush()
     return fresh
+
+
+def served_log_loss(scores: list[float], clicked: list[bool]) -> float:
+    """Sum of the log losses of served scores (clipped to [1e-7, 1 - 1e-7], as scikit-learn's
+    log_loss does) against the clicks: what the report divides by the items shown."""
+    p = np.clip(np.asarray(scores, np.float64), 1e-7, 1 - 1e-7)
+    y = np.asarray(clicked, bool)
+    return float(-(np.log(p[y]).sum() + np.log1p(-p[~y]).sum()))
 
 
 @dataclass

@@ -43,6 +43,12 @@ user has up to 772 sessions, ~3,000 requests, and would get 429s. The stack's ro
 the per-unit limit (DEMO_UNIT_REQUESTS_PER_MINUTE) unless
 CHUNKREC_ROUTER_UNIT_REQUESTS_PER_MINUTE is set.
 
+Decision: the experiment's rules (DEMO_RULES, PUT /v1/experiments/{id}/rules) ask whether
+each arm keeps CTR within `margin` of fixed64's (non-inferiority), with log loss and p99
+latency as guardrails; the report ends in ship, do not ship or keep running. CUPED: before the
+users arrive, each user's warm-up ratings (their clicks and exposures before the experiment)
+go to POST /v1/experiments/{id}/pre-period as the report's covariate.
+
 Every child is started through the stack (its state file, its logs, stopped with it). The
 router's admin key is generated per run, given to the router process only (its environment)
 and written to `{run_dir}/router_api_key` (mode 0600); it is never printed or logged.
@@ -73,6 +79,15 @@ DEMO_UNIT_REQUESTS_PER_MINUTE = 1e9  # see module docstring (rate limit)
 _USERS_DONE = re.compile(r"([\d,]+) requests, ([\d,]+) shown, ([\d,]+) clicks .*?(\d+) errors")
 
 
+def demo_rules(margin: float) -> dict[str, Any]:
+    """The demo's decision rules: CTR non-inferior within `margin` (relative), served log
+    loss within 5%, p99 latency within 50% (the arms share one serving process)."""
+    return {"primary": {"metric": "ctr", "test": "non_inferiority", "margin": margin},
+            "guardrails": [{"metric": "log_loss", "margin": 0.05},
+                           {"metric": "latency_p99", "margin": 0.5}],
+            "alpha": 0.05, "power": 0.8}
+
+
 @dataclass
 class ExperimentPlan:
     data: str = "movielens-100k"
@@ -81,6 +96,7 @@ class ExperimentPlan:
     window_s: float = 5.0  # attribution window (simulated users click at once)
     grace_s: float = 2.0
     record_every_s: float = 2.0  # the joiner copies model versions to the database this often
+    margin: float = 0.05  # CTR non-inferiority margin of the decision rules (relative)
 
 
 @dataclass
@@ -166,6 +182,8 @@ class StackExperiment:
         exp = self._admin("POST", "/v1/experiments", json={
             "name": "fiited-vs-fixed", "arms": arms})
         self.experiment_id = int(exp["id"])
+        self._admin("PUT", f"/v1/experiments/{self.experiment_id}/rules",
+                    json=demo_rules(self.plan.margin))
         self._admin("POST", f"/v1/experiments/{self.experiment_id}/start")
         say(f"experiment {self.experiment_id} running: arms "
             + ", ".join(f"{a['name']}{' (control)' if a['control'] else ''}" for a in arms))
@@ -198,6 +216,7 @@ class StackExperiment:
             r.close()
         wait_until(lambda: self._served_everywhere(versions), 30,
                    "serving loads the warmed-up versions")
+        self.record_pre_period(skip_ratings)
         args = ["replay", "--mode", "users", "--data", self.plan.data, "--quiet",
                 "--limit", str(self.plan.sessions), "--skip-ratings", str(skip_ratings),
                 "--rate", f"{self.plan.users_rate:g}" if self.plan.users_rate else "max",
@@ -227,6 +246,23 @@ class StackExperiment:
         else:
             run.reason = f"deadline of {stack.c.minutes:g} minutes passed"
         return run
+
+    def record_pre_period(self, warmup: int) -> int:
+        """Each user's warm-up ratings (the first `warmup` in time order, what the trainers
+        learnt before the experiment): exposures and clicks (rating >= 4), the CUPED
+        covariate. Returns the number of users sent."""
+        from services.stack.simulated_users import load_movielens
+
+        ratings, _ = load_movielens(self.plan.data)
+        r = ratings.sort_values("timestamp", kind="stable").iloc[:warmup]
+        per = r.assign(click=(r["rating"] >= 4).astype(int)).groupby("user")["click"].agg(
+            ["size", "sum"])
+        units = [{"unit_id": str(u), "exposures": int(n), "clicks": int(c)}
+                 for u, n, c in per.itertuples()]
+        for start in range(0, len(units), 10_000):
+            self._admin("POST", f"/v1/experiments/{self.experiment_id}/pre-period",
+                        json={"units": units[start:start + 10_000]})
+        return len(units)
 
     @staticmethod
     def _read_users(run: UsersRun, code: int | None, tail: str) -> None:

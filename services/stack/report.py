@@ -160,6 +160,38 @@ def plot(result: StackResult, path: Path) -> Path:
     return path
 
 
+def decision_lines(report: dict) -> list[str]:
+    """The decision (services/experiments/decision.py) of a report dict: the rules, one line
+    per arm and metric with its anytime bounds against the margin, the verdicts."""
+    def pct(x: float | None, sign: bool = True) -> str:
+        return "-" if x is None else f"{100 * x:{'+' if sign else ''}.2f}%"
+
+    rules = report.get("rules") or {}
+    lines = []
+    if rules:
+        pr = rules["primary"]
+        lines.append(f"decision rules{' (default)' if report.get('rules_default') else ''}: "
+                     f"{pr['metric']} {pr['test'].replace('_', '-')} within "
+                     f"{pct(pr['margin'], False)}; guardrails "
+                     + ", ".join(f"{g['metric']} within {pct(g['margin'], False)}"
+                                 for g in rules.get("guardrails", []))
+                     + f"; alpha {rules['alpha']:g} (Bonferroni over arms), power "
+                     f"{rules['power']:g}")
+    for t in report.get("tests", []):
+        share = t["metric"] == "latency_p99"
+        need = (f", ~{t['units_needed']:,.0f} users/arm for {rules.get('power', 0.8):g} power"
+                if t.get("units_needed") else "")
+        lines.append(f"  {t['arm']:<9} {t['metric']:<12} {pct(t['change'], not share)} "
+                     f"[{pct(t['lower'], not share)}, {pct(t['upper'], not share)}] vs "
+                     f"{pct(t['limit'], not share)}: {t['result']}{need}")
+    for v in report.get("arm_verdicts", []):
+        lines.append(f"{v['arm']}: {v['verdict'].upper()} ({v['reason']})")
+    v = report.get("verdict")
+    if v:
+        lines.append(f"VERDICT: {v['verdict'].upper()}{' ' + v['arm'] if v['arm'] else ''}")
+    return lines
+
+
 def verdict_table(report: dict, policies: dict[str, str], dashboard: str) -> Table:
     """The experiment's report (GET /v1/experiments/{id}/report) as one column per arm:
     traffic, CTR with its 95% CI, the difference against control with its CI, fixed-horizon
@@ -180,6 +212,10 @@ def verdict_table(report: dict, policies: dict[str, str], dashboard: str) -> Tab
 
     def ms(x: float | None) -> str:
         return "-" if x is None else f"{x:.1f}"
+
+    def ci_shrink(a: dict) -> float:
+        (lo, hi), (clo, chi) = a["diff_ci_clustered"], a["diff_ci_cuped"]
+        return 1 - (chi - clo) / (hi - lo)
 
     def share(a: dict) -> str:
         if control is None or not a["embedding_bytes"] or not control["embedding_bytes"]:
@@ -204,6 +240,11 @@ def verdict_table(report: dict, policies: dict[str, str], dashboard: str) -> Tab
          ["" if a["is_control"] else p(a.get("p_value_clustered")) for a in arms]),
         ("p-value (always valid, clustered)", ["" if a["is_control"] else p(a["always_valid_p"])
                                            for a in arms]),
+        ("diff, CUPED [95% CI]", ["" if a["is_control"] or a.get("diff_ci_cuped") is None
+                                  else ci(a["diff_cuped"], a["diff_ci_cuped"]) for a in arms]),
+        ("  CUPED variance / CI width", ["" if a.get("variance_reduction") is None
+                                         else f"{-100 * a['variance_reduction']:+.1f}% / "
+                                         f"{-100 * ci_shrink(a):+.1f}%" for a in arms]),
         ("log loss (served)", [_f(a["log_loss"]) for a in arms]),
         ("AUC (served)", [_f(a["auc"]) for a in arms]),
         ("latency p50 / p99 ms", [f"{ms(a['latency_p50_ms'])} / {ms(a['latency_p99_ms'])}"
@@ -221,6 +262,7 @@ def verdict_table(report: dict, policies: dict[str, str], dashboard: str) -> Tab
     lines = [f"SRM check (units vs weights): chi2 = {'-' if chi2 is None else f'{chi2:.2f}'}, "
              f"p = {p(report['srm_p_value'])} ({srm})"]
     lines += [f"note: {n}" for n in report["notes"]]
+    lines += decision_lines(report)
     lines.append(f"dashboard: {dashboard}")
     table.caption = "\n".join(lines)
     table.caption_justify = "left"

@@ -5,6 +5,8 @@
                                                    ArmSpec("fiited", "fiited", 1)])
     start_experiment(s, exp.id)
     set_weights(s, exp.id, {"fixed64": 1, "fiited": 3})   # phase 2: units are re-bucketed
+    set_decision_rules(s, exp.id, rules.to_dict())          # services/experiments/decision.py
+    record_pre_period(s, exp.id, {"196": (40, 22), ...})    # unit -> (exposures, clicks) before
 
 A weight change never edits the running layout: it opens a new phase with its own weights, so
 a unit's arm within a phase never changes, and the analysis reads one phase at a time.
@@ -15,10 +17,17 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from storage.db.models import Arm, ArmWeight, Experiment, ExperimentPhase, utcnow
+from storage.db.models import (
+    Arm,
+    ArmWeight,
+    Experiment,
+    ExperimentPhase,
+    UnitPrePeriod,
+    utcnow,
+)
 
 STATUSES = ("draft", "running", "stopped")
 
@@ -55,6 +64,7 @@ class ExperimentConfig:
     status: str
     phase: int
     arms: tuple[ArmConfig, ...]
+    decision_rules: dict | None = None
 
 
 def _check_weights(weights: dict[str, float], names: set[str]) -> None:
@@ -144,9 +154,34 @@ def experiment_config(session: Session, experiment_id: int) -> ExperimentConfig:
     weights = {a: w for a, w in rows}
     arms = tuple(ArmConfig(a.id, a.name, a.model_name, float(weights.get(a.id, 0.0)),
                            a.is_control) for a in sorted(exp.arms, key=lambda a: a.id))
-    return ExperimentConfig(exp.id, exp.name, exp.salt, exp.status, exp.phase, arms)
+    return ExperimentConfig(exp.id, exp.name, exp.salt, exp.status, exp.phase, arms,
+                            exp.decision_rules)
 
 
 def running_experiment_ids(session: Session) -> list[int]:
     return list(session.scalars(select(Experiment.id).where(Experiment.status == "running")
                                 .order_by(Experiment.id)))
+
+
+def set_decision_rules(session: Session, experiment_id: int, rules: dict | None) -> Experiment:
+    """Store the experiment's decision rules (already validated by the caller; None clears
+    them). They may change while it runs: the report reads them when it is made."""
+    exp = get_experiment(session, experiment_id)
+    exp.decision_rules = rules
+    return exp
+
+
+def record_pre_period(session: Session, experiment_id: int,
+                      units: dict[str, tuple[int, int]]) -> int:
+    """Each unit's (exposures, clicks) before it entered the experiment, replacing what was
+    recorded for those units. Returns the number of units written."""
+    get_experiment(session, experiment_id)
+    ids = list(units)
+    for start in range(0, len(ids), 5000):
+        chunk = ids[start:start + 5000]
+        session.execute(delete(UnitPrePeriod).where(UnitPrePeriod.experiment_id == experiment_id,
+                                                    UnitPrePeriod.unit_id.in_(chunk)))
+        session.execute(insert(UnitPrePeriod), [
+            {"experiment_id": experiment_id, "unit_id": u, "exposures": int(units[u][0]),
+             "clicks": int(units[u][1])} for u in chunk])
+    return len(ids)

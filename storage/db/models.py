@@ -4,14 +4,18 @@ under migrations/versions.
     models           one row per model name (what trainers publish to Redis)
     model_versions   a published version: policy, embedding bytes (trainer and Redis), metrics,
                      the live-chunks-per-ID histogram sampled from Redis
-    experiments      salt, status (draft | running | stopped), current phase
+    experiments      salt, status (draft | running | stopped), current phase, decision rules
+                     (JSON, services/experiments/decision.py)
     arms             an experiment's arms: name, model, control flag
     experiment_phases  a traffic layout: one row per (experiment, phase)
     arm_weights      weight of each arm in each phase (a new layout = a new phase)
-    exposures        one row per ranked request (unit, arm, phase, model version, latency)
+    exposures        one row per ranked request (unit, arm, phase, model version, latency; items
+                     shown, their clicks and log loss summed)
     outcomes         one row per shown item of an exposure, written when its window closes:
                      score served, clicked inside the window, late feedback seen
     metric_points    free-form time series (name, value) per model or arm
+    unit_pre_period  each unit's exposures and clicks before it entered an experiment (the
+                     CUPED covariate of the report)
     joiner_outbox    Kafka messages the joiner committed with their exposures but has not yet
                      seen stored by the broker (joined events, their dead letters)
 """
@@ -87,6 +91,8 @@ class Experiment(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # primary metric, guardrails, cost metrics, alpha, power (decision.DecisionRules.to_dict)
+    decision_rules: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
     arms: Mapped[list[Arm]] = relationship(back_populates="experiment", order_by="Arm.id")
     phases: Mapped[list[ExperimentPhase]] = relationship(
@@ -149,6 +155,9 @@ class Exposure(Base):
     ts: Mapped[float] = mapped_column(Float, index=True)  # epoch seconds at the router
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     n_shown: Mapped[int] = mapped_column(Integer, default=0)
+    # sums over its outcomes, written with them: the report reads requests, not items
+    clicks: Mapped[int] = mapped_column(Integer, default=0)  # clicked inside the window
+    log_loss: Mapped[float] = mapped_column(Float, default=0.0)  # of the served scores
 
 
 class Outcome(Base):
@@ -174,6 +183,19 @@ class MetricPoint(Base):
                                                nullable=True)
     ts: Mapped[float] = mapped_column(Float)
     value: Mapped[float] = mapped_column(Float)
+
+
+class UnitPrePeriod(Base):
+    """A unit's behaviour before it entered the experiment: items shown and clicks. The
+    report's CUPED covariate; a unit without a row had no history."""
+
+    __tablename__ = "unit_pre_period"
+
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True)
+    unit_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    exposures: Mapped[int] = mapped_column(BigInteger, default=0)
+    clicks: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class OutboxMessage(Base):

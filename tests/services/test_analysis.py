@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import statsmodels.api as sm
 from scipy import stats
 from sklearn.metrics import log_loss, roc_auc_score
 from sqlalchemy import insert
 from statsmodels.stats import proportion
 
-from services.experiments.analysis import experiment_report, format_report, msprt_p_values, srm_test
+from services.experiments.analysis import experiment_report, msprt_p_values, srm_test
+from services.experiments.join_store import served_log_loss
+from services.experiments.verdict_text import format_report
 from storage.db import experiments as store
 from storage.db.models import Exposure, Model, ModelVersionRow, Outcome
 
@@ -43,9 +46,13 @@ def fill(factory, units: dict[str, int], clicks: dict[str, int], items_per_unit:
             scores[arm], labels[arm] = p, y
             for u in range(n_units):
                 rid = f"{arm}-{u}"
+                mine = slice(u * items_per_unit, (u + 1) * items_per_unit)
                 ex_rows.append(dict(request_id=rid, experiment_id=exp.id, phase=1,
                                     arm_id=arm_ids[arm], unit_id=f"{arm}{u}", model_version=3,
-                                    ts=1000.0 + u, latency_ms=float(u % 50), n_shown=2))
+                                    ts=1000.0 + u, latency_ms=float(u % 50),
+                                    n_shown=items_per_unit, clicks=int(y[mine].sum()),
+                                    log_loss=served_log_loss(p[mine].tolist(),
+                                                             y[mine].tolist())))
                 for k in range(items_per_unit):
                     j = u * items_per_unit + k
                     oc_rows.append(dict(request_id=rid, item=str(k), position=k,
@@ -80,10 +87,22 @@ def test_report_matches_scipy_and_statsmodels(db_factory) -> None:
     assert new.p_value < 0.01 and ctl.diff is None
     assert new.always_valid_p is not None and new.p_value <= new.always_valid_p <= 1
     for arm, name in ((ctl, "ctl"), (new, "fiited")):
-        assert arm.auc == pytest.approx(roc_auc_score(labels[name], scores[name]))
-        assert arm.log_loss == pytest.approx(log_loss(labels[name], scores[name]))
-    assert ctl.latency_p50_ms == pytest.approx(np.percentile(np.arange(1000) % 50, 50))
-    assert ctl.latency_p99_ms == pytest.approx(np.percentile(np.arange(1000) % 50, 99))
+        # AUC from a 1,000-bin score histogram, log loss summed by the database
+        assert arm.auc == pytest.approx(roc_auc_score(labels[name], scores[name]), abs=1e-3)
+        assert arm.log_loss == pytest.approx(log_loss(labels[name], scores[name]), rel=1e-9)
+    # latency from a histogram of 1%-wide bins in ln(ms)
+    assert ctl.latency_p50_ms == pytest.approx(np.percentile(np.arange(1000) % 50, 50), rel=0.03)
+    assert ctl.latency_p99_ms == pytest.approx(np.percentile(np.arange(1000) % 50, 99), rel=0.03)
+    # the unit-clustered interval is statsmodels' cluster-robust OLS on the rows
+    y = np.concatenate([labels["ctl"], labels["fiited"]]).astype(float)
+    treated = np.repeat([0.0, 1.0], 2000)
+    units = np.repeat(np.arange(2000), 2)
+    fit = sm.OLS(y, sm.add_constant(treated)).fit(cov_type="cluster",
+                                                  cov_kwds={"groups": units})
+    assert new.diff_ci_clustered == pytest.approx(tuple(fit.conf_int()[1]), rel=1e-9)
+    assert new.p_value_clustered == pytest.approx(fit.pvalues[1], rel=1e-6)
+    assert rep.verdict is not None and rep.verdict.verdict in ("ship", "do not ship",
+                                                               "keep running")
     assert (ctl.embedding_bytes, new.embedding_bytes) == (16000, 4000)
     assert not rep.srm_flag
     assert "fiited" in format_report(rep)
@@ -119,87 +138,72 @@ def test_msprt_is_monotone_and_calibrated() -> None:
     assert msprt_p_values(a, looks, b, looks)[-1] < 0.01
 
 
-def _sessions(rng, users: int, items: int, mean: float) -> tuple[np.ndarray, ...]:
-    """(ts, clicked, unit) of `users` users arriving in turn, each shown `items` items in a
-    row, each with a CTR of their own (Beta around `mean`, very heterogeneous)."""
-    ctr = rng.beta(0.6 * mean / 0.3, 0.6 * (1 - mean) / 0.3, users)
-    unit = np.repeat(np.arange(users), items)
-    ts = np.arange(users * items, dtype=np.float64) + rng.random(users * items) * 0.5
-    return ts, rng.random(users * items) < ctr[unit], unit
+def test_look_moments_from_sql_equal_the_rows_up_to_each_look(db_factory) -> None:
+    """The database's per-look sums (GROUP BY arm, unit, look; running sums by window) are
+    the sums over units of the rows seen by the end of each look, covariate included, for
+    clicks per item and slow requests per request."""
+    from services.experiments import aggregates, inference
 
-
-def test_clustered_ctr_variance_matches_statsmodels() -> None:
-    import statsmodels.api as sm
-
-    from services.experiments.analysis import clustered_ctr_variance_at
-
-    rng = np.random.default_rng(5)
-    ts, clicked, unit = _sessions(rng, 60, 7, 0.3)
-    perm = rng.permutation(ts.size)  # rows need not come sorted
-    ts, clicked, unit = ts[perm], clicked[perm], unit[perm]
-    grid = np.array([50.0, 151.5, 300.2, ts.max()])
-    var = clustered_ctr_variance_at(ts, clicked, unit, grid)
-    for t, v in zip(grid, var, strict=True):
-        seen = ts <= t
-        y = clicked[seen].astype(float)
-        fit = sm.OLS(y, np.ones((y.size, 1))).fit(cov_type="cluster",
-                                                  cov_kwds={"groups": unit[seen]})
-        expected = max(float(fit.bse[0]) ** 2, y.mean() * (1 - y.mean()) / y.size)
-        assert v == pytest.approx(expected, rel=1e-9)
-    # one item per unit: the clustered variance is the binomial one (times G / (G - 1))
-    one = np.arange(500)
-    y1 = rng.random(500) < 0.2
-    v1 = clustered_ctr_variance_at(one.astype(float), y1, one, np.array([499.0]))[0]
-    assert v1 == pytest.approx(y1.mean() * (1 - y1.mean()) / 500 * 500 / 499, rel=1e-9)
-
-
-def test_msprt_with_clustered_variance_holds_its_level_when_users_see_many_items() -> None:
-    from services.experiments.analysis import clustered_ctr_variance_at, cumulative_at
-
-    rng = np.random.default_rng(7)
-    runs, fp_clustered, fp_binomial = 200, 0, 0
-    for _ in range(runs):  # A/A: 300 users an arm, 30 items each, peeking at 50 looks
-        a, b = _sessions(rng, 300, 30, 0.3), _sessions(rng, 300, 30, 0.3)
-        grid = np.linspace(300.0, 9000.0, 50)
-        (n1, c1), (n0, c0) = cumulative_at(a[0], a[1], grid), cumulative_at(b[0], b[1], grid)
-        var = clustered_ctr_variance_at(*a, grid) + clustered_ctr_variance_at(*b, grid)
-        fp_clustered += msprt_p_values(c1, n1, c0, n0, var=var)[-1] < 0.05
-        fp_binomial += msprt_p_values(c1, n1, c0, n0)[-1] < 0.05
-    assert fp_clustered / runs <= 0.05 + 0.03
-    assert fp_binomial / runs > 0.15  # what the per-item variance did: far above its level
-    found = 0
-    for _ in range(20):  # and a real difference of 0.15 is still found
-        a, b = _sessions(rng, 300, 30, 0.45), _sessions(rng, 300, 30, 0.3)
-        grid = np.linspace(300.0, 9000.0, 50)
-        (n1, c1), (n0, c0) = cumulative_at(a[0], a[1], grid), cumulative_at(b[0], b[1], grid)
-        var = clustered_ctr_variance_at(*a, grid) + clustered_ctr_variance_at(*b, grid)
-        found += msprt_p_values(c1, n1, c0, n0, var=var)[-1] < 0.05
-    assert found >= 15
+    rng = np.random.default_rng(4)
+    with db_factory.begin() as s:
+        exp = store.create_experiment(s, "looks", [store.ArmSpec("ctl", "fixed64", 1, True),
+                                                   store.ArmSpec("new", "fiited", 1)])
+        arm_ids = [a.id for a in exp.arms]
+        n_req = 600
+        unit = rng.integers(0, 80, n_req)  # units come back: their sums run across looks
+        arm = unit % 2
+        ts = np.sort(rng.uniform(0, 1000, n_req))
+        y = rng.random((n_req, 3)) < 0.3
+        s.execute(insert(Exposure), [dict(
+            request_id=f"r{i}", experiment_id=exp.id, phase=1, arm_id=arm_ids[arm[i]],
+            unit_id=f"u{unit[i]}", model_version=1, ts=float(ts[i]), latency_ms=float(i % 7),
+            n_shown=3, clicks=int(y[i].sum())) for i in range(n_req)])
+        s.execute(insert(Outcome), [dict(
+            request_id=f"r{i}", item=str(k), position=k, score=0.3, clicked=bool(y[i, k]),
+            late_feedback=0, ts=float(ts[i])) for i in range(n_req) for k in range(3)])
+        pre = {f"u{u}": (int(rng.integers(1, 30)), 0) for u in range(0, 80, 3)}
+        pre = {u: (e, int(rng.integers(0, e + 1))) for u, (e, _) in pre.items()}
+        store.record_pre_period(s, exp.id, pre)
+    looks = 7
+    with db_factory() as s:
+        span = aggregates.phase_span(s, exp.id, 1)
+        q = aggregates.pre_period_ctr(s, exp.id)
+        got = aggregates.look_moments(s, exp.id, 1, span, looks, q, slow_ms=3.5)
+    assert q == pytest.approx(sum(c for _, c in pre.values()) / sum(e for e, _ in pre.values()))
+    k = aggregates.PRIOR_ITEMS
+    x_of = {u: (pre[f"u{u}"][1] + k * q) / (pre[f"u{u}"][0] + k) - q if f"u{u}" in pre else 0.0
+            for u in range(80)}
+    ends = span.t0 + (span.t1 - span.t0) * np.arange(1, looks + 1) / looks
+    for j, end in enumerate(ends):
+        seen = ts <= end + 1e-9
+        for a in (0, 1):
+            units = sorted(set(unit[seen & (arm == a)]))
+            n = np.array([3 * np.sum(seen & (unit == u)) for u in units], float)
+            c = np.array([y[seen & (unit == u)].sum() for u in units], float)
+            x = np.array([x_of[u] for u in units])
+            want = inference.moments_of(n, c, x)
+            assert got[arm_ids[a]]["ctr"][j] == pytest.approx(want, rel=1e-9, abs=1e-9)
+            slow = np.arange(n_req) % 7 > 3.5  # requests slower than 3.5 ms, per request
+            req = np.array([np.sum(seen & (unit == u)) for u in units], float)
+            sc = np.array([np.sum(seen & (unit == u) & slow) for u in units], float)
+            assert got[arm_ids[a]]["slow"][j] == pytest.approx(inference.moments_of(req, sc),
+                                                               rel=1e-9, abs=1e-9)
 
 
 def test_clustered_difference_widens_for_correlated_units() -> None:
-    import statsmodels.api as sm
-
-    from services.experiments.analysis import clustered_difference, difference
+    from services.experiments.analysis import difference
+    from services.experiments.inference import fit_arms, moments_of
 
     rng = np.random.default_rng(3)
-    units = np.repeat(np.arange(200), 30)  # 200 users, 30 items each
-    treated = units % 2 == 1
+    treated = np.arange(200) % 2 == 1  # 200 users, 30 items each
     # Each user clicks everything or nothing: 30 items carry one user's worth of evidence.
-    user_clicks = rng.random(200) < np.where(np.arange(200) % 2 == 1, 0.45, 0.40)
-    clicked = user_clicks[units]
-    diff, ci, p = clustered_difference(clicked, treated, units)
-    # The same numbers as statsmodels' OLS with cluster-robust covariance by unit.
-    fit = sm.OLS(clicked.astype(float), sm.add_constant(treated.astype(float))).fit(
-        cov_type="cluster", cov_kwds={"groups": units})
-    assert diff == pytest.approx(fit.params[1])
-    assert ci == pytest.approx(tuple(fit.conf_int()[1]))
-    assert p == pytest.approx(fit.pvalues[1])
-    c1, n1 = int(clicked[treated].sum()), int(treated.sum())
-    c0, n0 = int(clicked[~treated].sum()), int((~treated).sum())
-    naive_diff, naive_ci, _ = difference(c1, n1, c0, n0)
-    assert diff == pytest.approx(naive_diff)
-    assert (ci[1] - ci[0]) > 3 * (naive_ci[1] - naive_ci[0])  # ~sqrt(30) wider
+    user_clicks = rng.random(200) < np.where(treated, 0.45, 0.40)
+    n, c = np.full(200, 30.0), 30.0 * user_clicks
+    fit = fit_arms(moments_of(n[~treated], c[~treated]), moments_of(n[treated], c[treated]))
+    width = 2 * 1.96 * np.sqrt(fit.cov[0, 0] + fit.cov[1, 1])
+    c1, c0 = int(c[treated].sum()), int(c[~treated].sum())
+    _, naive_ci, _ = difference(c1, 3000, c0, 3000)
+    assert width > 3 * (naive_ci[1] - naive_ci[0])  # ~sqrt(30) wider
 
 
 def test_report_survives_rows_committed_between_its_queries(db_factory) -> None:
@@ -215,12 +219,12 @@ def test_report_survives_rows_committed_between_its_queries(db_factory) -> None:
 
         def execute(statement, *args, **kwargs):
             text = str(statement)
-            if not written and "FROM outcomes" in text:
+            if not written and "WITH r AS" in text:
                 with db_factory.begin() as writer:  # a concurrent joiner commit
                     writer.execute(insert(Exposure), [dict(
                         request_id="late-0", experiment_id=eid, phase=1, arm_id=arm_id,
                         unit_id="late-unit", model_version=3, ts=2000.0, latency_ms=1.0,
-                        n_shown=1)])
+                        n_shown=1, clicks=1, log_loss=float(np.log(2)))])
                     writer.execute(insert(Outcome), [dict(
                         request_id="late-0", item="0", position=0, score=0.5, clicked=True,
                         late_feedback=0, ts=2000.0)])
@@ -232,7 +236,7 @@ def test_report_survives_rows_committed_between_its_queries(db_factory) -> None:
             rep = experiment_report(session, eid)
         finally:
             session.close()
-    assert written, "the report's outcome query was not seen"
+    assert written, "the report's look query was not seen"
     new = next(a for a in rep.arms if a.arm == "fiited")
     assert new.exposures == 601 and new.clicks == 46  # the late outcome is counted
     assert new.diff_ci_clustered is not None and new.p_value_clustered is not None

@@ -48,15 +48,17 @@ def fill(factory) -> int:
             for u in range(300):
                 rid = f"{arm.name}-{u}"
                 ts = 1000.0 + u * 2
-                ex.append(dict(request_id=rid, experiment_id=exp.id, phase=1, arm_id=arm.id,
-                               unit_id=str(u), model_version=1, ts=ts, latency_ms=3.0,
-                               n_shown=3))
+                clicks = 0
                 for k in range(3):
                     y = bool(rng.random() < ctr)
+                    clicks += y
                     oc.append(dict(request_id=rid, item=str(k), position=k,
                                    score=float(np.clip(0.1 + 0.2 * y + rng.normal(0, 0.1),
                                                        0.01, 0.99)),
                                    clicked=y, late_feedback=0, ts=ts))
+                ex.append(dict(request_id=rid, experiment_id=exp.id, phase=1, arm_id=arm.id,
+                               unit_id=str(u), model_version=1, ts=ts, latency_ms=3.0,
+                               n_shown=3, clicks=clicks))
         s.execute(insert(Exposure), ex)
         s.execute(insert(Outcome), oc)
         for name, k in (("fixed64", 1), ("fiited", 5)):

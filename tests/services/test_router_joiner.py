@@ -8,7 +8,9 @@ from __future__ import annotations
 import time
 import uuid
 
+import numpy as np
 import orjson
+import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from sqlalchemy import func, select
 
@@ -108,6 +110,16 @@ def test_joiner_neither_loses_nor_double_counts(broker, db_factory) -> None:
         assert s.scalar(select(func.count()).select_from(Exposure)) == n + 1
         rows = s.execute(select(Outcome.request_id, Outcome.item, Outcome.clicked,
                                 Outcome.late_feedback)).all()
+        # each exposure carries its items' in-window clicks and log loss (what the report
+        # reads), the same as its outcomes
+        sums = s.execute(select(Exposure.request_id, Exposure.clicks, Exposure.log_loss)).all()
+        scores = s.execute(select(Outcome.request_id, Outcome.score, Outcome.clicked)).all()
+    for rid, clicks, loss in sums:
+        mine = [(p, c) for r, p, c in scores if r == rid]
+        assert clicks == sum(c for _, c in mine)
+        p = np.clip([p for p, _ in mine], 1e-7, 1 - 1e-7)
+        y = np.array([c for _, c in mine])
+        assert loss == pytest.approx(-np.sum(np.where(y, np.log(p), np.log1p(-p))))
     assert len(rows) == 3 * (n + 1)
     assert {(r, i) for r, i, c, _ in rows if c} == expected_clicks
     assert sum(late for *_, late in rows) == 3

@@ -89,7 +89,8 @@ def test_up_runs_the_experiment_to_its_verdict_and_stops_everything(tmp_path: Pa
     assert [w for w in header if w.isidentifier()] == ["fixed64", "fiited", "fixed_eq"], verdict
     for row in ("CTR [95% CI]", "diff vs control", "always valid", "AUC (served)",
                 "latency p50 / p99", "embedding bytes (trainer)", "Redis record bytes",
-                "SRM check"):
+                "SRM check", "diff, CUPED", "decision rules: ctr non-inferiority within 5.00%",
+                "fiited    ctr", "VERDICT: "):
         assert row in verdict, row
     assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/experiments/1 +\(HTTP 200\)",
                      verdict), verdict

@@ -105,7 +105,8 @@ def report(experiment_id: Annotated[int, typer.Argument()],
     latency, embedding bytes)."""
     import orjson
 
-    from services.experiments.analysis import experiment_report, format_report
+    from services.experiments.analysis import experiment_report
+    from services.experiments.verdict_text import format_report
     from storage.db.session import make_engine, session_factory
     from storage.settings import get_settings
 

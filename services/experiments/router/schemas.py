@@ -23,7 +23,7 @@ int64, as serving and the trainer read it; a feature name looks like a schema fi
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
@@ -101,6 +101,62 @@ class WeightsUpdate(BaseModel):
         return self
 
 
+class MetricRuleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metric: Literal["ctr", "log_loss", "latency_p99"]
+    test: Literal["non_inferiority", "superiority"] = "non_inferiority"
+    margin: float = Field(gt=0, lt=1, allow_inf_nan=False,
+                          description="relative: 0.01 = 1% (superiority: the lift to plan for)")
+    direction: Literal["increase", "decrease"] | None = Field(
+        default=None, description="which way is better (default: the metric's own)")
+
+
+class DecisionRulesIn(BaseModel):
+    """services/experiments/decision.py: DecisionRules."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    primary: MetricRuleIn
+    guardrails: list[MetricRuleIn] = Field(default_factory=list, max_length=3)
+    cost: list[Literal["embedding_bytes", "redis_embedding_bytes"]] = Field(
+        default_factory=lambda: ["embedding_bytes", "redis_embedding_bytes"], max_length=2)
+    alpha: float = Field(default=0.05, gt=0, lt=0.5, allow_inf_nan=False)
+    power: float = Field(default=0.8, ge=0.5, lt=1, allow_inf_nan=False)
+
+    def as_rules(self) -> dict:
+        """The rules as decision.DecisionRules.to_dict() stores them (ValueError: they do not
+        fit together, e.g. a metric twice)."""
+        from services.experiments.decision import DecisionRules
+
+        d = self.model_dump()
+        for rule in (d["primary"], *d["guardrails"]):
+            rule["direction"] = rule["direction"] or ""
+        return DecisionRules.from_dict(d).to_dict()
+
+
+class PrePeriodUnit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    unit_id: UnitId
+    exposures: int = Field(ge=0, le=DB_INT_MAX)
+    clicks: int = Field(ge=0, le=DB_INT_MAX)
+
+    @model_validator(mode="after")
+    def _clicks(self) -> PrePeriodUnit:
+        if self.clicks > self.exposures:
+            raise ValueError(f"unit {self.unit_id!r}: clicks ({self.clicks}) above exposures "
+                             f"({self.exposures})")
+        return self
+
+
+class PrePeriodIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    units: list[PrePeriodUnit] = Field(min_length=1, max_length=10_000, description=(
+        "each unit's items shown and clicks before it entered the experiment (CUPED)"))
+
+
 class ArmOut(BaseModel):
     id: int
     name: str
@@ -116,6 +172,7 @@ class ExperimentOut(BaseModel):
     status: str
     phase: int
     arms: list[ArmOut]
+    decision_rules: dict | None = None
 
 
 class Candidate(BaseModel):

@@ -1,8 +1,9 @@
-"""`GET /experiments/{id}`: the experiment dashboard, one HTML page with server-side SVG
-charts (services/experiments/router/charts.py): CTR per arm over time with 95% CI bands,
-online AUC of
-the served predictions per arm, embedding bytes per arm's model over time, and the live
-chunks per ID histogram of each model that reports one (FIITED). Refreshes itself every 10 s.
+"""`GET /experiments/{id}`: the experiment dashboard, one HTML page: the verdict (ship, do not
+ship, keep running, with the reason and "about N more users"), the decision rules and the
+decision table, then server-side SVG charts (services/experiments/router/charts.py): CTR per
+arm over time with 95% CI bands, online AUC of the served predictions per arm, embedding
+bytes per arm's model over time, and the live chunks per ID histogram of each model that
+reports one (FIITED). Refreshes itself every 10 s.
 """
 
 from __future__ import annotations
@@ -12,21 +13,15 @@ from html import escape
 import numpy as np
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import HTMLResponse
-from sklearn.metrics import roc_auc_score
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from statsmodels.stats.proportion import proportion_confint
 
-from services.experiments.analysis import (
-    ExperimentReport,
-    cumulative_at,
-    experiment_report,
-    format_report,
-    phase_frames,
-)
+from services.experiments.analysis import ExperimentReport, experiment_report
 from services.experiments.router.charts import Series, bar_chart, line_chart
 from services.experiments.router.deps import SessionDep
 from services.experiments.router.schemas import ExperimentId, PhaseQuery
+from services.experiments.verdict_text import format_report
 from storage.db.models import Experiment, Model, ModelVersionRow
 
 router = APIRouter(tags=["dashboard"])
@@ -37,7 +32,8 @@ _PAGE = """<!doctype html><html><head><meta charset="utf-8">
 <style>body{{font-family:sans-serif;margin:16px;color:#222}} .grid{{display:flex;
 flex-wrap:wrap;gap:12px}} .chart-title{{font-size:13px;font-weight:bold}}
 .tick,.legend{{font-size:10px}} pre{{background:#f6f6f6;padding:8px;font-size:11px}}</style>
-</head><body><h1>{title}</h1><pre id="report">{table}</pre><div class="grid">{charts}</div>
+</head><body><h1>{title}</h1><h2 id="verdict">{verdict}</h2>
+<pre id="report">{table}</pre><div class="grid">{charts}</div>
 <script>
 // marks each plotted series with its rendered size, so a headless browser test can check
 // that the charts were laid out with data
@@ -48,32 +44,19 @@ document.body.setAttribute('data-charts-ready', '1');
 </script></body></html>"""
 
 
-def _time_series(session: Session, exp: Experiment, phase: int) -> tuple[list[Series],
-                                                                         list[Series]]:
-    """(CTR series with CI bands, cumulative AUC series) per arm on a common time grid."""
-    _, outcomes = phase_frames(session, exp.id, phase)
+def _time_series(report: ExperimentReport) -> tuple[list[Series], list[Series]]:
+    """(CTR series with CI bands, cumulative AUC series) per arm at the report's looks."""
     ctr: list[Series] = []
     auc: list[Series] = []
-    if len(outcomes) == 0:
-        return ctr, auc
-    t0 = float(outcomes["ts"].min())
-    grid = np.linspace(t0, float(outcomes["ts"].max()), POINTS)
-    for arm in exp.arms:
-        oc = outcomes[outcomes["arm_id"] == arm.id].sort_values("ts", kind="stable")
-        ts, clicked = oc["ts"].to_numpy(), oc["clicked"].to_numpy()
-        n, c = cumulative_at(ts, clicked, grid)
+    for arm, look in report.looks.items():
+        t = np.asarray(look["t"], float)
+        n, c = np.asarray(look["items"], float), np.asarray(look["clicks"], float)
         ok = n > 0
         rate = np.where(ok, c / np.maximum(n, 1), np.nan)
         lo, hi = (np.where(ok, b, np.nan) for b in
                   proportion_confint(c, np.maximum(n, 1), method="wilson"))
-        ctr.append(Series(arm.name, grid - t0, rate, lo, hi))
-        scores = oc["score"].to_numpy()
-        aucs = np.full(POINTS, np.nan)
-        for i, k in enumerate(n.tolist()):
-            y = clicked[:k]
-            if 0 < y.sum() < k:
-                aucs[i] = roc_auc_score(y, scores[:k])
-        auc.append(Series(arm.name, grid - t0, aucs))
+        ctr.append(Series(arm, t, rate, lo, hi))
+        auc.append(Series(arm, t, np.array([np.nan if a is None else a for a in look["auc"]])))
     return ctr, auc
 
 
@@ -105,7 +88,7 @@ def render_dashboard(session: Session, experiment_id: int, phase: int | None = N
     if exp is None:
         raise LookupError(f"experiment {experiment_id} not found")
     report: ExperimentReport = experiment_report(session, experiment_id, phase=phase)
-    ctr, auc = _time_series(session, exp, report.phase)
+    ctr, auc = _time_series(report)
     mem, hists = _memory(session, exp)
     charts = [line_chart("ctr-chart", "CTR per arm (cumulative, 95% CI)", ctr, unit="%"),
               line_chart("auc-chart", "Online AUC of served predictions per arm", auc),
@@ -113,7 +96,12 @@ def render_dashboard(session: Session, experiment_id: int, phase: int | None = N
                          x_label="seconds since first version"),
               bar_chart("chunks-chart", "Live chunks per ID (sampled from Redis)", hists)]
     title = f"Experiment {exp.id}: {exp.name} (phase {report.phase}, {exp.status})"
-    return _PAGE.format(title=escape(title), table=escape(format_report(report)),
+    v = report.verdict
+    verdict = "" if v is None else (
+        f"Verdict: {v.verdict}{' ' + v.arm if v.arm else ''}"
+        + (f" (about {v.more_users:,} more users)" if v.more_users else "") + f". {v.reason}")
+    return _PAGE.format(title=escape(title), verdict=escape(verdict),
+                        table=escape(format_report(report)),
                         charts="".join(charts))
 
 

@@ -4,6 +4,9 @@
     GET  /v1/experiments/{id}                 -> ExperimentOut
     POST /v1/experiments/{id}/start | /stop   -> ExperimentOut
     PUT  /v1/experiments/{id}/weights         WeightsUpdate -> ExperimentOut (next phase)
+    PUT  /v1/experiments/{id}/rules           DecisionRulesIn -> ExperimentOut (what the report
+                                              decides with: services/experiments/decision.py)
+    POST /v1/experiments/{id}/pre-period      PrePeriodIn -> {"units": n} (CUPED covariate)
     GET  /v1/experiments/{id}/assignment?unit_id=196  -> Assignment (the unit's arm and model
                                               in the current phase; /v1/rank never says)
 """
@@ -20,9 +23,11 @@ from services.experiments.router.schemas import (
     MAX_UNIT_CHARS,
     ArmOut,
     Assignment,
+    DecisionRulesIn,
     ExperimentCreate,
     ExperimentId,
     ExperimentOut,
+    PrePeriodIn,
     WeightsUpdate,
 )
 from storage.db import experiments as store
@@ -32,7 +37,7 @@ router = APIRouter(prefix="/v1/experiments", tags=["experiments"], dependencies=
 
 def _out(cfg: store.ExperimentConfig) -> ExperimentOut:
     return ExperimentOut(id=cfg.id, name=cfg.name, salt=cfg.salt, status=cfg.status,
-                         phase=cfg.phase,
+                         phase=cfg.phase, decision_rules=cfg.decision_rules,
                          arms=[ArmOut(id=a.id, name=a.name, model=a.model, weight=a.weight,
                                       control=a.is_control) for a in cfg.arms])
 
@@ -91,6 +96,34 @@ def weights(experiment_id: ExperimentId, body: WeightsUpdate, session: SessionDe
             state: StateDep) -> ExperimentOut:
     """A new weight layout opens the next phase; units are re-bucketed for it."""
     return _change(store.set_weights, experiment_id, session, state, body.weights)
+
+
+@router.put("/{experiment_id}/rules", response_model=ExperimentOut)
+def rules(experiment_id: ExperimentId, body: DecisionRulesIn, session: SessionDep,
+          state: StateDep) -> ExperimentOut:
+    """Decision rules: the primary metric and its test, guardrails, cost metrics, alpha and
+    power; the report decides with them from its next read."""
+    try:
+        stored = body.as_rules()
+    except ValueError as exc:
+        raise HTTPException(422, f"decision rules: {exc}") from exc
+    return _change(store.set_decision_rules, experiment_id, session, state, stored)
+
+
+@router.post("/{experiment_id}/pre-period")
+def pre_period(experiment_id: ExperimentId, body: PrePeriodIn,
+               session: SessionDep) -> dict[str, int]:
+    """Each unit's behaviour before it entered the experiment (replaces what a unit had)."""
+    units = {str(u.unit_id): (u.exposures, u.clicks) for u in body.units}
+    if len(units) != len(body.units):
+        raise HTTPException(422, "pre-period: a unit_id appears twice")
+    try:
+        n = store.record_pre_period(session, experiment_id, units)
+        session.commit()
+    except LookupError as exc:
+        session.rollback()
+        raise _fail(exc) from exc
+    return {"units": n}
 
 
 @router.get("/{experiment_id}/assignment", response_model=Assignment)
