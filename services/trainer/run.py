@@ -5,7 +5,8 @@ run until SIGTERM / SIGINT, max_events or idle_exit_s.
                                                  data="movielens-100k"))
 
 Everything is checked before any connection (settings, the model name, the data set's
-schema, the policy spec): a refusal raises TrainerRefused with one line naming it; LeaseHeld
+schema, the policy spec), then whether the broker and Redis answer: a refusal raises TrainerRefused
+with one line naming it; LeaseHeld
 (another trainer owns the model) and Fenced (another took it over) come from the run.
 """
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services import wire
+from services.messaging.reachable import broker_problem, redis_problem
 from services.trainer.loop import StreamTrainer, TrainerConfig, TrainerStats
 from storage.datasets.spec import DatasetError, open_dataset
 from storage.settings import Settings
@@ -56,6 +58,11 @@ def run_trainer(settings: Settings, opts: TrainerOptions) -> TrainerStats:
     """Build the trainer, stop it on SIGTERM / SIGINT (final train, checkpoint, publish), run
     it; returns its counters."""
     trainer = build_trainer(settings, opts)
+    # seconds, not kafka-python's ~40 s or the Redis client's retries
+    problem = (broker_problem(settings.kafka_bootstrap)
+               or redis_problem(settings.redis_url, **settings.redis_kwargs))
+    if problem is not None:
+        raise TrainerRefused(problem)
 
     def on_signal(_signum: int, _frame: object) -> None:
         trainer.stop()
