@@ -19,8 +19,23 @@ app = typer.Typer(
 )
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("chunkrec")
+        except metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+            version = "0.0.0+unknown"
+        typer.echo(f"chunkrec {version}")
+        raise typer.Exit()
+
+
 @app.callback()
-def check_settings() -> None:
+def check_settings(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
+                                 help="print the version and exit"),
+) -> None:
     """chunkrec: online-learning CTR with self-resizing (FIITED) embedding tables."""
     from storage.settings import SettingsError, get_settings
 
