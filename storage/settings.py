@@ -153,6 +153,22 @@ class Settings(BaseSettings):
     attribution_window_s: PositiveFloat = 30.0  # feedback within this after exposure is a click
     joiner_grace_s: NonNegativeFloat = 5.0  # an exposure closes this long after its window
     joiner_wall_clock: bool = True  # close windows by wall time too, not only by event time
+    # --- logs and metrics of every process (issue 14; flat here, the lead groups them) ---
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="`json`: one JSON object a line (time, level, logger, "
+        "message, process), for log shippers")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        default="INFO", description="the root logger's level (kafka-python's stays at WARNING)")
+    trainer_metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Prometheus /metrics of `chunkrec train` on "
+        "this port (0: none)")
+    trainer_metrics_host: Host = Field(
+        default="127.0.0.1", description="address the trainer's /metrics listens on")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, v: object) -> object:
+        return v.strip().upper() if isinstance(v, str) else v
 
     @field_validator("kafka_bootstrap")
     @classmethod

@@ -4,7 +4,8 @@ trainer, the experiment system, the evaluation library), imported when the comma
 `chunkrec --help` loads neither torch nor pandas (tests/services/test_cli_validation.py).
 
 Settings are checked before any command runs: a bad CHUNKREC_ variable stops every command with
-exit status 2 and one line naming it (`error: CHUNKREC_PUBLISH_INTERVAL_S='nan': ...`)."""
+exit status 2 and one line naming it (`error: CHUNKREC_PUBLISH_INTERVAL_S='nan': ...`); then
+logging is set up from them (CHUNKREC_LOG_FORMAT=text|json, CHUNKREC_LOG_LEVEL; logs.py)."""
 
 from __future__ import annotations
 
@@ -40,10 +41,13 @@ def check_settings(
     from storage.settings import SettingsError, get_settings
 
     try:
-        get_settings()
+        settings = get_settings()
     except SettingsError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    from services.cli.logs import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)
 
 
 app.add_typer(data.app, name="data", help="Fetch and inspect data sets.")

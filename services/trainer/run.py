@@ -1,5 +1,6 @@
 """The trainer process (`chunkrec train`): one model's StreamTrainer, built from its options,
-run until SIGTERM / SIGINT, max_events or idle_exit_s.
+run until SIGTERM / SIGINT, max_events or idle_exit_s; with CHUNKREC_TRAINER_METRICS_PORT,
+Prometheus /metrics on that port (services/trainer/metrics.py).
 
     stats = run_trainer(settings, TrainerOptions(model="fiited", policy="fiited:budget=0.25",
                                                  data="movielens-100k"))
@@ -12,6 +13,7 @@ with one line naming it; LeaseHeld
 
 from __future__ import annotations
 
+import logging
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,8 @@ from services.messaging.reachable import broker_problem, redis_problem
 from services.trainer.loop import StreamTrainer, TrainerConfig, TrainerStats
 from storage.datasets.spec import DatasetError, open_dataset
 from storage.settings import Settings
+
+log = logging.getLogger("chunkrec.trainer")
 
 
 class TrainerRefused(ValueError):
@@ -69,4 +73,16 @@ def run_trainer(settings: Settings, opts: TrainerOptions) -> TrainerStats:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    return trainer.run()
+    server = None
+    if settings.trainer_metrics_port:
+        from services.trainer.metrics import serve_metrics
+
+        server = serve_metrics(trainer, settings.trainer_metrics_port,
+                               settings.trainer_metrics_host)
+        log.info("metrics at http://%s:%d/metrics", settings.trainer_metrics_host,
+                 settings.trainer_metrics_port)
+    try:
+        return trainer.run()
+    finally:
+        if server is not None:
+            server.shutdown()

@@ -106,7 +106,7 @@ def route(host: Annotated[str | None, typer.Option()] = None,
             problem = str(exc)
     fail_if(problem)
     uvicorn.run(create_app(settings), host=host or settings.router_host,
-                port=port or settings.router_port, log_level="warning")
+                port=port or settings.router_port, log_level="warning", log_config=None)
 
 
 def join(default_schema: Annotated[str, typer.Option(

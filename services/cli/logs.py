@@ -1,0 +1,43 @@
+"""Logging of every `chunkrec` process, set once from the settings before a command runs:
+
+    CHUNKREC_LOG_FORMAT=json CHUNKREC_LOG_LEVEL=DEBUG chunkrec train ...
+
+`text` (default): `2026-12-03 13:00:00,123 INFO chunkrec.trainer message`. `json`: one JSON
+object a line (python-json-logger): {"time", "level", "logger", "message", "process"} plus
+whatever a record carries in `extra=`; uvicorn's loggers go through the same handler (the
+commands run uvicorn with log_config=None), so a service's logs parse line by line. kafka-python stays at WARNING (it is chatty at INFO)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+TEXT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+# uvicorn's own loggers, which its default config would give handlers of their own
+UVICORN = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
+
+def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
+    """The root logger writes to stderr as `log_format` at `level`; everything propagates to
+    it (uvicorn's loggers too: their own handlers are removed)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(JsonFormatter(
+            "%(asctime)s %(levelname)s %(name)s %(message)s %(process)d",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            json_ensure_ascii=False))
+    else:
+        handler.setFormatter(logging.Formatter(TEXT))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in UVICORN:
+        lg = logging.getLogger(name)
+        lg.handlers.clear()
+        lg.propagate = True
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
