@@ -5,7 +5,8 @@
 `text` (default): `2026-12-03 13:00:00,123 INFO chunkrec.trainer message`. `json`: one JSON
 object a line (python-json-logger): {"time", "level", "logger", "message", "process"} plus
 whatever a record carries in `extra=`; uvicorn's loggers go through the same handler (the
-commands run uvicorn with log_config=None), so a service's logs parse line by line. kafka-python stays at WARNING (it is chatty at INFO)."""
+commands run uvicorn with log_config=None), so a service's logs parse line by line.
+kafka-python stays at WARNING (it is chatty at INFO)."""
 
 from __future__ import annotations
 
