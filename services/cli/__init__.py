@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import typer
 
-from services.cli.commands import ab, bench, data, replay, serve, stack, train
+from services.cli.commands import ab, bench, data, experiment, replay, serve, stack, train
 
 app = typer.Typer(
     help="chunkrec: online-learning CTR with self-resizing (FIITED) embedding tables.",
@@ -62,3 +62,4 @@ app.add_typer(ab.db_app, name="db", help="Metadata database migrations.")
 app.command("route")(ab.route)
 app.command("join")(ab.join)
 app.command("report")(ab.report)
+app.add_typer(experiment.app, name="experiment", help="A/B experiments through the router.")

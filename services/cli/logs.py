@@ -6,7 +6,7 @@
 object a line (python-json-logger): {"time", "level", "logger", "message", "process"} plus
 whatever a record carries in `extra=`; uvicorn's loggers go through the same handler (the
 commands run uvicorn with log_config=None), so a service's logs parse line by line.
-kafka-python stays at WARNING (it is chatty at INFO)."""
+kafka-python and httpx stay at WARNING (they log every connection or request at INFO)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import logging
 import sys
 
 TEXT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+CHATTY = ("kafka", "httpx", "httpcore")
 # uvicorn's own loggers, which its default config would give handlers of their own
 UVICORN = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
@@ -40,5 +41,6 @@ def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
         lg = logging.getLogger(name)
         lg.handlers.clear()
         lg.propagate = True
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    for chatty in CHATTY:  # their INFO is a line per connection or request
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 

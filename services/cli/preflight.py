@@ -22,6 +22,16 @@ import typer
 CONNECT_TIMEOUT_S = 5.0
 
 
+def extra_problem(module: str, extra: str, what: str) -> str | None:
+    """None when `module` can be imported, else one line naming the extra that brings it:
+    `extra_problem("statsmodels", "ab", "the A/B router")`."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is not None:
+        return None
+    return f"{what} needs {module}, which is not installed: pip install 'chunkrec[{extra}]'"
+
+
 def fail_if(problem: str | None) -> None:
     """Print `error: problem` on stderr, plain (rich would read brackets in it as markup),
     and exit 2; nothing when `problem` is None."""
@@ -79,6 +89,10 @@ def database_problem(url: str, *, need_schema: bool, explicit: bool = True,
     given (`explicit`); the default SQLite file under the data dir gets its folder made.
     `fix`: what the line tells a user to do about a missing or old schema."""
     shown = shown_url(url)
+    if url.startswith("postgresql"):
+        missing = extra_problem("psycopg", "postgres", f"database {shown}")
+        if missing is not None:
+            return missing
     path = sqlite_path(url)
     if path is not None:
         if need_schema and not path.is_file():

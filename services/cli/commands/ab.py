@@ -79,9 +79,11 @@ def route(host: Annotated[str | None, typer.Option()] = None,
     """Run the A/B router (FastAPI on uvicorn): admin, /v1/rank, /v1/feedback, reports,
     the dashboard at /experiments/{id}. A database behind the newest schema stops it with
     one line naming the fix, unless --migrate."""
+    from services.cli.preflight import database_problem, extra_problem, fail_if
+
+    fail_if(extra_problem("statsmodels", "ab", "the A/B router"))
     import uvicorn
 
-    from services.cli.preflight import database_problem, fail_if
     from services.experiments.router.app import create_app
     from services.messaging.reachable import broker_problem
     from storage.settings import get_settings
@@ -132,9 +134,11 @@ def report(experiment_id: Annotated[int, typer.Argument()],
            as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Print an experiment's report (per-arm CTR with CIs, differences, mSPRT, SRM, AUC,
     latency, embedding bytes)."""
+    from services.cli.preflight import database_problem, extra_problem, fail_if
+
+    fail_if(extra_problem("statsmodels", "ab", "the A/B report"))
     import orjson
 
-    from services.cli.preflight import database_problem, fail_if
     from services.experiments.analysis import experiment_report, format_report
     from storage.db.session import make_engine, session_factory
     from storage.settings import get_settings

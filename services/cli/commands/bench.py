@@ -78,12 +78,14 @@ def quality(
 ) -> None:
     """Stream the data set once per policy and seed (progressive validation) and compare
     embedding bytes, AUC, log loss, NE, speed and paired ΔAUC against the reference."""
-    from services.cli.preflight import fail_if, output_problem
+    from services.cli.preflight import extra_problem, fail_if, output_problem
 
     png = None if no_png else (png or out.with_suffix(".png"))
     for path, what in ((out, "--out"), (png, "--png")):  # before the work, not after it
         if path is not None:
             fail_if(output_problem(path, what))
+    if png is not None:
+        fail_if(extra_problem("matplotlib", "plots", "the picture (--no-png: none)"))
     # heavy (torch, scikit-learn): imported when the command runs, not for `chunkrec --help`
     from models.networks import MODEL_NAMES
     from services.evaluation.policy_specs import PolicySpecError, split_policies

