@@ -11,7 +11,17 @@ from __future__ import annotations
 
 import typer
 
-from services.cli.commands import ab, bench, data, experiment, replay, serve, stack, train
+from services.cli.commands import (
+    ab,
+    bench,
+    data,
+    experiment,
+    replay,
+    serve,
+    settings,
+    stack,
+    train,
+)
 
 app = typer.Typer(
     help="chunkrec: online-learning CTR with self-resizing (FIITED) embedding tables.",
@@ -63,3 +73,4 @@ app.command("route")(ab.route)
 app.command("join")(ab.join)
 app.command("report")(ab.report)
 app.add_typer(experiment.app, name="experiment", help="A/B experiments through the router.")
+app.command("settings")(settings.settings_command)
