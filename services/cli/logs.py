@@ -22,7 +22,7 @@ UVICORN = ("uvicorn", "uvicorn.error", "uvicorn.access")
 def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
     """The root logger writes to stderr as `log_format` at `level`; everything propagates to
     it (uvicorn's loggers too: their own handlers are removed)."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     if log_format == "json":
         from pythonjsonlogger.json import JsonFormatter
 
@@ -33,8 +33,8 @@ def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
     else:
         handler.setFormatter(logging.Formatter(TEXT))
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
+    for old in [h for h in root.handlers if isinstance(h, _Stderr)]:
+        root.removeHandler(old)  # ours from an earlier call; others' handlers stay
     root.addHandler(handler)
     root.setLevel(level)
     for name in UVICORN:
@@ -44,3 +44,16 @@ def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
     for chatty in CHATTY:  # their INFO is a line per connection or request
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
+
+
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler on whatever sys.stderr is when a record is written (a test runner may
+    swap it for a while), not the one there was when logging was set up."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
