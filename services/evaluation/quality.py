@@ -202,8 +202,10 @@ def run_quality_bench(
     for spec in policies:  # fail on a bad spec now, not after hours of the others' runs
         try:
             dims.append(parse_policy(spec, num_fields=dataset.schema.num_fields, seed=0).dim)
-        except (ValueError, TypeError) as exc:
-            raise PolicySpecError(f"{spec}: {exc}") from exc
+        except ValueError as exc:  # parse_policy's message names the spec
+            raise PolicySpecError(str(exc)) from exc
+        except TypeError as exc:
+            raise PolicySpecError(f"policy {spec!r}: {exc}") from exc
     width = max(dims) if common_dim else 0
     if on_start is not None:
         try:

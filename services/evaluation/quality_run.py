@@ -39,10 +39,16 @@ def bench_quality(data: str, specs: Sequence[str], *, out: Path, png: Path | Non
         torch.set_num_threads(threads)
     console = Console(width=None if sys.stdout.isatty() else 200)
     log = Console(stderr=True)
+    # a bar on a terminal only (in a log it would be one frame of noise); it starts once the
+    # data set and every spec are checked, so a refusal is one line without it
     bar = Progress(TextColumn("bench quality"), BarColumn(), MofNCompleteColumn(),
-                   TimeRemainingColumn(), console=log, disable=not show_progress,
-                   transient=True)
+                   TimeRemainingColumn(), console=log,
+                   disable=not (show_progress and log.is_terminal), transient=True)
     task = bar.add_task("rows", total=None)
+
+    def started(total: int | None) -> None:
+        bar.update(task, total=total)
+        bar.start()
 
     def progress(run: Run) -> None:
         s = run.metrics.summary()
@@ -51,10 +57,11 @@ def bench_quality(data: str, specs: Sequence[str], *, out: Path, png: Path | Non
             f"{run.samples_per_s:,.0f} samples/s, {run.wall_s:.1f} s", markup=False,
             style="dim")
 
-    with bar:
-        report = run_quality_bench(
-            data, specs, progress=progress, on_start=lambda n: bar.update(task, total=n),
-            advance=lambda n: bar.advance(task, n), **options)
+    try:
+        report = run_quality_bench(data, specs, progress=progress, on_start=started,
+                                   advance=lambda n: bar.advance(task, n), **options)
+    finally:
+        bar.stop()
     console.print(render_table(report))
     write_json(report, out)
     log.print(f"wrote {out}", markup=False)

@@ -76,7 +76,7 @@ def info(
         rows = clicks = 0
         units: list[np.ndarray] = []
         first_ts = last_ts = None
-        bar = tqdm(total=total, unit="rows", unit_scale=True, disable=no_progress,
+        bar = tqdm(total=total, unit="rows", unit_scale=True, disable=True if no_progress else None,
                    desc="reading", leave=False)
         for batch in ds.batches(batch_size):
             bar.update(len(batch))
