@@ -6,9 +6,10 @@ Prometheus /metrics on that port (services/trainer/metrics.py).
                                                  data="movielens-100k"))
 
 Everything is checked before any connection (settings, the model name, the data set's
-schema, the policy spec), then whether the broker and Redis answer: a refusal raises TrainerRefused
-with one line naming it; LeaseHeld
-(another trainer owns the model) and Fenced (another took it over) come from the run.
+schema, the policy spec), then whether the broker and Redis answer, within seconds: a refusal
+raises TrainerRefused with one line naming it; LeaseHeld (another trainer owns the model) and
+Fenced (another took it over) come from the run. (Redis going away later is survived: the
+trainer republishes in full when it is back.)
 """
 
 from __future__ import annotations
