@@ -6,7 +6,8 @@
 object a line (python-json-logger): {"time", "level", "logger", "message", "process"} plus
 whatever a record carries in `extra=`; uvicorn's loggers go through the same handler (the
 commands run uvicorn with log_config=None), so a service's logs parse line by line.
-kafka-python and httpx stay at WARNING (they log every connection or request at INFO)."""
+kafka-python, httpx and Alembic stay at WARNING (they log every connection, request or
+plugin at INFO)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import logging
 import sys
 
 TEXT = "%(asctime)s %(levelname)s %(name)s %(message)s"
-CHATTY = ("kafka", "httpx", "httpcore")
+CHATTY = ("kafka", "httpx", "httpcore", "alembic")
 # uvicorn's own loggers, which its default config would give handlers of their own
 UVICORN = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
