@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check services models storage tests bench
+	$(BIN)/ruff check chunkrec services models storage tests bench
 
 bench-read: $(STAMP)
 	$(BIN)/python bench/read_speed.py
