@@ -46,11 +46,12 @@ def write_frontier_png(report: QualityReport, path: Path) -> None:
         yerr = [r["auc_last30_std"] if r["seeds"] > 1 else 0.0 for r in mine]
         ax.errorbar([r["pct_of_base"] for r in mine], [r["auc_last30"] for r in mine],
                     yerr=yerr, marker="o", capsize=3, color=f"C{k}", label=kind)
-        for r in mine:  # labels point inwards, so none runs off the plot
-            right = r["pct_of_base"] <= x_mid
+        for r in mine:  # labels point inwards (none runs off the plot); one kind's above
+            right = r["pct_of_base"] <= x_mid  # its points, the next kind's below
             ax.annotate(r["policy"], (r["pct_of_base"], r["auc_last30"]), fontsize=7,
-                        xytext=(5 if right else -5, 5), textcoords="offset points",
-                        ha="left" if right else "right", annotation_clip=False)
+                        xytext=(5 if right else -5, 6 if k % 2 == 0 else -6),
+                        textcoords="offset points", ha="left" if right else "right",
+                        va="bottom" if k % 2 == 0 else "top", annotation_clip=False)
     ax.set_xscale("log")
     ax.set_xticks(_ticks(min(xs), max(xs)))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}%"))
