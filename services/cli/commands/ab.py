@@ -97,8 +97,6 @@ def route(host: Annotated[str | None, typer.Option()] = None,
     problem = database_problem(url, need_schema=not settings.router_migrate,
                                explicit=bool(settings.database_url),
                                fix="run `chunkrec db upgrade` (or start with --migrate)")
-    if problem is None:  # before uvicorn, whose startup would block ~40 s deaf to SIGTERM
-        problem = broker_problem(settings.kafka_bootstrap)
     if problem is None and settings.router_item_table is not None:
         from services.experiments.router.items import ItemTable, ItemTableError
 
@@ -106,6 +104,8 @@ def route(host: Annotated[str | None, typer.Option()] = None,
             ItemTable.load(settings.router_item_table)
         except ItemTableError as exc:
             problem = str(exc)
+    if problem is None:  # before uvicorn, whose startup would block ~40 s deaf to SIGTERM
+        problem = broker_problem(settings.kafka_bootstrap)
     fail_if(problem)
     uvicorn.run(create_app(settings), host=host or settings.router_host,
                 port=port or settings.router_port, log_level="warning", log_config=None)
