@@ -25,13 +25,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from services.evaluation.frontier_plot import write_frontier_png
 from services.evaluation.quality import (
     QualityReport,
     policy_kind,
     render_table,
     run_quality_bench,
     split_policies,
-    write_frontier_png,
     write_json,
 )
 from storage.datasets import open_dataset

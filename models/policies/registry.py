@@ -82,6 +82,10 @@ def split_spec(spec: str) -> tuple[str, dict[str, str]]:
                 continue  # "fixed:64," : an empty part says nothing
             if i == 0 and kind in _DIM_FIRST:
                 key, value = "dim", part
+            elif ":" in part and part.partition(":")[0].strip().lower() not in KINDS:
+                # a mistyped second policy ("fixed:64,fixd:64") reads as a stray word
+                raise ValueError(f"unknown policy kind {part.partition(':')[0].strip()!r} in "
+                                 f"{part!r}; expected fixed, fiited, adaembed, dml, amtl or torch")
             else:
                 hint = " (one policy per spec)" if ":" in part else ""
                 raise ValueError(f"unexpected {part!r}: parameters are key=value{hint}")

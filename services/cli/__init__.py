@@ -4,13 +4,24 @@ trainer, the experiment system, the evaluation library), imported when the comma
 `chunkrec --help` loads neither torch nor pandas (tests/services/test_cli_validation.py).
 
 Settings are checked before any command runs: a bad CHUNKREC_ variable stops every command with
-exit status 2 and one line naming it (`error: CHUNKREC_PUBLISH_INTERVAL_S='nan': ...`)."""
+exit status 2 and one line naming it (`error: CHUNKREC_PUBLISH_INTERVAL_S='nan': ...`); then
+logging is set up from them (CHUNKREC_LOG_FORMAT=text|json, CHUNKREC_LOG_LEVEL; logs.py)."""
 
 from __future__ import annotations
 
 import typer
 
-from services.cli.commands import ab, bench, data, replay, serve, stack, train
+from services.cli.commands import (
+    ab,
+    bench,
+    data,
+    experiment,
+    replay,
+    serve,
+    settings,
+    stack,
+    train,
+)
 
 app = typer.Typer(
     help="chunkrec: online-learning CTR with self-resizing (FIITED) embedding tables.",
@@ -19,16 +30,34 @@ app = typer.Typer(
 )
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("chunkrec")
+        except metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+            version = "0.0.0+unknown"
+        typer.echo(f"chunkrec {version}")
+        raise typer.Exit()
+
+
 @app.callback()
-def check_settings() -> None:
+def check_settings(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
+                                 help="print the version and exit"),
+) -> None:
     """chunkrec: online-learning CTR with self-resizing (FIITED) embedding tables."""
     from storage.settings import SettingsError, get_settings
 
     try:
-        get_settings()
+        settings = get_settings()
     except SettingsError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    from services.cli.logs import configure_logging
+
+    configure_logging(settings.log.format, settings.log.level)
 
 
 app.add_typer(data.app, name="data", help="Fetch and inspect data sets.")
@@ -38,7 +67,10 @@ app.command("train")(train.train)
 app.command("serve")(serve.serve)
 app.command("up")(stack.up)
 app.command("down")(stack.down_command)
+app.command("infra")(stack.infra)
 app.add_typer(ab.db_app, name="db", help="Metadata database migrations.")
 app.command("route")(ab.route)
 app.command("join")(ab.join)
 app.command("report")(ab.report)
+app.add_typer(experiment.app, name="experiment", help="A/B experiments through the router.")
+app.command("settings")(settings.settings_command)

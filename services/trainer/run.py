@@ -1,25 +1,32 @@
 """The trainer process (`chunkrec train`): one model's StreamTrainer, built from its options,
-run until SIGTERM / SIGINT, max_events or idle_exit_s.
+run until SIGTERM / SIGINT, max_events or idle_exit_s; with CHUNKREC_TRAINER_METRICS_PORT,
+Prometheus /metrics on that port (services/trainer/metrics.py).
 
     stats = run_trainer(settings, TrainerOptions(model="fiited", policy="fiited:budget=0.25",
                                                  data="movielens-100k"))
 
 Everything is checked before any connection (settings, the model name, the data set's
-schema, the policy spec): a refusal raises TrainerRefused with one line naming it; LeaseHeld
-(another trainer owns the model) and Fenced (another took it over) come from the run.
+schema, the policy spec), then whether the broker and Redis answer, within seconds: a refusal
+raises TrainerRefused with one line naming it; LeaseHeld (another trainer owns the model) and
+Fenced (another took it over) come from the run. (Redis going away later is survived: the
+trainer republishes in full when it is back.)
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 from services import wire
+from services.messaging.reachable import broker_problem, redis_problem
 from services.trainer.config import TrainerConfig, TrainerStats
 from services.trainer.loop import StreamTrainer
 from storage.datasets.spec import DatasetError, open_dataset
 from storage.settings import Settings
+
+log = logging.getLogger("chunkrec.trainer")
 
 
 class TrainerRefused(ValueError):
@@ -57,10 +64,27 @@ def run_trainer(settings: Settings, opts: TrainerOptions) -> TrainerStats:
     """Build the trainer, stop it on SIGTERM / SIGINT (final train, checkpoint, publish), run
     it; returns its counters."""
     trainer = build_trainer(settings, opts)
+    # seconds, not kafka-python's ~40 s or the Redis client's retries
+    problem = (broker_problem(settings.kafka.bootstrap)
+               or redis_problem(settings.redis.url, **settings.redis.client_kwargs))
+    if problem is not None:
+        raise TrainerRefused(problem)
 
     def on_signal(_signum: int, _frame: object) -> None:
         trainer.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    return trainer.run()
+    server = None
+    if settings.trainer.metrics_port:
+        from services.trainer.metrics import serve_metrics
+
+        server = serve_metrics(trainer, settings.trainer.metrics_port,
+                               settings.trainer.metrics_host)
+        log.info("metrics at http://%s:%d/metrics", settings.trainer.metrics_host,
+                 settings.trainer.metrics_port)
+    try:
+        return trainer.run()
+    finally:
+        if server is not None:
+            server.shutdown()

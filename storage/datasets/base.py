@@ -1,6 +1,6 @@
 """What every data-set reader is: the `Dataset` interface and the one error they raise. The
-readers (criteo.py, avazu.py, ...) implement it; the registry (spec.py) opens one by spec
-string. This module imports neither.
+readers (criteo.py, avazu.py, ..., table.py for the user's own CSV / Parquet) implement it;
+the registry (spec.py) opens one by spec string. This module imports neither.
 """
 
 from __future__ import annotations

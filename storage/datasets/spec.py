@@ -7,6 +7,7 @@
     frappe:PATH[,PATH]     Frappe libFM files
     yidian:PATH            Yidian news-feed impressions (the torch-rechub CSV)
     synthetic:events=N,fields=F,vocab=V,zipf=A,seed=S,drift=D
+    table:PATH,label=click,fields=a|b|c[,dense=x|y][,time=ts][,unit=a]   your CSV / Parquet
 
 A spec that cannot be read raises `DatasetError` whose message is one line naming the file and
 the problem. This module is the registry (a spec's kind -> its reader); the interface the
@@ -24,6 +25,7 @@ from storage.datasets.criteo import CriteoDataset
 from storage.datasets.frappe import FrappeDataset
 from storage.datasets.movielens import MovieLensDataset, open_movielens_100k
 from storage.datasets.synthetic import SyntheticDataset
+from storage.datasets.table import TableDataset
 from storage.datasets.yidian import YidianDataset
 
 __all__ = ["DATASETS", "Dataset", "DatasetError", "open_dataset", "parse_kv"]
@@ -51,6 +53,7 @@ DATASETS: dict[str, Callable[[str, str, Path | None], Dataset]] = {
     "frappe": lambda spec, arg, _: FrappeDataset(_need_path(spec, arg).split(","), spec=spec),
     "yidian": lambda spec, arg, _: YidianDataset(_need_path(spec, arg), spec=spec),
     "synthetic": lambda spec, arg, _: SyntheticDataset.from_params(parse_kv(arg, spec), spec),
+    "table": lambda spec, arg, _: TableDataset.from_spec(spec, arg),
 }
 
 
@@ -62,8 +65,7 @@ def open_dataset(spec: str, data_dir: Path | None = None) -> Dataset:
     opener = DATASETS.get(kind)
     if opener is None:
         raise DatasetError(
-            f"{spec}: unknown data set kind {kind!r}; expected one of criteo, avazu, movielens, "
-            "movielens-100k, frappe, yidian, synthetic"
+            f"{spec}: unknown data set kind {kind!r}; expected one of {', '.join(DATASETS)}"
         )
     return opener(spec, arg, data_dir)
 

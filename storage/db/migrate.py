@@ -12,7 +12,10 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+_ROOT = Path(__file__).resolve().parents[2]
+# a source tree: migrations/ at its root; an installed wheel: the copy under chunkrec/
+MIGRATIONS_DIR = next((d for d in (_ROOT / "migrations", _ROOT / "chunkrec" / "migrations")
+                       if (d / "env.py").is_file()), _ROOT / "migrations")
 
 
 def alembic_config(url: str | None = None) -> Config:

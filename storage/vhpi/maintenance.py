@@ -10,6 +10,8 @@ state it works on is declared here and set up there.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from storage.vhpi.admission import FrequencySketch
@@ -33,6 +35,7 @@ class StoreMaintenance:
     util_origin: int  # t0: the step the stored utilities are scaled to
     epoch: int  # maintenance epochs so far (mod 2^16 in `last`)
     prunes: int
+    prune_seconds: float  # wall time in prune_regrow (observability, not checkpointed)
     _deleted: list[tuple[np.ndarray, np.ndarray]]  # (fields, keys) evicted since the export
     _rng: np.random.Generator
 
@@ -143,6 +146,7 @@ class StoreMaintenance:
     def prune_regrow(self) -> dict[str, int]:
         """Keep the best-scored chunks that fit the budget: free live chunks that fall out,
         re-admit pruned chunks that rise in (at zero, fresh optimizer state)."""
+        t0 = time.perf_counter()
         slots = self.live_slots()
         if slots.size == 0:
             return {"freed": 0, "admitted": 0}
@@ -178,6 +182,7 @@ class StoreMaintenance:
         keep = select_chunks(scores, capacity, exact, self._rng)
         freed, admitted = self.entries.keep(slots, keep)
         self.prunes += 1
+        self.prune_seconds = getattr(self, "prune_seconds", 0.0) + time.perf_counter() - t0
         return {"freed": freed, "admitted": admitted}
 
     # ---- introspection and export ------------------------------------------------------

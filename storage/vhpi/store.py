@@ -75,6 +75,7 @@ class ChunkStore(StoreMaintenance):
         self.epoch = 0  # maintenance epochs so far (mod 2^16 in `last`)
         self.unseen_lookups = 0  # lookups (not training) of IDs the store does not hold
         self.prunes = 0
+        self.prune_seconds = 0.0
         self._rng = np.random.default_rng(config.seed)
         self.sketch = (
             FrequencySketch(config.sketch_width, config.sketch_depth)

@@ -155,3 +155,70 @@ def test_bad_policy_fails_before_any_run(planted: None, tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "magic:3" in result.output and "seed 0" not in result.output
+
+
+def _stderr_lines(result) -> list[str]:  # noqa: ANN001 - click's Result
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def test_percent_of_fixed64_whatever_the_order(planted: None, tmp_path: Path) -> None:
+    """fixed:64 is 100% even when a narrower fixed policy comes first (and is zero-padded to
+    64 for the common network); the picture goes next to the JSON; one seed has no spread."""
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(
+        app,
+        ["bench", "quality", "--data", "planted", "--policies", "fixed:8,fixed:64",
+         "--seeds", "1", "--out", str(out), "--max-rows", "1000", "--bootstrap", "20",
+         "--threads", "1", "--no-progress"],
+        env={"COLUMNS": "250"},
+    )
+    assert result.exit_code == 0, result.output
+    narrow, full = json.loads(out.read_text())
+    assert (narrow["base"], full["base"]) == ("fixed:64", "fixed:64")
+    assert full["pct_of_base"] == pytest.approx(100.0)
+    assert narrow["pct_of_base"] == pytest.approx(
+        100 * narrow["embedding_bytes"] / full["embedding_bytes"]) and narrow["pct_of_base"] < 50
+    assert (tmp_path / "r.png").stat().st_size > 1000
+    assert "% of fixed-64" in result.stdout and "± n/a" in result.stdout
+    assert "± 0.0000" not in result.stdout
+
+
+@pytest.mark.parametrize(("policies", "named"), [
+    ("fixed:64,fixd:64", "fixd:64"),
+    ("fixed:64,fixed:abc", "fixed:abc"),
+    ("fixed:64,fiited:budgt=0.25", "budgt"),
+])
+def test_a_policy_typo_is_one_plain_line(planted: None, tmp_path: Path, policies: str,
+                                         named: str) -> None:
+    result = CliRunner().invoke(app, ["bench", "quality", "--data", "planted", "--policies",
+                                      policies, "--out", str(tmp_path / "r.json")])
+    assert result.exit_code == 2, result.output
+    lines = _stderr_lines(result)
+    assert len(lines) == 1 and named in lines[0], lines
+    assert "seed 0" not in result.output and not (tmp_path / "r.json").exists()
+
+
+def test_missing_output_folder_fails_before_the_work(planted: None, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_work(*_: object, **__: object) -> None:
+        raise AssertionError("the benchmark ran before its outputs were checked")
+
+    monkeypatch.setattr(quality_bench, "run_one", no_work)
+    for args in (["--out", str(tmp_path / "nope" / "r.json")],
+                 ["--out", str(tmp_path / "r.json"), "--png", str(tmp_path / "no" / "f.png")]):
+        result = CliRunner().invoke(app, ["bench", "quality", "--data", "planted",
+                                          "--policies", "fixed:8"] + args)
+        assert result.exit_code == 2, result.output
+        lines = _stderr_lines(result)
+        assert len(lines) == 1 and "does not exist" in lines[0], lines
+
+
+def test_picture_titles_and_ticks() -> None:
+    from services.evaluation.frontier_plot import _ticks
+    from services.evaluation.quality import dataset_title
+
+    assert dataset_title("frappe:/a/b/frappe.test.libfm") == "frappe · frappe.test.libfm"
+    assert dataset_title("movielens-100k") == "movielens-100k"
+    ticks = _ticks(12.0, 100.0)
+    assert ticks[-1] == 100 and len(ticks) <= 8
+    assert [t for t in ticks if t < 30]  # labelled ticks below 30%, not only 100%

@@ -1,8 +1,8 @@
 """`chunkrec bench ...`: benchmarks.
 
     chunkrec bench quality --data frappe:../shared/data/frappe/frappe.test.libfm \\
-        --policies fixed:64,fixed:16,fiited:K=8,budget=0.25 --seeds 3 --out results.json \\
-        --png frontier.png
+        --policies fixed:64,fixed:16,fiited:K=8,budget=0.25 --seeds 3 --out results.json
+    # writes results.json and results.png (the frontier and the ΔAUC CIs)
 """
 
 from __future__ import annotations
@@ -50,7 +50,10 @@ def quality(
     ] = "dlrm",
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
     max_rows: Annotated[int | None, typer.Option(min=1, help="stop after N rows")] = None,
-    png: Annotated[Path | None, typer.Option(help="write the memory-vs-AUC frontier here")] = None,
+    png: Annotated[Path | None, typer.Option(
+        help="the memory-vs-AUC frontier and ΔAUC CIs (default: the JSON's path, .png)")] = None,
+    no_png: Annotated[bool, typer.Option("--no-png", help="write no picture")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bar")] = False,
     bootstrap: Annotated[int, typer.Option(min=10, help="bootstrap resamples")] = 300,
     lr: Annotated[
         float | None,
@@ -75,6 +78,14 @@ def quality(
 ) -> None:
     """Stream the data set once per policy and seed (progressive validation) and compare
     embedding bytes, AUC, log loss, NE, speed and paired ΔAUC against the reference."""
+    from services.cli.preflight import extra_problem, fail_if, output_problem
+
+    png = None if no_png else (png or out.with_suffix(".png"))
+    for path, what in ((out, "--out"), (png, "--png")):  # before the work, not after it
+        if path is not None:
+            fail_if(output_problem(path, what))
+    if png is not None:
+        fail_if(extra_problem("matplotlib", "plots", "the picture (--no-png: none)"))
     # heavy (torch, scikit-learn): imported when the command runs, not for `chunkrec --help`
     from models.networks import MODEL_NAMES
     from services.evaluation.policy_specs import PolicySpecError, split_policies
@@ -92,8 +103,7 @@ def quality(
         bench_quality(data, specs, out=out, png=png, threads=threads, seeds=seeds,
                       reference=reference, model=model, batch_size=batch_size,
                       max_rows=max_rows, n_bootstrap=bootstrap, common_dim=common_dim,
-                      hot_start=hot_start, data_dir=get_settings().data_dir, **options)
+                      hot_start=hot_start, data_dir=get_settings().data_dir,
+                      show_progress=not no_progress, **options)
     except (DatasetError, PolicySpecError) as exc:
-        # plain: rich would wrap a long message and read its brackets as markup
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        fail_if(str(exc))  # plain: rich would read its brackets as markup

@@ -59,19 +59,28 @@ def fetch(
 def info(
     spec: str = typer.Argument(..., help="data-set spec, e.g. criteo:PATH or movielens-100k"),
     batch_size: int = typer.Option(65536, help="rows read at a time"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
 ) -> None:
     """Print a data set's schema, row count, clicks and CTR (reads it once, end to end)."""
     import numpy as np
+    from tqdm import tqdm
 
     from storage.datasets import DatasetError, open_dataset
     from storage.settings import get_settings
 
     try:
         ds = open_dataset(spec, get_settings().data_dir)
+        try:
+            total: int | None = len(ds)  # type: ignore[arg-type]
+        except TypeError:
+            total = None  # a reader that does not know its length
         rows = clicks = 0
         units: list[np.ndarray] = []
         first_ts = last_ts = None
+        bar = tqdm(total=total, unit="rows", unit_scale=True, disable=True if no_progress else None,
+                   desc="reading", leave=False)
         for batch in ds.batches(batch_size):
+            bar.update(len(batch))
             rows += len(batch)
             clicks += int(batch.labels.sum())
             if batch.unit_ids is not None:
@@ -83,6 +92,9 @@ def info(
     except DatasetError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
+    finally:
+        if "bar" in locals():
+            bar.close()
     schema = ds.schema
     typer.echo(f"spec        {ds.spec}")
     typer.echo(f"schema      {schema.name}")

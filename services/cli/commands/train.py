@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +29,9 @@ def train(
         min=0.1, help="stop after this many seconds without events")] = None,
     bootstrap: Annotated[str | None, typer.Option(help="Kafka host:port")] = None,
     redis_url: Annotated[str | None, typer.Option("--redis", help="Redis URL")] = None,
+    metrics_port: Annotated[int | None, typer.Option(
+        "--metrics-port", help="Prometheus /metrics on this port "
+        "(default: CHUNKREC_TRAINER_METRICS_PORT; 0: none)")] = None,
     hot_start: Annotated[Path | None, typer.Option(
         "--hot-start", help="when this model has no checkpoint yet, start from another model's "
         "(a fixed:64 trainer's ckpt-* folder, or its checkpoint folder for the newest): its "
@@ -43,10 +45,10 @@ def train(
     from services.trainer.run import TrainerOptions, TrainerRefused, run_trainer
     from storage.settings import SettingsError, get_settings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    overrides = {k: v for k, v in (("kafka_bootstrap", bootstrap), ("redis_url", redis_url))
-                 if v}
+    overrides: dict[str, object] = {
+        k: v for k, v in (("kafka_bootstrap", bootstrap), ("redis_url", redis_url)) if v}
+    if metrics_port is not None:
+        overrides["trainer_metrics_port"] = metrics_port
     if arch.strip().lower() not in MODEL_NAMES:
         raise typer.BadParameter(f"expected one of {', '.join(MODEL_NAMES)}", param_hint="--arch")
     opts = TrainerOptions(model=model, policy=policy, data=data, arch=arch,

@@ -23,7 +23,15 @@ from fastapi.responses import JSONResponse
 from services.experiments.router.deps import ConfigCache, KafkaSink, MessageSink, RouterState
 from services.experiments.router.items import ItemTable
 from services.experiments.router.limiter import IssuedRequests, UnitRateLimiter
-from services.experiments.router.routers import dashboard, experiments, feedback, rank, reports
+from services.experiments.router.metrics import RequestMetrics, RouterMetrics
+from services.experiments.router.routers import (
+    dashboard,
+    experiments,
+    feedback,
+    health,
+    rank,
+    reports,
+)
 from services.web.body_limit import BodyLimit
 from storage.db.migrate import schema_problem, upgrade
 from storage.db.session import make_engine, session_factory
@@ -78,8 +86,9 @@ def create_app(settings: Settings, sink: MessageSink | None = None,
     app = FastAPI(title="chunkrec router", version="1", lifespan=lifespan,
                   description="A/B assignment, ranking through serving, exposure and feedback "
                               "logging, reports and the dashboard.")
-    for module in (experiments, rank, feedback, reports, dashboard):
+    for module in (experiments, rank, feedback, reports, dashboard, health):
         app.include_router(module.router)
+    app.state.router_metrics = RouterMetrics()  # /metrics and /readyz (routers/health.py)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -90,6 +99,7 @@ def create_app(settings: Settings, sink: MessageSink | None = None,
     app.add_middleware(BodyLimit, max_bytes=settings.router.max_body_bytes,
                        timeout_s=settings.router.body_timeout_s,
                        setting="CHUNKREC_ROUTER_MAX_BODY_BYTES")
+    app.add_middleware(RequestMetrics, metrics=app.state.router_metrics)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
