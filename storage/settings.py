@@ -120,6 +120,8 @@ class TrainerSettings(Group):
     # one trainer per model (services/trainer/lease.py): the owner's lease in Redis lasts this long
     # unless renewed (every third of it); a second trainer waits this long, then is refused
     lease_ttl_s: float = Field(default=10.0, gt=0, le=3600)
+    # where the embedding store, the network and the batches live (CHUNKREC_TRAINER_DEVICE)
+    device: Literal["cpu", "cuda"] = "cpu"
 
 
 class ReplaySettings(Group):

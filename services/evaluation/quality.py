@@ -106,15 +106,17 @@ def run_one(
     lr: float = DENSE_LR,
     common_dim: int = 0,
     hot_start: Path | None = None,
+    device: str = "cpu",
 ) -> Run:
     """Progressive validation of one policy and seed over the whole stream; with `hot_start`
     (a fixed:64 policy save) the policy, and the network where `PATH.net.pt` exists, start
     from it (models.policies.hot_start)."""
-    policy = parse_policy(spec, num_fields=dataset.schema.num_fields, seed=seed)
+    policy = parse_policy(spec, num_fields=dataset.schema.num_fields, seed=seed, device=device)
     if common_dim and policy.dim < common_dim and policy_kind(spec) == "fixed":
         # Every policy runs the same network: a fixed-dim baseline is zero-padded to the
         # widest policy's D, so only where the embedding memory goes differs between runs.
-        policy = parse_policy(f"{spec},pad={common_dim}", dataset.schema.num_fields, seed=seed)
+        policy = parse_policy(f"{spec},pad={common_dim}", dataset.schema.num_fields, seed=seed,
+                              device=device)
     net = build_model(model, dataset.schema, dim=policy.dim, seed=seed)
     if hot_start is not None:
         from models.policies.hot_start import hot_start as start_from
@@ -177,6 +179,7 @@ def run_quality_bench(
     common_dim: bool = True,
     hot_start: Path | None = None,
     data_dir: Path | None = None,
+    device: str = "cpu",
 ) -> QualityReport:
     """Run every policy with seeds 0..seeds-1 and compare them (see module docstring).
 
@@ -203,7 +206,8 @@ def run_quality_bench(
     labels: np.ndarray | None = None
     for spec in policies:
         for seed in range(seeds):
-            run = run_one(dataset, spec, seed, model, batch_size, max_rows, lr, width, hot_start)
+            run = run_one(dataset, spec, seed, model, batch_size, max_rows, lr, width, hot_start,
+                          device)
             if labels is None:
                 labels = run.metrics.labels.copy()
             elif not np.array_equal(labels, run.metrics.labels):

@@ -72,6 +72,8 @@ def quality(
             "PATH.net.pt if present)",
         ),
     ] = None,
+    device: Annotated[str, typer.Option(
+        help="cpu or cuda: where every policy's store and the network train")] = "cpu",
 ) -> None:
     """Stream the data set once per policy and seed (progressive validation) and compare
     embedding bytes, AUC, log loss, NE, speed and paired ΔAUC against the reference."""
@@ -82,6 +84,8 @@ def quality(
     from storage.datasets.spec import DatasetError
     from storage.settings import get_settings
 
+    if device not in ("cpu", "cuda"):
+        raise typer.BadParameter("expected cpu or cuda", param_hint="--device")
     specs = split_policies(policies or "") + [p.strip() for p in policy or [] if p.strip()]
     if not specs:
         raise typer.BadParameter("give --policies or --policy", param_hint="--policies")
@@ -92,7 +96,8 @@ def quality(
         bench_quality(data, specs, out=out, png=png, threads=threads, seeds=seeds,
                       reference=reference, model=model, batch_size=batch_size,
                       max_rows=max_rows, n_bootstrap=bootstrap, common_dim=common_dim,
-                      hot_start=hot_start, data_dir=get_settings().data_dir, **options)
+                      hot_start=hot_start, data_dir=get_settings().data_dir, device=device,
+                      **options)
     except (DatasetError, PolicySpecError) as exc:
         # plain: rich would wrap a long message and read its brackets as markup
         typer.echo(f"error: {exc}", err=True)
