@@ -161,14 +161,14 @@ def phase_breakdown(args, batches, warm) -> None:
     pol = parse_policy("fiited:budget=0.25,optimizer=adagrad", args.fields, seed=0,
                        device=DEVICE)
     model = SumModel(64).to(DEVICE)
-    for rank, ids, _, labels in warm:
+    for _rank, ids, _, labels in warm:
         emb = pol.lookup(ids, train=True)
         F.binary_cross_entropy_with_logits(model(emb), labels).backward()
         pol.apply_gradients()
     store = pol.store
     phases = {"index lookup": 0.0, "lookup (all)": 0.0, "backward": 0.0,
               "apply_gradients": 0.0}
-    for rank, ids, _, labels in batches:
+    for _rank, ids, _, labels in batches:
         sync()
         t0 = time.perf_counter()
         fields = torch.arange(args.fields, dtype=torch.int16, device=DEVICE).expand_as(ids)
@@ -256,10 +256,10 @@ def main() -> None:
     batches = make_batches(args.steps, args.batch, args.fields, args.vocab, seed=2)
     if "index" in args.only:
         index_table(args)
-    if "speed" in args.only:
-        speed_table(args, schema, batches, warm)
     if "phases" in args.only:
         phase_breakdown(args, batches[:20], warm[:20])
+    if "speed" in args.only:
+        speed_table(args, schema, batches, warm)
 
 
 if __name__ == "__main__":
