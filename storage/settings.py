@@ -115,13 +115,11 @@ class TrainerSettings(Group):
     linger_ms: NonNegativeInt = 50  # train a partial micro-batch after waiting this long
     max_poll_records: PositiveInt = 64  # Kafka messages per poll (each holds many events)
     threads: int | None = Field(default=None, ge=1)  # torch.set_num_threads, trainer
-    # where a model without a checkpoint starts reading the events topic
-    start: Literal["earliest", "latest"] = "earliest"
+    start: Literal["earliest", "latest"] = "earliest"  # where a model with no checkpoint starts
     # one trainer per model (services/trainer/lease.py): the owner's lease in Redis lasts this long
     # unless renewed (every third of it); a second trainer waits this long, then is refused
     lease_ttl_s: float = Field(default=10.0, gt=0, le=3600)
-    # where the embedding store, the network and the batches live (CHUNKREC_TRAINER_DEVICE)
-    device: Literal["cpu", "cuda"] = "cpu"
+    device: Literal["cpu", "cuda"] = "cpu"  # where the store, network and batches live
 
 
 class ReplaySettings(Group):

@@ -195,9 +195,13 @@ class ChunkStore(StoreMaintenance):
         counts = torch.where(known, counts, 0)  # IDs the sketch has not admitted read zeros
         uniq_ok = uniq.clamp(min=0)
         before = e.count.index_select(0, uniq_ok).long()
-        kn = uniq[known]
-        e.count[kn] = (before[known] + counts[known]).clamp(max=U16_MAX).to(torch.int32)
-        e.last[kn] = self.epoch & 0xFFFF
+        after = (before + counts).clamp(max=U16_MAX).to(torch.int32)
+        if self.sketch is not None:  # without a sketch every ID is known: no mask needed
+            kn, after = uniq[known], after[known]
+        else:
+            kn = uniq
+        e.count.index_copy_(0, kn, after)
+        e.last.index_fill_(0, kn, self.epoch & 0xFFFF)
         mc = self.config.min_count
         crossed = uniq[known & (before < mc) & (before + counts >= mc)]
         if crossed.numel():
@@ -301,7 +305,8 @@ class ChunkStore(StoreMaintenance):
             if on.numel():
                 pool.adagrad_step(addr[:, j].index_select(0, on),
                                   parts[j].index_select(0, on), c.lr, c.eps)
-        self.entries.dirty[unique[live.any(dim=1)]] = True
+        touched = unique.index_select(0, torch.nonzero(live.any(dim=1)).squeeze(1))
+        self.entries.dirty.index_fill_(0, touched, True)
         if self.step % c.interval == 0:
             self.maintain()
         elif self.live_chunks() and self.used_bytes() > self.budget_bytes():

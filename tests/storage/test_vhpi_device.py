@@ -18,8 +18,11 @@ CUDA = pytest.param("cuda", marks=[
 DEVICES = ["cpu", CUDA]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_device_index_hashes_and_places_like_the_numpy_index(device: str) -> None:
+@pytest.mark.parametrize("device", ["cpu", "cpu-torch", CUDA])
+def test_device_index_hashes_and_places_like_the_numpy_index(device: str, monkeypatch) -> None:
+    if device == "cpu-torch":  # the torch loops (CUDA's) on the CPU
+        monkeypatch.setattr(DeviceHashIndex, "numpy_on_cpu", False)
+        device = "cpu"
     rng = np.random.default_rng(0)
     keys = rng.integers(-(2**63), 2**63 - 1, size=20_000, dtype=np.int64)
     keys[:50] = keys[50:100]  # duplicates in one batch get one slot
@@ -44,8 +47,11 @@ def test_device_index_hashes_and_places_like_the_numpy_index(device: str) -> Non
     assert dev.num_entries == np.unique(s_ref).size
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_prune_regrow_invariants_hold_on_the_device(device: str) -> None:
+@pytest.mark.parametrize("device", ["cpu", "cpu-torch", CUDA])
+def test_prune_regrow_invariants_hold_on_the_device(device: str, monkeypatch) -> None:
+    if device == "cpu-torch":
+        monkeypatch.setattr(DeviceHashIndex, "numpy_on_cpu", False)
+        device = "cpu"
     rng = np.random.default_rng(0)
     store = ChunkStore(StoreConfig(dim=64, widths="4-4-8-16-32", budget=0.3, interval=4,
                                    evict_after=8, device=device))
