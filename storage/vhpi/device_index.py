@@ -12,9 +12,10 @@ the keys still unresolved (a few rounds at load <= 0.7).
     slots, new = index.get_or_insert(fields, keys)   # int16[N], int64[N] -> int64[N], bool[N]
     index.lookup(fields, keys)                       # int64[N], -1 where absent
 
-On the CPU the probe loops run in numpy over views of the same tensors (no copy): a probe round
-is a dozen small ops, and numpy's per-call cost is a few times lower than torch's (measured
-here: 3.7x the lookups/s at batches of 2,560 keys, equal at 100k). On CUDA they are torch ops.
+On the CPU, batches of fewer than NUMPY_BELOW keys run the probe loops in numpy over views of the
+same tensors (no copy): a probe round is a dozen small ops, and numpy's per-call cost is a few
+times lower than torch's (measured here: numpy 3.7x torch's lookups/s at 2,560 keys; torch
+1.2-1.6x numpy's at 100k). On CUDA they are always torch ops.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from storage.vhpi.hash_index import HashIndex
+from storage.vhpi.hash_index import HashIndex, mix64
 
 EMPTY = -1
 TOMBSTONE = -2
+NUMPY_BELOW = 1 << 15  # CPU batches smaller than this probe in numpy (see module docstring)
 GROWN_LOAD = 0.5
 
 _SIGN = -(1 << 63)
@@ -91,16 +93,22 @@ class DeviceHashIndex:
         return torch.as_tensor(x, device=self.device).to(dtype).reshape(-1)
 
     # ---- lookup ------------------------------------------------------------------------
-    def _numpy(self) -> SimpleNamespace | None:
-        """On the CPU, numpy views of the table and keys (what HashIndex's loops read and
-        write); None elsewhere."""
-        if self.device.type != "cpu" or not self.numpy_on_cpu:
+    def _numpy(self, n: int) -> SimpleNamespace | None:
+        """On the CPU and for fewer than NUMPY_BELOW keys, numpy views of the table and keys
+        (what HashIndex's loops read and write); None otherwise."""
+        if self.device.type != "cpu" or not self.numpy_on_cpu or n >= NUMPY_BELOW:
             return None
         return SimpleNamespace(table=self.table.numpy(), keys=self.keys.numpy(),
                                fields=self.fields.numpy())
 
+    def _hash(self, fields: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """mix64_t, in numpy where the probe loops are (the same bits)."""
+        if self._numpy(keys.numel()) is not None:
+            return torch.from_numpy(mix64(fields.numpy(), keys.numpy()).view(np.int64))
+        return mix64_t(fields, keys)
+
     def _probe(self, fields: torch.Tensor, keys: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        view = self._numpy()
+        view = self._numpy(keys.numel())
         if view is not None:
             out = HashIndex._probe(view, fields.numpy(), keys.numpy(),  # type: ignore[arg-type]
                                    h.numpy().view(np.uint64))
@@ -130,13 +138,13 @@ class DeviceHashIndex:
     def lookup(self, fields: object, keys: object) -> torch.Tensor:
         """int[N] fields, int64[N] raw keys -> int64[N] entry slots, -1 where absent."""
         f, k = self._as(fields, torch.int16), self._as(keys, torch.int64)
-        return self._probe(f, k, mix64_t(f, k))
+        return self._probe(f, k, self._hash(f, k))
 
     def get_or_insert(self, fields: object, keys: object) -> tuple[torch.Tensor, torch.Tensor]:
         """Entry slot of every key, inserting the absent ones (duplicates get one slot).
         Returns (int64[N] slots, bool[N] true where the key was inserted by this call)."""
         fields, keys = self._as(fields, torch.int16), self._as(keys, torch.int64)
-        h = mix64_t(fields, keys)
+        h = self._hash(fields, keys)
         slots = self._probe(fields, keys, h)
         inserted = torch.zeros(keys.numel(), dtype=torch.bool, device=self.device)
         missing = torch.nonzero(slots < 0).squeeze(1)
@@ -195,7 +203,7 @@ class DeviceHashIndex:
 
     def _place(self, h: torch.Tensor, slots: torch.Tensor) -> None:
         """Write entry slots into empty cells by linear probing (keys known absent)."""
-        view = self._numpy()
+        view = self._numpy(slots.numel())
         if view is not None:
             HashIndex._place(view, h.numpy().view(np.uint64),  # type: ignore[arg-type]
                              slots.numpy().astype(np.int32))
