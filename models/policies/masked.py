@@ -55,7 +55,7 @@ class _AddLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
-        return grad, torch.ones((), dtype=grad.dtype)
+        return grad, torch.ones((), dtype=grad.dtype, device=grad.device)
 
 
 def add_loss(x: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
