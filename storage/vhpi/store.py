@@ -14,9 +14,10 @@ Training step, as the trainer drives it:
     store.apply_gradients(ctx, emb_grad)         # utilities, Adagrad on live chunks, schedule
 
 Every array is a torch tensor on `config.device` (cpu or cuda), the hash index included, and
-every operation is batched torch ops on it. Slots and results are tensors on that device (a
-method taking slots also takes numpy). The admission sketch, when there is one, stays on the
-host. A snapshot is CPU numpy arrays in one .npz, whatever the device: a GPU store's save loads
+every operation is batched torch ops on it (on the CPU the index probes small batches in numpy
+over the same memory, device_index.py says why). Slots and results are tensors on that device
+(a method taking slots also takes numpy). The admission sketch, when there is one, stays on
+the host. A snapshot is CPU numpy arrays in one .npz, whatever the device: a GPU store's save loads
 on the CPU and back, bit-exactly.
 
 What a policy may do beyond that, all by slot (int64[N], from a context or `live_slots()`):
