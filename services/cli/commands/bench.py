@@ -86,6 +86,10 @@ def quality(
 
     if device not in ("cpu", "cuda"):
         raise typer.BadParameter("expected cpu or cuda", param_hint="--device")
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise typer.BadParameter("torch sees no CUDA device here", param_hint="--device")
     specs = split_policies(policies or "") + [p.strip() for p in policy or [] if p.strip()]
     if not specs:
         raise typer.BadParameter("give --policies or --policy", param_hint="--policies")
