@@ -2,6 +2,7 @@
 optimizer, same batches; and the hash index's lookups/s. Prints two tables.
 
     python bench/train_speed.py [--fields 26] [--batch 4096] [--steps 40] [--threads 1]
+                                [--device cpu|cuda]
 
 Ratios matter, not absolute numbers: the machine is shared and noisy. Every policy first
 makes one pass over the same pre-generated batches (inserting the vocabulary), then the
@@ -24,6 +25,7 @@ from models.learner import Learner
 from models.networks import build_model
 from models.policies.registry import parse_policy
 from storage.datasets import open_dataset
+from storage.vhpi.device_index import DeviceHashIndex
 from storage.vhpi.hash_index import HashIndex
 
 app = typer.Typer(add_completion=False)
@@ -41,8 +43,8 @@ class SumModel(torch.nn.Module):
         return self.out(emb.sum(dim=1)).squeeze(1)
 
 
-def _learner(spec: str, model_name: str, schema, threads: int) -> Learner:
-    policy = parse_policy(spec, schema.num_fields, seed=0)
+def _learner(spec: str, model_name: str, schema, threads: int, device: str) -> Learner:
+    policy = parse_policy(spec, schema.num_fields, seed=0, device=device)
     if model_name == "none":
         model: torch.nn.Module = SumModel(policy.dim)
     else:
@@ -59,17 +61,36 @@ def _timed_pass(learner: Learner, batches: list) -> float:
     return learner.samples_per_s
 
 
-def _index_speed(n_keys: int, batch: int, repeats: int) -> dict[str, float]:
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _index_speed(n_keys: int, batch: int, repeats: int, device: str = "cpu") -> dict[str, float]:
     rng = np.random.default_rng(0)
     keys = rng.integers(-(2**63), 2**63 - 1, size=n_keys, dtype=np.int64)
     fields = rng.integers(0, 26, size=n_keys).astype(np.int16)
     idx = HashIndex()
     idx.get_or_insert(fields, keys)
+    dev = DeviceHashIndex(device=device)
+    dev.get_or_insert(torch.from_numpy(fields).to(device), torch.from_numpy(keys).to(device))
     q = rng.integers(0, n_keys, size=(repeats, batch))
-    t = time.perf_counter()
-    for r in range(repeats):
-        idx.lookup(fields[q[r]], keys[q[r]])
-    ours = repeats * batch / (time.perf_counter() - t)
+    dq = [(torch.from_numpy(fields[r]).to(device), torch.from_numpy(keys[r]).to(device))
+          for r in q]
+    # Side by side, twice each, the better pass of each kept: the machine is shared.
+    ours = torch_rate = 0.0
+    for _ in range(2):
+        t = time.perf_counter()
+        for r in range(repeats):
+            idx.lookup(fields[q[r]], keys[q[r]])
+        ours = max(ours, repeats * batch / (time.perf_counter() - t))
+        dev.lookup(*dq[0])
+        _sync(device)
+        t = time.perf_counter()
+        for f, k in dq:
+            dev.lookup(f, k)
+        _sync(device)
+        torch_rate = max(torch_rate, repeats * batch / (time.perf_counter() - t))
     d = {(int(f), int(k)): i for i, (f, k) in enumerate(zip(fields, keys, strict=True))}
     qf, qk = fields[q[0]].tolist(), keys[q[0]].tolist()
     t = time.perf_counter()
@@ -78,6 +99,7 @@ def _index_speed(n_keys: int, batch: int, repeats: int) -> dict[str, float]:
     used = idx.table_bytes + (idx.keys.itemsize + idx.fields.itemsize + 1) * idx.num_entries
     return {
         "ours": ours,
+        "torch": torch_rate,
         "dict": py,
         "bytes_per_key": used / idx.num_entries,
         "table_bytes_per_key": idx.table_bytes / idx.num_entries,
@@ -93,6 +115,7 @@ def main(
     vocab: int = 200_000,
     threads: int = 1,
     rounds: int = 3,
+    device: str = typer.Option("cpu", help="cpu or cuda: where the stores and the model run"),
     policies: str = "torch:64;fixed:64,optimizer=adagrad;fiited:budget=0.25,optimizer=adagrad;"
     "fiited:K=8,budget=0.25,optimizer=adagrad",
 ) -> None:
@@ -103,12 +126,12 @@ def main(
     batches = list(ds.batches(batch))
     table = Table(
         title=f"training samples/s, {fields} fields, batch {batch}, model {model}, "
-        f"{threads} thread(s), median of {rounds} interleaved passes"
+        f"{threads} thread(s), {device}, median of {rounds} interleaved passes"
     )
     for col in ("policy", "samples/s", "vs first", "embedding bytes"):
         table.add_column(col, justify="right" if col != "policy" else "left")
     specs = policies.split(";")
-    learners = [_learner(spec, model, ds.schema, threads) for spec in specs]
+    learners = [_learner(spec, model, ds.schema, threads, device) for spec in specs]
     for learner in learners:  # the first pass inserts the vocabulary and grows the tables
         _timed_pass(learner, batches)
     # Steady state: the policies take turns, pass by pass, so load on a shared machine falls
@@ -127,7 +150,7 @@ def main(
             f"{learner.policy.memory().total_bytes / 1e6:,.1f} MB",
         )
     console.print(table)
-    s = _index_speed(2_000_000, 100_000, 20)
+    s = _index_speed(2_000_000, 100_000, 20, device)
     t2 = Table(title="hash index: lookups of 100k-key batches over 2M keys")
     for col in ("implementation", "lookups/s", "vs dict", "bytes/key (table + keys)"):
         t2.add_column(col)
@@ -136,6 +159,12 @@ def main(
         f"{s['ours']:,.0f}",
         f"{s['ours'] / s['dict']:.1f}x",
         f"{s['bytes_per_key']:.1f} (table {s['table_bytes_per_key']:.1f})",
+    )
+    t2.add_row(
+        f"DeviceHashIndex (torch, {device})",
+        f"{s['torch']:,.0f}",
+        f"{s['torch'] / s['dict']:.1f}x",
+        "same layout",
     )
     t2.add_row("python dict", f"{s['dict']:,.0f}", "1.0x", "-")
     console.print(t2)

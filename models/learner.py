@@ -38,6 +38,8 @@ class Learner:
     model(emb: float32[B, F, D], dense: float32[B, Dn] | None) -> logits float32[B]
     optimizer: "adam" or "adagrad" for the dense parameters (network + policy.dense_parameters()).
     num_threads: if given, torch.set_num_threads(num_threads) (a process-wide setting).
+    The model is moved to the policy's device (`policy.device`, cpu or cuda), and every batch
+    with it; predictions come back to the host for the metrics.
     """
 
     def __init__(
@@ -51,7 +53,8 @@ class Learner:
     ) -> None:
         if num_threads is not None:
             torch.set_num_threads(num_threads)
-        self.model = model
+        self.device = torch.device(getattr(policy, "device", "cpu"))
+        self.model = model.to(self.device)
         self.policy = policy
         params = list(model.parameters()) + list(policy.dense_parameters())
         kind = optimizer.strip().lower()
@@ -76,9 +79,10 @@ class Learner:
         recording; reading the data is not counted)."""
         return self.rows_trained / self.train_seconds if self.train_seconds > 0 else float("nan")
 
-    @staticmethod
-    def _dense(batch: SparseBatch) -> torch.Tensor | None:
-        return None if batch.dense is None else torch.from_numpy(batch.dense)
+    def _dense(self, batch: SparseBatch) -> torch.Tensor | None:
+        if batch.dense is None:
+            return None
+        return torch.from_numpy(batch.dense).to(self.device, non_blocking=True)
 
     def predict(self, batch: SparseBatch) -> np.ndarray:
         """Click probabilities float32[B] with the current parameters; changes nothing."""
@@ -90,7 +94,7 @@ class Learner:
                 logits = self.model(emb, self._dense(batch))
         finally:
             self.model.train(was_training)
-        return torch.sigmoid(logits).numpy().astype(np.float32, copy=False)
+        return torch.sigmoid(logits).cpu().numpy().astype(np.float32, copy=False)
 
     def step(self, batch: SparseBatch) -> np.ndarray:
         """Score `batch` with the current parameters, record the scores, then train on it.
@@ -101,8 +105,9 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
         emb = self.policy.lookup(batch.ids, train=True)
         logits = self.model(emb, self._dense(batch))
-        pred = torch.sigmoid(logits.detach()).numpy().astype(np.float32, copy=True)
-        loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(batch.labels))
+        pred = torch.sigmoid(logits.detach()).cpu().numpy().astype(np.float32, copy=True)
+        labels = torch.from_numpy(batch.labels).to(self.device, non_blocking=True)
+        loss = F.binary_cross_entropy_with_logits(logits, labels)
         if not torch.isfinite(loss):
             # inputs at the edge of float32 overflow the forward pass: one such batch would
             # make every weight NaN for good. It is not learned from (the policy steps with no

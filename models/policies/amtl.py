@@ -99,25 +99,27 @@ class AMTLPolicy(MaskedChunkPolicy):
         self.log_hot = float(np.log1p(params.high))
         self.mask_module = TwinMaskNet(self.num_fields, params.hidden, K, start, params.gain,
                                        config.seed)
-        self._kept = torch.from_numpy(self.store.offsets[1:]).float() / config.dim  # [K]
+        self.mask_module.to(self.store.device)
+        self._kept = (torch.from_numpy(self.store.offsets[1:]).float() / config.dim).to(
+            self.store.device)  # [K]
 
-    def frequency(self, slots: np.ndarray) -> torch.Tensor:
+    def frequency(self, slots: torch.Tensor) -> torch.Tensor:
         """float32[U] log-scaled access counts, 1.0 at `high` accesses."""
-        c = self.store.counts(slots).astype(np.float32)
-        return torch.from_numpy(np.log1p(c) / np.float32(self.log_hot))
+        c = self.store.counts(slots).float()
+        return torch.log1p(c) / np.float32(self.log_hot)
 
-    def probabilities(self, slots: np.ndarray) -> torch.Tensor:
+    def probabilities(self, slots: torch.Tensor) -> torch.Tensor:
         """float32[U, K]: softmax(z / tau) over "keep n chunks", n = 1..K."""
-        fields = torch.from_numpy(self.store.index.fields[slots].astype(np.int64))
+        fields = self.store.index.fields[slots].long()
         return torch.softmax(self.mask_module(fields, self.frequency(slots)) / self.tau, dim=1)
 
     def masks(
-        self, slots: np.ndarray, train: bool
-    ) -> tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None]:
+        self, slots: torch.Tensor, train: bool
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None]:
         if not train:
             with torch.no_grad():
                 p = self.probabilities(slots)
-            return p.argmax(dim=1).numpy().astype(np.int64) + 1, None, None
+            return p.argmax(dim=1) + 1, None, None
         p = self.probabilities(slots)  # [U, K]
         choice = p.detach().argmax(dim=1)
         hard = torch.nn.functional.one_hot(choice, p.shape[1]).float()
@@ -125,14 +127,14 @@ class AMTLPolicy(MaskedChunkPolicy):
         # (d mask / d p_n = prefix of n chunks: the straight-through estimator).
         masks = (hard @ self._prefix, p @ self._prefix)
         penalty = (p @ self._kept).mean()
-        return choice.numpy().astype(np.int64) + 1, masks, penalty
+        return choice + 1, masks, penalty
 
     def stats(self) -> dict[str, float]:
         out = super().stats()
         slots = self.store.live_slots()
-        if slots.size:
-            n = (self.store.addresses(slots) >= 0).sum(axis=1)
-            fields = self.store.index.fields[slots].astype(np.int64)
+        if slots.numel():
+            n = (self.store.addresses(slots) >= 0).sum(dim=1).cpu().numpy()
+            fields = self.store.index.fields[slots].cpu().numpy().astype(np.int64)
             dims = self.store.offsets[n]
             sums = np.bincount(fields, weights=dims, minlength=self.num_fields)
             cnt = np.maximum(np.bincount(fields, minlength=self.num_fields), 1)

@@ -43,6 +43,11 @@ class ChunkedPolicy(EmbeddingPolicy):
         self.store = ChunkStore(config)
         self._pending: tuple[LookupContext, torch.Tensor] | None = None
 
+    @property
+    def device(self) -> torch.device:
+        """Where the store's tables live (StoreConfig.device); lookups return tensors there."""
+        return self.store.device
+
     def lookup(self, ids: np.ndarray, train: bool = False) -> torch.Tensor:
         emb, ctx = self.store.lookup(ids, train=train)
         if train:
@@ -84,7 +89,7 @@ class ChunkedPolicy(EmbeddingPolicy):
         slots, del_fields, del_keys = self.store.take_changes(dirty_only)
         fields_, keys, masks, values = self.store.export(slots)
         return EmbeddingExport(
-            fields=fields_, keys=keys, masks=masks, values=values.numpy(),
+            fields=fields_, keys=keys, masks=masks, values=values.cpu().numpy(),
             widths=self.store.widths, deleted_fields=del_fields, deleted_keys=del_keys,
         )
 
@@ -92,7 +97,7 @@ class ChunkedPolicy(EmbeddingPolicy):
         self.store.save(path)
 
     def load(self, path: Path) -> None:
-        self.store = ChunkStore.load(path)
+        self.store = ChunkStore.load(path, device=self.store.config.device)
 
 
 class FixedPolicy(ChunkedPolicy):

@@ -60,8 +60,10 @@ class DimensionMaskPolicy(MaskedChunkPolicy):
         self.init = float(D if params.init is None else params.init)
         self.harden_after = params.harden
         self.mask_module = nn.ParameterDict({"theta": nn.Parameter(torch.zeros(num_fields))})
-        self._starts = torch.from_numpy(self.store.offsets[:-1]).float()  # [K] chunk starts
-        self._dim_center = torch.arange(D, dtype=torch.float32) + 0.5  # [D]
+        dev = self.store.device
+        self.mask_module.to(dev)
+        self._starts = torch.from_numpy(self.store.offsets[:-1]).float().to(dev)  # [K] starts
+        self._dim_center = torch.arange(D, dtype=torch.float32, device=dev) + 0.5  # [D]
         self.frozen = np.zeros(num_fields, dtype=bool)
         self.frozen_theta = np.zeros(num_fields, dtype=np.float32)
         self.last_n = self.field_chunks()
@@ -81,33 +83,32 @@ class DimensionMaskPolicy(MaskedChunkPolicy):
         with torch.no_grad():
             t = self.thresholds()
             n = (self._starts[None, :] < t[:, None]).sum(dim=1)
-        return n.clamp(min=1).numpy().astype(np.int64)
+        return n.clamp(min=1).cpu().numpy().astype(np.int64)
 
     def field_dims(self) -> np.ndarray:
         """Hard N_f in dims, int64[F]."""
         return self.store.offsets[self.field_chunks()]
 
     def masks(
-        self, slots: np.ndarray, train: bool
-    ) -> tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None]:
-        fields = self.store.index.fields[slots].astype(np.int64)
-        n_field = self.field_chunks()
-        n = n_field[fields]
+        self, slots: torch.Tensor, train: bool
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None]:
+        rows = self.store.index.fields[slots].long()
+        n_field = torch.from_numpy(self.field_chunks()).to(self.device)
+        n = n_field[rows]
         if not train:
             return n, None, None
         t = self.thresholds()  # [F]
         soft = torch.sigmoid((t[:, None] - self._dim_center[None, :]) / self.tau)  # [F, D]
-        hard = self._prefix[torch.from_numpy(n_field - 1)]  # [F, D]
+        hard = self._prefix[n_field - 1]  # [F, D]
         penalty = soft.mean()  # mean over fields of the expected kept fraction
-        rows = torch.from_numpy(fields)
         return n, (hard[rows], soft[rows]), penalty
 
     def after_step(self) -> None:
         if self.frozen.any():
             with torch.no_grad():
-                self.theta[torch.from_numpy(self.frozen)] = torch.from_numpy(
+                self.theta[torch.from_numpy(self.frozen).to(self.device)] = torch.from_numpy(
                     self.frozen_theta[self.frozen]
-                )
+                ).to(self.device)
         n = self.field_chunks()
         moved = n != self.last_n
         self.last_change[moved] = self.steps
@@ -115,7 +116,7 @@ class DimensionMaskPolicy(MaskedChunkPolicy):
         stable = ~self.frozen & (self.steps - self.last_change >= self.harden_after)
         if self.harden_after > 0 and stable.any():
             self.frozen |= stable
-            self.frozen_theta[stable] = self.theta.detach().numpy()[stable]
+            self.frozen_theta[stable] = self.theta.detach().cpu().numpy()[stable]
 
     def stats(self) -> dict[str, float]:
         out = super().stats()

@@ -50,14 +50,15 @@ def save_hot_start(policy: EmbeddingPolicy, model: nn.Module | None, path: Path)
 
 
 def read_store(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
-    """A ChunkStore save -> (fields int16[N], keys int64[N], counts uint16[N],
-    values float32[N, D]) of its live entries (zeros where a chunk is not stored)."""
-    src = ChunkStore.load(path)
+    """A ChunkStore save -> (fields int16[N], keys int64[N], counts int64[N],
+    values float32[N, D]) of its live entries (zeros where a chunk is not stored), on the
+    host (the save is read on the CPU whatever device wrote it)."""
+    src = ChunkStore.load(path, device="cpu")
     slots = src.live_slots()
     return (
-        src.index.fields[slots].copy(),
-        src.index.keys[slots].copy(),
-        src.counts(slots).copy(),
+        src.index.fields[slots].numpy(),
+        src.index.keys[slots].numpy(),
+        src.counts(slots).numpy().astype(np.int64),
         src.gather(slots),
     )
 
@@ -76,7 +77,8 @@ def hot_start(policy: EmbeddingPolicy, path: Path, model: nn.Module | None = Non
         values = torch.nn.functional.pad(values, (0, D - values.shape[1]))
     slots = s.import_entries(fields, keys, counts, values)
     if s.tracks_utility:
-        s.seed_utilities(slots, counts.astype(np.float32)[:, None] * s.chunk_norms(values))
+        a = torch.from_numpy(counts.astype(np.float32)).to(s.device)
+        s.seed_utilities(slots, a[:, None] * s.chunk_norms(values))
     s.enforce_entry_limit()  # the copy went around the limit a train lookup keeps
     if isinstance(policy, MaskedChunkPolicy):
         policy.relayout()
@@ -85,4 +87,4 @@ def hot_start(policy: EmbeddingPolicy, path: Path, model: nn.Module | None = Non
     net = network_path(Path(path))
     if model is not None and net.exists():
         model.load_state_dict(torch.load(net, weights_only=True))
-    return int(slots.size)
+    return int(slots.numel())

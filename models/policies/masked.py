@@ -55,7 +55,7 @@ class _AddLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
-        return grad, torch.ones((), dtype=grad.dtype)
+        return grad, torch.ones((), dtype=grad.dtype, device=grad.device)
 
 
 def add_loss(x: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
@@ -109,11 +109,13 @@ class MaskedChunkPolicy(ChunkedPolicy):
         self.warmup = params.warmup  # the penalty ramps up linearly over this many steps
         self.tau = params.tau
         self.steps = 0
-        offsets = torch.from_numpy(self.store.offsets).float()
+        offsets = torch.from_numpy(self.store.offsets).float().to(self.store.device)
         # prefix[n - 1, d] = 1 where dim d is kept by a mask of n chunks: float32[K, D]
-        self._prefix = (torch.arange(config.dim)[None, :] < offsets[1:, None]).float()
+        dims = torch.arange(config.dim, device=self.store.device)
+        self._prefix = (dims[None, :] < offsets[1:, None]).float()
         self.last_penalty = 0.0
         self.setup(params)
+        self.mask_module.to(self.store.device)
 
     @classmethod
     def check(cls, params: MaskedParams, config: StoreConfig) -> None:
@@ -126,24 +128,24 @@ class MaskedChunkPolicy(ChunkedPolicy):
     # ---- the subclass's mask --------------------------------------------------------------
     @abstractmethod
     def masks(
-        self, slots: np.ndarray, train: bool
-    ) -> tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None]:
-        """Entries int32[U] -> (hard chunk counts int64[U] in 1..K, (hard mask, soft mask)
+        self, slots: torch.Tensor, train: bool
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None]:
+        """Entries int64[U] -> (hard chunk counts int64[U] in 1..K, (hard mask, soft mask)
         float32[U, D] each (train only, else None), penalty scalar tensor (train only))."""
 
     def after_step(self) -> None:
         """Hook after the dense optimizer's step and the embedding update."""
 
     # ---- layout ---------------------------------------------------------------------------
-    def resize(self, slots: np.ndarray, n_chunks: np.ndarray) -> int:
-        """Give entries exactly their first n chunks (ChunkStore.resize): int32[N], int64[N]
+    def resize(self, slots: torch.Tensor, n_chunks: torch.Tensor) -> int:
+        """Give entries exactly their first n chunks (ChunkStore.resize): int64[N], int64[N]
         -> number of entries changed."""
         return self.store.resize(slots, n_chunks)
 
     def relayout(self) -> int:
         """Re-lay out every live entry to the current hard mask; returns entries changed."""
         slots = self.store.live_slots()
-        if slots.size == 0:
+        if slots.numel() == 0:
             return 0
         with torch.no_grad():
             n, _, _ = self.masks(slots, train=False)
@@ -152,7 +154,7 @@ class MaskedChunkPolicy(ChunkedPolicy):
     def chunk_counts(self) -> np.ndarray:
         """int64[E] stored chunks of every live entry (the hard mask as laid out)."""
         slots = self.store.live_slots()
-        return (self.store.addresses(slots) >= 0).sum(axis=1)
+        return (self.store.addresses(slots) >= 0).sum(dim=1).cpu().numpy()
 
     # ---- the policy interface -------------------------------------------------------------
     def lookup(self, ids: np.ndarray, train: bool = False) -> torch.Tensor:
@@ -167,12 +169,12 @@ class MaskedChunkPolicy(ChunkedPolicy):
         self.resize(ctx.unique, n)
         addr = self.store.addresses(ctx.unique)
         values = self.store.gather(ctx.unique, addr).requires_grad_(True)  # [U, D] leaf
-        U = ctx.unique.size
+        U = ctx.unique.numel()
         # The leaf is per unique entry, so the store sees one "access" row per entry.
-        own = replace(ctx, inverse=np.arange(U), addresses=addr)
+        own = replace(ctx, inverse=torch.arange(U, device=self.device), addresses=addr)
         self._pending = (own, values)
         masked = straight_through(values, *mask)
-        out = masked[torch.from_numpy(ctx.inverse)].reshape(B, F, -1)
+        out = masked.index_select(0, ctx.inverse).reshape(B, F, -1)
         if penalty is not None and self.penalty_weight > 0:
             self.last_penalty = float(penalty.detach())
             ramp = min(1.0, (self.steps + 1) / self.warmup) if self.warmup > 0 else 1.0
@@ -224,14 +226,14 @@ class MaskedChunkPolicy(ChunkedPolicy):
         self.store.save(path)
         arrays = read_npz(path)
         for name, t in self.mask_module.state_dict().items():
-            arrays[_MASK_PREFIX + name] = t.detach().numpy()
+            arrays[_MASK_PREFIX + name] = t.detach().cpu().numpy()
         meta = json.dumps(self.extra_state()).encode()
         arrays[_MASK_PREFIX + "meta"] = np.frombuffer(meta, dtype=np.uint8)
         write_npz(path, arrays)
 
     def load(self, path: Path) -> None:
         """Load in place: the mask parameters keep their identity (the optimizer holds them)."""
-        self.store = ChunkStore.load(path)
+        self.store = ChunkStore.load(path, device=self.store.config.device)
         state = {k[len(_MASK_PREFIX) :]: torch.from_numpy(v)
                  for k, v in read_npz(path).items() if k.startswith(_MASK_PREFIX)}
         meta = state.pop("meta", None)

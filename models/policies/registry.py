@@ -53,11 +53,12 @@ KINDS = tuple(POLICIES)
 _DIM_FIRST = ("fixed", "torch")  # kinds whose first parameter may be a bare dim: fixed:64
 
 
-def parse_policy(spec: str, num_fields: int, seed: int = 0) -> EmbeddingPolicy:
+def parse_policy(spec: str, num_fields: int, seed: int = 0,
+                 device: str = "cpu") -> EmbeddingPolicy:
     """Build a policy from its spec string (see module docstring). Raises ValueError with one
     line naming the refused parameter."""
     try:
-        return _build_policy(spec, num_fields, seed)
+        return _build_policy(spec, num_fields, seed, device)
     except ValidationError as exc:
         raise ValueError(f"policy {spec!r}: {describe_validation_error(exc)}") from exc
     except ValueError as exc:
@@ -97,13 +98,14 @@ def split_spec(spec: str) -> tuple[str, dict[str, str]]:
     return kind, params
 
 
-def _build_policy(spec: str, num_fields: int, seed: int) -> EmbeddingPolicy:
+def _build_policy(spec: str, num_fields: int, seed: int, device: str) -> EmbeddingPolicy:
     kind, params = split_spec(spec)
     hot = params.pop("hot", None)
     if hot is not None and not hot:
         raise ValueError("hot= needs the path of a fixed:64 save")
     cls = POLICIES[kind]
     own, rest = split_params(params, cls.Params)
+    rest.setdefault("device", device)  # where its tables live: cpu or cuda
     policy = cls.from_params(own, rest, num_fields=num_fields, seed=seed, spec=spec)
     if hot is not None:
         hot_start(policy, Path(hot))

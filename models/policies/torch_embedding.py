@@ -64,8 +64,11 @@ class TorchEmbeddingPolicy(EmbeddingPolicy):
     @classmethod
     def from_params(cls, params: TorchParams, rest: dict[str, str], num_fields: int,
                     seed: int, spec: str) -> TorchEmbeddingPolicy:
+        rest = dict(rest)
+        device = rest.pop("device", "cpu")
         no_store_params(rest, TorchParams)
-        return cls(params.dim, num_fields=num_fields, seed=seed, spec=spec, rows=params.rows)
+        return cls(params.dim, num_fields=num_fields, seed=seed, spec=spec, rows=params.rows,
+                   device=device)
 
     def __init__(
         self,
@@ -76,6 +79,7 @@ class TorchEmbeddingPolicy(EmbeddingPolicy):
         rows: int = 1 << 20,
         lr: float = EMBEDDING_LR,
         init_std: float = EMBEDDING_INIT_STD,
+        device: str = "cpu",
     ) -> None:
         if dim < 1 or rows < 1 or num_fields < 1:
             raise ValueError(f"need dim, rows, num_fields >= 1, got {dim}, {rows}, {num_fields}")
@@ -83,22 +87,24 @@ class TorchEmbeddingPolicy(EmbeddingPolicy):
         self.spec = spec or f"torch:{dim},rows={rows}"
         self.table = nn.Embedding(rows, dim, sparse=True)
         gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
+        with torch.no_grad():  # drawn on the CPU: the same table on every device
             self.table.weight.normal_(0.0, init_std, generator=gen)
+        self.device = torch.device(device)
+        self.table.to(self.device)
         self.optimizer = torch.optim.Adagrad(
             self.table.parameters(),
             lr=lr,
             eps=ADAGRAD_EPS,
             initial_accumulator_value=ADAGRAD_INITIAL_ACCUMULATOR,
         )
-        self._touched = torch.zeros(rows, dtype=torch.bool)
+        self._touched = torch.zeros(rows, dtype=torch.bool, device=self.device)
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def lookup(self, ids: np.ndarray, train: bool = False) -> torch.Tensor:
         ids = np.asarray(ids)
         if ids.ndim != 2 or ids.shape[1] != self.num_fields:
             raise ValueError(f"ids has shape {ids.shape}, expected (B, {self.num_fields})")
-        rows = torch.from_numpy(hash_rows(ids, self.rows))
+        rows = torch.from_numpy(hash_rows(ids, self.rows)).to(self.device)
         with torch.no_grad():
             emb = F.embedding(rows, self.table.weight)  # [B, F, D]
         if train:
@@ -156,15 +162,15 @@ class TorchEmbeddingPolicy(EmbeddingPolicy):
                 "spec": self.spec,
                 "dim": self.dim,
                 "rows": self.rows,
-                "weight": self.table.weight.detach(),
+                "weight": self.table.weight.detach().cpu(),
                 "optimizer": self.optimizer.state_dict(),
-                "touched": self._touched,
+                "touched": self._touched.cpu(),
             },
             Path(path),
         )
 
     def load(self, path: Path) -> None:
-        state = torch.load(Path(path), weights_only=True)
+        state = torch.load(Path(path), weights_only=True, map_location=self.device)
         if state["dim"] != self.dim or state["rows"] != self.rows:
             raise ValueError(
                 f"{path}: table is {state['rows']}x{state['dim']}, this policy "

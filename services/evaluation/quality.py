@@ -108,15 +108,18 @@ def run_one(
     common_dim: int = 0,
     hot_start: Path | None = None,
     advance: Callable[[int], object] | None = None,
+    device: str = "cpu",
 ) -> Run:
     """Progressive validation of one policy and seed over the whole stream; with `hot_start`
     (a fixed:64 policy save) the policy, and the network where `PATH.net.pt` exists, start
-    from it (models.policies.hot_start). `advance(n)` is called with each batch's rows."""
-    policy = parse_policy(spec, num_fields=dataset.schema.num_fields, seed=seed)
+    from it (models.policies.hot_start). `advance(n)` is called with each batch's rows;
+    `device`: where the policy and network run."""
+    policy = parse_policy(spec, num_fields=dataset.schema.num_fields, seed=seed, device=device)
     if common_dim and policy.dim < common_dim and policy_kind(spec) == "fixed":
         # Every policy runs the same network: a fixed-dim baseline is zero-padded to the
         # widest policy's D, so only where the embedding memory goes differs between runs.
-        policy = parse_policy(f"{spec},pad={common_dim}", dataset.schema.num_fields, seed=seed)
+        policy = parse_policy(f"{spec},pad={common_dim}", dataset.schema.num_fields, seed=seed,
+                              device=device)
     net = build_model(model, dataset.schema, dim=policy.dim, seed=seed)
     if hot_start is not None:
         from models.policies.hot_start import hot_start as start_from
@@ -183,6 +186,7 @@ def run_quality_bench(
     data_dir: Path | None = None,
     advance: Callable[[int], object] | None = None,
     on_start: Callable[[int | None], None] | None = None,
+    device: str = "cpu",
 ) -> QualityReport:
     """Run every policy with seeds 0..seeds-1 and compare them (see module docstring).
 
@@ -222,7 +226,7 @@ def run_quality_bench(
     for spec in policies:
         for seed in range(seeds):
             run = run_one(dataset, spec, seed, model, batch_size, max_rows, lr, width, hot_start,
-                          advance)
+                          advance, device)
             if labels is None:
                 labels = run.metrics.labels.copy()
             elif not np.array_equal(labels, run.metrics.labels):

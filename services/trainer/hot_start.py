@@ -49,7 +49,7 @@ def hot_start_from(source: Path, policy: EmbeddingPolicy, net: nn.Module,
         raise ValueError(f"{path}: cannot hot-start {config.policy!r} from it: {exc}") from exc
     network = "fresh (different network)"
     if st.arch == config.arch:
-        dense = torch.load(path / "dense.pt", weights_only=True)["model"]
+        dense = torch.load(path / "dense.pt", map_location="cpu", weights_only=True)["model"]
         try:
             net.load_state_dict(dense)
             network = "copied"

@@ -67,7 +67,8 @@ class StreamTrainer:
         if settings.trainer.threads:
             torch.set_num_threads(settings.trainer.threads)
         schema = config.schema
-        self.policy = parse_policy(config.policy, num_fields=schema.num_fields, seed=config.seed)
+        self.policy = parse_policy(config.policy, num_fields=schema.num_fields, seed=config.seed,
+                                   device=settings.trainer.device)
         self.net = build_model(config.arch, schema, dim=self.policy.dim, seed=config.seed)
         self.learner = Learner(self.net, self.policy, lr=config.lr)
         # bounded: the version record reads the whole-stream and the newest-window metrics
@@ -260,7 +261,8 @@ class StreamTrainer:
             elif current.version > self.version:
                 self.version = current.version  # versions keep increasing across restarts
             self.version += 1
-            blob = wire.dense_to_bytes(self.net.state_dict())
+            blob = wire.dense_to_bytes(
+                {k: v.cpu() for k, v in self.net.state_dict().items()})
             st = self.publisher.publish(self.policy, blob, self.version, self._need_full,
                                         self.version_record())
         except Fenced:

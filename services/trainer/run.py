@@ -44,12 +44,15 @@ class TrainerOptions:
     max_events: int | None = None
     idle_exit_s: float | None = None
     hot_start: Path | None = None
+    device: str | None = None  # cpu or cuda; None: settings.trainer.device
 
 
 def build_trainer(settings: Settings, opts: TrainerOptions) -> StreamTrainer:
     """The trainer of `opts` (restored from its newest checkpoint), not connected yet."""
     arch = opts.arch.strip().lower()
     try:
+        if opts.device is not None:
+            settings = settings.replace(trainer_device=opts.device)
         wire.check_model_name(opts.model)
         schema = open_dataset(opts.data, settings.data_dir).schema
         return StreamTrainer(settings, TrainerConfig(

@@ -121,6 +121,8 @@ class TrainerSettings(Group):
     # unless renewed (every third of it); a second trainer waits this long, then is refused
     lease_ttl_s: float = Field(default=10.0, gt=0, le=3600, description="one trainer per model: "
                                "its lease in Redis lasts this long unless renewed")
+    device: Literal["cpu", "cuda"] = Field(
+        default="cpu", description="where the trainer's store, network and batches live")
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus /metrics of "
                               "`chunkrec train` on this port (0: none)")
     metrics_host: Host = Field(default="127.0.0.1",

@@ -1,7 +1,8 @@
 """The pruning logic: which chunks stay live under a memory budget.
 
 Every P steps each chunk gets a score from its utility; the store keeps the best-scored chunks
-whose bytes fit the budget. Pure functions over arrays, so they are tested on their own.
+whose bytes fit the budget. Pure functions over torch tensors (on the store's device), so they
+are tested on their own.
 
 Scores (`chunk_scores`):
 - utilities are normalised per (field, chunk position) by their mean (AdaEmbed normalises per
@@ -22,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
 from storage.vhpi.config import INDEX_ALLOWANCE, StoreConfig, fixed_entry_bytes
 
@@ -30,16 +32,16 @@ _SAMPLE_ROWS = 1 << 15  # rows of the sample that brackets the threshold
 
 
 def chunk_scores(
-    util: np.ndarray,
-    fields: np.ndarray,
-    admitted: np.ndarray,
+    util: torch.Tensor,
+    fields: torch.Tensor,
+    admitted: torch.Tensor,
     normalize: bool,
     prefix: bool,
     keep_first: bool,
-    live: np.ndarray | None = None,
+    live: torch.Tensor | None = None,
     hysteresis: float = 0.0,
     cost: np.ndarray | None = None,
-) -> np.ndarray:
+) -> torch.Tensor:
     """float32[E, K] utilities, int[E] fields, bool[E] admitted -> float32[E, K] scores.
 
     A live chunk's score is raised by the factor (1 + hysteresis) (`live` bool[E, K]): a chunk
@@ -49,39 +51,40 @@ def chunk_scores(
 
     With `prefix` the scores fall (weakly) along every row, so any threshold `s >= tau` keeps a
     prefix: tied positions pass or fail together."""
-    u = np.array(util, dtype=np.float32)  # a copy: everything below is in place
+    u = torch.as_tensor(util, dtype=torch.float32).clone()  # everything below is in place
     E, K = u.shape
     if E == 0:
         return u
-    first = None
+    dev = u.device
     if normalize:
         # One bincount over (field, position) cells gives every mean at once.
-        f = fields.astype(np.int64)
+        f = torch.as_tensor(fields, device=dev).long()
         nf = int(f.max()) + 1
-        cell = (f[:, None] * K + np.arange(K)).ravel()
-        n = np.maximum(np.bincount(f, minlength=nf), 1).astype(np.float64)
-        mean = np.bincount(cell, weights=u.ravel(), minlength=nf * K).reshape(nf, K) / n[:, None]
-        u /= np.maximum(mean, 1e-12).astype(np.float32)[f]
+        cell = (f[:, None] * K + torch.arange(K, device=dev)).reshape(-1)
+        n = torch.bincount(f, minlength=nf).clamp(min=1).double()
+        mean = torch.bincount(cell, weights=u.reshape(-1).double(), minlength=nf * K)
+        mean = mean.reshape(nf, K) / n[:, None]
+        u /= mean.clamp(min=1e-12).float().index_select(0, f)
     if cost is not None:
-        u /= np.asarray(cost, dtype=np.float32)
+        u /= torch.as_tensor(np.asarray(cost, dtype=np.float32), device=dev)
     if live is not None and hysteresis:
-        u *= np.where(live, np.float32(1.0 + hysteresis), np.float32(1.0))
-    if keep_first:
-        first = u[:, 0].copy()
+        up = torch.tensor(np.float32(1.0 + hysteresis), device=dev)
+        u *= torch.where(torch.as_tensor(live, device=dev), up, torch.ones((), device=dev))
+    first = u[:, 0].clone() if keep_first else None
     if prefix:
-        np.minimum.accumulate(u, axis=1, out=u)
-    if keep_first:
+        u = torch.cummin(u, dim=1).values
+    if first is not None:
         u[:, 0] = (u.max() + 1.0) + first
-    u[~admitted] = -np.inf
+    u[~torch.as_tensor(admitted, device=dev)] = -torch.inf
     return u
 
 
 def select_chunks(
-    scores: np.ndarray,
+    scores: torch.Tensor,
     capacity: float,
-    exact_bytes: Callable[[np.ndarray], float],
-    rng: np.random.Generator | None = None,
-) -> np.ndarray:
+    exact_bytes: Callable[[torch.Tensor], float],
+    gen: torch.Generator | None = None,
+) -> torch.Tensor:
     """Keep the highest-scored chunks whose bytes fit `capacity`: bool[E, K] = scores >= tau
     for the lowest threshold tau whose selection fits (so prefix-shaped scores keep prefixes).
 
@@ -89,24 +92,31 @@ def select_chunks(
     selection, monotone in it. tau is one of the scores themselves (all of them on small stores;
     on large ones one of _THRESHOLDS quantiles, so the budget may be under-filled by a fraction
     of a percent). Every exact count is a pass over all E x K scores, so the search first
-    brackets tau on a sample of rows and then gallops from there with exact counts."""
-    finite = np.isfinite(scores)
-    if not finite.any() or capacity <= 0:
-        return np.zeros_like(finite)
+    brackets tau on a sample of rows and then gallops from there with exact counts. `gen`: the
+    generator (on the scores' device) the samples are drawn with."""
+    finite = torch.isfinite(scores)
+    if capacity <= 0 or not bool(finite.any()):
+        return torch.zeros_like(finite)
     if exact_bytes(finite) <= capacity:
         return finite
-    rng = rng or np.random.default_rng(0)
-    flat = scores[finite]
-    if flat.size > _THRESHOLDS:
-        if flat.size > 64 * _THRESHOLDS:  # quantiles of a sample: a full sort costs ~10x more
-            flat = flat[rng.choice(flat.size, size=64 * _THRESHOLDS, replace=False)]
-        levels = np.linspace(0.0, 1.0, _THRESHOLDS)
-        candidates = np.unique(np.quantile(flat, levels, method="inverted_cdf"))[::-1]
-    else:
-        candidates = np.unique(flat)[::-1]  # distinct thresholds, high to low
-    n = candidates.size
+    dev = scores.device
 
-    def fits(i: int, rows: np.ndarray | None = None, scale: float = 1.0) -> bool:
+    def sample(n: int, k: int) -> torch.Tensor:
+        return torch.randperm(n, generator=gen, device=dev)[:k]
+
+    flat = scores[finite]
+    if flat.numel() > _THRESHOLDS:
+        if flat.numel() > 64 * _THRESHOLDS:  # quantiles of a sample: a full sort costs ~10x more
+            flat = flat[sample(flat.numel(), 64 * _THRESHOLDS)]
+        ordered = flat.sort().values
+        levels = np.linspace(0.0, 1.0, _THRESHOLDS)  # np.quantile's "inverted_cdf" positions
+        at = np.clip(np.ceil(levels * ordered.numel()).astype(np.int64) - 1, 0, None)
+        candidates = torch.unique(ordered[torch.from_numpy(at).to(dev)]).flip(0)
+    else:
+        candidates = torch.unique(flat).flip(0)  # distinct thresholds, high to low
+    n = candidates.numel()
+
+    def fits(i: int, rows: torch.Tensor | None = None, scale: float = 1.0) -> bool:
         sub = scores if rows is None else scores[rows]
         return exact_bytes(sub >= candidates[i]) * scale <= capacity
 
@@ -119,7 +129,7 @@ def select_chunks(
 
     E = scores.shape[0]
     if E > _SAMPLE_ROWS:  # a cheap estimate of where tau lies
-        rows = rng.choice(E, size=_SAMPLE_ROWS, replace=False)
+        rows = sample(E, _SAMPLE_ROWS)
         guess = last_fitting(-1, n, lambda i: fits(i, rows, E / _SAMPLE_ROWS))
         guess = min(max(guess, 0), n - 1)
     else:
@@ -137,7 +147,7 @@ def select_chunks(
         lo = max(hi - step, -1)
     best = last_fitting(lo, hi, fits)
     if best < 0:
-        return np.zeros_like(finite)
+        return torch.zeros_like(finite)
     return scores >= candidates[best]
 
 

@@ -27,6 +27,7 @@ that serving's Redis shrinks too. At 512 MiB: fixed:64 holds 1.8M IDs, fiited (b
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Literal
 
 from pydantic import ByteSize, ConfigDict, Field
@@ -73,6 +74,11 @@ class StoreConfig:
     max_entries: Positive | None = None  # entry limit; default: from max_bytes (see above)
     max_bytes: Annotated[ByteSize, Field(gt=0)] | None = DEFAULT_MAX_BYTES  # None: no limit
     initial_capacity: Positive = 1024
+    device: Literal["cpu", "cuda"] = "cpu"  # where every array of the store lives
+
+    def on(self, device: str) -> StoreConfig:
+        """This config with the store on `device` ("cpu" or "cuda")."""
+        return StoreConfig(**{**asdict(self), "device": device})
 
     def chunk_widths(self) -> tuple[int, ...]:
         if self.widths:

@@ -5,22 +5,28 @@ Entries are a structure of arrays in two tiers, so that the many IDs with at mos
 chunk pay for one address, not K (the virtual entry points to a physical extension record only
 when it needs one):
 
+Every array is a torch tensor on the table's device (cpu or cuda); slots and addresses go in
+and come out as int64 tensors on it.
+
     head_addr  int32[E]          address of chunk 0, -1 = pruned (reads zeros)
     ext        int32[E]          extension record, -1 = none (chunks 1.. all pruned)
     head_util  float16[E, 2]     utilities of chunks 0 and 1
-    count      uint16[E]         accesses seen in training, saturating (admission)
-    last       uint16[E]         the maintenance epoch it was last trained in (eviction)
+    count      int32[E]          accesses seen in training, saturating at 65535 (admission)
+    last       int32[E]          the maintenance epoch it was last trained in (eviction)
     dirty      bool[E]           changed since the last export (incremental publishing)
   extension records:
     ext_addr   int32[R, K-1]     addresses of chunks 1..K-1
     ext_util   float16[R, K-2]   utilities of chunks 2..K-1
+    ext_free   int32[*]          free extension records (a stack)
+(count and last are int32 on the device, for its arithmetic; a snapshot stores them as uint16,
+and the byte accounting counts 2 bytes each.)
 
 Chunk j lives in pool j (`widths[j]` floats each). A chunk with no extension record (position
 >= 2) has utility 0. Utilities are stored as the store scales them (see store.py).
 
     table = EntryTable((4, 4, 8), "rowwise_adagrad", tracks_utility=True, entry_capacity=16)
-    table.addresses(slots)              # int32[N] -> int32[N, K], -1 = pruned
-    table.gather(slots)                 # int32[N] -> float32[N, D], pruned chunks read zeros
+    table.addresses(slots)              # int64[N] -> int64[N, K], -1 = pruned
+    table.gather(slots)                 # int64[N] -> float32[N, D], pruned chunks read zeros
     table.resize(slots, n, init)        # entries keep exactly their first n[i] chunks
 """
 
@@ -33,23 +39,28 @@ import torch
 
 from storage.vhpi.chunk_pool import ChunkPool
 from storage.vhpi.config import entry_bytes
-from storage.vhpi.hash_index import mix64
+from storage.vhpi.device_index import mix64_t
 
 UTIL_MAX = 60000.0  # float16 headroom
 
 
-def initial_values(fields: np.ndarray, keys: np.ndarray, seed: int, width: int,
+def initial_values(fields: torch.Tensor, keys: torch.Tensor, seed: int, width: int,
                    init_std: float) -> torch.Tensor:
     """Uniform values with standard deviation init_std for the first `width` dimensions of
     each ID, a pure function of (seed, field, raw ID, dimension), so every policy starts an ID
-    at the same point: int16[N], int64[N] -> float32[N, width]. One hash per value."""
-    base = mix64(fields, keys ^ np.int64(seed))
-    d = np.arange(width, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        h = mix64(np.zeros(1, np.int16), (base[:, None] + d[None, :]).view(np.int64))
-    u = (h >> np.uint64(40)).astype(np.float32) * np.float32(1.0 / (1 << 24))  # [0, 1)
-    half_width = np.float32(init_std * np.sqrt(3.0))
-    return torch.from_numpy((u * 2 - 1) * half_width)
+    at the same point, on any device: int16[N], int64[N] -> float32[N, width] on their device.
+    One hash per value."""
+    base = mix64_t(fields, keys ^ seed)
+    d = torch.arange(width, dtype=torch.int64, device=keys.device)
+    h = mix64_t(torch.zeros(1, dtype=torch.int16, device=keys.device), base[:, None] + d[None, :])
+    u = ((h >> 40) & 0xFFFFFF).to(torch.float32) * (1.0 / (1 << 24))  # [0, 1)
+    half_width = torch.tensor(np.float32(init_std * np.sqrt(3.0)), device=keys.device)
+    return (u * 2 - 1) * half_width
+
+
+def _take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """t[idx] along dim 0 (index_select: on CPU torch's advanced indexing is ~6x slower)."""
+    return t.index_select(0, idx)
 
 
 class EntryTable:
@@ -58,26 +69,31 @@ class EntryTable:
 
     ARRAYS = ("head_addr", "ext", "head_util", "count", "last", "dirty", "ext_addr", "ext_util",
               "ext_free")  # the arrays of a snapshot, by these names
+    _UINT16 = ("count", "last")  # int32 here, uint16 in a snapshot
 
     def __init__(self, widths: tuple[int, ...], optimizer: str, tracks_utility: bool,
-                 entry_capacity: int, pool_capacity: int = 1024) -> None:
+                 entry_capacity: int, pool_capacity: int = 1024,
+                 device: str | torch.device = "cpu") -> None:
         self.widths = widths
+        self.device = dev = torch.device(device)
         self.K = K = len(widths)
         self.offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
         self.tracks_utility = tracks_utility
-        self.pools = [ChunkPool(w, optimizer, initial_capacity=pool_capacity) for w in widths]
+        self.pools = [ChunkPool(w, optimizer, initial_capacity=pool_capacity, device=dev)
+                      for w in widths]
         cap = entry_capacity
-        hu = min(K, 2) if tracks_utility else 0
-        eu = max(K - 2, 0) if tracks_utility else 0
-        self.head_addr = np.full(cap, -1, dtype=np.int32)
-        self.ext = np.full(cap, -1, dtype=np.int32)
-        self.head_util = np.zeros((cap, hu), dtype=np.float16)
-        self.count = np.zeros(cap, dtype=np.uint16)
-        self.last = np.zeros(cap, dtype=np.uint16)
-        self.dirty = np.zeros(cap, dtype=bool)
-        self.ext_addr = np.full((0, max(K - 1, 0)), -1, dtype=np.int32)
-        self.ext_util = np.zeros((0, eu), dtype=np.float16)
-        self.ext_free = np.zeros(0, dtype=np.int32)
+        self._hu = min(K, 2) if tracks_utility else 0
+        self._eu = max(K - 2, 0) if tracks_utility else 0
+        self.head_addr = torch.full((cap,), -1, dtype=torch.int32, device=dev)
+        self.ext = torch.full((cap,), -1, dtype=torch.int32, device=dev)
+        self.head_util = torch.zeros((cap, self._hu), dtype=torch.float16, device=dev)
+        self.count = torch.zeros(cap, dtype=torch.int32, device=dev)
+        self.last = torch.zeros(cap, dtype=torch.int32, device=dev)
+        self.dirty = torch.zeros(cap, dtype=torch.bool, device=dev)
+        self.ext_addr = torch.full((0, max(K - 1, 0)), -1, dtype=torch.int32, device=dev)
+        self.ext_util = torch.zeros((0, self._eu), dtype=torch.float16, device=dev)
+        self.ext_free = torch.zeros(0, dtype=torch.int32, device=dev)
+        self._ext_live = 0
 
     # ---- slots ---------------------------------------------------------------------------
     def grow(self, capacity: int) -> None:
@@ -85,29 +101,29 @@ class EntryTable:
         old = self.head_addr.shape[0]
         if capacity <= old:
             return
-        grow = capacity - old
-        self.head_addr = np.concatenate([self.head_addr, np.full(grow, -1, np.int32)])
-        self.ext = np.concatenate([self.ext, np.full(grow, -1, np.int32)])
-        self.head_util = np.concatenate(
-            [self.head_util, np.zeros((grow, self.head_util.shape[1]), np.float16)]
-        )
-        self.count = np.concatenate([self.count, np.zeros(grow, np.uint16)])
-        self.last = np.concatenate([self.last, np.zeros(grow, np.uint16)])
-        self.dirty = np.concatenate([self.dirty, np.zeros(grow, bool)])
+        n, dev = capacity - old, self.device
 
-    def reset(self, slots: np.ndarray, count: np.ndarray | int) -> None:
+        def more(t: torch.Tensor, fill: float) -> torch.Tensor:
+            return torch.cat([t, torch.full((n, *t.shape[1:]), fill, dtype=t.dtype, device=dev)])
+
+        self.head_addr, self.ext = more(self.head_addr, -1), more(self.ext, -1)
+        self.head_util = more(self.head_util, 0)
+        self.count, self.last = more(self.count, 0), more(self.last, 0)
+        self.dirty = more(self.dirty, False)
+
+    def reset(self, slots: torch.Tensor, count: torch.Tensor | int) -> None:
         """New entries at these slots: no chunks, no utility, `count` accesses."""
         self.head_addr[slots] = -1
         self.ext[slots] = -1
         self.head_util[slots] = 0
-        self.count[slots] = count
+        self.count[slots] = count if isinstance(count, int) else count.to(torch.int32)
 
-    def drop(self, slots: np.ndarray) -> None:
+    def drop(self, slots: torch.Tensor) -> None:
         """Entries leaving: their chunks and records go back, their metadata is cleared."""
         addr = self.addresses(slots)
         for j, pool in enumerate(self.pools):
             pool.release(addr[addr[:, j] >= 0, j])
-        self.set_addresses(slots, np.full_like(addr, -1))
+        self.set_addresses(slots, torch.full_like(addr, -1))
         self.dirty[slots] = False
         self.head_util[slots] = 0
         self.count[slots] = 0
@@ -115,166 +131,174 @@ class EntryTable:
     # ---- the two tiers -------------------------------------------------------------------
     @property
     def ext_live(self) -> int:
-        return int(self.ext_addr.shape[0] - self.ext_free.size)
+        return self._ext_live
 
-    def addresses(self, slots: np.ndarray) -> np.ndarray:
-        """Chunk addresses: int32[N] slots -> int32[N, K], -1 = pruned."""
-        out = np.full((slots.shape[0], self.K), -1, dtype=np.int32)
-        out[:, 0] = self.head_addr[slots]
-        if self.K > 1:
-            e = self.ext[slots]
-            has = e >= 0
-            out[has, 1:] = self.ext_addr[e[has]]
-        return out
+    def addresses(self, slots: torch.Tensor) -> torch.Tensor:
+        """Chunk addresses: int64[N] slots -> int64[N, K], -1 = pruned."""
+        head = _take(self.head_addr, slots).long()[:, None]
+        if self.K == 1:
+            return head
+        if self.ext_addr.shape[0] == 0:  # no record yet: chunks 1.. are pruned everywhere
+            return torch.cat([head, head.new_full((head.shape[0], self.K - 1), -1)], dim=1)
+        e = _take(self.ext, slots).long()
+        rec = _take(self.ext_addr, e.clamp(min=0)).long()
+        rest = torch.where((e >= 0)[:, None], rec, -1)
+        return torch.cat([head, rest], dim=1)
 
-    def set_addresses(self, slots: np.ndarray, addr: np.ndarray) -> None:
-        """Write full int32[N, K] addresses, taking or returning extension records."""
-        self.head_addr[slots] = addr[:, 0]
+    def set_addresses(self, slots: torch.Tensor, addr: torch.Tensor) -> None:
+        """Write full int[N, K] addresses, taking or returning extension records."""
+        self.head_addr[slots] = addr[:, 0].to(torch.int32)
         if self.K == 1:
             return
-        need = (addr[:, 1:] >= 0).any(axis=1)
+        need = (addr[:, 1:] >= 0).any(dim=1)
         e = self.ext[slots]
         drop = ~need & (e >= 0)
-        if drop.any():
-            self.ext_free = np.concatenate([self.ext_free, e[drop]])
+        gone = e[drop]
+        if gone.numel():
+            self.ext_free = torch.cat([self.ext_free, gone])
+            self._ext_live -= gone.numel()
             self.ext[slots[drop]] = -1
-        take = need & (e < 0)
-        if take.any():
-            rec = self._alloc_ext(int(take.sum()))
+        take = slots[need & (e < 0)]
+        if take.numel():
+            rec = self._alloc_ext(take.numel())
             self.ext_addr[rec] = -1
             self.ext_util[rec] = 0
-            self.ext[slots[take]] = rec
-        e = self.ext[slots]
+            self.ext[take] = rec.to(torch.int32)
+        e = self.ext[slots].long()
         has = e >= 0
-        self.ext_addr[e[has]] = addr[has, 1:]
+        self.ext_addr[e[has]] = addr[has, 1:].to(torch.int32)
 
-    def _alloc_ext(self, n: int) -> np.ndarray:
-        if n > self.ext_free.size:
+    def _alloc_ext(self, n: int) -> torch.Tensor:
+        if n > self.ext_free.numel():
             old = self.ext_addr.shape[0]
-            new = max(old + n - self.ext_free.size, int(old * 1.25) + 64)
-            self.ext_addr = np.concatenate(
-                [self.ext_addr, np.full((new - old, self.K - 1), -1, np.int32)]
-            )
-            self.ext_util = np.concatenate(
-                [self.ext_util, np.zeros((new - old, self.ext_util.shape[1]), np.float16)]
-            )
-            self.ext_free = np.concatenate(
-                [np.arange(new - 1, old - 1, -1, dtype=np.int32), self.ext_free]
-            )
-        out = self.ext_free[self.ext_free.size - n :].copy()
-        self.ext_free = self.ext_free[: self.ext_free.size - n]
+            new = max(old + n - self.ext_free.numel(), int(old * 1.25) + 64)
+            dev = self.device
+            self.ext_addr = torch.cat(
+                [self.ext_addr, torch.full((new - old, self.K - 1), -1, dtype=torch.int32,
+                                           device=dev)])
+            self.ext_util = torch.cat(
+                [self.ext_util, torch.zeros((new - old, self._eu), dtype=torch.float16,
+                                            device=dev)])
+            self.ext_free = torch.cat(
+                [torch.arange(new - 1, old - 1, -1, dtype=torch.int32, device=dev),
+                 self.ext_free])
+        out = self.ext_free[self.ext_free.numel() - n :].long()
+        self.ext_free = self.ext_free[: self.ext_free.numel() - n]
+        self._ext_live += n
         return out
 
-    def stored_utilities(self, slots: np.ndarray) -> np.ndarray:
-        """Utilities as stored (not decayed): int32[N] -> float32[N, K]."""
-        out = np.zeros((slots.shape[0], self.K), dtype=np.float32)
+    def stored_utilities(self, slots: torch.Tensor) -> torch.Tensor:
+        """Utilities as stored (not decayed): int64[N] -> float32[N, K]."""
+        out = torch.zeros((slots.shape[0], self.K), dtype=torch.float32, device=self.device)
         if not self.tracks_utility:
             return out
-        h = self.head_util.shape[1]
-        out[:, :h] = self.head_util[slots]
-        if self.K > 2:
-            e = self.ext[slots]
-            has = e >= 0
-            out[has, 2:] = self.ext_util[e[has]]
+        out[:, : self._hu] = _take(self.head_util, slots)
+        if self.K > 2 and self.ext_util.shape[0]:
+            e = _take(self.ext, slots).long()
+            rec = _take(self.ext_util, e.clamp(min=0)).float()
+            out[:, 2:] = torch.where((e >= 0)[:, None], rec, 0.0)
         return out
 
-    def store_utilities(self, slots: np.ndarray, v: np.ndarray) -> None:
+    def store_utilities(self, slots: torch.Tensor, v: torch.Tensor) -> None:
         """Store float32[N, K] utilities (capped to float16's range); a chunk position with no
         extension record keeps none."""
-        v = np.minimum(v, UTIL_MAX).astype(np.float16)
-        self.head_util[slots] = v[:, : self.head_util.shape[1]]
+        v = v.clamp(max=UTIL_MAX).to(torch.float16)
+        self.head_util.index_copy_(0, slots, v[:, : self._hu])
         if self.K > 2:
-            e = self.ext[slots]
+            e = _take(self.ext, slots).long()
             has = e >= 0
             self.ext_util[e[has]] = v[has, 2:]
 
-    def rescale_utilities(self, factor: np.float32) -> None:
-        """Multiply every stored utility by `factor`."""
+    def rescale_utilities(self, factor: float) -> None:
+        """Multiply every stored utility by `factor` (float32 arithmetic)."""
+        f = torch.tensor(np.float32(factor), device=self.device)
         for arr in (self.head_util, self.ext_util):
-            arr[:] = np.minimum(arr.astype(np.float32) * factor, UTIL_MAX)
+            arr.copy_((arr.float() * f).clamp(max=UTIL_MAX))
 
     # ---- chunks --------------------------------------------------------------------------
-    def gather(self, slots: np.ndarray, addr: np.ndarray | None = None) -> torch.Tensor:
+    def gather(self, slots: torch.Tensor, addr: torch.Tensor | None = None) -> torch.Tensor:
         """float32[N, D] embeddings of entry slots (-1: zeros), or of given addresses."""
         if addr is None:
-            ok = slots >= 0
-            addr = np.full((slots.shape[0], self.K), -1, dtype=np.int32)
-            addr[ok] = self.addresses(slots[ok])
+            addr = torch.where((slots >= 0)[:, None], self.addresses(slots.clamp(min=0)), -1)
         if self.K == 1:
             return self.pools[0].gather(addr[:, 0])
         return torch.cat([p.gather(addr[:, j]) for j, p in enumerate(self.pools)], dim=1)
 
-    def give_chunks(self, slots: np.ndarray, values: torch.Tensor) -> None:
+    def give_chunks(self, slots: torch.Tensor, values: torch.Tensor) -> None:
         """Entries without chunks get their first n, holding `values` float32[N, offsets[n]]."""
         n = int(np.searchsorted(self.offsets, values.shape[1]))
-        addr = np.full((slots.size, self.K), -1, dtype=np.int32)
+        addr = torch.full((slots.numel(), self.K), -1, dtype=torch.int64, device=self.device)
         for j in range(n):
-            addr[:, j] = self.pools[j].alloc(slots.size)
+            addr[:, j] = self.pools[j].alloc(slots.numel())
             self.pools[j].write(addr[:, j], values[:, self.offsets[j] : self.offsets[j + 1]])
         self.set_addresses(slots, addr)
         self.dirty[slots] = True
 
-    def fill(self, slots: np.ndarray, values: torch.Tensor) -> None:
+    def fill(self, slots: torch.Tensor, values: torch.Tensor) -> None:
         """Every chunk of these entries live, holding `values` float32[N, D]; chunks they had
         are freed first."""
         old = self.addresses(slots)
         for j, pool in enumerate(self.pools):
             pool.release(old[old[:, j] >= 0, j])
-        addr = np.empty((slots.size, self.K), dtype=np.int32)
+        addr = torch.empty((slots.numel(), self.K), dtype=torch.int64, device=self.device)
         for j, pool in enumerate(self.pools):
-            addr[:, j] = pool.alloc(slots.size)
+            addr[:, j] = pool.alloc(slots.numel())
             pool.write(addr[:, j], values[:, self.offsets[j] : self.offsets[j + 1]])
         self.set_addresses(slots, addr)
 
-    def resize(self, slots: np.ndarray, n: np.ndarray,
-               init: Callable[[np.ndarray], torch.Tensor]) -> int:
-        """Entries keep exactly their first n chunks (int32[N], int64[N] in 0..K): chunks past
+    def resize(self, slots: torch.Tensor, n: torch.Tensor,
+               init: Callable[[torch.Tensor], torch.Tensor]) -> int:
+        """Entries keep exactly their first n chunks (int64[N], int64[N] in 0..K): chunks past
         n are freed, missing ones allocated holding `init(slots)` (float32[M, D]). Returns the
         number of entries changed."""
         addr = self.addresses(slots)
-        want = np.arange(self.K)[None, :] < n[:, None]
+        want = torch.arange(self.K, device=self.device)[None, :] < n[:, None]
         have = addr >= 0
         free, grow = have & ~want, want & ~have
-        changed = (free | grow).any(axis=1)
-        if not changed.any():
+        changed = (free | grow).any(dim=1)
+        n_changed = int(changed.sum())
+        if not n_changed:
             return 0
-        rows = np.flatnonzero(grow.any(axis=1))
-        values = init(slots[rows]) if rows.size else None
-        row_of = np.full(slots.size, -1, dtype=np.int64)
-        row_of[rows] = np.arange(rows.size)
+        rows = torch.nonzero(grow.any(dim=1)).squeeze(1)
+        values = init(slots[rows]) if rows.numel() else None
+        row_of = torch.full((slots.numel(),), -1, dtype=torch.int64, device=self.device)
+        row_of[rows] = torch.arange(rows.numel(), device=self.device)
         for j, pool in enumerate(self.pools):
             pool.release(addr[free[:, j], j])
-            addr[free[:, j], j] = -1
+            addr[:, j] = torch.where(free[:, j], -1, addr[:, j])
             g = grow[:, j]
-            k = int(g.sum())
-            if k:
-                new = pool.alloc(k)
+            new_rows = row_of[g]
+            if new_rows.numel():
+                new = pool.alloc(new_rows.numel())
                 assert values is not None
-                pool.write(new, values[torch.from_numpy(row_of[g])][
-                    :, self.offsets[j] : self.offsets[j + 1]])
+                pool.write(new, values[new_rows][:, self.offsets[j] : self.offsets[j + 1]])
                 addr[g, j] = new
         self.set_addresses(slots[changed], addr[changed])
         self.dirty[slots[changed]] = True
-        return int(changed.sum())
+        return n_changed
 
-    def keep(self, slots: np.ndarray, keep: np.ndarray) -> tuple[int, int]:
+    def keep(self, slots: torch.Tensor, keep: torch.Tensor) -> tuple[int, int]:
         """Live chunks exactly where bool[N, K] `keep` is set: the others are freed, kept ones
         that were pruned come back at zero with fresh optimizer state. -> (freed, admitted)."""
         addr = self.addresses(slots)
         live = addr >= 0
         to_free = live & ~keep
         to_admit = keep & ~live
+        freed = admitted = 0
         for j, pool in enumerate(self.pools):
-            pool.release(addr[to_free[:, j], j])
-            addr[to_free[:, j], j] = -1
-            n = int(to_admit[:, j].sum())
-            new = pool.alloc(n)
-            pool.write(new, torch.zeros(n, self.widths[j]))
-            addr[to_admit[:, j], j] = new
-        changed = (to_free | to_admit).any(axis=1)
+            gone = addr[to_free[:, j], j]
+            pool.release(gone)
+            freed += gone.numel()
+            addr[:, j] = torch.where(to_free[:, j], -1, addr[:, j])
+            where = torch.nonzero(to_admit[:, j]).squeeze(1)
+            new = pool.alloc(where.numel())
+            pool.write(new, torch.zeros(where.numel(), self.widths[j], device=self.device))
+            addr[where, j] = new
+            admitted += where.numel()
+        changed = (to_free | to_admit).any(dim=1)
         self.set_addresses(slots[changed], addr[changed])
         self.dirty[slots[changed]] = True
-        return int(to_free.sum()), int(to_admit.sum())
+        return freed, admitted
 
     # ---- sizes and snapshot --------------------------------------------------------------
     def entry_bytes(self) -> int:
@@ -283,7 +307,7 @@ class EntryTable:
 
     def record_bytes(self) -> int:
         """Bytes of one extension record."""
-        return int(self.ext_addr.itemsize * self.ext_addr.shape[1] + 2 * self.ext_util.shape[1])
+        return int(4 * self.ext_addr.shape[1] + 2 * self.ext_util.shape[1])
 
     def chunk_costs(self) -> np.ndarray:
         """float64[K] bytes one live chunk costs at each position (values + optimizer)."""
@@ -293,16 +317,22 @@ class EntryTable:
         return sum(p.num_live for p in self.pools)
 
     def allocated_bytes(self) -> int:
-        """Everything allocated: pools, entry arrays and extension records (capacity)."""
-        return sum(p.allocated_bytes() for p in self.pools) + sum(
-            int(getattr(self, name).nbytes) for name in self.ARRAYS)
+        """Everything allocated: pools, entry arrays and extension records (capacity; count
+        and last at the 2 bytes each a snapshot stores)."""
+        arrays = sum(getattr(self, name).numel() * getattr(self, name).element_size()
+                     for name in self.ARRAYS if name not in self._UINT16)
+        return sum(p.allocated_bytes() for p in self.pools) + int(arrays) + 4 * self.count.numel()
 
     def state(self) -> dict[str, np.ndarray]:
-        """The pools' arrays as `pool{j}.*` and the entry arrays by name."""
+        """The pools' arrays as `pool{j}.*` and the entry arrays by name: CPU numpy arrays, in
+        the dtypes of the numpy store (count and last uint16)."""
         arrays: dict[str, np.ndarray] = {}
         for j, pool in enumerate(self.pools):
             arrays |= {f"pool{j}.{k}": v for k, v in pool.state_dict().items()}
-        return arrays | {name: getattr(self, name) for name in self.ARRAYS}
+        for name in self.ARRAYS:
+            a = getattr(self, name).cpu().numpy()
+            arrays[name] = a.astype(np.uint16) if name in self._UINT16 else a
+        return arrays
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         """Back to what `state` returned (extra arrays are ignored)."""
@@ -312,4 +342,8 @@ class EntryTable:
                 {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
             )
         for name in self.ARRAYS:
-            setattr(self, name, np.array(arrays[name]))
+            a = np.array(arrays[name])
+            if name in self._UINT16:
+                a = a.astype(np.int32)
+            setattr(self, name, torch.from_numpy(a).to(self.device))
+        self._ext_live = int(self.ext_addr.shape[0] - self.ext_free.numel())

@@ -13,12 +13,13 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import torch
 
 from storage.vhpi.admission import FrequencySketch
 from storage.vhpi.allocation import chunk_scores, select_chunks
 from storage.vhpi.config import StoreConfig, fixed_entry_bytes
+from storage.vhpi.device_index import DeviceHashIndex
 from storage.vhpi.entries import EntryTable
-from storage.vhpi.hash_index import HashIndex
 
 
 class StoreMaintenance:
@@ -26,7 +27,8 @@ class StoreMaintenance:
 
     config: StoreConfig
     K: int
-    index: HashIndex
+    index: DeviceHashIndex
+    device: torch.device
     entries: EntryTable
     sketch: FrequencySketch | None
     tracks_utility: bool
@@ -36,13 +38,18 @@ class StoreMaintenance:
     epoch: int  # maintenance epochs so far (mod 2^16 in `last`)
     prunes: int
     prune_seconds: float  # wall time in prune_regrow (observability, not checkpointed)
-    _deleted: list[tuple[np.ndarray, np.ndarray]]  # (fields, keys) evicted since the export
-    _rng: np.random.Generator
+    _deleted: list[tuple[torch.Tensor, torch.Tensor]]  # (fields, keys) evicted since export
+    _gen: torch.Generator  # the prune's samples, on the store's device
 
-    def utilities(self, slots: np.ndarray) -> np.ndarray:
-        """Utilities decayed to the current step: int32[N] -> float32[N, K]."""
+    def _slots(self, slots: object) -> torch.Tensor:
+        """Entry slots as int64[N] on the store's device (from numpy or a tensor)."""
+        return torch.as_tensor(slots, device=self.device).reshape(-1).long()
+
+    def utilities(self, slots: object) -> torch.Tensor:
+        """Utilities decayed to the current step: int[N] -> float32[N, K]."""
         decay = np.float32(self.config.gamma) ** np.float32(self.step - self.util_origin)
-        return self.entries.stored_utilities(slots) * decay
+        return self.entries.stored_utilities(self._slots(slots)) * torch.tensor(
+            decay, device=self.device)
 
 
     # ---- sizes and accounting ------------------------------------------------------------
@@ -60,6 +67,7 @@ class StoreMaintenance:
         n = self.index.num_entries
         sketch = self.sketch.nbytes if self.sketch is not None else 0
         index_arrays = (self.index.keys, self.index.fields, self.index.alive, self.index.table)
+        index_alloc = sum(a.numel() * a.element_size() for a in index_arrays)
         return {
             "value_bytes": value,
             "optimizer_bytes": opt,
@@ -67,7 +75,7 @@ class StoreMaintenance:
             + self.entries.ext_live * self.entries.record_bytes() + sketch,
             "index_bytes": self.index.table_bytes,
             "allocated_bytes": self.entries.allocated_bytes() + sketch
-            + sum(int(a.nbytes) for a in index_arrays),
+            + int(index_alloc),
             "live_ids": n,
             "live_chunks": self.live_chunks(),
         }
@@ -86,29 +94,29 @@ class StoreMaintenance:
         return m["value_bytes"] + m["optimizer_bytes"] + m["metadata_bytes"] + m["index_bytes"]
 
     # ---- maintenance -------------------------------------------------------------------
-    def live_slots(self) -> np.ndarray:
-        """int32[E] slots of every entry held."""
-        return np.flatnonzero(self.index.alive[: self.index.high_water]).astype(np.int32)
+    def live_slots(self) -> torch.Tensor:
+        """int64[E] slots of every entry held (on the store's device)."""
+        return torch.nonzero(self.index.alive[: self.index.high_water]).squeeze(1)
 
     def maintain(self) -> None:
         """The periodic work: rescale utilities, evict stale or excess entries, prune/regrow."""
         c = self.config
         if self.tracks_utility:
             decay = np.float32(c.gamma) ** np.float32(self.step - self.util_origin)
-            self.entries.rescale_utilities(decay)
+            self.entries.rescale_utilities(float(decay))
             self.util_origin = self.step
         self.epoch += 1
         if self.sketch is not None and self.epoch % c.sketch_decay_every == 0:
             self.sketch.decay()
         if c.evict_after is not None:
             live = self.live_slots()
-            idle = (self.epoch - self.entries.last[live].astype(np.int64)) & 0xFFFF
+            idle = (self.epoch - self.entries.last[live].long()) & 0xFFFF
             self.evict(live[idle * c.interval > c.evict_after])
         self.enforce_entry_limit()
         if c.budget is not None:
             self.prune_regrow()
 
-    def enforce_entry_limit(self, protect: np.ndarray | None = None) -> int:
+    def enforce_entry_limit(self, protect: torch.Tensor | None = None) -> int:
         """Past the entry limit, evict the least useful entries (not those in `protect`, the
         batch being trained) down to 1/16 below it; returns how many were evicted.
 
@@ -119,28 +127,31 @@ class StoreMaintenance:
             return 0
         live = self.live_slots()
         if self.tracks_utility:
-            worth = self.utilities(live).sum(axis=1).astype(np.float64)
+            worth = self.utilities(live).sum(dim=1).double()
         else:
-            age = (self.epoch - self.entries.last[live].astype(np.int64)) & 0xFFFF
-            worth = self.entries.count[live].astype(np.float64) - age / 65536.0
-        if protect is not None and protect.size:
-            held = np.zeros(self.index.high_water, dtype=bool)
+            age = (self.epoch - self.entries.last[live].long()) & 0xFFFF
+            worth = self.entries.count[live].double() - age / 65536.0
+        if protect is not None and protect.numel():
+            held = torch.zeros(self.index.high_water, dtype=torch.bool, device=self.device)
             held[protect] = True
-            worth[held[live]] = np.inf
+            worth[held[live]] = torch.inf
         target = limit - limit // 16
-        excess = min(self.index.num_entries - target, int(np.isfinite(worth).sum()))
+        excess = min(self.index.num_entries - target, int(torch.isfinite(worth).sum()))
         if excess <= 0:
             return 0
-        self.evict(live[np.argpartition(worth, excess - 1)[:excess]])
+        # the `excess` least worth, ties broken by slot (a stable sort, like a full argsort)
+        order = torch.sort(worth, stable=True).indices[:excess]
+        self.evict(live[order])
         return excess
 
-    def evict(self, slots: np.ndarray) -> None:
-        """Drop entries int32[N]: their chunks and records go back to the pools, their index
+    def evict(self, slots: torch.Tensor) -> None:
+        """Drop entries int64[N]: their chunks and records go back to the pools, their index
         slots are reused, and they are reported as deleted by the next export."""
-        if slots.size == 0:
+        slots = self._slots(slots)
+        if slots.numel() == 0:
             return
         self.entries.drop(slots)
-        self._deleted.append((self.index.fields[slots].copy(), self.index.keys[slots].copy()))
+        self._deleted.append((self.index.fields[slots].clone(), self.index.keys[slots].clone()))
         self.index.delete(slots)
 
     def prune_regrow(self) -> dict[str, int]:
@@ -148,7 +159,7 @@ class StoreMaintenance:
         re-admit pruned chunks that rise in (at zero, fresh optimizer state)."""
         t0 = time.perf_counter()
         slots = self.live_slots()
-        if slots.size == 0:
+        if slots.numel() == 0:
             return {"freed": 0, "admitted": 0}
         c = self.config
         costs = self.entries.chunk_costs()
@@ -163,23 +174,23 @@ class StoreMaintenance:
             hysteresis=c.hysteresis,
             cost=(costs / costs[0]) ** c.cost_power if c.cost_power else None,
         )
-        fixed_cost = slots.size * self.entry_bytes() + self.index.table_bytes
+        fixed_cost = slots.numel() * self.entry_bytes() + self.index.table_bytes
         if self.sketch is not None:
             fixed_cost += self.sketch.nbytes  # the admission sketch is paid before any chunk
         capacity = self.budget_bytes() - fixed_cost
         ext_bytes = self.entries.record_bytes()
 
-        def exact(keep: np.ndarray) -> float:
-            per_position = np.count_nonzero(keep, axis=0)
+        def exact(keep: torch.Tensor) -> float:
+            per_position = keep.sum(dim=0).cpu().numpy()  # one small copy: K counts
             if self.K == 1:
                 n_ext = 0
             elif c.prefix:  # a prefix with a chunk 1 is exactly an entry with a record
                 n_ext = int(per_position[1])
             else:
-                n_ext = int(np.count_nonzero(keep[:, 1:].any(axis=1)))
+                n_ext = int(keep[:, 1:].any(dim=1).sum())
             return float(per_position @ costs) + n_ext * ext_bytes
 
-        keep = select_chunks(scores, capacity, exact, self._rng)
+        keep = select_chunks(scores, capacity, exact, self._gen)
         freed, admitted = self.entries.keep(slots, keep)
         self.prunes += 1
         self.prune_seconds = getattr(self, "prune_seconds", 0.0) + time.perf_counter() - t0
@@ -189,4 +200,5 @@ class StoreMaintenance:
     def live_chunks_per_id(self) -> np.ndarray:
         """int64[K + 1] histogram: how many live IDs have 0..K live chunks."""
         slots = self.live_slots()
-        return np.bincount((self.entries.addresses(slots) >= 0).sum(axis=1), minlength=self.K + 1)
+        n = (self.entries.addresses(slots) >= 0).sum(dim=1)
+        return torch.bincount(n, minlength=self.K + 1).cpu().numpy()

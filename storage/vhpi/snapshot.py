@@ -1,7 +1,7 @@
 """A chunk store's state as one `.npz` file and back, bit-exactly: the index, every pool's values
 and optimizer state, the entry and extension records, the sketch, the counters and the config.
 
-    write_snapshot(path, Snapshot(config, counters, index, entries, sketch))  # atomic
+    write_snapshot(path, Snapshot(config, counters, index, entries, sketch))  # atomic; CPU arrays
     snap = read_snapshot(path)    # the store rebuilds itself from it (ChunkStore.load)
 
 Keys of the file: `index.*` (HashIndex.state), `pool{j}.*` and the entry arrays by name
@@ -20,25 +20,26 @@ import numpy as np
 
 from storage.atomic_npz import read_npz, write_npz
 from storage.vhpi.config import StoreConfig
-from storage.vhpi.hash_index import HashIndex
 
 
 @dataclass
 class Snapshot:
     config: StoreConfig
     counters: dict[str, int]  # the store's step, epoch, ... by name
-    index: HashIndex
+    index: dict[str, np.ndarray]  # the index's arrays (DeviceHashIndex.state)
     entries: dict[str, np.ndarray]  # EntryTable.state()
     sketch: np.ndarray | None  # FrequencySketch.table
 
 
 def write_snapshot(path: Path, snap: Snapshot) -> None:
     """Write atomically: a temp file beside `path`, fsync, rename."""
-    arrays = {f"index.{k}": v for k, v in snap.index.state().items()}
+    arrays = {f"index.{k}": v for k, v in snap.index.items()}
     arrays |= snap.entries
     if snap.sketch is not None:
         arrays["sketch"] = snap.sketch
-    meta = {"config": asdict(snap.config)} | snap.counters
+    config = asdict(snap.config)
+    config.pop("device")  # where a store ran is no part of its state: load picks the device
+    meta = {"config": config} | snap.counters
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     write_npz(path, arrays)
 
@@ -47,7 +48,7 @@ def read_snapshot(path: Path, counters: tuple[str, ...]) -> Snapshot:
     """What `write_snapshot` wrote; `counters`: the names of the counters to read back."""
     arrays = read_npz(path)
     meta = json.loads(arrays.pop("meta").tobytes().decode())
-    index = HashIndex.from_state({k[6:]: v for k, v in arrays.items() if k.startswith("index.")})
+    index = {k[6:]: v for k, v in arrays.items() if k.startswith("index.")}
     return Snapshot(
         config=StoreConfig(**meta["config"]),
         counters={k: meta[k] for k in counters},

@@ -13,10 +13,17 @@ Training step, as the trainer drives it:
     ... loss.backward() on a model of emb ...
     store.apply_gradients(ctx, emb_grad)         # utilities, Adagrad on live chunks, schedule
 
-What a policy may do beyond that, all by slot (int32[N], from a context or `live_slots()`):
+Every array is a torch tensor on `config.device` (cpu or cuda), the hash index included, and
+every operation is batched torch ops on it (on the CPU the index probes small batches in numpy
+over the same memory, device_index.py says why). Slots and results are tensors on that device
+(a method taking slots also takes numpy). The admission sketch, when there is one, stays on
+the host. A snapshot is CPU numpy arrays in one .npz, whatever the device: a GPU store's save loads
+on the CPU and back, bit-exactly.
 
-    store.addresses(slots)  int32[N, K]    store.utilities(slots)  float32[N, K]
-    store.counts(slots)     uint16[N]      store.gather(slots)     float32[N, D]
+What a policy may do beyond that, all by slot (int64[N], from a context or `live_slots()`):
+
+    store.addresses(slots)  int64[N, K]    store.utilities(slots)  float32[N, K]
+    store.counts(slots)     int32[N]       store.gather(slots)     float32[N, D]
     store.resize(slots, n)                 entries keep exactly their first n chunks
     store.import_entries(fields, keys, counts, values) -> slots   (a hot start)
     store.seed_utilities(slots, u)         utilities as of now, e.g. from chunk_norms(values)
@@ -39,44 +46,51 @@ from storage.vhpi.admission import FrequencySketch
 from storage.vhpi.allocation import initial_chunk_count
 from storage.vhpi.chunk_pool import ChunkPool
 from storage.vhpi.config import StoreConfig
+from storage.vhpi.device_index import DeviceHashIndex
 from storage.vhpi.entries import EntryTable, initial_values
-from storage.vhpi.hash_index import HashIndex, mix64
+from storage.vhpi.hash_index import mix64
 from storage.vhpi.maintenance import StoreMaintenance
 from storage.vhpi.snapshot import Snapshot, read_snapshot, write_snapshot
+
+U16_MAX = 65535
 
 
 @dataclass
 class LookupContext:
-    """What a train lookup hands to apply_gradients."""
+    """What a train lookup hands to apply_gradients (tensors on the store's device)."""
 
-    unique: np.ndarray  # int32[U] entry slots in the batch
-    inverse: np.ndarray  # int64[B*F] position of each (row, field) in `unique`
-    counts: np.ndarray  # int64[U] accesses of each unique entry in this step
-    addresses: np.ndarray  # int32[U, K] chunk addresses at lookup time
+    unique: torch.Tensor  # int64[U] entry slots in the batch (-1 first: IDs not admitted)
+    inverse: torch.Tensor  # int64[B*F] position of each (row, field) in `unique`
+    counts: torch.Tensor  # int64[U] accesses of each unique entry in this step
+    addresses: torch.Tensor  # int64[U, K] chunk addresses at lookup time
 
 
 class ChunkStore(StoreMaintenance):
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
+        self.device = dev = torch.device(config.device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device cuda: torch sees no CUDA device here")
         self.widths = config.chunk_widths()
         self.K = len(self.widths)
         self.offsets = np.concatenate([[0], np.cumsum(self.widths)]).astype(np.int64)
-        self._segments = torch.zeros(config.dim, self.K)  # [D, K]: dimension d is in chunk k
+        self._segments = torch.zeros(config.dim, self.K, device=dev)  # dimension d in chunk k
         for j in range(self.K):
             self._segments[self.offsets[j] : self.offsets[j + 1], j] = 1.0
         self.tracks_utility = config.budget is not None
         self.entry_limit = config.entry_limit()
-        self.index = HashIndex(initial_capacity=config.initial_capacity)
+        self.index = DeviceHashIndex(initial_capacity=config.initial_capacity, device=dev)
         self.entries = EntryTable(self.widths, config.optimizer, self.tracks_utility,
-                                  self.index.entry_capacity, config.initial_capacity)
-        self._deleted: list[tuple[np.ndarray, np.ndarray]] = []
+                                  self.index.entry_capacity, config.initial_capacity, dev)
+        self._deleted: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.step = 0
         self.util_origin = 0  # t0: the step the stored utilities are scaled to
         self.epoch = 0  # maintenance epochs so far (mod 2^16 in `last`)
         self.unseen_lookups = 0  # lookups (not training) of IDs the store does not hold
         self.prunes = 0
         self.prune_seconds = 0.0
-        self._rng = np.random.default_rng(config.seed)
+        self._gen = torch.Generator(device=dev)
+        self._gen.manual_seed(config.seed)
         self.sketch = (
             FrequencySketch(config.sketch_width, config.sketch_depth)
             if config.sketch_width and config.min_count > 1
@@ -89,122 +103,130 @@ class ChunkStore(StoreMaintenance):
         return self.entries.pools
 
     # ---- what a policy reads and writes, by entry slot -----------------------------------
-    def addresses(self, slots: np.ndarray) -> np.ndarray:
-        """Chunk addresses: int32[N] slots -> int32[N, K], -1 = pruned."""
-        return self.entries.addresses(slots)
+    def addresses(self, slots: object) -> torch.Tensor:
+        """Chunk addresses: int[N] slots -> int64[N, K], -1 = pruned."""
+        return self.entries.addresses(self._slots(slots))
 
-    def counts(self, slots: np.ndarray) -> np.ndarray:
-        """Training accesses seen (saturating at 65535): int32[N] -> uint16[N]."""
-        return self.entries.count[slots]
+    def counts(self, slots: object) -> torch.Tensor:
+        """Training accesses seen (saturating at 65535): int[N] -> int32[N]."""
+        return self.entries.count[self._slots(slots)]
 
-    def gather(self, slots: np.ndarray, addr: np.ndarray | None = None) -> torch.Tensor:
-        """float32[N, D] embeddings of entry slots int32[N] (-1, or a pruned chunk: zeros);
-        with `addr` int32[N, K], of those chunk addresses instead."""
-        return self.entries.gather(slots, addr)
+    def gather(self, slots: object, addr: torch.Tensor | None = None) -> torch.Tensor:
+        """float32[N, D] embeddings of entry slots int[N] (-1, or a pruned chunk: zeros);
+        with `addr` int[N, K], of those chunk addresses instead."""
+        return self.entries.gather(self._slots(slots), addr)
 
-    def resize(self, slots: np.ndarray, n_chunks: np.ndarray) -> int:
-        """Give entries exactly their first n chunks: int32[N], int64[N] in 1..K -> number of
+    def resize(self, slots: object, n_chunks: object) -> int:
+        """Give entries exactly their first n chunks: int[N], int[N] in 1..K -> number of
         entries changed. Chunks past n are freed (their memory goes back to the pool), missing
         ones are allocated with the ID's initial values (the values a new ID starts with); an
         entry not admitted yet (fewer than min_count accesses) keeps none."""
-        if slots.size == 0:
+        slots = self._slots(slots)
+        if slots.numel() == 0:
             return 0
-        n = np.where(self.entries.count[slots] >= self.config.min_count, n_chunks, 0)
+        n = torch.as_tensor(n_chunks, device=self.device).long()
+        n = torch.where(self.entries.count[slots] >= self.config.min_count, n, 0)
         return self.entries.resize(
             slots, n, lambda grow: self._initial_values(grow, self.config.dim))
 
-    def import_entries(self, fields: np.ndarray, keys: np.ndarray, counts: np.ndarray,
-                       values: torch.Tensor) -> np.ndarray:
-        """Entries from elsewhere (a hot start): int16[N] fields, int64[N] keys, uint16[N]
-        access counts and float32[N, D] values, written into all K chunks (an entry already
-        held is overwritten) -> int32[N] slots. Goes around the entry limit: call
+    def import_entries(self, fields: object, keys: object, counts: object,
+                       values: torch.Tensor) -> torch.Tensor:
+        """Entries from elsewhere (a hot start): int16[N] fields, int64[N] keys, access counts
+        int[N] and float32[N, D] values, written into all K chunks (an entry already held is
+        overwritten) -> int64[N] slots. Goes around the entry limit: call
         `enforce_entry_limit` after (once their utilities are seeded)."""
         slots, inserted = self.index.get_or_insert(fields, keys)
         self.entries.grow(self.index.entry_capacity)
         self.entries.reset(slots[inserted], 0)
-        self.entries.fill(slots, values)
-        self.entries.count[slots] = counts
+        self.entries.fill(slots, values.to(self.device))
+        self.entries.count[slots] = torch.as_tensor(
+            np.asarray(counts, dtype=np.int64) if not isinstance(counts, torch.Tensor)
+            else counts, device=self.device).to(torch.int32)
         self.entries.last[slots] = self.epoch & 0xFFFF
         self.entries.dirty[slots] = True
         return slots
 
-    def chunk_norms(self, values: torch.Tensor) -> np.ndarray:
+    def chunk_norms(self, values: torch.Tensor) -> torch.Tensor:
         """L2 norm of each chunk of embeddings: float32[N, D] -> float32[N, K]."""
-        return torch.sqrt((values * values) @ self._segments).numpy()
+        values = values.to(self.device)
+        return torch.sqrt((values * values) @ self._segments)
 
-    def seed_utilities(self, slots: np.ndarray, u: np.ndarray) -> None:
+    def seed_utilities(self, slots: object, u: object) -> None:
         """Set utilities float32[N, K] as of the current step (they decay from here on); a
         no-op without a budget (no utilities are kept)."""
         if not self.tracks_utility:
             return
         scale = np.float32(self.config.gamma) ** np.float32(-(self.step - self.util_origin))
-        self.entries.store_utilities(slots, u * scale)
+        u = torch.as_tensor(u, device=self.device).float()
+        scaled = u * torch.tensor(scale, device=self.device)
+        self.entries.store_utilities(self._slots(slots), scaled)
 
     # ---- lookup ------------------------------------------------------------------------
     def lookup(
-        self, ids: np.ndarray, train: bool = False
+        self, ids: object, train: bool = False
     ) -> tuple[torch.Tensor, LookupContext | None]:
-        """int64[B, F] -> float32[B, F, D] zero-padded embeddings (pruned chunks read zeros).
+        """int64[B, F] (numpy or a tensor) -> float32[B, F, D] zero-padded embeddings on the
+        store's device (pruned chunks read zeros).
 
         With train=True unseen IDs get entries (and, once admitted, chunks within the budget),
         access counts grow, and the returned context goes to `apply_gradients`."""
-        ids = np.asarray(ids, dtype=np.int64)
+        ids = torch.as_tensor(ids, device=self.device).long()
         B, F = ids.shape
         D = self.config.dim
-        fields = np.broadcast_to(np.arange(F, dtype=np.int16), (B, F)).ravel()
-        keys = ids.ravel()
+        fields = torch.arange(F, dtype=torch.int16, device=self.device).expand(B, F).reshape(-1)
+        keys = ids.reshape(-1)
         if not train:
             slots = self.index.lookup(fields, keys)
             self.unseen_lookups += int((slots < 0).sum())
-            uniq, inverse = np.unique(slots, return_inverse=True)
-            emb = torch.nn.functional.embedding(
-                torch.from_numpy(inverse.ravel()), self.gather(uniq)
-            )
+            uniq, inverse = torch.unique(slots, return_inverse=True)
+            emb = torch.nn.functional.embedding(inverse, self.gather(uniq))
             return emb.reshape(B, F, D), None
 
         e = self.entries
         if self.sketch is None:
             slots, inserted = self.index.get_or_insert(fields, keys)
             e.grow(self.index.entry_capacity)
-            if inserted.any():
-                e.reset(np.unique(slots[inserted]), 0)
+            new = slots[inserted]
+            if new.numel():
+                e.reset(torch.unique(new), 0)
         else:
             slots = self._sketch_admission(fields, keys)
-        uniq, inverse, counts = np.unique(slots, return_inverse=True, return_counts=True)
+        uniq, inverse, counts = torch.unique(slots, return_inverse=True, return_counts=True)
         self.enforce_entry_limit(protect=uniq[uniq >= 0])
-        inverse = inverse.ravel()
-        if uniq.size and uniq[0] < 0:  # IDs the sketch has not admitted: they read zeros
-            uniq, counts = uniq.copy(), counts.copy()
-            counts[0] = 0
-        before = e.count[np.maximum(uniq, 0)].astype(np.int64)
-        before[uniq < 0] = np.iinfo(np.int64).min // 2  # never "crosses" admission
-        uniq_ok = np.maximum(uniq, 0)
         known = uniq >= 0
-        e.count[uniq[known]] = np.minimum(before[known] + counts[known], np.iinfo(np.uint16).max)
-        e.last[uniq[known]] = self.epoch & 0xFFFF
+        counts = torch.where(known, counts, 0)  # IDs the sketch has not admitted read zeros
+        uniq_ok = uniq.clamp(min=0)
+        before = e.count.index_select(0, uniq_ok).long()
+        after = (before + counts).clamp(max=U16_MAX).to(torch.int32)
+        if self.sketch is not None:  # without a sketch every ID is known: no mask needed
+            kn, after = uniq[known], after[known]
+        else:
+            kn = uniq
+        e.count.index_copy_(0, kn, after)
+        e.last.index_fill_(0, kn, self.epoch & 0xFFFF)
         mc = self.config.min_count
         crossed = uniq[known & (before < mc) & (before + counts >= mc)]
-        if crossed.size:
+        if crossed.numel():
             self._admit(crossed)
         if self.config.budget is not None and self.config.keep_first:
             # Admitted IDs the budget had no room for when they came in (it grows with every
             # new ID) get their first chunk as soon as there is room, not at the next prune.
-            waiting = uniq[known & (e.count[uniq_ok] >= mc) & (e.head_addr[uniq_ok] < 0)]
-            if waiting.size:
+            waiting = uniq[known & (e.count.index_select(0, uniq_ok) >= mc)
+                           & (e.head_addr.index_select(0, uniq_ok) < 0)]
+            if waiting.numel():
                 self._admit(waiting, max_chunks=1)
-        addr = self.addresses(uniq_ok)
-        addr[~known] = -1
-        emb = torch.nn.functional.embedding(torch.from_numpy(inverse), self.gather(uniq, addr))
+        addr = torch.where(known[:, None], self.entries.addresses(uniq_ok), -1)
+        emb = torch.nn.functional.embedding(inverse, self.gather(uniq, addr))
         return emb.reshape(B, F, D), LookupContext(uniq, inverse, counts, addr)
 
-    def _sketch_admission(self, fields: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    def _sketch_admission(self, fields: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """Entry slots of (field, key) pairs, -1 for IDs not admitted yet. A missing ID is
-        counted in the sketch, and gets an entry once it has been seen min_count times."""
+        counted in the sketch (on the host), and gets an entry once seen min_count times."""
         slots = self.index.lookup(fields, keys)
-        miss = np.flatnonzero(slots < 0)
-        if miss.size == 0:
+        miss = torch.nonzero(slots < 0).squeeze(1)
+        if miss.numel() == 0:
             return slots
-        mf, mk = fields[miss], keys[miss]
+        mf, mk = fields[miss].cpu().numpy(), keys[miss].cpu().numpy()
         _, first, inv, cnt = np.unique(
             mix64(mf, mk), return_index=True, return_inverse=True, return_counts=True
         )
@@ -212,13 +234,14 @@ class ChunkStore(StoreMaintenance):
         assert self.sketch is not None
         est = self.sketch.add(uf, uk, cnt)
         ok = est >= self.config.min_count
-        got = np.full(first.size, -1, dtype=np.int32)
+        got = np.full(first.size, -1, dtype=np.int64)
         if ok.any():
             new, _ = self.index.get_or_insert(uf[ok], uk[ok])
             self.entries.grow(self.index.entry_capacity)
-            self.entries.reset(new, np.minimum(est[ok] - cnt[ok], np.iinfo(np.uint16).max))
-            got[ok] = new
-        slots[miss] = got[inv.ravel()]
+            start = np.minimum(est[ok] - cnt[ok], U16_MAX)
+            self.entries.reset(new, torch.from_numpy(start).to(self.device))
+            got[ok] = new.cpu().numpy()
+        slots[miss] = torch.from_numpy(got[inv.ravel()]).to(self.device)
         return slots
 
     def _prefix_cost(self, n: int) -> float:
@@ -226,7 +249,7 @@ class ChunkStore(StoreMaintenance):
         costs = self.entries.chunk_costs()
         return float(costs[:n].sum()) + (self.entries.record_bytes() if n > 1 else 0)
 
-    def _admit(self, slots: np.ndarray, max_chunks: int | None = None) -> None:
+    def _admit(self, slots: torch.Tensor, max_chunks: int | None = None) -> None:
         """Give newly admitted entries their first chunks (`initial_chunk_count`) while the
         budget has room, one chunk to those the room cannot pay a full start for, and none to
         the rest: they read zeros until a prune step finds them room."""
@@ -235,11 +258,12 @@ class ChunkStore(StoreMaintenance):
             return
         n_init = initial_chunk_count(self.config, self.entry_bytes(), self._prefix_cost)
         n_init = min(n_init, max_chunks or self.K)
-        while slots.size:
+        while slots.numel():
             per_entry = self._prefix_cost(n_init)
-            n = slots.size if np.isinf(room) else max(0, min(slots.size, int(room // per_entry)))
+            size = slots.numel()
+            n = size if np.isinf(room) else max(0, min(size, int(room // per_entry)))
             take, slots = slots[:n], slots[n:]
-            if take.size:
+            if take.numel():
                 self.entries.give_chunks(
                     take, self._initial_values(take, int(self.offsets[n_init])))
                 room -= n * per_entry
@@ -247,8 +271,8 @@ class ChunkStore(StoreMaintenance):
                 return
             n_init = 1
 
-    def _initial_values(self, slots: np.ndarray, width: int) -> torch.Tensor:
-        """The first `width` initial values of entries: int32[N] -> float32[N, width]."""
+    def _initial_values(self, slots: torch.Tensor, width: int) -> torch.Tensor:
+        """The first `width` initial values of entries: int64[N] -> float32[N, width]."""
         c = self.config
         return initial_values(self.index.fields[slots], self.index.keys[slots], c.seed, width,
                               c.init_std)
@@ -258,32 +282,33 @@ class ChunkStore(StoreMaintenance):
         """float32[B, F, D] gradient of the looked-up embeddings -> utilities of every chunk
         (live or pruned), Adagrad on live chunks; then the prune / evict schedule."""
         c = self.config
-        U = ctx.unique.size
-        g = torch.zeros(U, c.dim)
-        g.index_add_(0, torch.from_numpy(ctx.inverse), grad.reshape(-1, c.dim))
+        U = ctx.unique.numel()
+        g = torch.zeros(U, c.dim, device=self.device)
+        g.index_add_(0, ctx.inverse, grad.reshape(-1, c.dim).to(self.device))
         self.step += 1
-        if U and ctx.unique[0] < 0:  # rows of IDs not admitted: nothing to update
-            ctx = LookupContext(ctx.unique[1:], ctx.inverse, ctx.counts[1:], ctx.addresses[1:])
-            g = g[1:]
+        unique, counts, addr = ctx.unique, ctx.counts, ctx.addresses
+        if U and int(unique[0]) < 0:  # rows of IDs not admitted: nothing to update
+            unique, counts, addr, g = unique[1:], counts[1:], addr[1:], g[1:]
         if self.tracks_utility:
             # Per-chunk L2 norms of every entry in one matmul: (g * g) @ segment-indicator.
-            norms = torch.sqrt((g * g) @ self._segments).numpy()
-            a = ctx.counts.astype(np.float32)
+            norms = torch.sqrt((g * g) @ self._segments)
+            a = counts.float()
             if c.freq_power != 1.0:
                 a = a**c.freq_power
             # u_t = gamma u_{t-1} + a g for every chunk  <=>  v_t = v_{t-1} + a g gamma^-(t-t0)
             scale = np.float32(c.gamma) ** np.float32(-(self.step - self.util_origin))
-            v = self.entries.stored_utilities(ctx.unique) + (a * scale)[:, None] * norms
-            self.entries.store_utilities(ctx.unique, v)
-        addr = ctx.addresses  # a prune step can only run after this update
-        live = addr >= 0
+            a = a * torch.tensor(scale, device=self.device)
+            v = self.entries.stored_utilities(unique) + a[:, None] * norms
+            self.entries.store_utilities(unique, v)
+        live = addr >= 0  # a prune step can only run after this update
         parts = g.split(self.widths, dim=1)
         for j, pool in enumerate(self.pools):
-            on = live[:, j]
-            if on.any():
-                sel = torch.from_numpy(np.flatnonzero(on))
-                pool.adagrad_step(addr[on, j], parts[j].index_select(0, sel), c.lr, c.eps)
-        self.entries.dirty[ctx.unique[live.any(axis=1)]] = True
+            on = torch.nonzero(live[:, j]).squeeze(1)
+            if on.numel():
+                pool.adagrad_step(addr[:, j].index_select(0, on),
+                                  parts[j].index_select(0, on), c.lr, c.eps)
+        touched = unique.index_select(0, torch.nonzero(live.any(dim=1)).squeeze(1))
+        self.entries.dirty.index_fill_(0, touched, True)
         if self.step % c.interval == 0:
             self.maintain()
         elif self.live_chunks() and self.used_bytes() > self.budget_bytes():
@@ -293,23 +318,25 @@ class ChunkStore(StoreMaintenance):
             # are over the budget, and new IDs get no chunk until it has room.)
             self.prune_regrow()
 
-    def export(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
-        """(fields int16[N], keys int64[N], masks uint32[N], values float32[N, D]) of entries;
-        bit j of a mask is set where chunk j is live."""
+    def export(self, slots: object) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
+        """(fields int16[N], keys int64[N], masks uint32[N], values float32[N, D]) of entries,
+        on the host (what goes to Redis); bit j of a mask is set where chunk j is live."""
+        slots = self._slots(slots)
         addr = self.addresses(slots)
-        bits = (addr >= 0).astype(np.uint32) << np.arange(self.K, dtype=np.uint32)
-        masks = bits.sum(axis=1, dtype=np.uint32)
-        return self.index.fields[slots], self.index.keys[slots], masks, self.gather(slots)
+        bits = (addr >= 0).long() << torch.arange(self.K, device=self.device)
+        masks = bits.sum(dim=1).cpu().numpy().astype(np.uint32)
+        return (self.index.fields[slots].cpu().numpy(), self.index.keys[slots].cpu().numpy(),
+                masks, self.gather(slots).cpu())
 
-    def take_changes(self, dirty_only: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def take_changes(self, dirty_only: bool = True) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """Entry slots changed since the last call (or all live ones), and the (fields, keys)
-        evicted since then; clears both."""
+        evicted since then (host arrays); clears both."""
         live = self.live_slots()
         slots = live[self.entries.dirty[live]] if dirty_only else live
-        self.entries.dirty[:] = False
+        self.entries.dirty.zero_()
         if self._deleted:
-            df = np.concatenate([f for f, _ in self._deleted])
-            dk = np.concatenate([k for _, k in self._deleted])
+            df = torch.cat([f for f, _ in self._deleted]).cpu().numpy()
+            dk = torch.cat([k for _, k in self._deleted]).cpu().numpy()
         else:
             df, dk = np.zeros(0, np.int16), np.zeros(0, np.int64)
         self._deleted = []
@@ -319,18 +346,20 @@ class ChunkStore(StoreMaintenance):
     _COUNTERS = ("step", "util_origin", "epoch", "unseen_lookups", "prunes")
 
     def save(self, path: str | Path) -> None:
-        """Write the whole store to one .npz file, atomically (temp file, fsync, rename)."""
+        """Write the whole store to one .npz file of CPU arrays, atomically (temp file, fsync,
+        rename). The file does not depend on the device."""
         sketch = self.sketch.table if self.sketch is not None else None
         counters = {k: getattr(self, k) for k in self._COUNTERS}
-        write_snapshot(Path(path), Snapshot(self.config, counters, self.index,
+        write_snapshot(Path(path), Snapshot(self.config, counters, self.index.state(),
                                             self.entries.state(), sketch))
 
     @classmethod
-    def load(cls, path: str | Path) -> ChunkStore:
-        """A store exactly as `save` wrote it."""
+    def load(cls, path: str | Path, device: str | None = None) -> ChunkStore:
+        """A store exactly as `save` wrote it, on `device` (default: the saved config's)."""
         snap = read_snapshot(Path(path), cls._COUNTERS)
-        store = cls(snap.config)
-        store.index = snap.index
+        config = snap.config if device is None else snap.config.on(device)
+        store = cls(config)
+        store.index = DeviceHashIndex.from_state(snap.index, device=store.device)
         store.entries.load_state(snap.entries)
         if store.sketch is not None:
             store.sketch.table = np.array(snap.sketch)

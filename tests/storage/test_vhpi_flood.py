@@ -64,7 +64,7 @@ def flood(spec: str, new_ids: int, popular: int = 2000) -> None:
     assert deleted + store.index.num_entries >= next_id - 10**12
     # The popular IDs earned their utility: the flood's one-off IDs went first.
     head = np.arange(1, 50, dtype=np.int64)
-    found = store.index.lookup(np.zeros(head.size, np.int16), head)
+    found = np.asarray(store.index.lookup(np.zeros(head.size, np.int16), head))
     assert (found >= 0).mean() >= 0.9
 
 

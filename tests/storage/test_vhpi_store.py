@@ -20,16 +20,22 @@ def train_step(store: ChunkStore, ids: np.ndarray, w: torch.Tensor) -> None:
     store.apply_gradients(ctx, emb.grad)
 
 
+def host(x: object) -> np.ndarray:
+    """A store's tensor (on any device) as a numpy array."""
+    return x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
 def check_pool(store: ChunkStore) -> None:
-    slots = store.live_slots()
-    addr = store.addresses(slots)
+    slots = host(store.live_slots())
+    addr = host(store.addresses(slots))
     for j, pool in enumerate(store.pools):
         live = addr[addr[:, j] >= 0, j]
+        free = host(pool.free)
         assert len(np.unique(live)) == live.size, "a chunk address is owned twice"
         assert live.size == pool.num_live
-        assert live.size + pool.free.size == pool.capacity
-        assert not np.intersect1d(live, pool.free).size, "a live chunk is on the free stack"
-    has_ext = store.entries.ext[slots] >= 0
+        assert live.size + free.size == pool.capacity
+        assert not np.intersect1d(live, free).size, "a live chunk is on the free stack"
+    has_ext = host(store.entries.ext)[slots] >= 0
     assert (has_ext == (addr[:, 1:] >= 0).any(axis=1)).all(), "extension record mismatch"
     assert has_ext.sum() == store.entries.ext_live
     assert store.used_bytes() <= store.budget_bytes(), "over budget"
@@ -49,7 +55,8 @@ def test_prune_regrow_invariants_hold_after_every_step() -> None:
         emb, ctx = store.lookup(ids, train=True)  # may admit new IDs (random first chunks)
         before = {
             int(s): a.copy()
-            for s, a in zip(store.live_slots(), store.addresses(store.live_slots()), strict=True)
+            for s, a in zip(host(store.live_slots()), host(store.addresses(store.live_slots())),
+                            strict=True)
         }
         emb.requires_grad_(True)
         torch.sin(emb @ w).sum().backward()
@@ -57,9 +64,9 @@ def test_prune_regrow_invariants_hold_after_every_step() -> None:
         check_pool(store)
         if store.step % store.config.interval == 0:
             # Chunks admitted by this prune step start at zero.
-            slots = store.live_slots()
-            addr = store.addresses(slots)
-            emb = store.gather(slots).reshape(-1, store.K, 16)
+            slots = host(store.live_slots())
+            addr = host(store.addresses(slots))
+            emb = store.gather(slots).cpu().reshape(-1, store.K, 16)
             for i, s in enumerate(slots):
                 old = before.get(int(s))
                 if old is None:
@@ -80,8 +87,8 @@ def test_pruned_chunks_read_zero() -> None:
         train_step(store, zipf_ids(rng, 256, 2), w)
     ids = zipf_ids(rng, 256, 2)
     emb, _ = store.lookup(ids, train=False)
-    slots = store.index.lookup(np.tile([0, 1], 256), ids.ravel())
-    addr = np.where((slots >= 0)[:, None], store.addresses(np.maximum(slots, 0)), -1)
+    slots = host(store.index.lookup(np.tile([0, 1], 256), ids.ravel()))
+    addr = np.where((slots >= 0)[:, None], host(store.addresses(np.maximum(slots, 0))), -1)
     chunks = emb.reshape(-1, 4, 16)
     dead = torch.from_numpy(addr < 0)
     assert dead.any() and (~dead).any()
@@ -238,7 +245,7 @@ def test_export_reports_masks_changes_and_deletions() -> None:
     slots, df, dk = store.take_changes()
     assert store.index.keys[slots].tolist() == [2]
     assert dk.tolist() == [1] and df.tolist() == [0]
-    assert store.take_changes()[0].size == 0
+    assert store.take_changes()[0].numel() == 0
 
 
 

@@ -75,6 +75,8 @@ def quality(
             "PATH.net.pt if present)",
         ),
     ] = None,
+    device: Annotated[str, typer.Option(
+        help="cpu or cuda: where every policy's store and the network train")] = "cpu",
 ) -> None:
     """Stream the data set once per policy and seed (progressive validation) and compare
     embedding bytes, AUC, log loss, NE, speed and paired ΔAUC against the reference."""
@@ -93,6 +95,12 @@ def quality(
     from storage.datasets.spec import DatasetError
     from storage.settings import get_settings
 
+    if device not in ("cpu", "cuda"):
+        raise typer.BadParameter("expected cpu or cuda", param_hint="--device")
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise typer.BadParameter("torch sees no CUDA device here", param_hint="--device")
     specs = split_policies(policies or "") + [p.strip() for p in policy or [] if p.strip()]
     if not specs:
         raise typer.BadParameter("give --policies or --policy", param_hint="--policies")
@@ -103,7 +111,7 @@ def quality(
         bench_quality(data, specs, out=out, png=png, threads=threads, seeds=seeds,
                       reference=reference, model=model, batch_size=batch_size,
                       max_rows=max_rows, n_bootstrap=bootstrap, common_dim=common_dim,
-                      hot_start=hot_start, data_dir=get_settings().data_dir,
+                      hot_start=hot_start, data_dir=get_settings().data_dir, device=device,
                       show_progress=not no_progress, **options)
     except (DatasetError, PolicySpecError) as exc:
         fail_if(str(exc))  # plain: rich would read its brackets as markup

@@ -36,6 +36,9 @@ def train(
         "--hot-start", help="when this model has no checkpoint yet, start from another model's "
         "(a fixed:64 trainer's ckpt-* folder, or its checkpoint folder for the newest): its "
         "embeddings, network and Kafka offsets")] = None,
+    device: Annotated[str | None, typer.Option(
+        help="cpu or cuda: where the store and the network train "
+        "(default: CHUNKREC_TRAINER_DEVICE, else cpu)")] = None,
 ) -> None:
     """Train one model on the event stream; publish versions to Redis; checkpoint."""
     # heavy (torch, Kafka): imported when the command runs, not for `chunkrec --help`
@@ -53,7 +56,7 @@ def train(
         raise typer.BadParameter(f"expected one of {', '.join(MODEL_NAMES)}", param_hint="--arch")
     opts = TrainerOptions(model=model, policy=policy, data=data, arch=arch,
                           topic=topic or wire.EVENTS_TOPIC, seed=seed, max_events=max_events,
-                          idle_exit_s=idle_exit, hot_start=hot_start)
+                          idle_exit_s=idle_exit, hot_start=hot_start, device=device)
     try:  # settings, names, schema and policy spec are all checked before any connection
         stats = run_trainer(get_settings(**overrides), opts)
     except (SettingsError, TrainerRefused, LeaseHeld, Fenced) as exc:

@@ -24,7 +24,7 @@ def test_ste_forward_is_one_hot_and_backward_reaches_both_mask_networks(planted)
     for p in (net.w2, net.b2):
         assert p.grad[0].abs().sum() > 0, "no gradient to the high-frequency network"
         assert p.grad[1].abs().sum() == 0, "the low branch has weight 1 - a = 0 here"
-    counts = torch.from_numpy(ctx.counts).float()[:, None]
+    counts = ctx.counts.float()[:, None]
     torch.testing.assert_close(values.grad[:, :16], counts * w[:16])
     assert (values.grad[:, 16:] == 0).all()  # the hard mask's gradient to the embeddings
     assert (policy.chunk_counts() == 3).all()

@@ -27,7 +27,7 @@ def test_forward_mask_is_hard_and_backward_reaches_the_threshold(planted) -> Non
     theta = policy.dense_parameters()[0]
     assert theta.grad is not None and (theta.grad != 0).all()  # soft mask's gradient
     # The embeddings' gradient is the hard mask's: w on the kept dims, 0 beyond.
-    counts = torch.from_numpy(ctx.counts).float()[:, None]
+    counts = ctx.counts.float()[:, None]
     torch.testing.assert_close(values.grad[:, :32], counts * w[:32])
     assert (values.grad[:, 32:] == 0).all()
     assert (policy.chunk_counts() == 5).all()  # 4-4-8-8-8: the stored chunks are the mask

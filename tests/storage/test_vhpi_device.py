@@ -1,0 +1,106 @@
+"""The store on a torch device: the device hash index against the numpy one, and the store's
+invariants, snapshot and training on `cpu` and (marker `gpu`, skipped without CUDA) `cuda`."""
+
+import numpy as np
+import pytest
+import torch
+from test_vhpi_store import check_pool, host, train_step, zipf_ids
+
+from storage.vhpi.device_index import DeviceHashIndex
+from storage.vhpi.entries import EntryTable
+from storage.vhpi.hash_index import HashIndex, mix64
+from storage.vhpi.store import ChunkStore, StoreConfig
+
+CUDA = pytest.param("cuda", marks=[
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+])
+DEVICES = ["cpu", CUDA]
+
+
+@pytest.mark.parametrize("device", ["cpu", "cpu-torch", CUDA])
+def test_device_index_hashes_and_places_like_the_numpy_index(device: str, monkeypatch) -> None:
+    if device == "cpu-torch":  # the torch loops (CUDA's) on the CPU
+        monkeypatch.setattr(DeviceHashIndex, "numpy_on_cpu", False)
+        device = "cpu"
+    rng = np.random.default_rng(0)
+    keys = rng.integers(-(2**63), 2**63 - 1, size=20_000, dtype=np.int64)
+    keys[:50] = keys[50:100]  # duplicates in one batch get one slot
+    fields = rng.integers(0, 26, size=keys.size).astype(np.int16)
+    fields[:50] = fields[50:100]
+    ref, dev = HashIndex(), DeviceHashIndex(device=device)
+    from storage.vhpi.device_index import mix64_t
+
+    got = mix64_t(torch.from_numpy(fields).to(device), torch.from_numpy(keys).to(device))
+    np.testing.assert_array_equal(host(got), mix64(fields, keys).view(np.int64))
+    s_ref, new_ref = ref.get_or_insert(fields, keys)
+    s_dev, new_dev = dev.get_or_insert(fields, keys)
+    np.testing.assert_array_equal(host(s_dev), s_ref)  # same slots, same order
+    np.testing.assert_array_equal(host(new_dev), new_ref)
+    gone = np.unique(s_ref[:3000])[:1000]
+    ref.delete(gone)
+    dev.delete(gone)
+    assert dev.num_entries == ref.num_entries == np.unique(s_ref).size - 1000
+    np.testing.assert_array_equal(host(dev.lookup(fields, keys)), ref.lookup(fields, keys))
+    again, new = dev.get_or_insert(fields, keys)  # deleted keys come back into freed slots
+    assert int(new.sum()) >= 1000 and set(host(again)[host(new)]) == set(gone)
+    assert dev.num_entries == np.unique(s_ref).size
+
+
+@pytest.mark.parametrize("device", ["cpu", "cpu-torch", CUDA])
+def test_prune_regrow_invariants_hold_on_the_device(device: str, monkeypatch) -> None:
+    if device == "cpu-torch":
+        monkeypatch.setattr(DeviceHashIndex, "numpy_on_cpu", False)
+        device = "cpu"
+    rng = np.random.default_rng(0)
+    store = ChunkStore(StoreConfig(dim=64, widths="4-4-8-16-32", budget=0.3, interval=4,
+                                   evict_after=8, device=device))
+    w = torch.randn(64, device=device)
+    for _ in range(30):
+        train_step(store, zipf_ids(rng, 128, 3), w)
+        check_pool(store)
+    assert store.prunes >= 7 and store.live_chunks() > 0
+    assert store.entries.head_addr.device.type == device
+    assert all(p.values.device.type == device for p in store.pools)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_device_store_trains_as_the_cpu_store_does(device: str) -> None:
+    """Same batches, same values up to float summation order (CUDA adds atomically)."""
+    rng = np.random.default_rng(1)
+    cfg = StoreConfig(dim=32, num_chunks=4, budget=None, interval=5)
+    cpu, dev = ChunkStore(cfg), ChunkStore(cfg.on(device))
+    w = torch.randn(32)
+    for _ in range(12):
+        ids = zipf_ids(rng, 64, 3)
+        train_step(cpu, ids, w)
+        train_step(dev, ids, w.to(device))
+    np.testing.assert_array_equal(host(dev.live_slots()), host(cpu.live_slots()))
+    slots = cpu.live_slots()
+    torch.testing.assert_close(dev.gather(slots).cpu(), cpu.gather(slots), rtol=1e-5,
+                               atol=1e-7)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_snapshot_moves_between_devices_bit_exactly(tmp_path, device: str) -> None:
+    rng = np.random.default_rng(3)
+    store = ChunkStore(StoreConfig(dim=64, num_chunks=4, budget=0.4, interval=4, device=device))
+    w = torch.randn(64, device=device)
+    for _ in range(10):
+        train_step(store, zipf_ids(rng, 64, 3), w)
+    store.save(tmp_path / "a.npz")
+    on_cpu = ChunkStore.load(tmp_path / "a.npz", device="cpu")
+    on_cpu.save(tmp_path / "b.npz")
+    back = ChunkStore.load(tmp_path / "b.npz", device=device)
+    for other in (on_cpu, back):
+        for name in EntryTable.ARRAYS:
+            np.testing.assert_array_equal(host(getattr(other.entries, name)),
+                                          host(getattr(store.entries, name)))
+        for a, b in zip(other.pools, store.pools, strict=True):
+            assert torch.equal(a.values.cpu(), b.values.cpu())
+            assert torch.equal(a.state.cpu(), b.state.cpu())
+        assert other.memory() == store.memory() and other.step == store.step
+    assert back.device.type == device and on_cpu.device.type == "cpu"
+    ids = zipf_ids(rng, 64, 3)  # and the restored store goes on training
+    train_step(back, ids, w)
+    check_pool(back)
