@@ -89,7 +89,12 @@ class RedisSettings(Group):
     url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis for serving",
                      repr=False, pattern=r"^(redis|rediss|unix)://.")
     password: str = Field(default="", repr=False, description="Redis AUTH password")
-    write_chunk: PositiveInt = 2_000  # keys per Redis write script (~5 ms of Redis time)
+    write_chunk: PositiveInt = 2_000  # records per pipelined round trip of bucket writes
+    cluster: bool = Field(default=False, description="`url` is a node of a Redis Cluster "
+                          "(clients discover the others and route by hash slot)")
+    bucket_records: int = Field(
+        default=64, ge=1, le=1024, description="embedding records per bucket hash on average "
+        "(a full republish re-sizes the buckets past twice as many)")
 
     @property
     def client_kwargs(self) -> dict[str, str]:
@@ -136,7 +141,7 @@ class ServingSettings(Group):
     max_body_bytes: PositiveInt = 2 << 20  # request body limit (413 beyond it)
     cache_entries: NonNegativeInt = 200_000  # records cached per model (LRU); 0: off
     poll_s: PositiveFloat = 1.0  # version check interval besides the pub/sub announcements
-    mget_chunk: PositiveInt = 1000  # keys per MGET in one pipelined round trip
+    mget_chunk: PositiveInt = 1000  # unused since records are bucketed (kept: old env parses)
     threads: NonNegativeInt = 1  # torch.set_num_threads for serving; 0: torch's
     stale_after_s: float = Field(
         default=10.0, gt=0, description="a served model whose version refresh has failed for "

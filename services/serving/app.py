@@ -26,6 +26,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from services.messaging.redis_clients import open_async
 from services.serving.errors import LogThrottle
 from services.serving.metrics import ServingMetrics
 from services.serving.middleware import RequestMetrics
@@ -50,6 +51,10 @@ def open_redis(settings: Settings) -> aioredis.Redis:
     ("Connection closed by server"): one retry on a fresh connection turns that into a success
     instead of a 503; a timeout is not retried (the retry would wait as long again)."""
     timeout = settings.serving.redis_timeout_s
+    if settings.redis.cluster:  # redis-py's cluster client: a pool per node, slot routing
+        return open_async(settings.redis, socket_timeout=timeout,
+                          socket_connect_timeout=timeout,
+                          max_connections=settings.serving.redis_max_connections)
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis.url, max_connections=settings.serving.redis_max_connections,
         timeout=settings.serving.redis_pool_timeout_s, socket_timeout=timeout,

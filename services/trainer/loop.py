@@ -49,6 +49,7 @@ from services.trainer.hot_start import hot_start_from
 from services.trainer.ingest import ingest
 from services.trainer.lease import Fenced, ModelLease
 from services.trainer.offsets import OffsetBook
+from services.messaging.redis_clients import open_sync
 from services.trainer.publisher import RedisPublisher
 from services.trainer.versions import version_record
 from storage.batch import SparseBatch
@@ -146,8 +147,7 @@ class StreamTrainer:
     def connect(self) -> None:
         """Take the model's lease (LeaseHeld when another trainer owns it), then join the
         consumer group: a refused trainer never takes partitions from the owner."""
-        client = redis.Redis.from_url(self.s.redis.url, socket_timeout=10,
-                                      **self.s.redis.client_kwargs)
+        client = open_sync(self.s.redis, socket_timeout=10)
         self.lease = ModelLease(client, self.c.model, self.s.trainer.lease_ttl_s)
         try:
             self.lease.acquire(wait_s=self.s.trainer.lease_ttl_s)  # or LeaseHeld
@@ -157,7 +157,8 @@ class StreamTrainer:
         self.publisher = RedisPublisher(client, self.c.model, self.c.schema.fields,
                                         self.s.redis.write_chunk,
                                         self.s.trainer.dense_versions_kept,
-                                        lease=self.lease)
+                                        lease=self.lease,
+                                        per_bucket=self.s.redis.bucket_records)
         self.consumer = KafkaConsumer(
             bootstrap_servers=self.s.kafka.bootstrap,
             group_id=f"chunkrec-trainer-{self.c.model}",
