@@ -143,6 +143,9 @@ class ServingSettings(Group):
     poll_s: PositiveFloat = 1.0  # version check interval besides the pub/sub announcements
     mget_chunk: PositiveInt = 1000  # unused since records are bucketed (kept: old env parses)
     threads: NonNegativeInt = 1  # torch.set_num_threads for serving; 0: torch's
+    workers: int = Field(
+        default=1, ge=1, le=64, description="serving processes sharing the port (uvicorn "
+        "workers), each with its own version refresher and embedding cache")
     stale_after_s: float = Field(
         default=10.0, gt=0, description="a served model whose version refresh has failed for "
         "this long makes /readyz answer 503")

@@ -135,3 +135,11 @@ def create_app(settings: Settings) -> FastAPI:
                        timeout_s=settings.serving.body_timeout_s)
     app.add_middleware(RequestMetrics, metrics=serving_metrics)  # outermost: sees 413s too
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The entry point of a `chunkrec serve --workers N` worker process (uvicorn imports it
+    by name): the app of the settings in the environment, which the parent set."""
+    from storage.settings import get_settings
+
+    return create_app(get_settings())

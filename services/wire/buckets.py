@@ -129,3 +129,21 @@ def sample_records(client: Any, model: str, limit: int) -> list[bytes]:
         if len(out) >= limit:
             break
     return out[:limit]
+
+
+def read_current(client: Any, model: str, fields: np.ndarray,
+                 keys: np.ndarray) -> list[bytes | None]:
+    """The records of (field, ID) pairs in the current version of `model` (None: no record),
+    through its manifest; blocking client (single or cluster). For tools and tests; serving
+    reads the version it loaded (services/serving/embedding_reads.py)."""
+    from services.wire.redis_keys import bucket_key, manifest_key, version_key
+    from services.wire.versions import ModelVersion
+
+    rec = ModelVersion.from_json(client.get(version_key(model)))
+    manifest = manifest_from_bytes(client.get(manifest_key(model, rec.version)))
+    buckets = bucket_of(fields, keys, len(manifest))
+    names = hash_fields(fields, keys)
+    pipe = client.pipeline(transaction=False)
+    for b, name in zip(buckets.tolist(), names, strict=True):
+        pipe.hget(bucket_key(model, b, int(manifest[b])), name)  # generation 0: no key
+    return list(pipe.execute())
