@@ -93,7 +93,7 @@ class RedisSettings(Group):
     cluster: bool = Field(default=False, description="`url` is a node of a Redis Cluster "
                           "(clients discover the others and route by hash slot)")
     bucket_records: int = Field(
-        default=64, ge=1, le=1024, description="embedding records per bucket hash on average "
+        default=128, ge=1, le=1024, description="embedding records per bucket hash on average "
         "(a full republish re-sizes the buckets past twice as many)")
 
     @property

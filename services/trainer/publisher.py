@@ -98,7 +98,7 @@ class RedisPublisher:
 
     def __init__(self, client: redis.Redis, model: str, field_names: tuple[str, ...],
                  write_chunk: int = 2000, dense_versions_kept: int = 3,
-                 lease: ModelLease | None = None, per_bucket: int = 64) -> None:
+                 lease: ModelLease | None = None, per_bucket: int = 128) -> None:
         self.r = client
         self.model = wire.check_model_name(model)
         self.field_names = field_names

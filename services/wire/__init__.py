@@ -77,7 +77,6 @@ from services.wire.buckets import (
     hash_fields,
     manifest_from_bytes,
     manifest_to_bytes,
-    parse_hash_fields,
     read_current,
     sample_records,
 )
@@ -130,7 +129,7 @@ __all__ = [
     # buckets and manifests
     "SENTINEL", "bucket_count", "bucket_of", "changed_buckets", "current_bucket_keys", "generation",
     "generation_version", "hash_fields", "manifest_from_bytes", "manifest_to_bytes",
-    "parse_hash_fields", "read_current", "sample_records",
+    "read_current", "sample_records",
     # Redis keys
     "KEY_PREFIX", "MODELS_SET", "bucket_key", "bucket_pattern", "dense_key", "fence_key",
     "manifest_key", "owner_key", "version_key", "versions_channel",

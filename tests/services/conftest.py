@@ -103,7 +103,8 @@ def stream_env(settings: Settings) -> dict[str, str]:
     keys = ("kafka_bootstrap", "redis_url", "checkpoint_dir", "publish_interval_s",
             "checkpoint_interval_s", "checkpoint_every_events", "trainer_batch_events",
             "trainer_threads", "kafka_max_poll_interval_ms")
-    return {f"CHUNKREC_{k.upper()}": str(getattr(settings, k)) for k in keys}
+    env = settings.to_env()  # settings are in groups: flat names exist in the environment
+    return {f"CHUNKREC_{k.upper()}": env[f"CHUNKREC_{k.upper()}"] for k in keys}
 
 
 ROOT = Path(__file__).resolve().parents[2]

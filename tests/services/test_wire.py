@@ -83,9 +83,11 @@ def test_pack_export_groups_sets_and_deletes_by_bucket() -> None:
     user5, item_big = wire.hash_fields(np.array([0, 1]), np.array([5, 2**62]))
     assert set(sets) == {user5, item_big}
     assert deletes == set(wire.hash_fields(np.array([1, 0]), np.array([-9, 77])))
-    for w in packed.buckets:  # every name sits in the bucket bucket_of says
-        f, k = wire.parse_hash_fields(w.names + w.deletes)
-        assert (wire.bucket_of(f, k, 4) == w.bucket).all()
+    where = {n: w.bucket for w in packed.buckets for n in w.names + w.deletes}
+    pairs = (np.array([0, 1, 1, 0]), np.array([5, -9, 2**62, 77]))
+    names = wire.hash_fields(*pairs)  # every name sits in the bucket bucket_of says
+    assert [where[n] for n in names] == wire.bucket_of(*pairs, 4).tolist()
+    assert len(set(names)) == 4 and all(int(n) for n in names)  # decimal integers
     out, _ = wire.unpack_records([sets[item_big]], WIDTHS)
     np.testing.assert_array_equal(out[0, :4], values[2, :4])
 
