@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import redis
 
 ROOT = Path(__file__).resolve().parents[1]

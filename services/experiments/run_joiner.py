@@ -22,8 +22,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.experiments.joiner import JoinerService
-from services.messaging.redis_clients import open_sync
 from services.experiments.version_recorder import record_versions, schema_of
+from services.messaging.redis_clients import open_sync
 from storage.batch import DatasetSchema
 from storage.datasets.spec import open_dataset
 from storage.db.experiments import experiment_config, running_experiment_ids

@@ -43,13 +43,13 @@ from models.networks import build_model
 from models.policies.registry import parse_policy
 from services import wire
 from services.messaging.confirmed import ConfirmedProducer
+from services.messaging.redis_clients import open_sync
 from services.trainer.checkpoint import CheckpointState, load_latest, write_checkpoint
 from services.trainer.config import TrainerConfig, TrainerStats
 from services.trainer.hot_start import hot_start_from
 from services.trainer.ingest import ingest
 from services.trainer.lease import Fenced, ModelLease
 from services.trainer.offsets import OffsetBook
-from services.messaging.redis_clients import open_sync
 from services.trainer.publisher import RedisPublisher
 from services.trainer.versions import version_record
 from storage.batch import SparseBatch

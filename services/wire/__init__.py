@@ -21,6 +21,20 @@ One module per format, each opening with the format itself:
 Callers use the package: `from services import wire; wire.dead_letters(...)`.
 """
 
+from services.wire.buckets import (
+    SENTINEL,
+    bucket_count,
+    bucket_of,
+    changed_buckets,
+    current_bucket_keys,
+    generation,
+    generation_version,
+    hash_fields,
+    manifest_from_bytes,
+    manifest_to_bytes,
+    read_current,
+    sample_records,
+)
 from services.wire.dead_letters import (
     DLQ_RECORD_MAX_BYTES,
     DLQ_TOPIC,
@@ -66,20 +80,6 @@ from services.wire.exposures import (
 )
 from services.wire.feedback import FEEDBACK_TOPIC, FeedbackMsg, read_feedback
 from services.wire.names import MODEL_NAME_PATTERN, ModelName, check_model_name
-from services.wire.buckets import (
-    SENTINEL,
-    bucket_count,
-    bucket_of,
-    changed_buckets,
-    current_bucket_keys,
-    generation,
-    generation_version,
-    hash_fields,
-    manifest_from_bytes,
-    manifest_to_bytes,
-    read_current,
-    sample_records,
-)
 from services.wire.records import (
     BucketWrite,
     PackedExport,

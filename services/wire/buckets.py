@@ -7,11 +7,11 @@ not keys: the record of (field f, ID k) is the field `hash_fields(f, k)` of the 
 The field name is the decimal int64 k XOR (f x 0x9E3779B97F4A7C15): Redis keeps a name that
 is an integer as a 9-byte integer in the listpack (a 9-byte binary name would cost 11). Exact
 within a field; two fields' IDs share a name only when k1 ^ k2 equals one 64-bit constant of
-the two fields (as rare as two raw values sharing an ID in `hash_raw`). Sized `per_bucket` records on average (`bucket_count`),
-a bucket stays a listpack (about 2 bytes a field of overhead) as long as it has fewer than
-`hash-max-listpack-entries` fields and every record is under `hash-max-listpack-value` bytes
-(services/stack/infra.py starts Redis with 128 and 1024; the publisher warns when a server's
-limits are lower than what it writes).
+the two fields (as rare as two raw values sharing an ID in `hash_raw`). Sized `per_bucket`
+records on average (`bucket_count`), a bucket stays a listpack (a record costs its bytes plus
+about 12: name, lengths) while it has at most `hash-max-listpack-entries` fields and no record
+over `hash-max-listpack-value` bytes (services/stack/infra.py starts Redis with 512 and 1024;
+the publisher warns when a server's limits are lower than what it writes).
 
 Versions are copy-on-write per bucket: publishing version V writes each bucket it touches
 under a new generation G = V << 20 | (fencing token mod 2^20) (COPY of the bucket's previous

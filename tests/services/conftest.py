@@ -1,5 +1,6 @@
 """Fixtures for the streaming system: a real tansu broker, a real redis-server and a real
-Redis Cluster (3 masters, started on first use), one of each per test session (services/stack/infra.py starts them on free ports and stops exactly them).
+Redis Cluster (3 masters, started on first use), one of each per test session
+(services/stack/infra.py and redis_cluster.py start them on free ports and stop exactly them).
 
 Tests share them without stepping on each other: each test uses its own events topic
 (`topic` fixture), model name and checkpoint folder; dead letters all go to `events.dlq` and

@@ -24,9 +24,9 @@ import redis
 import redis.asyncio as aioredis
 
 from services import wire
+from services.messaging.redis_clients import open_async, open_sync
 from services.serving.embedding_reads import gather_embeddings
 from services.serving.registry import build_loaded_model
-from services.messaging.redis_clients import open_async, open_sync
 from services.stack.infra import wait_until
 from storage.datasets.spec import open_dataset
 from storage.settings import RedisSettings
@@ -143,7 +143,7 @@ def test_every_response_is_one_version_through_publishes_and_a_kill_mid_publish(
                 t.start()
             try:
                 for v in range(2, 6):
-                    wait_until(lambda: len(seen) > 5 * v, 30, "reads")
+                    wait_until(lambda v=v: len(seen) > 5 * v, 30, "reads")
                     _go(pub, v)
                 _go(pub)
                 _wait_line(pub, "publishing 6")

@@ -18,10 +18,10 @@ from services.serving.deps import (
     ScoreSlotsDep,
     SettingsDep,
 )
+from services.serving.embedding_reads import VersionGone, gather_embeddings
 from services.serving.errors import redis_failure
 from services.serving.responses import OrjsonResponse
 from services.serving.schemas import ScoreRequest, ScoreResponse
-from services.serving.embedding_reads import VersionGone, gather_embeddings
 from services.serving.scorer import FieldError, items_to_arrays
 
 log = logging.getLogger("chunkrec.serving")
