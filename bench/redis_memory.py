@@ -6,8 +6,11 @@
 Each policy is trained in-process (`passes` over the ratings), then its records are written
 into a fresh redis-server twice: as format 1 did (SET chunkrec:M:emb:FIELD:ID per record) and
 by the publisher (services/trainer/publisher.py: buckets of `bucket_records` records). Memory
-is INFO used_memory after minus before (everything Redis spends: keys, dict entries, values,
-allocator rounding), over the records' own bytes. The FIITED/fixed-64 ratio of that memory is
+is the sum of MEMORY USAGE of the keys holding records (key, value, dict entry, allocator
+rounding: what `chunkrec up`'s report and the issue measured), over the records' own bytes;
+beside it INFO used_memory after minus before on a fresh connection, which also counts what
+the writes left in Redis' own structures (the Lua heap of the bucket scripts, the keyspace
+table's growth). The FIITED/fixed-64 ratio of that memory is
 set beside the ratio of the trainer's embedding value bytes. Last, three incremental publishes
 of 20 more training steps each show what the copy-on-write generations kept for readers cost on top
 (`dense_versions_kept` = 3). Goals (issue 13): <= 1.3x the record bytes; FIITED's Redis ratio
@@ -55,19 +58,30 @@ def used(r: redis.Redis) -> int:
     return int(r.info("memory")["used_memory"])
 
 
-def format1_bytes(r: redis.Redis, name: str, fields: tuple[str, ...], policy: object) -> int:
-    """Redis memory of format 1: one string key per record (what the publisher wrote)."""
+def usage(r: redis.Redis, keys: list) -> int:
+    pipe = r.pipeline(transaction=False)
+    for k in keys:
+        pipe.memory_usage(k, samples=0)
+    return sum(int(u or 0) for u in pipe.execute())
+
+
+def format1_bytes(r: redis.Redis, name: str, fields: tuple[str, ...],
+                  policy: object) -> tuple[int, int]:
+    """Redis memory of format 1, one string key per record (what the publisher wrote):
+    (MEMORY USAGE sum, used_memory delta)."""
     export = policy.export(dirty_only=False)  # type: ignore[attr-defined]
     live = export.masks != 0
     records = wire.pack_records(export.masks[live], export.values[live], export.widths)
     r.flushall()
     before = used(r)
     pipe = r.pipeline(transaction=False)
-    for f, k, rec in zip(export.fields[live].tolist(), export.keys[live].tolist(), records,
-                         strict=True):
-        pipe.set(f"chunkrec:{name}:emb:{fields[f]}:{k}", rec)
+    keys = [f"chunkrec:{name}:emb:{fields[f]}:{k}"
+            for f, k in zip(export.fields[live].tolist(), export.keys[live].tolist(),
+                            strict=True)]
+    for key, rec in zip(keys, records, strict=True):
+        pipe.set(key, rec)
     pipe.execute()
-    return used(r) - before
+    return usage(r, keys), used(r) - before
 
 
 def main() -> None:
@@ -87,37 +101,41 @@ def main() -> None:
             for _ in range(args.passes):
                 for batch in ds.batches(512):
                     learner.step(batch)
-            old = format1_bytes(r, name, fields, policy)
+            old, old_used = format1_bytes(r, name, fields, policy)
             r.flushall()
             before = used(r)
             pub = RedisPublisher(r, name, fields, per_bucket=settings.redis.bucket_records)
             st = pub.publish(policy, b"", 1, True, _record(name, spec, policy.dim, 1))
             meta = sum(r.memory_usage(k) or 0 for k in (wire.version_key(name),
                                                        wire.manifest_key(name, 1)))
-            new = used(r) - before
+            new_used = used(r) - before
             buckets = wire.current_bucket_keys(r, name)
+            new = usage(r, buckets)
             listpacks = sum(r.object("encoding", k) == b"listpack" for k in buckets)
             batches = ds.batches(512)
             for v in (2, 3, 4):  # 20 more steps per version, published incrementally
                 for _, batch in zip(range(20), batches, strict=False):
                     learner.step(batch)
                 pub.publish(policy, b"", v, False, _record(name, spec, policy.dim, v))
-            steady = used(r) - before
+            steady = usage(r, list(r.scan_iter(match=wire.bucket_pattern(name))))
             rows[name] = dict(records=st.entries_written, record_bytes=st.record_bytes,
-                              old=old, new=new, meta=meta, buckets=len(buckets),
+                              old=old, new=new, meta=meta, old_used=old_used,
+                              new_used=new_used, buckets=len(buckets),
                               listpacks=listpacks, steady=steady,
                               value_bytes=policy.memory().value_bytes)
     print(f"\nRedis memory per embedding record, MovieLens-100k, {args.passes} pass(es), "
           f"buckets of ~{settings.redis.bucket_records} records")
     print(f"{'model':<9} {'records':>8} {'rec bytes':>10} {'format 1':>10} {'x rec':>6} "
           f"{'B/rec':>6} {'bucketed':>10} {'x rec':>6} {'B/rec':>6} {'buckets':>8} "
-          f"{'listpack':>8} {'+3 incr.':>10}")
+          f"{'listpack':>8} {'+3 incr.':>10} {'used_memory f1 / bucketed':>26}")
     for name, x in rows.items():
         n = x["records"]
         print(f"{name:<9} {n:>8,} {x['record_bytes']:>10,} {x['old']:>10,} "
               f"{x['old'] / x['record_bytes']:>6.2f} {x['old'] / n:>6.0f} {x['new']:>10,} "
               f"{x['new'] / x['record_bytes']:>6.2f} {x['new'] / n:>6.0f} {x['buckets']:>8,} "
-              f"{x['listpacks']:>8,} {x['steady']:>10,}")
+              f"{x['listpacks']:>8,} {x['steady']:>10,} "
+              f"{x['old_used'] / x['record_bytes']:>12.2f}x / "
+              f"{x['new_used'] / x['record_bytes']:.2f}x")
     a, b = rows["fiited"], rows["fixed64"]
     trainer = a["value_bytes"] / b["value_bytes"]
     print(f"FIITED / fixed-64: trainer value bytes {trainer:.3f}, record bytes "

@@ -90,11 +90,8 @@ class RedisSettings(Group):
                      repr=False, pattern=r"^(redis|rediss|unix)://.")
     password: str = Field(default="", repr=False, description="Redis AUTH password")
     write_chunk: PositiveInt = 2_000  # records per pipelined round trip of bucket writes
-    cluster: bool = Field(default=False, description="`url` is a node of a Redis Cluster "
-                          "(clients discover the others and route by hash slot)")
-    bucket_records: int = Field(
-        default=128, ge=1, le=1024, description="embedding records per bucket hash on average "
-        "(a full republish re-sizes the buckets past twice as many)")
+    cluster: bool = False  # `url` is a node of a Redis Cluster (clients route by hash slot)
+    bucket_records: PositiveInt = 128  # records per bucket hash on average (re-sized past 2x)
 
     @property
     def client_kwargs(self) -> dict[str, str]:
@@ -141,14 +138,10 @@ class ServingSettings(Group):
     max_body_bytes: PositiveInt = 2 << 20  # request body limit (413 beyond it)
     cache_entries: NonNegativeInt = 200_000  # records cached per model (LRU); 0: off
     poll_s: PositiveFloat = 1.0  # version check interval besides the pub/sub announcements
-    mget_chunk: PositiveInt = 1000  # unused since records are bucketed (kept: old env parses)
     threads: NonNegativeInt = 1  # torch.set_num_threads for serving; 0: torch's
-    workers: int = Field(
-        default=1, ge=1, le=64, description="serving processes sharing the port (uvicorn "
-        "workers), each with its own version refresher and embedding cache")
-    stale_after_s: float = Field(
-        default=10.0, gt=0, description="a served model whose version refresh has failed for "
-        "this long makes /readyz answer 503")
+    workers: PositiveInt = 1  # processes sharing the port (uvicorn workers), each its own cache
+    stale_after_s: float = Field(default=10.0, gt=0, description="/readyz answers 503 when "
+                                 "a served model's version checks fail this long")
     hash_memo_bytes: int = Field(
         default=32 << 20, gt=0, description="bytes of the raw-value -> ID memo (it starts "
         "over beyond them)")
@@ -159,10 +152,9 @@ class ServingSettings(Group):
         default=32, ge=2, description="serving's Redis connection pool (one is the pub/sub "
         "listener's); a request waits for a free one")
     redis_pool_timeout_s: float = Field(
-        default=1.0, gt=0, description="how long a request waits for a pooled Redis "
-        "connection before its 503")
-    body_timeout_s: float = Field(
-        default=10.0, gt=0, description="time to receive a whole request body (408 beyond it)")
+        default=1.0, gt=0, description="wait for a pooled Redis connection before a 503")
+    body_timeout_s: float = Field(default=10.0, gt=0, description="time to receive a whole "
+                                  "request body (408 beyond it)")
     max_inflight: int = Field(
         default=16, gt=0, description="/v1/score requests scored at once; more wait for a slot "
         "(admitted ones keep the event loop free enough for Redis' replies to be read in time)")
