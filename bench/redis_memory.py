@@ -122,7 +122,8 @@ def main() -> None:
                               old=old, new=new, meta=meta, old_used=old_used,
                               new_used=new_used, buckets=len(buckets),
                               listpacks=listpacks, steady=steady,
-                              value_bytes=policy.memory().value_bytes)
+                              value_bytes=policy.memory().value_bytes,
+                              total_bytes=policy.memory().total_bytes)
     print(f"\nRedis memory per embedding record, MovieLens-100k, {args.passes} pass(es), "
           f"buckets of ~{settings.redis.bucket_records} records")
     print(f"{'model':<9} {'records':>8} {'rec bytes':>10} {'format 1':>10} {'x rec':>6} "
@@ -138,15 +139,20 @@ def main() -> None:
               f"{x['new_used'] / x['record_bytes']:.2f}x")
     a, b = rows["fiited"], rows["fixed64"]
     trainer = a["value_bytes"] / b["value_bytes"]
+    total = a["total_bytes"] / b["total_bytes"]
+    print(f"FIITED / fixed-64: trainer embedding bytes (values, optimizer, index; the stack's "
+          f"'embedding bytes (trainer)') {total:.3f}, bucketed Redis "
+          f"{a['new'] / b['new']:.3f} ({a['new'] / b['new'] / total:.2f}x that ratio)")
     print(f"FIITED / fixed-64: trainer value bytes {trainer:.3f}, record bytes "
           f"{a['record_bytes'] / b['record_bytes']:.3f}, Redis format 1 "
           f"{a['old'] / b['old']:.3f} ({a['old'] / b['old'] / trainer:.2f}x the trainer "
           f"ratio), bucketed {a['new'] / b['new']:.3f} "
           f"({a['new'] / b['new'] / trainer:.2f}x the trainer ratio)")
     worst = max(x["new"] / x["record_bytes"] for x in rows.values())
-    ok = worst <= 1.3 and a["new"] / b["new"] / trainer <= 1.1
-    print(f"goals <= 1.3x record bytes and FIITED ratio within 1.1x: {'met' if ok else 'NOT met'}"
-          f" (worst {worst:.2f}x)")
+    print(f"goal <= 1.3x record bytes: {'met' if worst <= 1.3 else 'NOT met'} (worst "
+          f"{worst:.2f}x); FIITED ratio within 1.1x of the trainer's: total bytes "
+          f"{'met' if a['new'] / b['new'] <= 1.1 * total else 'NOT met'}, value bytes "
+          f"{'met' if a['new'] / b['new'] <= 1.1 * trainer else 'NOT met'}")
 
 
 if __name__ == "__main__":
