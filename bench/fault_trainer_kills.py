@@ -62,7 +62,9 @@ def _env(settings: Settings) -> dict[str, str]:
     keys = ("kafka_bootstrap", "redis_url", "checkpoint_dir", "publish_interval_s",
             "checkpoint_interval_s", "checkpoint_every_events", "trainer_batch_events",
             "trainer_threads", "kafka_max_poll_interval_ms")
-    return dict(os.environ) | {f"CHUNKREC_{k.upper()}": str(getattr(settings, k)) for k in keys}
+    env = settings.to_env()  # settings are in groups: the flat names live in the environment
+    return dict(os.environ) | {f"CHUNKREC_{k.upper()}": env[f"CHUNKREC_{k.upper()}"]
+                               for k in keys}
 
 
 def _start(settings: Settings, spec: str, topic: str, log: Path,
