@@ -6,8 +6,9 @@
 The batch's B x F cells are looked up in the cache of decoded embeddings in one vectorised call
 (embedding_cache.py). The distinct (field, ID) pairs it lacks (np.unique per field) are read
 from their buckets (services/wire/buckets.py): each pair's bucket, that bucket's generation in
-the model's manifest, one HMGET per bucket (its sentinel and the pairs' fields), all HMGETs in
-one pipeline (one round trip; a cluster client sends each node its share). Every read goes
+the model's manifest, one HMGET per bucket (its sentinel and the pairs' fields): on one Redis
+all of them in one Lua script (one command), on a cluster in one pipeline (redis-py sends each
+node its share). Every read goes
 through the version's own manifest, so whatever a trainer is publishing meanwhile, or left
 half-written when it was killed, a response is computed from exactly that version. Records
 are unpacked by one `wire.unpack_records` call and cached; then the embeddings are one gather
@@ -22,10 +23,25 @@ from __future__ import annotations
 
 import numpy as np
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from services import wire
 from services.serving.metrics import ServingMetrics
 from services.serving.scorer import LoadedModel
+
+# One command for all of a request's buckets on a single Redis (a cluster gets a pipeline:
+# a script may only touch one slot there). KEYS: bucket keys; ARGV: per key its field count,
+# then its fields. Returns the HMGET replies end to end (each led by the bucket's sentinel).
+_READ_LUA = """
+local out, a = {}, 1
+for i = 1, #KEYS do
+  local n = tonumber(ARGV[a])
+  local got = redis.call('HMGET', KEYS[i], '', unpack(ARGV, a + 1, a + n))
+  for j = 1, n + 1 do out[#out + 1] = got[j] end
+  a = a + n + 1
+end
+return out
+"""
 
 
 class VersionGone(LookupError):
@@ -63,12 +79,22 @@ async def fetch_records(client: aioredis.Redis, model: LoadedModel, fields: np.n
     order = idx[np.argsort(buckets[idx], kind="stable")]
     uniq, starts = np.unique(buckets[order], return_index=True)
     groups = np.split(order, starts[1:])
-    pipe = client.pipeline(transaction=False)
-    bucket_keys = []
-    for b, members in zip(uniq.tolist(), groups, strict=True):
-        bucket_keys.append(wire.bucket_key(model.name, b, int(model.manifest[b])))
-        pipe.hmget(bucket_keys[-1], [wire.SENTINEL, *(names[i] for i in members.tolist())])
-    replies = await pipe.execute()
+    bucket_keys = [wire.bucket_key(model.name, b, int(model.manifest[b])) for b in uniq.tolist()]
+    if isinstance(client, AsyncRedisCluster):
+        pipe = client.pipeline(transaction=False)
+        for key, members in zip(bucket_keys, groups, strict=True):
+            pipe.hmget(key, [wire.SENTINEL, *(names[i] for i in members.tolist())])
+        replies = await pipe.execute()
+    else:
+        args: list[bytes | int] = []
+        for members in groups:
+            args.append(len(members))
+            args += [names[i] for i in members.tolist()]
+        flat = await client.eval(_READ_LUA, len(bucket_keys), *bucket_keys, *args)
+        replies, a = [], 0
+        for members in groups:
+            replies.append(flat[a : a + len(members) + 1])
+            a += len(members) + 1
     for key, members, vals in zip(bucket_keys, groups, replies, strict=True):
         if vals[0] is None:
             raise VersionGone(f"{key} is gone: {model.name} v{model.version} is past retention")
