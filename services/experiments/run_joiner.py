@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.experiments.joiner import JoinerService
 from services.experiments.version_recorder import record_versions, schema_of
+from services.messaging.redis_clients import open_sync
 from storage.batch import DatasetSchema
 from storage.datasets.spec import open_dataset
 from storage.db.experiments import experiment_config, running_experiment_ids
@@ -80,7 +81,7 @@ def run_joiner(settings: Settings, default_schema: str, record_every_s: float,
     # the joiner validates events with the trainer's validator: it needs the fields
     default = open_dataset(default_schema, settings.data_dir).schema
     factory = session_factory(make_engine(settings.resolved_database_url))
-    client = redis.Redis.from_url(settings.redis.url, **settings.redis.client_kwargs)
+    client = open_sync(settings.redis)  # a RedisCluster client with settings.redis.cluster
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     svc = JoinerService(settings.kafka.bootstrap, factory, SchemaLookup(client, default),

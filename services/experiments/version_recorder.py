@@ -23,18 +23,10 @@ log = logging.getLogger("chunkrec.versions")
 
 
 def chunk_histogram(client: redis.Redis, model: str, sample: int = 2000) -> dict[str, int]:
-    """{live chunks: IDs} over up to `sample` embedding records of `model` (SCAN order)."""
-    keys: list[bytes] = []
-    for key in client.scan_iter(match=wire.emb_prefix(model) + "*", count=1000):
-        keys.append(key)
-        if len(keys) >= sample:
-            break
-    if not keys:
+    """{live chunks: IDs} over up to `sample` embedding records of `model`'s current version."""
+    heads = wire.sample_records(client, model, sample)
+    if not heads:
         return {}
-    pipe = client.pipeline(transaction=False)
-    for k in keys:
-        pipe.getrange(k, 0, 3)
-    heads = [h for h in pipe.execute() if h]
     masks = wire.record_masks(heads)
     live = np.unpackbits(masks.view(np.uint8).reshape(-1, 4), axis=1).sum(axis=1)
     values, counts = np.unique(live, return_counts=True)

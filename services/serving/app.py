@@ -26,6 +26,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from services.messaging.redis_clients import open_async
 from services.serving.errors import LogThrottle
 from services.serving.metrics import ServingMetrics
 from services.serving.middleware import RequestMetrics
@@ -50,6 +51,10 @@ def open_redis(settings: Settings) -> aioredis.Redis:
     ("Connection closed by server"): one retry on a fresh connection turns that into a success
     instead of a 503; a timeout is not retried (the retry would wait as long again)."""
     timeout = settings.serving.redis_timeout_s
+    if settings.redis.cluster:  # redis-py's cluster client: a pool per node, slot routing
+        return open_async(settings.redis, socket_timeout=timeout,
+                          socket_connect_timeout=timeout,
+                          max_connections=settings.serving.redis_max_connections)
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis.url, max_connections=settings.serving.redis_max_connections,
         timeout=settings.serving.redis_pool_timeout_s, socket_timeout=timeout,
@@ -130,3 +135,11 @@ def create_app(settings: Settings) -> FastAPI:
                        timeout_s=settings.serving.body_timeout_s)
     app.add_middleware(RequestMetrics, metrics=serving_metrics)  # outermost: sees 413s too
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The entry point of a `chunkrec serve --workers N` worker process (uvicorn imports it
+    by name): the app of the settings in the environment, which the parent set."""
+    from storage.settings import get_settings
+
+    return create_app(get_settings())

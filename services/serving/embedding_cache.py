@@ -16,11 +16,13 @@ insert that would pass `capacity` first evicts the oldest eighth of the cache (n
 stamped with the current tick, i.e. one the running request reads). The entries' bytes are
 `nbytes` (rows + flags + stamps + index).
 
-Invalidation: a cache belongs to one `LoadedModel`; a new version gets a new, empty cache and
-the old one goes with the old snapshot. The version record does not list the keys a version
-touched, so dropping everything is the only exact choice, and it is also the consistent one:
-entries cached after version v was seen stay until v+1 is swapped in, even though the
-trainer writes v+1's records to Redis a moment before v+1's version record.
+Invalidation: a cache serves one model version at a time (`version`). When a new version is
+swapped in, the cache moves to it minus the entries of the buckets whose generation changed
+between the two manifests (`drop_buckets`; services/wire/buckets.py): those are exactly the
+records that may differ, every other entry is byte for byte the new version's. A request still
+scoring with the old version sees `cache.version` differ from its own and reads Redis through
+its own manifest without the cache (scorer.gather_embeddings), so no entry of one version
+ever serves another.
 
 Concurrency: requests run on one event loop; a request's lookup, eviction, insert and gather
 run without an await between them (the await is the Redis fetch before), so no other request
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from services import wire
 from storage.vhpi.hash_index import HashIndex
 
 EVICT_FRACTION = 8  # an eviction frees capacity // EVICT_FRACTION entries (or what is needed)
@@ -40,7 +43,8 @@ class EmbeddingCache:
     """At most `capacity` (field, ID) -> float32[dim] entries. Capacity 0 turns caching off:
     what a request inserts lives until its `end_request()`, so every request fetches."""
 
-    def __init__(self, capacity: int, dim: int) -> None:
+    def __init__(self, capacity: int, dim: int, version: int = 0) -> None:
+        self.version = version  # the model version whose records the entries are
         self.capacity = max(0, int(capacity))
         self.dim = int(dim)
         start = min(self.capacity, 4096) or 1024
@@ -83,6 +87,20 @@ class EmbeddingCache:
         self.found[slots] = found
         self.used[slots] = self.tick
         return slots
+
+    def drop_buckets(self, changed: np.ndarray) -> int:
+        """Forget the entries whose bucket (of len(changed) buckets) is flagged in
+        changed bool[n_buckets]; returns how many. One vectorised pass over the entries."""
+        idx = self.index
+        live = np.flatnonzero(idx.alive[: idx.high_water])
+        if not len(live):
+            return 0
+        b = wire.bucket_of(idx.fields[live].astype(np.int64), idx.keys[live], len(changed))
+        gone = live[changed[b]]
+        if len(gone):
+            idx.delete(gone.astype(np.int32))
+            self.rows[gone] = 0
+        return len(gone)
 
     def end_request(self) -> None:
         """With caching off, forget what the request inserted."""

@@ -73,6 +73,12 @@ class ServingMetrics:
         self.cache_misses = Counter("chunkrec_serving_cache_misses",
                                     "Embedding records fetched from Redis", ["model"],
                                     registry=r)
+        self.cache_carried = Counter("chunkrec_serving_cache_carried",
+                                     "Cache entries kept across version swaps (their buckets "
+                                     "unchanged)", ["model"], registry=r)
+        self.cache_dropped = Counter("chunkrec_serving_cache_dropped",
+                                     "Cache entries dropped at version swaps (their buckets "
+                                     "changed)", ["model"], registry=r)
         self.cache_entries = Gauge("chunkrec_serving_cache_entries",
                                    "Records cached for the served version", ["model"],
                                    registry=r)

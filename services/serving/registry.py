@@ -9,9 +9,12 @@ Version swaps never drop a request: the refresher learns of a new version from t
 missed messages and Redis restarts, by reading every model's version record each
 `serving_poll_s`. It builds the new network off the request path (weights fetched by the
 async client, `load_state_dict` in a worker thread), then replaces one dict entry: a request
-takes its `LoadedModel` once at its start and scores every item with it, so it sees either the
-old version or the new one, never a mix. The new version comes with a new, empty embedding
-cache (services/serving/embedding_cache.py says why).
+takes its `LoadedModel` once at its start and scores every item with it, reading embeddings
+through that version's manifest, so it sees either the old version or the new one, never a
+mix. The new version takes over the old one's embedding cache minus the buckets whose
+generation changed between the two manifests (embedding_cache.py); a full republish (new
+bucket count or widths) starts an empty cache. Each serving process (`--workers N`) runs its
+own refresher and cache.
 
 Failures are per model and never end the refresher: a record that does not parse, or a version
 that does not load, leaves that model on the version it serves, marks it stale (`stale()`,
@@ -34,6 +37,7 @@ from redis.exceptions import RedisError
 
 from models.networks import build_model
 from services import wire
+from services.messaging.redis_clients import async_subscriber
 from services.serving.embedding_cache import EmbeddingCache
 from services.serving.errors import describe
 from services.serving.metrics import ServingMetrics
@@ -43,7 +47,7 @@ from storage.settings import Settings
 log = logging.getLogger("chunkrec.serving")
 
 
-def build_loaded_model(record: wire.ModelVersion, dense_blob: bytes,
+def build_loaded_model(record: wire.ModelVersion, dense_blob: bytes, manifest: bytes,
                        cache_entries: int) -> LoadedModel:
     """A network for `record` with the weights of `dense_blob` (CPU, eval mode). Blocking:
     run it in a worker thread."""
@@ -54,8 +58,9 @@ def build_loaded_model(record: wire.ModelVersion, dense_blob: bytes,
     if bad:  # every score would be NaN: keep serving the previous version
         raise ValueError(f"dense weights not finite: {', '.join(bad[:5])}")
     net.eval()
-    model = LoadedModel(record, net, EmbeddingCache(cache_entries, sum(record.widths)),
-                        time.time())
+    model = LoadedModel(record, net,
+                        EmbeddingCache(cache_entries, sum(record.widths), record.version),
+                        time.time(), wire.manifest_from_bytes(manifest))
     model.compile()
     return model
 
@@ -121,7 +126,12 @@ class ModelRegistry:
         # a served model missing from the set (Redis restarted empty) is checked too: its
         # check succeeds with nothing newer to load
         checked = sorted(names | set(self._models))
-        blobs = await self.r.mget([wire.version_key(n) for n in checked]) if checked else []
+        blobs = []
+        if checked:  # one GET each: on a cluster the records sit on different slots
+            pipe = self.r.pipeline(transaction=False)
+            for n in checked:
+                pipe.get(wire.version_key(n))
+            blobs = await pipe.execute()
         if not self.redis_ok and self.last_error.startswith("redis:"):
             log.info("version check: redis reachable again")
         self.redis_ok = True
@@ -143,6 +153,10 @@ class ModelRegistry:
             self.redis_versions[name] = None
             return False
         record = wire.ModelVersion.from_json(blob)
+        if record.wire_version < 2 or not record.manifest_key:
+            raise ValueError(f"{name} v{record.version}: version format {record.wire_version} "
+                             "(one key per ID) is not read since format 2; restart its "
+                             "trainer to republish")
         if record.model != name:
             raise ValueError(f"the version record of {name!r} names model {record.model!r}")
         self.redis_versions[name] = record.version
@@ -177,8 +191,11 @@ class ModelRegistry:
             # deleted by the trainer's retention after a newer record was written: the next
             # check finds that one (a failure until then: the served version is behind)
             raise LookupError(f"v{record.version}: dense weights {record.dense_key} gone")
+        manifest = await self.r.get(record.manifest_key)
+        if manifest is None:
+            raise LookupError(f"v{record.version}: manifest {record.manifest_key} gone")
         try:
-            model = await asyncio.to_thread(build_loaded_model, record, blob,
+            model = await asyncio.to_thread(build_loaded_model, record, blob, manifest,
                                             self.s.serving.cache_entries)
         except Exception as exc:
             self.metrics.load_failures.labels(record.model).inc()
@@ -187,16 +204,37 @@ class ModelRegistry:
         current = self._models.get(record.model)
         if current is not None and current.version >= record.version:
             return False  # a concurrent refresh got there first
+        if current is not None:
+            self._carry_cache(current, model)
         self._models[record.model] = model  # the swap: one reference
         self.metrics.observe_version(model.record, time.perf_counter() - t0)
         log.info("serving %s v%d (%d events applied)", record.model, record.version,
                  record.events_applied)
         return True
 
+    def _carry_cache(self, old: LoadedModel, new: LoadedModel) -> None:
+        """Give `new` the cache of `old` minus the buckets that changed (no await: requests
+        see the cache move at once; an old-version request then reads without it)."""
+        changed = wire.changed_buckets(old.manifest, new.manifest)
+        if (changed is None or old.widths != new.widths or old.record.dim != new.record.dim
+                or old.cache.capacity != new.cache.capacity):
+            return
+        cache = old.cache
+        dropped = cache.drop_buckets(changed)
+        cache.version = new.version
+        new.cache = cache
+        self.metrics.cache_carried.labels(new.name).inc(len(cache))
+        self.metrics.cache_dropped.labels(new.name).inc(dropped)
+
+    def wake(self) -> None:
+        """Check versions now (a request found its version superseded)."""
+        self._wake.set()
+
     async def _listen(self) -> None:
         """Wake the refresher on every version announcement; reconnects on any error."""
         while not self._stop.is_set():
-            pubsub = self.r.pubsub()
+            sub = async_subscriber(self.r, self.s.redis)
+            pubsub = sub.pubsub()
             try:
                 await pubsub.psubscribe(wire.versions_channel("*"))
                 while not self._stop.is_set():
@@ -211,6 +249,9 @@ class ModelRegistry:
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
+                if sub is not self.r:
+                    with contextlib.suppress(Exception):
+                        await sub.aclose()
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -1,16 +1,11 @@
 """The scoring path of one request: items -> IDs -> embeddings from cache / Redis -> network.
 
     ids, dense = items_to_arrays(model, items, request_dense, hasher)  # int64[B, F], [B, Dn]
-    emb, unseen, hits = await gather_embeddings(model, ids, redis, mget_chunk)  # [B, F, D]
+    emb, unseen, hits, misses = await gather_embeddings(model, ids, redis)  # [B, F, D]
     probs = model.predict(emb, dense)                             # float32[B]
 
-The batch's B x F cells are looked up in the version's cache of decoded embeddings in one
-vectorised call (embedding_cache.py). The distinct (field, ID) pairs it lacks (np.unique per
-field) get their Redis keys spelled by `wire.emb_keys`, are fetched by pipelined MGET
-(`mget_chunk` keys per MGET, one round trip), unpacked by one `wire.unpack_records` call and
-cached; then the embeddings are one gather of the cache's rows: float32[B, F, D]. A pair with
-no record reads as zeros (and is cached as such) and counts as unseen; so does a pair whose
-record is corrupt (counted in chunkrec_serving_corrupt_records_total, its key logged once).
+This module: the loaded version (LoadedModel), raw values -> IDs (RawIdHasher), items ->
+arrays; embedding_reads.py: the embeddings (cache, then Redis through the version's manifest).
 """
 
 from __future__ import annotations
@@ -22,12 +17,10 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 
 import numpy as np
-import redis.asyncio as aioredis
 import torch
 
 from services import wire
 from services.serving.embedding_cache import EmbeddingCache
-from services.serving.metrics import ServingMetrics
 from services.serving.schemas import Item
 from storage.batch import DatasetSchema, hash_raw
 
@@ -39,12 +32,13 @@ MAX_CORRUPT_LOGGED = 1000  # corrupt record keys logged per model version
 @dataclass
 class LoadedModel:
     """One model version, immutable once built: what a request reads from start to end.
-    A new version is a new LoadedModel (with an empty cache) swapped in by reference."""
+    A new version is a new LoadedModel swapped in by reference (registry.py)."""
 
     record: wire.ModelVersion
     net: torch.nn.Module
-    cache: EmbeddingCache
+    cache: EmbeddingCache  # moves to the next version (embedding_cache.py: invalidation)
     loaded_at: float
+    manifest: np.ndarray = field(default_factory=lambda: np.zeros(1, np.uint64))  # uint64[n]
     schema: DatasetSchema = field(init=False)
     widths: tuple[int, ...] = field(init=False)
     stored_dim: int = field(init=False)  # sum(widths): what a record unpacks to (<= dim)
@@ -260,98 +254,3 @@ def items_to_arrays(model: LoadedModel, items: list[Item],
     if id_rows:
         ids[id_rows] = np.array(id_vals, np.int64).reshape(len(id_rows), nf)
     return ids, dense
-
-
-def missed_pairs(ids: np.ndarray, missed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct (field, ID) pairs among the cells of ids int64[B, F] flagged in
-    missed bool[B * F]: (fields int64[U], keys int64[U])."""
-    b, nf = ids.shape
-    miss = missed.reshape(b, nf)
-    fields, keys = [], []
-    for f in range(nf):  # F is a handful of fields; each step is vectorised over the batch
-        col = ids[miss[:, f], f]
-        if len(col):
-            uniq = np.unique(col)
-            fields.append(np.full(len(uniq), f, np.int64))
-            keys.append(uniq)
-    return np.concatenate(fields), np.concatenate(keys)
-
-
-async def fetch_records(client: aioredis.Redis, keys: list[str],
-                        mget_chunk: int) -> list[bytes | None]:
-    """MGET of `keys`, `mget_chunk` keys per command, all in one pipelined round trip."""
-    if not keys:
-        return []
-    if len(keys) <= mget_chunk:
-        return list(await client.mget(keys))
-    pipe = client.pipeline(transaction=False)
-    for a in range(0, len(keys), mget_chunk):
-        pipe.mget(keys[a : a + mget_chunk])
-    parts = await pipe.execute()
-    return [rec for part in parts for rec in part]
-
-
-def unpack_or_skip(model: LoadedModel, names: list[str], records: list[bytes | None],
-                   metrics: ServingMetrics | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """`wire.unpack_records` of the records fetched for keys `names`, a corrupt record read as
-    a missing one: (float32[N, stored_dim], found bool[N]).
-
-    The batch is unpacked in one call; only when it raises are the records checked one by one
-    (the format's checks stay in services/wire/records.py), so the common path pays nothing.
-    Each corrupt record is counted in `metrics`, and its key logged once per version (the
-    cache then holds it as missing; with caching off it is fetched and counted again, not
-    logged again)."""
-    try:
-        return wire.unpack_records(records, model.widths, model.stored_dim)
-    except ValueError:
-        pass
-    bad: list[int] = []
-    for i, rec in enumerate(records):
-        if rec is None:
-            continue
-        try:
-            wire.unpack_records([rec], model.widths, model.stored_dim)
-        except ValueError as exc:
-            bad.append(i)
-            model.note_corrupt(names[i], exc)
-    if metrics is not None:
-        metrics.corrupt_records.labels(model.name).inc(len(bad))
-    records = list(records)
-    for i in bad:
-        records[i] = None
-    return wire.unpack_records(records, model.widths, model.stored_dim)
-
-
-async def gather_embeddings(model: LoadedModel, ids: np.ndarray, client: aioredis.Redis,
-                            mget_chunk: int, metrics: ServingMetrics | None = None
-                            ) -> tuple[np.ndarray, int, int, int]:
-    """ids int64[B, F] -> (float32[B, F, D] zero-padded, unseen pairs, cache hits, misses),
-    hits and misses counted over the request's distinct (field, ID) pairs. A corrupt record
-    reads as missing (`unpack_or_skip`), counted in `metrics`. See the module docstring."""
-    b, nf = ids.shape
-    cache = model.cache
-    cell_fields = np.tile(np.arange(nf, dtype=np.int64), b)
-    cell_keys = ids.reshape(-1)
-    slots = cache.lookup(cell_fields, cell_keys)
-    missed = slots < 0
-    misses = 0
-    if missed.any():
-        fields, keys = missed_pairs(ids, missed)
-        names = wire.emb_keys(model.name, model.schema.fields, fields, keys)
-        records = await fetch_records(client, names, mget_chunk)  # the request's only await
-        rows, found = unpack_or_skip(model, names, records, metrics)
-        misses = len(names)
-        # From here to the return nothing awaits, so no other request moves a slot. Stamp
-        # the cells cached now with the current tick (the insert's eviction spares those),
-        # cache the fetched pairs, then every cell has a slot.
-        cache.lookup(cell_fields, cell_keys)
-        cache.insert(fields, keys, rows, found)
-        slots = cache.lookup(cell_fields, cell_keys)
-    distinct = np.unique(slots)
-    unseen = int((~cache.found[distinct]).sum())
-    emb = cache.rows[slots].reshape(b, nf, cache.dim)
-    dim = int(model.record.dim)
-    if dim > model.stored_dim:  # a padded policy (fixed:d,pad=P): the network reads P dims
-        emb = np.pad(emb, ((0, 0), (0, 0), (0, dim - model.stored_dim)))
-    cache.end_request()
-    return emb, unseen, len(distinct) - misses, misses

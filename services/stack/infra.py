@@ -25,6 +25,9 @@ from types import TracebackType
 from urllib.parse import quote
 
 READY_TIMEOUT_S = 30.0
+# embedding buckets stay compact listpacks (services/wire/buckets.py): up to 512 records of
+# up to 1 KiB (Redis' defaults, 128 and 64 bytes, would turn them into hash tables)
+LISTPACK_ARGS = ["--hash-max-listpack-entries", "512", "--hash-max-listpack-value", "1024"]
 _POLL_S = 0.05
 
 
@@ -253,7 +256,7 @@ def start_redis(port: int | None = None, log_dir: Path | None = None,
     for _ in range(attempts):
         p = port or free_port()
         cmd = [str(binary), "--port", str(p), "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "no", "--protected-mode", "no"]
+               "--appendonly", "no", "--protected-mode", "no", *LISTPACK_ARGS]
         if data_dir is not None:
             data_dir.mkdir(parents=True, exist_ok=True)
             cmd += ["--dir", str(data_dir)]

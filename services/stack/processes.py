@@ -44,6 +44,7 @@ import orjson
 import redis
 
 from services import wire
+from services.messaging.redis_clients import open_sync
 from services.stack.infra import (
     ManagedProcess,
     create_topics,
@@ -54,6 +55,7 @@ from services.stack.infra import (
     start_tansu,
     wait_until,
 )
+from services.stack.redis_cluster import RedisClusterProcs, start_redis_cluster
 from services.stack.state import alive, start_time, state_path
 from storage.settings import Settings
 
@@ -78,6 +80,7 @@ class StackConfig:
     serving_port: int | None = None  # default: a free port
     publish_interval_s: float = 1.0  # unless CHUNKREC_PUBLISH_INTERVAL_S is set
     durable: bool = False  # the broker keeps its log in SeaweedFS (tansu's s3:// engine)
+    redis_cluster: int = 0  # a Redis Cluster of this many masters instead of one redis-server
 
 
 @dataclass
@@ -119,6 +122,7 @@ class Stack:
         self.state_file = state_path(settings)
         self.procs: dict[str, ManagedProcess] = {}
         self.redis: ManagedProcess | None = None
+        self.redis_cluster: RedisClusterProcs | None = None  # with config.redis_cluster
         self.broker: ManagedProcess | None = None
         self.s3_store: ManagedProcess | None = None  # SeaweedFS, with --durable
         self.serving_url = ""
@@ -154,6 +158,8 @@ class Stack:
     def _all(self) -> list[tuple[str, ManagedProcess]]:
         infra = [(n, p) for n, p in (("seaweedfs", self.s3_store), ("tansu", self.broker),
                                      ("redis", self.redis)) if p]
+        if self.redis_cluster is not None:
+            infra += [(f"redis-{i}", p) for i, p in enumerate(self.redis_cluster.nodes)]
         return infra + list(self.procs.items())
 
     # ---------------------------------------------------------------- starting
@@ -197,15 +203,22 @@ class Stack:
         step("starting the broker (tansu) and redis-server")
         self.broker = start_tansu(log_dir=self.log_dir, s3=s3)
         self._write_state()
-        self.redis = start_redis(log_dir=self.log_dir)
+        if self.c.redis_cluster:
+            step(f"starting a Redis Cluster of {self.c.redis_cluster} masters")
+            self.redis_cluster = start_redis_cluster(self.c.redis_cluster, log_dir=self.log_dir,
+                                                     data_dir=self.run_dir / "redis-cluster")
+            redis_url = self.redis_cluster.url
+        else:
+            self.redis = start_redis(log_dir=self.log_dir)
+            redis_url = self.redis.url
         self._write_state()
         create_topics(self.broker.address, {wire.EVENTS_TOPIC: 2, wire.DLQ_TOPIC: 1})
         port = self.c.serving_port or free_port()
         self.serving_url = f"http://127.0.0.1:{port}"
         updates: dict[str, object] = {
             # the stack's own redis-server has no password: a configured one would fail AUTH
-            "kafka_bootstrap": self.broker.address, "redis_url": self.redis.url,
-            "redis_password": "",
+            "kafka_bootstrap": self.broker.address, "redis_url": redis_url,
+            "redis_password": "", "redis_cluster": bool(self.c.redis_cluster),
             "checkpoint_dir": self.run_dir / "checkpoints", "serving_port": port,
             "serving_host": "127.0.0.1", "trainer_threads": self.s.trainer.threads or 1,
         }
@@ -234,12 +247,15 @@ class Stack:
 
     # ---------------------------------------------------------------- watching
     def client(self) -> redis.Redis:
-        assert self.redis is not None
-        return redis.Redis.from_url(self.redis.url, socket_timeout=5)
+        assert self._child_settings is not None, "start() first"
+        return open_sync(self._child_settings.redis, socket_timeout=5)
 
     def read_versions(self, r: redis.Redis) -> dict[str, wire.ModelVersion]:
         names = [name for name, _ in self.c.models]
-        blobs = r.mget([wire.version_key(n) for n in names])
+        pipe = r.pipeline(transaction=False)  # one GET each: a cluster spreads them
+        for n in names:
+            pipe.get(wire.version_key(n))
+        blobs = pipe.execute()
         return {n: wire.ModelVersion.from_json(b) for n, b in zip(names, blobs, strict=True)
                 if b is not None}
 
@@ -338,6 +354,8 @@ class Stack:
                 mp.proc.terminate()
         for name, mp in rest:
             mp.stop(grace_s=30.0 if name.startswith("train-") else 10.0)
+        if self.redis_cluster is not None:
+            self.redis_cluster.stop()
         for mp in (self.redis, self.broker, self.s3_store):
             if mp is not None:
                 mp.stop()

@@ -75,26 +75,24 @@ def live_table(result: StackResult, policies: dict[str, str], served: dict[str, 
         ("recent AUC", cells(lambda n, r: _f(r.metrics.get("window_auc")))),
         ("embedding bytes (trainer)", cells(lambda n, r: _kib(r.embedding_bytes))),
         ("Redis record bytes", cells(lambda n, r: _kib(r.redis_embedding_bytes))),
-        ("Redis keys", cells(lambda n, r: f"{r.redis_embedding_records:,}")),
+        ("Redis records", cells(lambda n, r: f"{r.redis_embedding_records:,}")),
     ]
     return _by_model(f"{title}  [{result.seconds:.0f} s]", names, rows)
 
 
 def redis_memory(r: redis.Redis, model: str, records: int, sample: int = 5000) -> int | None:
-    """Redis MEMORY USAGE of `model`'s embedding keys: all of them, or a sample of `sample`
-    scaled to `records`. None when the model has no keys."""
-    keys = []
-    for key in r.scan_iter(match=wire.emb_prefix(model) + "*", count=1000):
-        keys.append(key)
-        if len(keys) >= sample:
-            break
+    """Redis MEMORY USAGE of the bucket keys of `model`'s current version: all of them, or
+    a sample of `sample` buckets scaled to all of them. None when it has no version."""
+    keys = wire.current_bucket_keys(r, model)
     if not keys:
         return None
+    total = len(keys)
+    keys = keys[:sample]
     pipe = r.pipeline(transaction=False)
     for key in keys:
         pipe.memory_usage(key, samples=0)
     used = sum(int(u or 0) for u in pipe.execute())
-    return used if len(keys) < sample else round(used / len(keys) * max(records, len(keys)))
+    return used if len(keys) == total else round(used / len(keys) * total)
 
 
 def summary_table(result: StackResult, policies: dict[str, str],
@@ -114,7 +112,7 @@ def summary_table(result: StackResult, policies: dict[str, str],
         ("recent AUC (last window)", cells(lambda n, r: _f(r.metrics.get("window_auc")))),
         ("online logloss", cells(lambda n, r: _f(r.metrics.get("logloss")))),
         ("embedding bytes (trainer)", cells(lambda n, r: _kib(r.embedding_bytes))),
-        ("Redis keys", cells(lambda n, r: f"{r.redis_embedding_records:,}")),
+        ("Redis records", cells(lambda n, r: f"{r.redis_embedding_records:,}")),
         ("Redis record bytes", cells(lambda n, r: _kib(r.redis_embedding_bytes))),
         ("Redis MEMORY USAGE", cells(lambda n, r: _kib(memory_usage.get(n)))),
     ]

@@ -53,6 +53,7 @@ class UpOptions:
     sessions: int = 6000
     users_rate: float | None = None  # sessions/s (None: max)
     keep: bool = False
+    redis_cluster: int = 0  # masters of a local Redis Cluster (0: one redis-server)
 
 
 def _raise_interrupt(_signum: int, _frame: object) -> None:
@@ -111,6 +112,7 @@ def run_up(settings: Settings, opts: UpOptions) -> int:
         events = warmup_events(opts.data, settings.data_dir)
     config = StackConfig(data=opts.data, events=events, rate=opts.rate, minutes=opts.minutes,
                          serving_port=opts.port, durable=opts.durable,
+                         redis_cluster=opts.redis_cluster,
                          models=EXPERIMENT_MODELS if experiment else DEFAULT_MODELS)
     policies = dict(config.models)
     stack = Stack(settings, config)

@@ -43,6 +43,7 @@ from models.networks import build_model
 from models.policies.registry import parse_policy
 from services import wire
 from services.messaging.confirmed import ConfirmedProducer
+from services.messaging.redis_clients import open_sync
 from services.trainer.checkpoint import CheckpointState, load_latest, write_checkpoint
 from services.trainer.config import TrainerConfig, TrainerStats
 from services.trainer.hot_start import hot_start_from
@@ -147,8 +148,7 @@ class StreamTrainer:
     def connect(self) -> None:
         """Take the model's lease (LeaseHeld when another trainer owns it), then join the
         consumer group: a refused trainer never takes partitions from the owner."""
-        client = redis.Redis.from_url(self.s.redis.url, socket_timeout=10,
-                                      **self.s.redis.client_kwargs)
+        client = open_sync(self.s.redis, socket_timeout=10)
         self.lease = ModelLease(client, self.c.model, self.s.trainer.lease_ttl_s)
         try:
             self.lease.acquire(wait_s=self.s.trainer.lease_ttl_s)  # or LeaseHeld
@@ -158,7 +158,8 @@ class StreamTrainer:
         self.publisher = RedisPublisher(client, self.c.model, self.c.schema.fields,
                                         self.s.redis.write_chunk,
                                         self.s.trainer.dense_versions_kept,
-                                        lease=self.lease)
+                                        lease=self.lease,
+                                        per_bucket=self.s.redis.bucket_records)
         self.consumer = KafkaConsumer(
             bootstrap_servers=self.s.kafka.bootstrap,
             group_id=f"chunkrec-trainer-{self.c.model}",

@@ -1,34 +1,39 @@
 """Publishing model versions to Redis (key layout and record formats: services/wire/).
 
-One publish, in this order, so that a reader that sees a version record finds everything it
-names:
+One publish of version V, in this order; nothing a reader resolves through V's manifest is
+written before V's version record, and nothing the current version names is overwritten:
 
-1. embeddings: the policy's export (only the entries touched since the last publish, or all
-   of them for a full republish): SET of the records with live chunks, DEL of IDs left with
-   no chunk and of evicted IDs, `redis_write_chunk` keys per round trip (a Lua script, so
-   each chunk is one command that Redis runs in a few ms);
-2. the dense weights under `chunkrec:{M}:dense:{version}` (old versions beyond the newest
-   `dense_versions_kept` are deleted);
-3. the version record `chunkrec:{M}:version`;
-4. PUBLISH of the version number on `chunkrec:{M}:versions`.
+1. embeddings, per bucket (wire/buckets.py): the policy's export (the entries touched since
+   the last publish, or all of them for a full republish) grouped by bucket; each touched
+   bucket is written under a new generation G(V, token) by one Lua script on that bucket's
+   slot (COPY of the bucket's current generation, HSET of the new records, HDEL of IDs left
+   with no chunk or evicted, the sentinel), pipelined, `write_chunk` records per round trip
+   (a Redis Cluster pipeline sends each node its share);
+2. the commit, one fenced script on the slot of the model's tag: the dense weights, the
+   manifest (every bucket's generation in V), the version record, the deletion of the dense
+   blob and manifest `dense_versions_kept` versions back, then PUBLISH of V;
+3. generations superseded `dense_versions_kept` versions ago are deleted (readers still on a
+   recent version keep finding theirs).
 
-Every write is fenced (services/trainer/lease.py): it runs as a Lua script that first checks, inside
-Redis, that this trainer still owns the model; a fenced publisher writes nothing and raises
-`Fenced`. Steps 2-4 are one such script.
+A trainer killed in step 1 leaves generations no manifest names: readers never see them, and
+the next full republish sweeps them (SCAN). The commit is fenced (services/trainer/lease.py):
+a fenced-out trainer's commit raises `Fenced` and it deletes nothing; the generations it wrote
+carry its own token, so they can never be a key the owner's manifest names.
 
-Redis bytes of the embedding records are tracked exactly: the writes run as small Lua
-scripts that SET (or DEL) a chunk of keys and return the byte and key-count change (old sizes
-by STRLEN inside Redis: one round trip per chunk, no per-key command from Python, which costs
-~8 us a key). A full republish also deletes embedding keys Redis holds that the export lacks
-(left by a trainer that crashed after publishing past its checkpoint), and recounts.
+A full republish (on start, after a failure, or when buckets fill past 2x `per_bucket`
+records on average) sizes the buckets anew for the live records and writes every bucket.
+Record bytes and counts are tracked exactly: each bucket script returns its byte and record
+change (old sizes by HSTRLEN inside Redis).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
 import redis
 
 from models.policy import EmbeddingPolicy
@@ -37,42 +42,41 @@ from services.trainer.lease import ModelLease
 
 log = logging.getLogger("chunkrec.publisher")
 
-# Every write runs through the model's lease (services/trainer/lease.py): the lease check
-# comes first in each script, so the bodies read their own keys from KEYS[K0 + 1] and args from
-# ARGV[A0 + 1].
-# KEYS: the chunk's keys; ARGV: their records. Returns {byte change, keys created}.
-_SET_LUA = """
-local delta, created = 0, 0
-for i = K0 + 1, #KEYS do
-  local k, v = KEYS[i], ARGV[A0 + i - K0]
-  local old = redis.call('STRLEN', k)
-  if old == 0 then created = created + 1 end
-  delta = delta + #v - old
-  redis.call('SET', k, v)
+# KEYS[1] the new generation's key, KEYS[2] (when given) the bucket's current generation, on
+# the same slot (one hash tag). ARGV[1] the generation, ARGV[2] n sets, then n (field, record)
+# pairs, then fields to delete. Returns {byte change, record change, records left}; a bucket
+# left empty is deleted (the manifest then says 0).
+_BUCKET_LUA = """
+local dst = KEYS[1]
+if KEYS[2] then redis.call('COPY', KEYS[2], dst, 'REPLACE') else redis.call('DEL', dst) end
+local n = tonumber(ARGV[2])
+local delta, count = 0, 0
+for i = 3, 2 + 2 * n, 2 do
+  local old = redis.call('HSTRLEN', dst, ARGV[i])
+  if old == 0 then count = count + 1 end
+  delta = delta + #ARGV[i + 1] - old
+  redis.call('HSET', dst, ARGV[i], ARGV[i + 1])
 end
-return {delta, created}
-"""
-# KEYS: keys to delete. Returns {bytes freed, keys deleted}.
-_DEL_LUA = """
-local freed, gone = 0, 0
-for i = K0 + 1, #KEYS do
-  local k = KEYS[i]
-  local old = redis.call('STRLEN', k)
+for i = 3 + 2 * n, #ARGV do
+  local old = redis.call('HSTRLEN', dst, ARGV[i])
   if old > 0 then
-    freed = freed + old
-    gone = gone + redis.call('DEL', k)
+    delta = delta - old
+    count = count - redis.call('HDEL', dst, ARGV[i])
   end
 end
-return {freed, gone}
+redis.call('HSET', dst, '', ARGV[1])
+local left = redis.call('HLEN', dst) - 1
+if left == 0 then redis.call('DEL', dst) end
+return {delta, count, left}
 """
-# KEYS: dense key, old dense key (or ""), models set, version key; ARGV: dense blob, version
-# record, channel, version number. The version's metadata in one step, then the announcement.
-_META_LUA = """
+# KEYS: dense key, manifest key, version key, then old keys to delete (all on the model's
+# slot); ARGV: dense blob, manifest, version record, channel, version number.
+_COMMIT_LUA = """
 redis.call('SET', KEYS[K0 + 1], ARGV[A0 + 1])
-if KEYS[K0 + 2] ~= '' then redis.call('DEL', KEYS[K0 + 2]) end
-redis.call('SADD', KEYS[K0 + 3], ARGV[A0 + 5])
-redis.call('SET', KEYS[K0 + 4], ARGV[A0 + 2])
-redis.call('PUBLISH', ARGV[A0 + 3], ARGV[A0 + 4])
+redis.call('SET', KEYS[K0 + 2], ARGV[A0 + 2])
+redis.call('SET', KEYS[K0 + 3], ARGV[A0 + 3])
+for i = K0 + 4, #KEYS do redis.call('DEL', KEYS[i]) end
+redis.call('PUBLISH', ARGV[A0 + 4], ARGV[A0 + 5])
 return 1
 """
 
@@ -85,27 +89,31 @@ class PublishStats:
     entries_deleted: int
     record_bytes: int
     seconds: float
+    buckets_written: int = 0
 
 
 class RedisPublisher:
-    """Writes versions of one model; holds the running count of its Redis record bytes."""
+    """Writes versions of one model; holds the running count of its Redis record bytes, the
+    manifest of the last version it committed, and the generations waiting for deletion."""
 
     def __init__(self, client: redis.Redis, model: str, field_names: tuple[str, ...],
                  write_chunk: int = 2000, dense_versions_kept: int = 3,
-                 lease: ModelLease | None = None) -> None:
+                 lease: ModelLease | None = None, per_bucket: int = 128) -> None:
         self.r = client
         self.model = wire.check_model_name(model)
         self.field_names = field_names
         self.write_chunk = max(1, write_chunk)
         self.dense_versions_kept = max(1, dense_versions_kept)
+        self.per_bucket = max(1, per_bucket)
         self.redis_bytes = 0
         self.redis_records = 0
+        self.manifest: np.ndarray | None = None  # uint64[n]: the last committed version's
+        self.retired: deque[tuple[int, list[str]]] = deque()  # (superseded at V, keys)
+        self._limits_checked = False
         # the trainer passes its lease; without one (a tool or a test publishing by hand) the
         # first write takes the model over, fencing out whoever wrote it before
         self.lease = lease if lease is not None else ModelLease(client, model, take_over=True)
-        self._set_script = self.lease.fenced_script(_SET_LUA)
-        self._del_script = self.lease.fenced_script(_DEL_LUA)
-        self._meta_script = self.lease.fenced_script(_META_LUA)
+        self._commit_script = self.lease.fenced_script(_COMMIT_LUA)
 
     def current_version(self) -> wire.ModelVersion | None:
         """The version record in Redis now, or None (Redis empty, restarted, a new model, or
@@ -122,60 +130,145 @@ class RedisPublisher:
             return None
         return record
 
-    def _write(self, packed: wire.PackedExport) -> None:
-        sets, deletes, step = packed.sets, packed.deletes, self.write_chunk
-        for a in range(0, len(sets), step):
-            part = sets[a : a + step]
-            delta, created = self._set_script(keys=[k for k, _ in part],
-                                              args=[v for _, v in part])
-            self.redis_bytes += int(delta)
-            self.redis_records += int(created)
-        for a in range(0, len(deletes), step):
-            freed, gone = self._del_script(keys=deletes[a : a + step])
-            self.redis_bytes -= int(freed)
-            self.redis_records -= int(gone)
+    def _current_manifest(self) -> np.ndarray | None:
+        """The manifest of the version in Redis (a restarted trainer's starting point)."""
+        rec = self.current_version()
+        blob = self.r.get(rec.manifest_key) if rec is not None and rec.manifest_key else None
+        try:
+            return None if blob is None else wire.manifest_from_bytes(blob)
+        except ValueError:
+            return None
 
-    def _sweep_stale(self, live_keys: list[str]) -> int:
-        """Delete embedding keys of this model that are not in `live_keys`; returns how many."""
-        live = set(live_keys)
-        stale: list[str] = []
-        for key in self.r.scan_iter(match=wire.emb_prefix(self.model) + "*", count=10_000):
+    def _check_limits(self, max_record: int) -> None:
+        """Warn once when the server's listpack limits turn buckets into hash tables (about
+        twice the memory); a server that refuses CONFIG GET is trusted."""
+        self._limits_checked = True
+        try:
+            cfg = self.r.config_get("hash-max-listpack-*")
+        except redis.RedisError:
+            return
+        if isinstance(cfg, dict) and cfg and isinstance(next(iter(cfg.values())), dict):
+            cfg = next(iter(cfg.values()))  # a cluster answers per node
+        entries = int(cfg.get("hash-max-listpack-entries", 0) or 0)
+        value = int(cfg.get("hash-max-listpack-value", 0) or 0)
+        if entries < 3 * self.per_bucket or value < max_record:
+            log.warning("%s: Redis hash-max-listpack-entries %d / -value %d are below %d / %d: "
+                        "buckets will be stored as hash tables (~2x the memory); raise them",
+                        self.model, entries, value, 3 * self.per_bucket, max_record)
+
+    def _write_buckets(self, packed: wire.PackedExport, version: int,
+                       manifest: np.ndarray, full: bool) -> list[str]:
+        """Step 1 of the module docstring; updates `manifest` in place and returns the keys
+        of the generations it supersedes."""
+        if self.lease.me is None:  # the generation carries our fencing token
+            self.lease.acquire(take_over=self.lease.take_over)
+        gen = wire.generation(version, self.lease.token or 0)
+        superseded: list[str] = []
+        pipe = self.r.pipeline(transaction=False)
+        queued: list[int] = []
+        pending = 0
+
+        def flush() -> None:
+            nonlocal pending
+            for b, (delta, count, left) in zip(queued, pipe.execute(), strict=True):
+                self.redis_bytes += int(delta)
+                self.redis_records += int(count)
+                manifest[b] = gen if int(left) > 0 else 0
+            queued.clear()
+            pending = 0
+
+        for w in packed.buckets:
+            dst = wire.bucket_key(self.model, w.bucket, gen)
+            old = 0 if full else int(manifest[w.bucket])
+            keys = [dst]
+            if old:
+                keys.append(wire.bucket_key(self.model, w.bucket, old))
+                superseded.append(keys[1])
+            args: list[bytes | int] = [gen, len(w.names)]
+            for name, rec in zip(w.names, w.records, strict=True):
+                args += (name, rec)
+            args += w.deletes
+            pipe.execute_command("EVAL", _BUCKET_LUA, len(keys), *keys, *args)
+            queued.append(w.bucket)
+            pending += len(w.names) + len(w.deletes)
+            if pending >= self.write_chunk:
+                flush()
+        if queued:
+            flush()
+        return superseded
+
+    def _stale_keys(self, manifest: np.ndarray) -> list[str]:
+        """Bucket keys of this model that `manifest` does not name (a full republish)."""
+        live = {wire.bucket_key(self.model, b, g)
+                for b, g in enumerate(manifest.tolist()) if g}
+        stale = []
+        for key in self.r.scan_iter(match=wire.bucket_pattern(self.model), count=10_000):
             k = key.decode() if isinstance(key, bytes) else key
             if k not in live:
                 stale.append(k)
-        for a in range(0, len(stale), self.write_chunk):
-            self._del_script(keys=stale[a : a + self.write_chunk])
-        return len(stale)
+        return stale
+
+    def _delete_retired(self, version: int) -> None:
+        """Step 3: delete generations superseded `dense_versions_kept` versions ago."""
+        keys: list[str] = []
+        while self.retired and self.retired[0][0] <= version - self.dense_versions_kept:
+            keys += self.retired.popleft()[1]
+        if not keys:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for k in keys:  # one key per command: a cluster pipeline routes each to its node
+            pipe.delete(k)
+        pipe.execute()
 
     def publish(self, policy: EmbeddingPolicy, dense_blob: bytes, version: int, full: bool,
                 record: wire.ModelVersion) -> PublishStats:
-        """Publish `version`: embeddings (see module docstring), the dense blob, then the
-        version record built from `record` (its counters are filled in here), then announce.
-        Raises redis.RedisError on failure; the caller republishes in full next time, since
-        the export has already cleared the policy's dirty set."""
+        """Publish `version` (see the module docstring); the version record is built from
+        `record` (its counters are filled in here). Raises redis.RedisError on failure; the
+        caller republishes in full next time, since the export has already cleared the
+        policy's dirty set."""
         t0 = time.perf_counter()
+        if not full and self.manifest is None:
+            self.manifest = self._current_manifest()
+        n = 0 if self.manifest is None else len(self.manifest)
+        full = full or n == 0 or self.redis_records > 2 * self.per_bucket * n
         export = policy.export(dirty_only=not full)
-        packed = wire.pack_export(self.model, self.field_names, export)
         if full:
+            n = wire.bucket_count(int(np.count_nonzero(export.masks)), self.per_bucket)
             self.redis_bytes = 0
             self.redis_records = 0
-            self._sweep_stale([k for k, _ in packed.sets])
-        self._write(packed)
-        dkey = wire.dense_key(self.model, version)
+            manifest = np.zeros(n, np.uint64)
+        else:
+            assert self.manifest is not None
+            manifest = self.manifest.copy()
+        packed = wire.pack_export(export, n)
+        if not self._limits_checked and packed.max_record_bytes:
+            self._check_limits(packed.max_record_bytes)
+        superseded = self._write_buckets(packed, version, manifest, full)
+        if full:
+            superseded = self._stale_keys(manifest)
+        dkey, mkey = wire.dense_key(self.model, version), wire.manifest_key(self.model, version)
         old = version - self.dense_versions_kept
         record.version = version
         record.full = full
         record.dense_key = dkey
+        record.manifest_key = mkey
+        record.buckets = n
         record.widths = [int(w) for w in export.widths]
-        record.entries_written = len(packed.sets)
-        record.entries_deleted = len(packed.deletes)
+        record.entries_written = packed.entries_written
+        record.entries_deleted = packed.entries_deleted
         record.redis_embedding_bytes = self.redis_bytes
         record.redis_embedding_records = self.redis_records
         record.created_at = time.time()
-        self._meta_script(
-            keys=[dkey, wire.dense_key(self.model, old) if old >= 1 else "", wire.MODELS_SET,
-                  wire.version_key(self.model)],
-            args=[dense_blob, record.to_json(), wire.versions_channel(self.model), str(version),
-                  self.model])
-        return PublishStats(version, full, len(packed.sets), len(packed.deletes),
-                            packed.record_bytes, time.perf_counter() - t0)
+        old_keys = ([wire.dense_key(self.model, old), wire.manifest_key(self.model, old)]
+                    if old >= 1 else [])
+        self.r.sadd(wire.MODELS_SET, self.model)  # its own slot: outside the commit
+        self._commit_script(
+            keys=[dkey, mkey, wire.version_key(self.model), *old_keys],
+            args=[dense_blob, wire.manifest_to_bytes(manifest), record.to_json(),
+                  wire.versions_channel(self.model), str(version)])
+        self.manifest = manifest
+        self.retired.append((version, superseded))
+        self._delete_retired(version)
+        return PublishStats(version, full, packed.entries_written, packed.entries_deleted,
+                            packed.record_bytes, time.perf_counter() - t0,
+                            len(packed.buckets))

@@ -13,8 +13,9 @@ One module per format, each opening with the format itself:
     exposures.py     Kafka `exposures` (router -> joiner): ExposureMsg / ShownMsg, typed and
                      read strictly; the joined event id
     feedback.py      Kafka `feedback` (router -> joiner): FeedbackMsg
-    redis_keys.py    the Redis key layout for model M (embeddings, dense blob, version record,
-                     version channel, owner lease and fence)
+    redis_keys.py    the Redis key layout for model M (embedding buckets, manifest, dense blob,
+                     version record, version channel, owner lease and fence; hash tags)
+    buckets.py       records grouped into bucket hashes; copy-on-write generations, manifests
     records.py       the packed embedding record (chunk mask + stored chunks' values)
     versions.py      the model version record (ModelVersion, JSON) and the dense blob
     names.py         the model-name rule (ModelName, check_model_name)
@@ -23,6 +24,20 @@ Callers use the package: `from services import wire; wire.dead_letters(...)`.
 """
 
 from services.wire.arrow_events import MAX_ARROW_EVENTS, encode_arrow, is_arrow, read_arrow
+from services.wire.buckets import (
+    SENTINEL,
+    bucket_count,
+    bucket_of,
+    changed_buckets,
+    current_bucket_keys,
+    generation,
+    generation_version,
+    hash_fields,
+    manifest_from_bytes,
+    manifest_to_bytes,
+    read_current,
+    sample_records,
+)
 from services.wire.dead_letters import (
     DLQ_RECORD_MAX_BYTES,
     DLQ_TOPIC,
@@ -69,6 +84,7 @@ from services.wire.exposures import (
 from services.wire.feedback import FEEDBACK_TOPIC, FeedbackMsg, read_feedback
 from services.wire.names import MODEL_NAME_PATTERN, ModelName, check_model_name
 from services.wire.records import (
+    BucketWrite,
     PackedExport,
     pack_export,
     pack_records,
@@ -78,11 +94,11 @@ from services.wire.records import (
 from services.wire.redis_keys import (
     KEY_PREFIX,
     MODELS_SET,
+    bucket_key,
+    bucket_pattern,
     dense_key,
-    emb_key,
-    emb_keys,
-    emb_prefix,
     fence_key,
+    manifest_key,
     owner_key,
     version_key,
     versions_channel,
@@ -113,10 +129,15 @@ __all__ = [
     # names
     "MODEL_NAME_PATTERN", "ModelName", "check_model_name",
     # packed embedding records
-    "PackedExport", "pack_export", "pack_records", "record_masks", "unpack_records",
+    "BucketWrite", "PackedExport", "pack_export", "pack_records", "record_masks",
+    "unpack_records",
+    # buckets and manifests
+    "SENTINEL", "bucket_count", "bucket_of", "changed_buckets", "current_bucket_keys", "generation",
+    "generation_version", "hash_fields", "manifest_from_bytes", "manifest_to_bytes",
+    "read_current", "sample_records",
     # Redis keys
-    "KEY_PREFIX", "MODELS_SET", "dense_key", "emb_key", "emb_keys", "emb_prefix", "fence_key",
-    "owner_key", "version_key", "versions_channel",
+    "KEY_PREFIX", "MODELS_SET", "bucket_key", "bucket_pattern", "dense_key", "fence_key",
+    "manifest_key", "owner_key", "version_key", "versions_channel",
     # version record
     "WIRE_VERSION", "ModelVersion", "dense_from_bytes", "dense_to_bytes", "finite_or_none",
 ]

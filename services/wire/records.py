@@ -1,4 +1,4 @@
-"""The packed embedding record: what `chunkrec:{M}:emb:{field}:{key}` holds (bytes).
+"""The packed embedding record: the value of an ID's field in its bucket hash (buckets.py).
 
     uint32 LE  chunk mask: bit j set = chunk j stored
     float32 LE values of the stored chunks only, in position order (chunk j has widths[j]
@@ -8,6 +8,7 @@ A record of mask 0 is never written: an ID that lost all chunks is deleted inste
 
     pack_records(masks uint32[N], values float32[N, D], widths) -> [bytes] * N
     unpack_records([bytes | None] * N, widths) -> (float32[N, D] zero-padded, found bool[N])
+    pack_export(export, n_buckets) -> PackedExport   # the writes of a publish, per bucket
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from services.wire.redis_keys import emb_keys
+from services.wire.buckets import bucket_of, hash_fields
 
 
 def _column_mask(masks: np.ndarray, widths: tuple[int, ...]) -> np.ndarray:
@@ -57,27 +58,56 @@ def pack_records(masks: np.ndarray, values: np.ndarray, widths: tuple[int, ...])
 
 
 @dataclass
+class BucketWrite:
+    """The changes of one bucket: set `names[i]` to `records[i]`, delete `deletes`."""
+
+    bucket: int
+    names: list[bytes]
+    records: list[bytes]
+    deletes: list[bytes]
+
+
+@dataclass
 class PackedExport:
-    """An EmbeddingExport turned into Redis writes: `sets` (key, record) for entries with
-    stored chunks, `deletes` for those without (mask 0) and for evicted ones."""
+    """An EmbeddingExport turned into per-bucket Redis writes: records of entries with stored
+    chunks are set, entries without (mask 0) and evicted ones deleted."""
 
-    sets: list[tuple[str, bytes]]
-    deletes: list[str]
+    buckets: list[BucketWrite]
+    entries_written: int
+    entries_deleted: int
+    record_bytes: int
+    max_record_bytes: int
 
-    @property
-    def record_bytes(self) -> int:
-        return sum(len(v) for _, v in self.sets)
+
+def _groups(buckets: np.ndarray) -> dict[int, np.ndarray]:
+    """bucket id -> indices of the entries in it (one argsort, no per-entry Python)."""
+    if not len(buckets):
+        return {}
+    order = np.argsort(buckets, kind="stable")
+    ids, starts = np.unique(buckets[order], return_index=True)
+    return dict(zip(ids.tolist(), np.split(order, starts[1:]), strict=True))
 
 
-def pack_export(model: str, field_names: tuple[str, ...], export: Any) -> PackedExport:
-    """models.policy.EmbeddingExport -> PackedExport (keys per redis_keys.py)."""
+def pack_export(export: Any, n_buckets: int) -> PackedExport:
+    """models.policy.EmbeddingExport -> PackedExport over `n_buckets` buckets."""
     masks = np.asarray(export.masks, np.uint32)
+    fields, keys = np.asarray(export.fields, np.int64), np.asarray(export.keys, np.int64)
     live = masks != 0
-    keys = emb_keys(model, field_names, export.fields[live], export.keys[live])
     records = pack_records(masks[live], np.asarray(export.values)[live], tuple(export.widths))
-    deletes = emb_keys(model, field_names, export.fields[~live], export.keys[~live])
-    deletes += emb_keys(model, field_names, export.deleted_fields, export.deleted_keys)
-    return PackedExport(list(zip(keys, records, strict=True)), deletes)
+    set_f, set_k = fields[live], keys[live]
+    del_f = np.concatenate([fields[~live], np.asarray(export.deleted_fields, np.int64)])
+    del_k = np.concatenate([keys[~live], np.asarray(export.deleted_keys, np.int64)])
+    set_names, del_names = hash_fields(set_f, set_k), hash_fields(del_f, del_k)
+    sets = _groups(bucket_of(set_f, set_k, n_buckets))
+    dels = _groups(bucket_of(del_f, del_k, n_buckets))
+    out = []
+    for b in sorted(sets.keys() | dels.keys()):
+        s = sets.get(b, np.empty(0, np.int64)).tolist()
+        d = dels.get(b, np.empty(0, np.int64)).tolist()
+        out.append(BucketWrite(b, [set_names[i] for i in s], [records[i] for i in s],
+                               [del_names[i] for i in d]))
+    sizes = [len(r) for r in records]
+    return PackedExport(out, len(records), len(del_names), sum(sizes), max(sizes, default=0))
 
 
 def unpack_records(records: list[bytes | None], widths: tuple[int, ...],

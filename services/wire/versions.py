@@ -1,8 +1,9 @@
 """The model version record and the dense blob: what a trainer publishes per version.
 
 `chunkrec:{M}:version` holds a ModelVersion as JSON (orjson); `chunkrec:{M}:dense:{version}`
-holds the network's state_dict as torch.save bytes. Serving rebuilds the network from the
-record (arch, dim, fields) and decodes the embedding records with its chunk widths.
+holds the network's state_dict as torch.save bytes, `manifest_key` the generation of each
+embedding bucket (buckets.py). Serving rebuilds the network from the record (arch, dim,
+fields), reads embeddings through the manifest and decodes them with its chunk widths.
 
     v = ModelVersion.from_json(redis.get(version_key(m)))   # ValueError if not a record
     net.load_state_dict(dense_from_bytes(redis.get(v.dense_key)))
@@ -20,7 +21,7 @@ from pydantic import TypeAdapter
 
 from storage.batch import DatasetSchema
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # 2: bucketed, copy-on-write records (redis_keys.py, buckets.py)
 
 
 @dataclass
@@ -50,6 +51,8 @@ class ModelVersion:
     events_checksum: str  # decimal uint64: sum of event_id_hashes of applied events mod 2^64
     events_invalid: int
     offsets: dict[str, int]  # "topic:partition" -> next offset to read
+    buckets: int = 0  # embedding buckets (the manifest's length)
+    manifest_key: str = ""  # chunkrec:{M}:manifest:V: each bucket's generation in this version
     metrics: dict[str, float | None] = field(default_factory=dict)  # auc, logloss, ... (null:
     # not defined yet)
     wire_version: int = WIRE_VERSION

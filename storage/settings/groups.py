@@ -67,8 +67,12 @@ class RedisSettings(Group):
     url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis for serving",
                      repr=False, pattern=r"^(redis|rediss|unix)://.")
     password: str = Field(default="", repr=False, description="Redis AUTH password")
-    write_chunk: PositiveInt = Field(default=2_000, description="keys per Redis write script (~5 "
-        "ms of Redis time)")
+    write_chunk: PositiveInt = Field(default=2_000, description="records per pipelined round "
+                                     "trip of bucket writes")
+    cluster: bool = Field(default=False, description="`url` is a node of a Redis Cluster "
+                          "(clients route by hash slot)")
+    bucket_records: PositiveInt = Field(default=128, description="records per bucket hash on "
+                                        "average (re-sized past 2x)")
 
     @property
     def client_kwargs(self) -> dict[str, str]:
@@ -149,10 +153,10 @@ class ServingSettings(Group):
         "(LRU); 0: off")
     poll_s: PositiveFloat = Field(default=1.0, description="version check interval besides the "
         "pub/sub announcements")
-    mget_chunk: PositiveInt = Field(default=1000, description="keys per MGET in one pipelined "
-        "round trip")
     threads: NonNegativeInt = Field(default=1, description="torch.set_num_threads for serving; "
         "0: torch's")
+    workers: PositiveInt = Field(default=1, description="processes sharing the port (uvicorn "
+                                 "workers), each its own cache")
     stale_after_s: float = Field(
         default=10.0, gt=0, description="a served model whose version refresh has failed for "
         "this long makes /readyz answer 503")

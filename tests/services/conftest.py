@@ -1,5 +1,6 @@
-"""Fixtures for the streaming system: a real tansu broker and a real redis-server, one of each
-per test session (services/stack/infra.py starts them on free ports and stops exactly them).
+"""Fixtures for the streaming system: a real tansu broker, a real redis-server and a real
+Redis Cluster (3 masters, started on first use), one of each per test session
+(services/stack/infra.py and redis_cluster.py start them on free ports and stop exactly them).
 
 Tests share them without stepping on each other: each test uses its own events topic
 (`topic` fixture), model name and checkpoint folder; dead letters all go to `events.dlq` and
@@ -26,6 +27,7 @@ from services.stack.infra import (
     start_redis,
     start_tansu,
 )
+from services.stack.redis_cluster import RedisClusterProcs, start_redis_cluster
 from storage.settings import Settings
 
 
@@ -51,6 +53,16 @@ def redis_server(infra_logs: Path) -> Iterator[ManagedProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(infra_logs: Path) -> Iterator[RedisClusterProcs]:
+    """A local Redis Cluster of 3 masters (services/stack/redis_cluster.py)."""
+    procs = start_redis_cluster(3, log_dir=infra_logs)
+    try:
+        yield procs
+    finally:
+        procs.stop()
 
 
 @pytest.fixture

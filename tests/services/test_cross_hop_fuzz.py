@@ -247,10 +247,9 @@ def test_hostile_traffic_on_every_hop_stops_nothing_and_loses_nothing(
         r.set(wire.version_key("ghost"), b"{not json")
         r.set(wire.version_key("ghost2"), b'{"version": "x"}')
         r.sadd(wire.MODELS_SET, "ghost2")
-        bad_keys = [k for k, _ in zip(r.scan_iter(match=wire.emb_prefix(MODEL) + "*"),
-                                      range(20), strict=False)]
-        for k in bad_keys:
-            r.set(k, rng.choice([b"abc", b"\xff" * 12, b""]))
+        for k in wire.current_bucket_keys(r, MODEL)[:5]:  # corrupt records in place
+            for f in [f for f in r.hkeys(k) if f != wire.SENTINEL][:4]:
+                r.hset(k, f, rng.choice([b"abc", b"\xff" * 12, b""]))
 
         def applied_all() -> bool:
             blob = r.get(wire.version_key(MODEL))

@@ -154,13 +154,16 @@ def test_version_recorder_copies_versions_and_chunk_histogram(redis_client, db_f
 
     from services import wire
     from services.experiments.version_recorder import record_versions
+    from services.trainer.publisher import RedisPublisher
     from storage.db.models import ModelVersionRow
+    from tests.services.fake_policy import HandPolicy
 
     model = f"m{uuid.uuid4().hex[:6]}"
     widths = (2, 2, 4)
     masks = np.array([1, 3, 7, 7, 5], np.uint32)  # live chunks 1, 2, 3, 3, 2
     records = wire.pack_records(masks, np.ones((5, 8), np.float32), widths)
-    redis_client.mset({wire.emb_key(model, "user", i): r for i, r in enumerate(records)})
+    policy = HandPolicy(widths)
+    policy.set(np.zeros(5, np.int64), np.arange(5), masks, np.ones((5, 8), np.float32))
     ver = wire.ModelVersion(
         model=model, version=4, created_at=123.0, policy="fiited", schema="sim",
         fields=["user"], dense_names=[], arch="mlp", dim=8, widths=list(widths),
@@ -168,7 +171,7 @@ def test_version_recorder_copies_versions_and_chunk_histogram(redis_client, db_f
         embedding_bytes=9999, embedding_value_bytes=5000, redis_embedding_bytes=sum(
             map(len, records)), redis_embedding_records=5, events_applied=10,
         events_checksum="0", events_invalid=0, offsets={}, metrics={"auc": 0.7})
-    redis_client.set(wire.version_key(model), ver.to_json())
+    RedisPublisher(redis_client, model, ("user",)).publish(policy, b"", 4, True, ver)  # type: ignore[arg-type]
     assert record_versions(db_factory, redis_client, [model, "absent"]) == 1
     assert record_versions(db_factory, redis_client, [model]) == 0  # already recorded
     with db_factory() as s:

@@ -14,9 +14,15 @@ import torch
 
 from services import wire
 from services.serving.embedding_cache import EmbeddingCache
-from services.serving.scorer import LoadedModel, RawIdHasher, gather_embeddings
+from services.serving.embedding_reads import gather_embeddings
+from services.serving.metrics import ServingMetrics
+from services.serving.registry import ModelRegistry
+from services.serving.scorer import LoadedModel, RawIdHasher
 from services.stack.infra import ManagedProcess
+from services.trainer.publisher import RedisPublisher
 from storage.batch import DatasetSchema, hash_values
+from storage.settings import Settings
+from tests.services.fake_policy import HandPolicy
 
 WIDTHS = (4, 4, 8)
 FIELDS = ("user", "item", "genre")
@@ -72,14 +78,26 @@ def test_hasher_matches_hash_values_for_strings_and_ints() -> None:
     np.testing.assert_array_equal(hasher.hash(raw), want)
 
 
-def _model(name: str, capacity: int) -> LoadedModel:
-    record = wire.ModelVersion(
-        model=name, version=1, created_at=0.0, policy="fiited", schema="t", fields=list(FIELDS),
-        dense_names=[], arch="dlrm", dim=sum(WIDTHS), widths=list(WIDTHS), dense_key="",
-        full=True, entries_written=0, entries_deleted=0, embedding_bytes=0,
+def _record(name: str, version: int = 1) -> wire.ModelVersion:
+    return wire.ModelVersion(
+        model=name, version=version, created_at=0.0, policy="fiited", schema="t",
+        fields=list(FIELDS), dense_names=[], arch="dlrm", dim=sum(WIDTHS), widths=list(WIDTHS),
+        dense_key="", full=True, entries_written=0, entries_deleted=0, embedding_bytes=0,
         embedding_value_bytes=0, redis_embedding_bytes=0, redis_embedding_records=0,
         events_applied=0, events_checksum="0", events_invalid=0, offsets={}, metrics={})
-    return LoadedModel(record, None, EmbeddingCache(capacity, sum(WIDTHS)), 0.0)  # type: ignore[arg-type]
+
+
+def _model(client: redis.Redis, name: str, capacity: int) -> LoadedModel:
+    """The current version of `name` in Redis as serving loads it (no network)."""
+    record = wire.ModelVersion.from_json(client.get(wire.version_key(name)))
+    manifest = wire.manifest_from_bytes(client.get(record.manifest_key))
+    cache = EmbeddingCache(capacity, sum(WIDTHS), record.version)
+    return LoadedModel(record, None, cache, 0.0, manifest)  # type: ignore[arg-type]
+
+
+def _publish(client: redis.Redis, policy: HandPolicy, pub: RedisPublisher, name: str,
+             version: int, full: bool) -> None:
+    pub.publish(policy, b"", version, full, _record(name, version))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("capacity", [0, 40, 100_000])
@@ -93,20 +111,18 @@ def test_gather_reads_every_cell_from_its_record(redis_server: ManagedProcess,
     n = 300
     truth: dict[tuple[int, int], np.ndarray] = {}
     client = redis.Redis.from_url(redis_server.url)
-    pipe = client.pipeline(transaction=False)
+    policy = HandPolicy(WIDTHS)
     for f in range(len(FIELDS)):
         keys = rng.integers(-(2**62), 2**62, n)
         rows = _rows(n, seed=f)
-        masks = rng.integers(0, 1 << len(WIDTHS), n)
-        names = wire.emb_keys(name, FIELDS, np.full(n, f), keys)
-        packed = wire.pack_records(masks, rows, WIDTHS)
-        for k, key, row, mask, rec in zip(keys, names, rows, masks, packed, strict=True):
+        masks = rng.integers(1, 1 << len(WIDTHS), n)
+        policy.set(np.full(n, f), keys, masks, rows)
+        for k, row, mask in zip(keys, rows, masks, strict=True):
             cols = np.repeat([(int(mask) >> c) & 1 for c in range(len(WIDTHS))], WIDTHS)
             truth[(f, int(k))] = row * cols
-            pipe.set(key, rec)
-    pipe.execute()
+    _publish(client, policy, RedisPublisher(client, name, FIELDS, per_bucket=16), name, 1, True)
     known = np.array(list(truth.keys()), dtype=np.int64)
-    model = _model(name, capacity)
+    model = _model(client, name, capacity)
 
     def request(seed: int) -> np.ndarray:
         r = np.random.default_rng(seed)
@@ -120,7 +136,7 @@ def test_gather_reads_every_cell_from_its_record(redis_server: ManagedProcess,
         aclient = aioredis.Redis.from_url(redis_server.url)
         try:
             batches = [request(s) for s in range(40)]
-            outs = await asyncio.gather(*(gather_embeddings(model, ids, aclient, 50)
+            outs = await asyncio.gather(*(gather_embeddings(model, ids, aclient)
                                           for ids in batches))
             return list(zip(batches, outs, strict=True))
         finally:
@@ -146,12 +162,59 @@ def test_gather_reads_every_cell_from_its_record(redis_server: ManagedProcess,
         assert len(model.cache) <= max(capacity, 64 * len(FIELDS))
 
 
+def test_cache_moves_to_the_next_version_minus_the_buckets_that_changed(
+        redis_server: ManagedProcess) -> None:
+    """v1 cached whole; v2 changes 20 IDs: the swap keeps every entry of an unchanged bucket
+    and drops the changed buckets' entries, so v2 reads its own records, hits elsewhere. A
+    request still on v1 after the swap reads v1's records without the cache."""
+    name = "carry"
+    client = redis.Redis.from_url(redis_server.url)
+    policy, rng = HandPolicy(WIDTHS), np.random.default_rng(1)
+    keys = np.arange(2000, dtype=np.int64)
+    policy.set(np.zeros(2000, np.int64), keys, np.full(2000, 7), _rows(2000, 1))
+    pub = RedisPublisher(client, name, FIELDS, per_bucket=16)
+    _publish(client, policy, pub, name, 1, True)
+    v1 = _model(client, name, 10_000)
+    ids = np.stack([keys, keys, keys], axis=1)  # fields 1, 2 have no records: zeros
+    changed = rng.choice(keys, 20, replace=False)
+    registry = ModelRegistry(Settings(), None, ServingMetrics())  # type: ignore[arg-type]
+
+    async def run() -> None:
+        aclient = aioredis.Redis.from_url(redis_server.url)
+        try:
+            old, *_ = await gather_embeddings(v1, ids, aclient)
+            policy.set(np.zeros(20, np.int64), changed, np.full(20, 1), _rows(20, 2))
+            _publish(client, policy, pub, name, 2, False)
+            v2 = _model(client, name, 10_000)
+            flipped = wire.changed_buckets(v1.manifest, v2.manifest)
+            assert flipped is not None and 0 < flipped.sum() < len(flipped)
+            cached = len(v1.cache)
+            registry._carry_cache(v1, v2)
+            assert v2.cache is v1.cache and v1.cache.version == 2
+            b = wire.bucket_of(np.tile([0, 1, 2], 2000), ids.reshape(-1), len(flipped))
+            assert len(v2.cache) == cached - len(np.unique(ids.reshape(-1)[flipped[b]] * 3
+                                                            + np.tile([0, 1, 2], 2000)[flipped[b]]))
+            new, _, hits, misses = await gather_embeddings(v2, ids, aclient)
+            assert hits > misses > 0
+            want = policy.expected(np.zeros(2000, np.int64), keys)
+            np.testing.assert_array_equal(new[:, 0], want)
+            assert not new[:, 1:].any()
+            stale, *_ = await gather_embeddings(v1, ids, aclient)  # v1, after the swap
+            np.testing.assert_array_equal(stale, old)
+            assert not np.array_equal(stale, new)
+        finally:
+            await aclient.aclose()
+
+    asyncio.run(run())
+
+
 @pytest.mark.parametrize(("arch", "dense"), [("dlrm", ()), ("dlrm", ("age", "hour")),
                                              ("mlp", ()), ("mlp", ("age",))])
 def test_traced_network_scores_as_the_eager_one(arch: str, dense: tuple[str, ...]) -> None:
     from models.networks import build_model
 
-    model = _model(f"traced-{arch}", 10)
+    model = LoadedModel(_record(f"traced-{arch}"), None,  # type: ignore[arg-type]
+                        EmbeddingCache(10, sum(WIDTHS)), 0.0)
     model.record.dense_names = list(dense)
     model.schema = DatasetSchema("t", fields=FIELDS, dense=dense)
     model.net = build_model(arch, model.schema, dim=sum(WIDTHS), seed=3).eval()

@@ -210,10 +210,17 @@ def test_corrupt_embedding_records_read_as_missing_counted_and_logged_once(
     name = "hostile-emb"
     publish(redis_client, name)
     ids = next(open_dataset(SPEC).batches(8)).ids.copy()
-    keys = wire.emb_keys(name, FIELDS, np.array([0, 1]), ids[:2, [0, 1]].diagonal())
-    assert all(redis_client.exists(k) for k in keys), "the picked IDs have records"
-    redis_client.set(keys[0], b"abc")  # not a multiple of 4 bytes
-    redis_client.set(keys[1], (0xFFFF).to_bytes(4, "little") + b"\0" * 8)  # mask bits beyond K
+    picked = ids[:2, [0, 1]].diagonal()
+    ver = wire.ModelVersion.from_json(redis_client.get(wire.version_key(name)))
+    manifest = wire.manifest_from_bytes(redis_client.get(ver.manifest_key))
+    buckets = wire.bucket_of(np.array([0, 1]), picked, len(manifest))
+    where = [wire.bucket_key(name, b, manifest[b]) for b in buckets.tolist()]
+    names = wire.hash_fields(np.array([0, 1]), picked)
+    assert all(redis_client.hexists(k, f) for k, f in zip(where, names, strict=True)), \
+        "the picked IDs have records"
+    redis_client.hset(where[0], names[0], b"abc")  # not a multiple of 4 bytes
+    redis_client.hset(where[1], names[1], (0xFFFF).to_bytes(4, "little") + b"\0" * 8)  # K
+    keys = [f"{name} {FIELDS[f]}:{int(k)}" for f, k in zip((0, 1), picked, strict=True)]
     unseen = ids.copy()
     unseen[0, 0] = 10**15 + 1  # IDs never trained: the zeros a corrupt record must read as
     unseen[1, 1] = 10**15 + 2

@@ -156,7 +156,7 @@ def test_one_trainer_per_model_second_refused_zombie_fenced(
         return blob is not None and wire.ModelVersion.from_json(blob).events_applied == 500
 
     wait_until(published_all, 60, "the owner's version of 500 events", alive=thread.is_alive)
-    keys_before = set(redis_client.scan_iter(match=wire.emb_prefix(model) + "*"))
+    keys_before = set(redis_client.scan_iter(match=wire.bucket_pattern(model)))
     assert keys_before
 
     # a second trainer process of the model: refused at start, one line, exit code 2
@@ -171,7 +171,7 @@ def test_one_trainer_per_model_second_refused_zombie_fenced(
     last = second.stderr.strip().splitlines()[-1]
     assert last.startswith("error: model 'hostile-lease' is trained by another process"), last
     assert time.monotonic() - t0 < 30
-    assert set(redis_client.scan_iter(match=wire.emb_prefix(model) + "*")) == keys_before
+    assert set(redis_client.scan_iter(match=wire.bucket_pattern(model))) == keys_before
     assert thread.is_alive()  # the owner was not disturbed
 
     # a zombie: the owner's lease lapses (as if paused past it) and another trainer takes the

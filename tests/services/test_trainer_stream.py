@@ -73,8 +73,8 @@ def test_events_in_trainer_out_to_redis(stream_settings: Settings, topic: str,
     # every live entry of the trainer's store is in Redis and unpacks to its embedding
     export = trainer.policy.export(dirty_only=False)
     live = export.masks != 0
-    keys = wire.emb_keys("stream1", rec.fields, export.fields[live], export.keys[live])
-    records = redis_client.mget(keys)
+    records = wire.read_current(redis_client, "stream1", export.fields[live].astype(np.int64),
+                                export.keys[live])
     values, found = wire.unpack_records(records, tuple(rec.widths), rec.dim)
     assert found.all()
     np.testing.assert_array_equal(values, export.values[live])
@@ -83,9 +83,10 @@ def test_events_in_trainer_out_to_redis(stream_settings: Settings, topic: str,
     current = trainer.policy.lookup(ids, train=False).detach().numpy()
     np.testing.assert_array_equal(values, current[np.arange(len(ids)),
                                                    export.fields[live].astype(np.int64)])
-    # no other embedding keys, and the byte count in the record is what Redis holds
-    in_redis = list(redis_client.scan_iter(match=wire.emb_prefix("stream1") + "*", count=5000))
-    assert len(in_redis) == len(keys) == rec.redis_embedding_records
+    # no other records, and the byte count in the record is what Redis holds
+    in_redis = wire.current_bucket_keys(redis_client, "stream1")
+    stored = sum(redis_client.hlen(k) - 1 for k in in_redis)  # less each sentinel
+    assert stored == int(live.sum()) == rec.redis_embedding_records
     assert rec.redis_embedding_bytes == sum(len(v) for v in records)
     # the dense weights load back into the network
     state = wire.dense_from_bytes(redis_client.get(rec.dense_key))
@@ -103,7 +104,8 @@ def test_events_in_trainer_out_to_redis(stream_settings: Settings, topic: str,
     assert again is not None and again.full and again.version == rec.version + 1
     assert again.redis_embedding_records == rec.redis_embedding_records
     assert again.redis_embedding_bytes == rec.redis_embedding_bytes
-    assert redis_client.mget(keys) == records
+    assert wire.read_current(redis_client, "stream1", export.fields[live].astype(np.int64),
+                             export.keys[live]) == records
 
 
 def test_invalid_events_go_to_dlq_and_training_goes_on(stream_settings: Settings, topic: str,

@@ -69,29 +69,54 @@ def test_unpack_rejects_corrupt_records() -> None:
         wire.unpack_records([b"\x01\x00"], WIDTHS)
 
 
-def test_pack_export_sets_deletes_and_keys() -> None:
+def test_pack_export_groups_sets_and_deletes_by_bucket() -> None:
     values = np.arange(3 * 16, dtype=np.float32).reshape(3, 16)
     export = EmbeddingExport(
         fields=np.array([0, 1, 1], np.int16), keys=np.array([5, -9, 2**62], np.int64),
         masks=np.array([0b1, 0, 0b11], np.uint32), values=values, widths=WIDTHS,
         deleted_fields=np.array([0], np.int16), deleted_keys=np.array([77], np.int64))
-    packed = wire.pack_export("m1", SCHEMA.fields, export)
-    assert [k for k, _ in packed.sets] == ["chunkrec:m1:emb:user:5",
-                                           f"chunkrec:m1:emb:item:{2**62}"]
-    assert packed.deletes == ["chunkrec:m1:emb:item:-9", "chunkrec:m1:emb:user:77"]
-    assert packed.record_bytes == (4 + 8) + (4 + 16)
-    out, _ = wire.unpack_records([v for _, v in packed.sets], WIDTHS)
-    np.testing.assert_array_equal(out[1, :4], values[2, :4])
-    assert wire.emb_key("m1", "user", 5) == packed.sets[0][0]
+    packed = wire.pack_export(export, 4)
+    assert (packed.entries_written, packed.entries_deleted) == (2, 2)
+    assert packed.record_bytes == (4 + 8) + (4 + 16) == 12 + packed.max_record_bytes
+    sets = {n: r for w in packed.buckets for n, r in zip(w.names, w.records, strict=True)}
+    deletes = {n for w in packed.buckets for n in w.deletes}
+    user5, item_big = wire.hash_fields(np.array([0, 1]), np.array([5, 2**62]))
+    assert set(sets) == {user5, item_big}
+    assert deletes == set(wire.hash_fields(np.array([1, 0]), np.array([-9, 77])))
+    where = {n: w.bucket for w in packed.buckets for n in w.names + w.deletes}
+    pairs = (np.array([0, 1, 1, 0]), np.array([5, -9, 2**62, 77]))
+    names = wire.hash_fields(*pairs)  # every name sits in the bucket bucket_of says
+    assert [where[n] for n in names] == wire.bucket_of(*pairs, 4).tolist()
+    assert len(set(names)) == 4 and all(int(n) for n in names)  # decimal integers
+    out, _ = wire.unpack_records([sets[item_big]], WIDTHS)
+    np.testing.assert_array_equal(out[0, :4], values[2, :4])
+
+
+def test_buckets_spread_ids_and_manifests_round_trip() -> None:
+    keys = np.arange(100_000, dtype=np.int64)  # sequential IDs: the worst case for a modulo
+    counts = np.bincount(wire.bucket_of(np.zeros_like(keys), keys, 1024), minlength=1024)
+    assert counts.min() > 50 and counts.max() < 150  # ~97.7 each, Poisson-like spread
+    assert wire.bucket_count(3000, 64) == 64 and wire.bucket_count(0, 64) == 1
+    m = np.array([0, wire.generation(7, 3), wire.generation(8, 2**20 + 5), 0], np.uint64)
+    assert wire.manifest_from_bytes(wire.manifest_to_bytes(m)).tolist() == m.tolist()
+    assert wire.generation_version(int(m[2])) == 8
+    assert wire.changed_buckets(m, m[::-1]).tolist() == [False, True, True, False]
+    with pytest.raises(ValueError):
+        wire.manifest_from_bytes(b"\0" * 24)  # 3 buckets: not a power of two
 
 
 def test_key_layout() -> None:
-    assert wire.dense_key("m", 3) == "chunkrec:m:dense:3"
-    assert wire.version_key("m") == "chunkrec:m:version"
+    assert wire.dense_key("m", 3) == "chunkrec:{m}:dense:3"
+    assert wire.manifest_key("m", 3) == "chunkrec:{m}:manifest:3"
+    assert wire.version_key("m") == "chunkrec:{m}:version"
+    assert wire.owner_key("m") == "chunkrec:{m}:owner"
+    assert wire.bucket_key("m", 7, 9) == "chunkrec:{m:7}:emb:9"
     assert wire.versions_channel("m") == "chunkrec:m:versions"
     assert wire.MODELS_SET == "chunkrec:models"
     with pytest.raises(ValueError):
         wire.check_model_name("bad:name")
+    with pytest.raises(ValueError):
+        wire.check_model_name("bad{tag}")
 
 
 # ------------------------------------------------------------------ events
@@ -227,7 +252,7 @@ def test_dense_weights_that_are_not_finite_do_not_load() -> None:
         embedding_value_bytes=0, redis_embedding_bytes=0, redis_embedding_records=0,
         events_applied=0, events_checksum="0", events_invalid=0, offsets={})
     with pytest.raises(ValueError, match="not finite"):
-        build_loaded_model(record, wire.dense_to_bytes(net.state_dict()), 100)
+        build_loaded_model(record, wire.dense_to_bytes(net.state_dict()), bytes(8), 100)
 
 
 # ------------------------------------------------------------------ names, exposures, feedback

@@ -5,6 +5,7 @@ services/stack/state.py).
                                       # simulated users, verdict table, dashboard address
     chunkrec up --sessions 500 --keep # smaller; stays up for the dashboard until Ctrl-C
     chunkrec up --no-experiment --events 20000 --no-progress   # the two-model replay
+    chunkrec up --redis-cluster 3     # the same on a local Redis Cluster of 3 masters
     chunkrec down                     # from another shell: stops what `up` started
     chunkrec infra                    # only the broker and Redis, for the commands by hand
 """
@@ -53,6 +54,9 @@ def up(
     keep: Annotated[bool, typer.Option(
         "--keep", help="keep everything running after the report, for inspection, until "
                        "Ctrl-C or `chunkrec down`")] = False,
+    redis_cluster: Annotated[int, typer.Option(
+        "--redis-cluster", min=0, max=16, help="run a local Redis Cluster of N masters "
+                                               "instead of one redis-server (0: off)")] = 0,
 ) -> None:
     """Start broker, Redis, the trainers, serving and a replay; with the experiment (the
     default on MovieLens) also the database, the A/B router and the joiner, then simulated
@@ -70,7 +74,8 @@ def up(
     opts = UpOptions(data=data, events=events, minutes=minutes,
                      rate=rate_option(rate_, "--rate"), port=port, no_progress=no_progress,
                      durable=durable, experiment=experiment, sessions=sessions,
-                     users_rate=rate_option(users_rate, "--users-rate"), keep=keep)
+                     users_rate=rate_option(users_rate, "--users-rate"), keep=keep,
+                     redis_cluster=redis_cluster)
     if data == "movielens-100k":
         _ensure_movielens(settings.data_dir)
     code = run_up(settings, opts)

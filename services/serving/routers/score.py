@@ -18,10 +18,11 @@ from services.serving.deps import (
     ScoreSlotsDep,
     SettingsDep,
 )
+from services.serving.embedding_reads import VersionGone, gather_embeddings
 from services.serving.errors import redis_failure
 from services.serving.responses import OrjsonResponse
 from services.serving.schemas import ScoreRequest, ScoreResponse
-from services.serving.scorer import FieldError, gather_embeddings, items_to_arrays
+from services.serving.scorer import FieldError, items_to_arrays
 
 log = logging.getLogger("chunkrec.serving")
 RETRY_AFTER_S = 1
@@ -66,8 +67,12 @@ async def score(req: ScoreRequest, settings: SettingsDep, registry: RegistryDep,
         except FieldError as exc:
             raise HTTPException(422, exc.errors) from None
         try:
-            emb, unseen, hits, misses = await gather_embeddings(
-                model, ids, client, settings.serving.mget_chunk, metrics)
+            emb, unseen, hits, misses = await gather_embeddings(model, ids, client, metrics)
+        except VersionGone as exc:
+            registry.wake()  # a newer version is in Redis: load it now
+            throttle.log(log, "score-gone", "score: %s", exc)
+            raise HTTPException(503, f"model {model.name!r} v{model.version} was superseded; "
+                                "retry", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         except (RedisError, OSError) as exc:
             # the client gets a fixed phrase: redis-py's text names Redis' host and port
             kind, phrase = redis_failure(exc)
