@@ -18,10 +18,12 @@ CUDA = pytest.param("cuda", marks=[
 DEVICES = ["cpu", CUDA]
 
 
-@pytest.mark.parametrize("device", ["cpu", "cpu-torch", CUDA])
+@pytest.mark.parametrize("device", ["cpu", "cpu-torch", "cpu-block", CUDA])
 def test_device_index_hashes_and_places_like_the_numpy_index(device: str, monkeypatch) -> None:
-    if device == "cpu-torch":  # the torch loops (CUDA's) on the CPU
+    if device.startswith("cpu-"):  # the torch loops (CUDA's) on the CPU
         monkeypatch.setattr(DeviceHashIndex, "numpy_on_cpu", False)
+        if device == "cpu-block":  # CUDA's block probe: 8 positions a round (3: rounds chain)
+            monkeypatch.setattr(DeviceHashIndex, "probe_block", 3)
         device = "cpu"
     rng = np.random.default_rng(0)
     keys = rng.integers(-(2**63), 2**63 - 1, size=20_000, dtype=np.int64)
@@ -47,10 +49,12 @@ def test_device_index_hashes_and_places_like_the_numpy_index(device: str, monkey
     assert dev.num_entries == np.unique(s_ref).size
 
 
-@pytest.mark.parametrize("device", ["cpu", "cpu-torch", CUDA])
+@pytest.mark.parametrize("device", ["cpu", "cpu-torch", "cpu-block", CUDA])
 def test_prune_regrow_invariants_hold_on_the_device(device: str, monkeypatch) -> None:
-    if device == "cpu-torch":
+    if device.startswith("cpu-"):
         monkeypatch.setattr(DeviceHashIndex, "numpy_on_cpu", False)
+        if device == "cpu-block":
+            monkeypatch.setattr(DeviceHashIndex, "probe_block", 3)
         device = "cpu"
     rng = np.random.default_rng(0)
     store = ChunkStore(StoreConfig(dim=64, widths="4-4-8-16-32", budget=0.3, interval=4,
