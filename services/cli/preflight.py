@@ -106,24 +106,9 @@ def database_problem(url: str, *, need_schema: bool, explicit: bool = True,
         problem = _server_problem(url, timeout_s)
         if problem is not None or not need_schema:
             return problem
+    from storage.db.migrate import schema_problem
+
     return schema_problem(url, fix)
-
-
-def schema_problem(url: str, fix: str = UPGRADE) -> str | None:
-    """None when the database is at the newest revision, else one line saying to upgrade."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from storage.db.migrate import current, head
-
-    try:
-        at = current(url)
-    except SQLAlchemyError as exc:
-        return f"database {shown_url(url)} cannot be read: {one_line(exc)}"
-    want = head()
-    if at == want:
-        return None
-    state = "has no schema" if at is None else f"is at revision {at}, not {want}"
-    return f"database {shown_url(url)} {state}: {fix}"
 
 
 def one_line(exc: BaseException, limit: int = 200) -> str:

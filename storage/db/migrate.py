@@ -55,9 +55,10 @@ def head() -> str:
     return ScriptDirectory.from_config(alembic_config()).get_current_head() or "base"
 
 
-def schema_problem(url: str) -> str | None:
+def schema_problem(url: str,
+                   fix: str = "run `chunkrec db upgrade` (or start with --migrate)") -> str | None:
     """None when the database at `url` is at the newest revision, else one line naming the
-    problem and the fix (the URL shown with its password masked)."""
+    problem and `fix` (the URL shown with its password masked)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -71,4 +72,4 @@ def schema_problem(url: str) -> str | None:
     if at == want:
         return None
     state = "has no schema" if at is None else f"is at revision {at}, not {want}"
-    return f"database {shown} {state}: run `chunkrec db upgrade` (or start with --migrate)"
+    return f"database {shown} {state}: {fix}"
