@@ -253,7 +253,7 @@ class StackExperiment:
         covariate. Returns the number of users sent."""
         from services.stack.simulated_users import load_movielens
 
-        ratings, _ = load_movielens(self.plan.data)
+        ratings, _ = load_movielens(self.plan.data, self.stack.s.data_dir)
         r = ratings.sort_values("timestamp", kind="stable").iloc[:warmup]
         per = r.assign(click=(r["rating"] >= 4).astype(int)).groupby("user")["click"].agg(
             ["size", "sum"])
