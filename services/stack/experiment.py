@@ -68,7 +68,7 @@ from typing import Any
 import httpx
 
 from services import wire
-from services.stack.infra import create_topics, free_port, poll, wait_until
+from services.stack.infra import create_topics, free_port, http_ok, poll, wait_until
 from services.stack.processes import Stack, StackError
 
 EXPERIMENT_MODELS = (("fixed64", "fixed:64"), ("fiited", "fiited:budget=0.25"),
@@ -176,7 +176,8 @@ class StackExperiment:
                              env={"CHUNKREC_ROUTER_API_KEY": self.api_key})
         stack.spawn("joiner", ["join", "--default-schema", self.plan.data,
                                "--record-every-s", str(self.plan.record_every_s)])
-        wait_until(self._router_up, 60, "router /healthz", router.alive)
+        wait_until(lambda: http_ok(self.router_url + "/healthz"), 60, "router /healthz",
+                   router.alive)
         arms = [{"name": name, "model": name, "weight": 1.0, "control": name == CONTROL}
                 for name, _ in stack.c.models]
         exp = self._admin("POST", "/v1/experiments", json={
@@ -187,12 +188,6 @@ class StackExperiment:
         self._admin("POST", f"/v1/experiments/{self.experiment_id}/start")
         say(f"experiment {self.experiment_id} running: arms "
             + ", ".join(f"{a['name']}{' (control)' if a['control'] else ''}" for a in arms))
-
-    def _router_up(self) -> bool:
-        try:
-            return self.http.get(self.router_url + "/healthz", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
 
     def report(self) -> dict[str, Any]:
         resp = self.http.get(f"{self.router_url}/v1/experiments/{self.experiment_id}/report")

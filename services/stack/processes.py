@@ -49,6 +49,7 @@ from services.stack.infra import (
     ManagedProcess,
     create_topics,
     free_port,
+    http_ok,
     poll,
     start_redis,
     start_seaweedfs,
@@ -231,19 +232,14 @@ class Stack:
                                           "--data", self.c.data, "--arch", self.c.arch])
         step(f"starting serving on {self.serving_url}")
         serving = self._spawn("serve", ["serve", "--port", str(port)], port)
-        wait_until(lambda: self._http_ok("/healthz"), 60, "serving /healthz", serving.alive)
+        wait_until(lambda: http_ok(self.serving_url + "/healthz"), 60, "serving /healthz",
+                   serving.alive)
         step(f"replaying {self.c.data}")
         args = ["replay", "--data", self.c.data, "--quiet", "--rate",
                 str(self.c.rate) if self.c.rate else "max"]
         if self.c.events:
             args += ["--limit", str(self.c.events)]
         self._spawn("replay", args)
-
-    def _http_ok(self, path: str) -> bool:
-        try:
-            return httpx.get(self.serving_url + path, timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
 
     # ---------------------------------------------------------------- watching
     def client(self) -> redis.Redis:
