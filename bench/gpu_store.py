@@ -197,6 +197,54 @@ def phase_breakdown(args, batches, warm) -> None:
           f"prunes {store.prunes}")
 
 
+def sync_profile(args, batches, warm) -> None:
+    """Which lines of the store make the host wait for the GPU (torch's sync debug mode: one
+    warning per synchronising call, counted by the calling line), and the top ops by time."""
+    import collections
+    import warnings
+
+    pol = parse_policy("fiited:budget=0.25,optimizer=adagrad,max_bytes=none", args.fields, seed=0,
+                       device=DEVICE)
+    model = SumModel(64).to(DEVICE)
+
+    def step(ids, labels):
+        emb = pol.lookup(ids, train=True)
+        F.binary_cross_entropy_with_logits(model(emb), labels).backward()
+        pol.apply_gradients()
+
+    for _rank, ids, _, labels in warm:
+        step(ids, labels)
+    sync()
+    where: collections.Counter[str] = collections.Counter()
+    if DEVICE == "cuda":
+        torch.cuda.set_sync_debug_mode("warn")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _rank, ids, _, labels in batches:
+            step(ids, labels)
+        sync()
+    if DEVICE == "cuda":
+        torch.cuda.set_sync_debug_mode(0)
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            where[f"{w.filename.rsplit('/', 2)[-2]}/{w.filename.rsplit('/', 1)[-1]}:{w.lineno}"] += 1
+    n = len(batches)
+    print(f"\nFIITED step: host syncs a step, by calling line ({sum(where.values()) / n:.1f} "
+          "a step in all)")
+    for line, k in where.most_common(40):
+        print(f"  {k / n:6.2f}  {line}")
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if DEVICE == "cuda":
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=acts) as prof:
+        for _rank, ids, _, labels in batches:
+            step(ids, labels)
+        sync()
+    key = "self_cuda_time_total" if DEVICE == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    print(prof.key_averages().table(sort_by=key, row_limit=15))
+
+
 def index_table(args) -> None:
     rng = np.random.default_rng(0)
     n = args.index_keys
@@ -260,6 +308,8 @@ def main() -> None:
         index_table(args)
     if "phases" in args.only:
         phase_breakdown(args, batches[:20], warm[:20])
+    if "syncs" in args.only:
+        sync_profile(args, batches[:10], warm[:20])
     if "speed" in args.only:
         speed_table(args, schema, batches, warm)
 

@@ -116,6 +116,22 @@ class ChunkPool:
         # (index_add_'s alpha argument takes a path about 10x slower on CPU: scale first)
         self.values.index_add_(0, rows, grads.mul(-lr).div_(denom))
 
+    def adagrad_step_masked(self, addrs: torch.Tensor, grads: torch.Tensor, live: torch.Tensor,
+                            lr: float, eps: float) -> None:
+        """adagrad_step on the rows where `live` (bool[n]) holds, without selecting them (a
+        selection is a host sync on a GPU): the others (address -1, row 0, the null chunk) get
+        a zero gradient, and as a read-modify-write of distinct rows plus row 0 rewritten with
+        its own zeros, nothing accumulates there. Same values as adagrad_step."""
+        rows = self._rows(addrs)
+        g = grads * live.unsqueeze(1)
+        g2 = g * g
+        if self.state_width == 1:
+            g2 = g2.mean(dim=1, keepdim=True)
+        state = F.embedding(rows, self.state) + g2
+        self.state.index_put_((rows,), state)
+        values = F.embedding(rows, self.values) + g.mul(-lr).div_(state.sqrt_().add_(eps))
+        self.values.index_put_((rows,), values)
+
     # ---- accounting and persistence ----------------------------------------------------
     def live_bytes(self) -> tuple[int, int]:
         """(value bytes, optimizer bytes) of live chunks."""

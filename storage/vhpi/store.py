@@ -186,9 +186,8 @@ class ChunkStore(StoreMaintenance):
         if self.sketch is None:
             slots, inserted = self.index.get_or_insert(fields, keys)
             e.grow(self.index.entry_capacity)
-            new = slots[inserted]
-            if new.numel():
-                e.reset(torch.unique(new), 0)
+            if self.index.inserted_any:  # a host flag: no sync to find there is nothing new
+                e.reset(torch.unique(slots[inserted]), 0)
         else:
             slots = self._sketch_admission(fields, keys)
         uniq, inverse, counts = torch.unique(slots, return_inverse=True, return_counts=True)
@@ -205,16 +204,20 @@ class ChunkStore(StoreMaintenance):
         e.count.index_copy_(0, kn, after)
         e.last.index_fill_(0, kn, self.epoch & 0xFFFF)
         mc = self.config.min_count
-        crossed = uniq[known & (before < mc) & (before + counts >= mc)]
-        if crossed.numel():
-            self._admit(crossed)
-        if self.config.budget is not None and self.config.keep_first:
-            # Admitted IDs the budget had no room for when they came in (it grows with every
-            # new ID) get their first chunk as soon as there is room, not at the next prune.
-            waiting = uniq[known & (e.count.index_select(0, uniq_ok) >= mc)
-                           & (e.head_addr.index_select(0, uniq_ok) < 0)]
-            if waiting.numel():
-                self._admit(waiting, max_chunks=1)
+        crossed = known & (before < mc) & (before + counts >= mc)
+        # Admitted IDs the budget had no room for when they came in (it grows with every new
+        # ID) get their first chunk as soon as there is room, not at the next prune. (Those
+        # crossing now are left to the first _admit: it gives each a chunk or uses up the room.)
+        waiting = (known & ~crossed & (e.count.index_select(0, uniq_ok) >= mc)
+                   & (e.head_addr.index_select(0, uniq_ok) < 0)
+                   if self.config.budget is not None and self.config.keep_first else None)
+        any_crossed, any_waiting = torch.stack(  # one host sync for both
+            [crossed.any(), waiting.any() if waiting is not None else crossed.new_zeros(())]
+        ).tolist()
+        if any_crossed:
+            self._admit(uniq[crossed])
+        if any_waiting:
+            self._admit(uniq[waiting], max_chunks=1)
         addr = torch.where(known[:, None], self.entries.addresses(uniq_ok), -1)
         emb = torch.nn.functional.embedding(inverse, self.gather(uniq, addr))
         return emb.reshape(B, F, D), LookupContext(uniq, inverse, counts, addr)
@@ -287,7 +290,8 @@ class ChunkStore(StoreMaintenance):
         g.index_add_(0, ctx.inverse, grad.reshape(-1, c.dim).to(self.device))
         self.step += 1
         unique, counts, addr = ctx.unique, ctx.counts, ctx.addresses
-        if U and int(unique[0]) < 0:  # rows of IDs not admitted: nothing to update
+        # Rows of IDs not admitted (only a sketch leaves any): nothing to update.
+        if self.sketch is not None and U and int(unique[0]) < 0:
             unique, counts, addr, g = unique[1:], counts[1:], addr[1:], g[1:]
         if self.tracks_utility:
             # Per-chunk L2 norms of every entry in one matmul: (g * g) @ segment-indicator.
@@ -302,13 +306,18 @@ class ChunkStore(StoreMaintenance):
             self.entries.store_utilities(unique, v)
         live = addr >= 0  # a prune step can only run after this update
         parts = g.split(self.widths, dim=1)
-        for j, pool in enumerate(self.pools):
-            on = torch.nonzero(live[:, j]).squeeze(1)
-            if on.numel():
-                pool.adagrad_step(addr[:, j].index_select(0, on),
-                                  parts[j].index_select(0, on), c.lr, c.eps)
-        touched = unique.index_select(0, torch.nonzero(live.any(dim=1)).squeeze(1))
-        self.entries.dirty.index_fill_(0, touched, True)
+        if self.device.type == "cpu":  # the live rows alone: less work, and no sync to save
+            for j, pool in enumerate(self.pools):
+                on = torch.nonzero(live[:, j]).squeeze(1)
+                if on.numel():
+                    pool.adagrad_step(addr[:, j].index_select(0, on),
+                                      parts[j].index_select(0, on), c.lr, c.eps)
+        else:  # every row, pruned ones on the null chunk with a zero gradient: no host sync
+            for j, pool in enumerate(self.pools):
+                pool.adagrad_step_masked(addr[:, j], parts[j], live[:, j], c.lr, c.eps)
+        # dirty |= has a live chunk (unique slots are distinct: no write races)
+        dirty = self.entries.dirty
+        dirty.index_copy_(0, unique, dirty.index_select(0, unique) | live.any(dim=1))
         if self.step % c.interval == 0:
             self.maintain()
         elif self.live_chunks() and self.used_bytes() > self.budget_bytes():

@@ -108,3 +108,29 @@ def test_a_snapshot_moves_between_devices_bit_exactly(tmp_path, device: str) -> 
     ids = zipf_ids(rng, 64, 3)  # and the restored store goes on training
     train_step(back, ids, w)
     check_pool(back)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("optimizer", ["adagrad", "rowwise_adagrad"])
+def test_the_masked_adagrad_step_equals_the_selected_one_and_keeps_the_null_chunk_zero(
+        device: str, optimizer: str) -> None:
+    """The GPU's sync-free update (every row, pruned ones on the null chunk with a zero
+    gradient) gives the very values of the update on the selected live rows."""
+    from storage.vhpi.chunk_pool import ChunkPool
+
+    gen = torch.Generator().manual_seed(0)
+    pools = [ChunkPool(8, optimizer, initial_capacity=64, device=device) for _ in range(2)]
+    start = torch.randn(40, 8, generator=gen)
+    for p in pools:
+        p.write(p.alloc(40), start)
+    addrs = torch.arange(40).roll(7)
+    addrs[::3] = -1  # pruned chunks: address -1, row 0
+    live = addrs >= 0
+    for _ in range(3):
+        grads = torch.randn(40, 8, generator=gen)
+        pools[0].adagrad_step(addrs[live].to(device), grads[live].to(device), 0.05, 1e-8)
+        pools[1].adagrad_step_masked(addrs.to(device), grads.to(device), live.to(device), 0.05,
+                                     1e-8)
+    assert torch.equal(pools[0].values.cpu(), pools[1].values.cpu())
+    assert torch.equal(pools[0].state.cpu(), pools[1].state.cpu())
+    assert not pools[1].values[0].any() and not pools[1].state[0].any()
