@@ -199,10 +199,10 @@ class DeviceHashIndex:
             new_slots = self._take_slots(reps.numel())
             self.keys[new_slots] = keys[reps]
             self.fields[new_slots] = fields[reps]
-            self.alive[new_slots] = True
+            self.alive.index_fill_(0, new_slots, True)  # (t[i] = True waits on a GPU)
             self.num_entries += reps.numel()
             self._place(h[reps], new_slots)
-            inserted[reps] = True
+            inserted.index_fill_(0, reps, True)
             # Every missing key now holds its hash's new slot, unless that slot went to a
             # different key of the same 64-bit hash: that one goes in on the next round.
             cand = new_slots.index_select(0, inv)
@@ -212,9 +212,9 @@ class DeviceHashIndex:
             missing = missing[~mine]
         self.inserted_any = any_new
         if any_new:  # every duplicate of a newly inserted key counts as inserted too
-            new_set = torch.zeros(self.high_water, dtype=torch.bool, device=self.device)
-            new_set[slots[inserted]] = True
-            inserted = new_set[slots]
+            new_set = torch.zeros(self.high_water, dtype=torch.int32, device=self.device)
+            new_set.index_add_(0, slots, inserted.to(torch.int32))  # no selection: no sync
+            inserted = new_set.index_select(0, slots) > 0
         return slots, inserted
 
     def _take_slots(self, n: int) -> torch.Tensor:

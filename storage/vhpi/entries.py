@@ -54,7 +54,7 @@ def initial_values(fields: torch.Tensor, keys: torch.Tensor, seed: int, width: i
     d = torch.arange(width, dtype=torch.int64, device=keys.device)
     h = mix64_t(torch.zeros(1, dtype=torch.int16, device=keys.device), base[:, None] + d[None, :])
     u = ((h >> 40) & 0xFFFFFF).to(torch.float32) * (1.0 / (1 << 24))  # [0, 1)
-    half_width = torch.tensor(np.float32(init_std * np.sqrt(3.0)), device=keys.device)
+    half_width = float(np.float32(init_std * np.sqrt(3.0)))  # a kernel argument: no copy
     return (u * 2 - 1) * half_width
 
 
@@ -113,10 +113,15 @@ class EntryTable:
 
     def reset(self, slots: torch.Tensor, count: torch.Tensor | int) -> None:
         """New entries at these slots: no chunks, no utility, `count` accesses."""
-        self.head_addr[slots] = -1
-        self.ext[slots] = -1
-        self.head_util[slots] = 0
-        self.count[slots] = count if isinstance(count, int) else count.to(torch.int32)
+        # index_fill_, not t[slots] = scalar: on a GPU the latter copies the scalar from the
+        # host and waits for it (a host sync each)
+        self.head_addr.index_fill_(0, slots, -1)
+        self.ext.index_fill_(0, slots, -1)
+        self.head_util.index_fill_(0, slots, 0)
+        if isinstance(count, int):
+            self.count.index_fill_(0, slots, count)
+        else:
+            self.count[slots] = count.to(torch.int32)
 
     def drop(self, slots: torch.Tensor) -> None:
         """Entries leaving: their chunks and records go back, their metadata is cleared."""
@@ -232,7 +237,7 @@ class EntryTable:
             addr[:, j] = self.pools[j].alloc(slots.numel())
             self.pools[j].write(addr[:, j], values[:, self.offsets[j] : self.offsets[j + 1]])
         self.set_addresses(slots, addr)
-        self.dirty[slots] = True
+        self.dirty.index_fill_(0, slots, True)
 
     def fill(self, slots: torch.Tensor, values: torch.Tensor) -> None:
         """Every chunk of these entries live, holding `values` float32[N, D]; chunks they had
