@@ -66,6 +66,10 @@ class LookupContext:
 
 
 class ChunkStore(StoreMaintenance):
+    # Adagrad on every row of a batch, pruned chunks with a zero gradient on the null chunk
+    # (no selection of the live ones, which is a host sync on a GPU). None: on a GPU only.
+    masked_updates: bool | None = None
+
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
         self.device = dev = torch.device(config.device)
@@ -306,7 +310,9 @@ class ChunkStore(StoreMaintenance):
             self.entries.store_utilities(unique, v)
         live = addr >= 0  # a prune step can only run after this update
         parts = g.split(self.widths, dim=1)
-        if self.device.type == "cpu":  # the live rows alone: less work, and no sync to save
+        masked = self.masked_updates
+        if not (masked if masked is not None else self.device.type != "cpu"):
+            # the live rows alone: less work, and on the CPU no sync to save
             for j, pool in enumerate(self.pools):
                 on = torch.nonzero(live[:, j]).squeeze(1)
                 if on.numel():
