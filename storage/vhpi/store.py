@@ -172,15 +172,23 @@ class ChunkStore(StoreMaintenance):
         access counts grow, and the returned context goes to `apply_gradients`."""
         ids = torch.as_tensor(ids, device=self.device).long()
         B, F = ids.shape
-        D = self.config.dim
         fields = torch.arange(F, dtype=torch.int16, device=self.device).expand(B, F).reshape(-1)
-        keys = ids.reshape(-1)
+        emb, ctx = self.lookup_keys(fields, ids.reshape(-1), train=train)
+        return emb.reshape(B, F, self.config.dim), ctx
+
+    def lookup_keys(
+        self, fields: torch.Tensor, keys: torch.Tensor, train: bool = False
+    ) -> tuple[torch.Tensor, LookupContext | None]:
+        """`lookup` of N (field, raw ID) pairs: int16[N], int64[N] -> float32[N, D]. A sharded
+        layer calls it with the pairs other ranks sent to this shard's owner;
+        `apply_gradients` then takes a float32[N, D] gradient."""
+        fields = torch.as_tensor(fields, device=self.device).to(torch.int16)
+        keys = torch.as_tensor(keys, device=self.device).long()
         if not train:
             slots = self.index.lookup(fields, keys)
             self.unseen_lookups += int((slots < 0).sum())
             uniq, inverse = torch.unique(slots, return_inverse=True)
-            emb = torch.nn.functional.embedding(inverse, self.gather(uniq))
-            return emb.reshape(B, F, D), None
+            return torch.nn.functional.embedding(inverse, self.gather(uniq)), None
 
         e = self.entries
         if self.sketch is None:
@@ -217,7 +225,7 @@ class ChunkStore(StoreMaintenance):
                 self._admit(waiting, max_chunks=1)
         addr = torch.where(known[:, None], self.entries.addresses(uniq_ok), -1)
         emb = torch.nn.functional.embedding(inverse, self.gather(uniq, addr))
-        return emb.reshape(B, F, D), LookupContext(uniq, inverse, counts, addr)
+        return emb, LookupContext(uniq, inverse, counts, addr)
 
     def _sketch_admission(self, fields: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """Entry slots of (field, key) pairs, -1 for IDs not admitted yet. A missing ID is
