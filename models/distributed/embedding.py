@@ -136,4 +136,6 @@ class ShardedPolicy(EmbeddingPolicy):
         self.local.save(path)
 
     def load(self, path: Path) -> None:
+        reducer = self.local.store.reducer  # a global budget stays global
         self.local.load(path)
+        self.local.store.reducer = reducer

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import torch.distributed as dist
 
 from models.learner import DENSE_LR
@@ -87,6 +88,8 @@ def stream_rank(rank: int, world: int, data: str, spec: str, seed: int, model: s
     metrics = learner.run(batches())
     wall = time.perf_counter() - t0
     total = policy.memory().as_dict()  # a collective: every rank
+    budget = float(group.sum(
+        torch.tensor([policy.store.budget_bytes()], dtype=torch.float64))[0])
     shard = policy.shard_memory().as_dict()
     mine = (np.concatenate(positions) if positions else np.zeros(0, np.int64),
             metrics.predictions, metrics.labels)
@@ -96,7 +99,7 @@ def stream_rank(rank: int, world: int, data: str, spec: str, seed: int, model: s
         "rank": rank, "memory": total, "shard_memory": shard, "wall_s": wall,
         "rows": learner.rows_trained, "train_s": learner.train_seconds,
         "comm_s": group.comm_seconds, "store_s": policy.lookup_seconds,
-        "comm_bytes": group.comm_bytes, "steps": learner.steps,
+        "comm_bytes": group.comm_bytes, "steps": learner.steps, "budget_bytes": budget,
         "stats": {k: float(v) for k, v in policy.stats().items()}, "dim": policy.dim,
     }
     if rank == 0:
@@ -122,3 +125,28 @@ def metrics_of(result: dict[str, Any]) -> StreamMetrics:
     metrics = StreamMetrics()
     metrics.update(result["predictions"], result["labels"])
     return metrics
+
+
+def run_one_sharded(data: str, spec: str, seed: int, workers: int, model: str = "dlrm",
+                    batch_size: int = 256, max_rows: int | None = None, lr: float = DENSE_LR,
+                    common_dim: int = 0, data_dir: Path | None = None, device: str = "cpu"
+                    ) -> Any:
+    """`run_one` (services/evaluation/quality.py) over `workers` ranks with one global budget:
+    a Run whose memory is the sum over the shards, with each shard's bytes and the time in
+    collectives in its stats."""
+    from services.evaluation.quality import Run
+
+    t0 = time.perf_counter()
+    results = run_sharded(data, spec, seed, workers, model, batch_size, max_rows, lr,
+                          common_dim, data_dir, device, global_budget=True)
+    wall = time.perf_counter() - t0
+    head = results[0]
+    stats = dict(head["stats"])
+    for r in results:
+        stats[f"rank{r['rank']}_total_bytes"] = float(r["shard_memory"]["total_bytes"])
+        stats[f"rank{r['rank']}_comm_s"] = float(r["comm_s"])
+    train_s = max(r["train_s"] for r in results)
+    rows = sum(r["rows"] for r in results)
+    return Run(policy=spec, seed=seed, dim=head["dim"], metrics=metrics_of(head),
+               memory=head["memory"], stats=stats,
+               samples_per_s=rows / train_s if train_s > 0 else float("nan"), wall_s=wall)

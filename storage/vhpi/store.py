@@ -50,6 +50,7 @@ from storage.vhpi.device_index import DeviceHashIndex
 from storage.vhpi.entries import EntryTable, initial_values
 from storage.vhpi.hash_index import mix64
 from storage.vhpi.maintenance import StoreMaintenance
+from storage.vhpi.reducer import LOCAL
 from storage.vhpi.snapshot import Snapshot, read_snapshot, write_snapshot
 
 U16_MAX = 65535
@@ -89,6 +90,7 @@ class ChunkStore(StoreMaintenance):
         self.unseen_lookups = 0  # lookups (not training) of IDs the store does not hold
         self.prunes = 0
         self.prune_seconds = 0.0
+        self.reducer = LOCAL  # a sharded model's shards share one budget through a global one
         self._gen = torch.Generator(device=dev)
         self._gen.manual_seed(config.seed)
         self.sketch = (
@@ -319,12 +321,24 @@ class ChunkStore(StoreMaintenance):
         self.entries.dirty.index_fill_(0, touched, True)
         if self.step % c.interval == 0:
             self.maintain()
-        elif self.live_chunks() and self.used_bytes() > self.budget_bytes():
+        elif self._over_budget():
             # The index table grew and took room from the chunks: shed the least useful ones
             # now, so the budget holds after every step. (With no live chunk there is nothing
             # to shed: the fixed costs alone, e.g. a large admission sketch on a young store,
             # are over the budget, and new IDs get no chunk until it has room.)
             self.prune_regrow()
+
+    def _over_budget(self) -> bool:
+        """Live chunks held and more bytes used than the budget allows (over every shard with
+        a global reducer: then a collective every shard makes each step)."""
+        if not self.reducer.is_global:
+            return bool(self.live_chunks()) and self.used_bytes() > self.budget_bytes()
+        if self.config.budget is None:
+            return False
+        mine = torch.tensor([self.live_chunks(), self.used_bytes(), self.budget_bytes()],
+                            dtype=torch.float64)
+        live, used, budget = self.reducer.sum(mine).tolist()
+        return live > 0 and used > budget
 
     def export(self, slots: object) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
         """(fields int16[N], keys int64[N], masks uint32[N], values float32[N, D]) of entries,

@@ -77,6 +77,9 @@ def quality(
     ] = None,
     device: Annotated[str, typer.Option(
         help="cpu or cuda: where every policy's store and the network train")] = "cpu",
+    workers: Annotated[int, typer.Option(
+        min=1, max=64, help="train each run as one model sharded over N local ranks "
+        "(torch.distributed: gloo on cpu, NCCL on cuda), one global budget")] = 1,
 ) -> None:
     """Stream the data set once per policy and seed (progressive validation) and compare
     embedding bytes, AUC, log loss, NE, speed and paired ΔAUC against the reference."""
@@ -112,6 +115,6 @@ def quality(
                       reference=reference, model=model, batch_size=batch_size,
                       max_rows=max_rows, n_bootstrap=bootstrap, common_dim=common_dim,
                       hot_start=hot_start, data_dir=get_settings().data_dir, device=device,
-                      show_progress=not no_progress, **options)
+                      show_progress=not no_progress, workers=workers, **options)
     except (DatasetError, PolicySpecError) as exc:
         fail_if(str(exc))  # plain: rich would read its brackets as markup
