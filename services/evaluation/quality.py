@@ -187,12 +187,9 @@ def run_quality_bench(
     advance: Callable[[int], object] | None = None,
     on_start: Callable[[int | None], None] | None = None,
     device: str = "cpu",
-    workers: int = 1,
+    runner: Callable[..., Run] | None = None,  # run_one's stand-in (sharded.py: over N ranks)
 ) -> QualityReport:
     """Run every policy with seeds 0..seeds-1 and compare them (see module docstring).
-
-    `workers` > 1: each run is one sharded model over that many local ranks
-    (services/evaluation/sharded.py), with one global budget.
 
     A `reference` not among `policies` is run too, after them. Every spec is built once
     before any run, so a bad one raises PolicySpecError at once. `on_start(total)`: the rows
@@ -203,8 +200,6 @@ def run_quality_bench(
         raise ValueError("no policies given")
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
-    if workers > 1 and hot_start is not None:
-        raise ValueError("--hot-start is not supported with --workers > 1 yet")
     reference = (reference or policies[0]).strip()
     if reference not in policies:
         policies.append(reference)
@@ -231,16 +226,8 @@ def run_quality_bench(
     labels: np.ndarray | None = None
     for spec in policies:
         for seed in range(seeds):
-            if workers > 1:
-                from services.evaluation.sharded import run_one_sharded
-
-                run = run_one_sharded(data, spec, seed, workers, model, batch_size, max_rows,
-                                      lr, width, data_dir, device)
-                if advance is not None:
-                    advance(len(run.metrics))
-            else:
-                run = run_one(dataset, spec, seed, model, batch_size, max_rows, lr, width,
-                              hot_start, advance, device)
+            run = (runner or run_one)(dataset, spec, seed, model, batch_size, max_rows, lr,
+                                      width, hot_start, advance, device)
             if labels is None:
                 labels = run.metrics.labels.copy()
             elif not np.array_equal(labels, run.metrics.labels):

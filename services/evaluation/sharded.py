@@ -14,7 +14,7 @@ like `run_one`'s, and the paired comparison of services/evaluation/quality.py ap
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from models.policy import EmbeddingPolicy
 from services.distributed.launch import init_from_env, launch
 from services.evaluation.policy_specs import policy_kind
 from storage.batch import SparseBatch
-from storage.datasets.spec import open_dataset
+from storage.datasets.spec import Dataset, open_dataset
 
 
 def my_rows(batches: Iterator[SparseBatch], rank: int, world: int, max_rows: int | None
@@ -127,21 +127,27 @@ def metrics_of(result: dict[str, Any]) -> StreamMetrics:
     return metrics
 
 
-def run_one_sharded(data: str, spec: str, seed: int, workers: int, model: str = "dlrm",
+def run_one_sharded(dataset: Dataset, spec: str, seed: int, model: str = "dlrm",
                     batch_size: int = 256, max_rows: int | None = None, lr: float = DENSE_LR,
-                    common_dim: int = 0, data_dir: Path | None = None, device: str = "cpu"
-                    ) -> Any:
-    """`run_one` (services/evaluation/quality.py) over `workers` ranks with one global budget:
-    a Run whose memory is the sum over the shards, with each shard's bytes and the time in
-    collectives in its stats."""
+                    common_dim: int = 0, hot_start: Path | None = None,
+                    advance: Callable[[int], object] | None = None, device: str = "cpu", *,
+                    workers: int = 2, data_dir: Path | None = None) -> Any:
+    """`run_one` (services/evaluation/quality.py) over `workers` ranks with one global budget
+    (`run_quality_bench(..., runner=partial(run_one_sharded, workers=N))`): a Run whose memory
+    is the sum over the shards, each shard's bytes and time in collectives in its stats. The
+    ranks open `dataset.spec` themselves."""
+    if hot_start is not None:
+        raise ValueError("--hot-start is not supported with --workers > 1 yet")
     from services.evaluation.quality import Run
 
     t0 = time.perf_counter()
-    results = run_sharded(data, spec, seed, workers, model, batch_size, max_rows, lr,
+    results = run_sharded(dataset.spec, spec, seed, workers, model, batch_size, max_rows, lr,
                           common_dim, data_dir, device, global_budget=True)
     wall = time.perf_counter() - t0
     head = results[0]
-    stats = dict(head["stats"])
+    if advance is not None:  # a progress bar's rows, all at once
+        advance(len(head["labels"]))
+    stats = dict(head["stats"], budget_bytes=float(head["budget_bytes"]))
     for r in results:
         stats[f"rank{r['rank']}_total_bytes"] = float(r["shard_memory"]["total_bytes"])
         stats[f"rank{r['rank']}_comm_s"] = float(r["comm_s"])
