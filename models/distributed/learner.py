@@ -49,7 +49,7 @@ class DistributedLearner:
         self.group = group
         self.policy = policy
         self.net = model.to(self.device)
-        ids = [self.device.index] if self.device.type == "cuda" else None
+        ids = [torch.cuda.current_device()] if self.device.type == "cuda" else None
         self.model = DistributedDataParallel(self.net, device_ids=ids)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.metrics = StreamMetrics()
