@@ -44,7 +44,7 @@ def main(
     table = Table(title=f"{policy} on {data}, batch {batch}, {rows:,} rows, device {device}, "
                         f"{cpus} CPUs")
     for col in ("ranks", "events/s", "x 1 rank", "bytes per rank", "total bytes",
-                "collectives s", "store s", "rest s", "comm MB sent/rank"):
+                "collectives s", "store s", "rest s", "all-to-all MB/rank (self incl.)"):
         table.add_column(col, justify="right")
     import torch
 
