@@ -89,7 +89,8 @@ class DLRM(nn.Module):
         else:
             x = self.dense_stub.expand(b, self.dim)  # type: ignore[union-attr]
         z = torch.cat([x.unsqueeze(1), emb], dim=1)  # [B, F+1, D]
-        gram = torch.bmm(z, z.transpose(1, 2)).reshape(b, -1)  # [B, (F+1)^2]
+        n = z.shape[1]  # (sizes spelled out: a batch of no rows, an idle rank's, must reshape)
+        gram = torch.bmm(z, z.transpose(1, 2)).reshape(b, n * n)  # [B, (F+1)^2]
         pairs = gram[:, self._pair_index]  # [B, (F+1)F/2]
         return self.top(torch.cat([x, pairs], dim=1)).squeeze(1)
 
@@ -115,7 +116,7 @@ class EmbeddingMLP(nn.Module):
         self.net = mlp([num_fields * dim + num_dense, *hidden, 1], last_activation=False)
 
     def forward(self, emb: torch.Tensor, dense: torch.Tensor | None = None) -> torch.Tensor:
-        x = emb.reshape(emb.shape[0], -1)  # [B, F*D]
+        x = emb.reshape(emb.shape[0], emb.shape[1] * emb.shape[2])  # [B, F*D]
         if self.num_dense:
             if dense is None:
                 raise ValueError("this MLP has dense inputs; dense must not be None")

@@ -187,6 +187,7 @@ def run_quality_bench(
     advance: Callable[[int], object] | None = None,
     on_start: Callable[[int | None], None] | None = None,
     device: str = "cpu",
+    runner: Callable[..., Run] | None = None,  # run_one's stand-in (sharded.py: over N ranks)
 ) -> QualityReport:
     """Run every policy with seeds 0..seeds-1 and compare them (see module docstring).
 
@@ -225,8 +226,8 @@ def run_quality_bench(
     labels: np.ndarray | None = None
     for spec in policies:
         for seed in range(seeds):
-            run = run_one(dataset, spec, seed, model, batch_size, max_rows, lr, width, hot_start,
-                          advance, device)
+            run = (runner or run_one)(dataset, spec, seed, model, batch_size, max_rows, lr,
+                                      width, hot_start, advance, device)
             if labels is None:
                 labels = run.metrics.labels.copy()
             elif not np.array_equal(labels, run.metrics.labels):

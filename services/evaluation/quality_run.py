@@ -57,6 +57,14 @@ def bench_quality(data: str, specs: Sequence[str], *, out: Path, png: Path | Non
             f"{run.samples_per_s:,.0f} samples/s, {run.wall_s:.1f} s", markup=False,
             style="dim")
 
+    workers = options.pop("workers", 1)
+    if workers > 1:  # one model over N local ranks per run (services/evaluation/sharded.py)
+        from functools import partial
+
+        from services.evaluation.sharded import run_one_sharded
+
+        options["runner"] = partial(run_one_sharded, workers=workers,
+                                    data_dir=options.get("data_dir"))
     try:
         report = run_quality_bench(data, specs, progress=progress, on_start=started,
                                    advance=lambda n: bar.advance(task, n), **options)

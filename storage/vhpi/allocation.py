@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from storage.vhpi.config import INDEX_ALLOWANCE, StoreConfig, fixed_entry_bytes
+from storage.vhpi.reducer import LOCAL, Reducer
 
 _THRESHOLDS = 4096  # candidate thresholds on large stores (quantiles of the scores)
 _SAMPLE_ROWS = 1 << 15  # rows of the sample that brackets the threshold
@@ -41,6 +42,7 @@ def chunk_scores(
     live: torch.Tensor | None = None,
     hysteresis: float = 0.0,
     cost: np.ndarray | None = None,
+    reduce: Reducer = LOCAL,
 ) -> torch.Tensor:
     """float32[E, K] utilities, int[E] fields, bool[E] admitted -> float32[E, K] scores.
 
@@ -50,20 +52,28 @@ def chunk_scores(
     is divided by its chunk's cost: utility per byte, so a wide chunk must earn its width.
 
     With `prefix` the scores fall (weakly) along every row, so any threshold `s >= tau` keeps a
-    prefix: tied positions pass or fail together."""
+    prefix: tied positions pass or fail together.
+
+    `reduce`: a global reducer makes the means and the first-chunk ceiling those of every
+    shard (then every shard calls this, even with E = 0)."""
     u = torch.as_tensor(util, dtype=torch.float32).clone()  # everything below is in place
     E, K = u.shape
-    if E == 0:
+    if E == 0 and not reduce.is_global:
         return u
     dev = u.device
     if normalize:
         # One bincount over (field, position) cells gives every mean at once.
         f = torch.as_tensor(fields, device=dev).long()
-        nf = int(f.max()) + 1
+        nf = int(f.max()) + 1 if E else 0
+        if reduce.is_global:
+            nf = int(reduce.max(torch.tensor([nf], device=dev))[0])
         cell = (f[:, None] * K + torch.arange(K, device=dev)).reshape(-1)
-        n = torch.bincount(f, minlength=nf).clamp(min=1).double()
+        n = torch.bincount(f, minlength=nf).double()
         mean = torch.bincount(cell, weights=u.reshape(-1).double(), minlength=nf * K)
-        mean = mean.reshape(nf, K) / n[:, None]
+        if reduce.is_global:
+            both = reduce.sum(torch.cat([n, mean]))
+            n, mean = both[:nf], both[nf:]
+        mean = mean.reshape(nf, K) / n.clamp(min=1)[:, None]
         u /= mean.clamp(min=1e-12).float().index_select(0, f)
     if cost is not None:
         u /= torch.as_tensor(np.asarray(cost, dtype=np.float32), device=dev)
@@ -71,10 +81,13 @@ def chunk_scores(
         up = torch.tensor(np.float32(1.0 + hysteresis), device=dev)
         u *= torch.where(torch.as_tensor(live, device=dev), up, torch.ones((), device=dev))
     first = u[:, 0].clone() if keep_first else None
-    if prefix:
+    if prefix and E:
         u = torch.cummin(u, dim=1).values
     if first is not None:
-        u[:, 0] = (u.max() + 1.0) + first
+        top = u.max() if E else torch.tensor(-torch.inf, device=dev)
+        if reduce.is_global:
+            top = reduce.max(top.reshape(1))[0]
+        u[:, 0] = (top + 1.0) + first
     u[~torch.as_tensor(admitted, device=dev)] = -torch.inf
     return u
 
@@ -84,6 +97,7 @@ def select_chunks(
     capacity: float,
     exact_bytes: Callable[[torch.Tensor], float],
     gen: torch.Generator | None = None,
+    reduce: Reducer = LOCAL,
 ) -> torch.Tensor:
     """Keep the highest-scored chunks whose bytes fit `capacity`: bool[E, K] = scores >= tau
     for the lowest threshold tau whose selection fits (so prefix-shaped scores keep prefixes).
@@ -93,9 +107,16 @@ def select_chunks(
     on large ones one of _THRESHOLDS quantiles, so the budget may be under-filled by a fraction
     of a percent). Every exact count is a pass over all E x K scores, so the search first
     brackets tau on a sample of rows and then gallops from there with exact counts. `gen`: the
-    generator (on the scores' device) the samples are drawn with."""
+    generator (on the scores' device) the samples are drawn with.
+
+    With a global `reduce` (a sharded model: `exact_bytes` and `capacity` are then every
+    shard's) the candidates come from every shard's scores, so each shard bisects over the same
+    thresholds, takes the same branches and keeps the chunks above one global threshold."""
     finite = torch.isfinite(scores)
-    if capacity <= 0 or not bool(finite.any()):
+    any_finite = bool(finite.any())
+    if reduce.is_global:
+        any_finite = bool(reduce.max(torch.tensor([int(any_finite)], device=scores.device))[0])
+    if capacity <= 0 or not any_finite:
         return torch.zeros_like(finite)
     if exact_bytes(finite) <= capacity:
         return finite
@@ -105,8 +126,14 @@ def select_chunks(
         return torch.randperm(n, generator=gen, device=dev)[:k]
 
     flat = scores[finite]
+    if reduce.is_global:
+        if flat.numel() > 64 * _THRESHOLDS:
+            flat = flat[sample(flat.numel(), 64 * _THRESHOLDS)]
+        flat = reduce.cat(flat)
     if flat.numel() > _THRESHOLDS:
-        if flat.numel() > 64 * _THRESHOLDS:  # quantiles of a sample: a full sort costs ~10x more
+        if flat.numel() > 64 * _THRESHOLDS and not reduce.is_global:
+            # quantiles of a sample: a full sort costs ~10x more (global: each shard sampled
+            # its own part already, and every shard must see the same candidates)
             flat = flat[sample(flat.numel(), 64 * _THRESHOLDS)]
         ordered = flat.sort().values
         levels = np.linspace(0.0, 1.0, _THRESHOLDS)  # np.quantile's "inverted_cdf" positions
@@ -128,7 +155,7 @@ def select_chunks(
         return lo
 
     E = scores.shape[0]
-    if E > _SAMPLE_ROWS:  # a cheap estimate of where tau lies
+    if E > _SAMPLE_ROWS and not reduce.is_global:  # a cheap estimate of where tau lies
         rows = sample(E, _SAMPLE_ROWS)
         guess = last_fitting(-1, n, lambda i: fits(i, rows, E / _SAMPLE_ROWS))
         guess = min(max(guess, 0), n - 1)

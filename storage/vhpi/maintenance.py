@@ -20,6 +20,7 @@ from storage.vhpi.allocation import chunk_scores, select_chunks
 from storage.vhpi.config import StoreConfig, fixed_entry_bytes
 from storage.vhpi.device_index import DeviceHashIndex
 from storage.vhpi.entries import EntryTable
+from storage.vhpi.reducer import Reducer
 
 
 class StoreMaintenance:
@@ -40,6 +41,7 @@ class StoreMaintenance:
     prune_seconds: float  # wall time in prune_regrow (observability, not checkpointed)
     _deleted: list[tuple[torch.Tensor, torch.Tensor]]  # (fields, keys) evicted since export
     _gen: torch.Generator  # the prune's samples, on the store's device
+    reducer: Reducer  # LOCAL, or every shard of a sharded model (reducer.py)
 
     def _slots(self, slots: object) -> torch.Tensor:
         """Entry slots as int64[N] on the store's device (from numpy or a tensor)."""
@@ -159,9 +161,10 @@ class StoreMaintenance:
         re-admit pruned chunks that rise in (at zero, fresh optimizer state)."""
         t0 = time.perf_counter()
         slots = self.live_slots()
-        if slots.numel() == 0:
+        if slots.numel() == 0 and not self.reducer.is_global:
             return {"freed": 0, "admitted": 0}
         c = self.config
+        reduce = self.reducer
         costs = self.entries.chunk_costs()
         scores = chunk_scores(
             self.utilities(slots),
@@ -173,24 +176,29 @@ class StoreMaintenance:
             live=self.entries.addresses(slots) >= 0,
             hysteresis=c.hysteresis,
             cost=(costs / costs[0]) ** c.cost_power if c.cost_power else None,
+            reduce=reduce,
         )
         fixed_cost = slots.numel() * self.entry_bytes() + self.index.table_bytes
         if self.sketch is not None:
             fixed_cost += self.sketch.nbytes  # the admission sketch is paid before any chunk
         capacity = self.budget_bytes() - fixed_cost
+        if reduce.is_global:  # the budget and the fixed costs of every shard
+            capacity = float(reduce.sum(torch.tensor([capacity], dtype=torch.float64))[0])
         ext_bytes = self.entries.record_bytes()
 
         def exact(keep: torch.Tensor) -> float:
-            per_position = keep.sum(dim=0).cpu().numpy()  # one small copy: K counts
+            per_position = keep.sum(dim=0)
             if self.K == 1:
-                n_ext = 0
+                n_ext = per_position.new_zeros(())
             elif c.prefix:  # a prefix with a chunk 1 is exactly an entry with a record
-                n_ext = int(per_position[1])
+                n_ext = per_position[1]
             else:
-                n_ext = int(keep[:, 1:].any(dim=1).sum())
-            return float(per_position @ costs) + n_ext * ext_bytes
+                n_ext = keep[:, 1:].any(dim=1).sum()
+            counts = torch.cat([per_position, n_ext.reshape(1)]).long()
+            counts = reduce.sum(counts).cpu().numpy()  # one small copy: K + 1 counts
+            return float(counts[:-1] @ costs) + int(counts[-1]) * ext_bytes
 
-        keep = select_chunks(scores, capacity, exact, self._gen)
+        keep = select_chunks(scores, capacity, exact, self._gen, reduce)
         freed, admitted = self.entries.keep(slots, keep)
         self.prunes += 1
         self.prune_seconds = getattr(self, "prune_seconds", 0.0) + time.perf_counter() - t0

@@ -50,6 +50,7 @@ from storage.vhpi.device_index import DeviceHashIndex
 from storage.vhpi.entries import EntryTable, initial_values
 from storage.vhpi.hash_index import mix64
 from storage.vhpi.maintenance import StoreMaintenance
+from storage.vhpi.reducer import LOCAL
 from storage.vhpi.snapshot import Snapshot, read_snapshot, write_snapshot
 
 U16_MAX = 65535
@@ -93,6 +94,7 @@ class ChunkStore(StoreMaintenance):
         self.unseen_lookups = 0  # lookups (not training) of IDs the store does not hold
         self.prunes = 0
         self.prune_seconds = 0.0
+        self.reducer = LOCAL  # a sharded model's shards share one budget through a global one
         self._gen = torch.Generator(device=dev)
         self._gen.manual_seed(config.seed)
         self.sketch = (
@@ -176,15 +178,23 @@ class ChunkStore(StoreMaintenance):
         access counts grow, and the returned context goes to `apply_gradients`."""
         ids = torch.as_tensor(ids, device=self.device).long()
         B, F = ids.shape
-        D = self.config.dim
         fields = torch.arange(F, dtype=torch.int16, device=self.device).expand(B, F).reshape(-1)
-        keys = ids.reshape(-1)
+        emb, ctx = self.lookup_keys(fields, ids.reshape(-1), train=train)
+        return emb.reshape(B, F, self.config.dim), ctx
+
+    def lookup_keys(
+        self, fields: torch.Tensor, keys: torch.Tensor, train: bool = False
+    ) -> tuple[torch.Tensor, LookupContext | None]:
+        """`lookup` of N (field, raw ID) pairs: int16[N], int64[N] -> float32[N, D]. A sharded
+        layer calls it with the pairs other ranks sent to this shard's owner;
+        `apply_gradients` then takes a float32[N, D] gradient."""
+        fields = torch.as_tensor(fields, device=self.device).to(torch.int16)
+        keys = torch.as_tensor(keys, device=self.device).long()
         if not train:
             slots = self.index.lookup(fields, keys)
             self.unseen_lookups += int((slots < 0).sum())
             uniq, inverse = torch.unique(slots, return_inverse=True)
-            emb = torch.nn.functional.embedding(inverse, self.gather(uniq))
-            return emb.reshape(B, F, D), None
+            return torch.nn.functional.embedding(inverse, self.gather(uniq)), None
 
         e = self.entries
         if self.sketch is None:
@@ -224,7 +234,7 @@ class ChunkStore(StoreMaintenance):
             self._admit(uniq[waiting], max_chunks=1)
         addr = torch.where(known[:, None], self.entries.addresses(uniq_ok), -1)
         emb = torch.nn.functional.embedding(inverse, self.gather(uniq, addr))
-        return emb.reshape(B, F, D), LookupContext(uniq, inverse, counts, addr)
+        return emb, LookupContext(uniq, inverse, counts, addr)
 
     def _sketch_admission(self, fields: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """Entry slots of (field, key) pairs, -1 for IDs not admitted yet. A missing ID is
@@ -326,12 +336,24 @@ class ChunkStore(StoreMaintenance):
         dirty.index_copy_(0, unique, dirty.index_select(0, unique) | live.any(dim=1))
         if self.step % c.interval == 0:
             self.maintain()
-        elif self.live_chunks() and self.used_bytes() > self.budget_bytes():
+        elif self._over_budget():
             # The index table grew and took room from the chunks: shed the least useful ones
             # now, so the budget holds after every step. (With no live chunk there is nothing
             # to shed: the fixed costs alone, e.g. a large admission sketch on a young store,
             # are over the budget, and new IDs get no chunk until it has room.)
             self.prune_regrow()
+
+    def _over_budget(self) -> bool:
+        """Live chunks held and more bytes used than the budget allows (over every shard with
+        a global reducer: then a collective every shard makes each step)."""
+        if not self.reducer.is_global:
+            return bool(self.live_chunks()) and self.used_bytes() > self.budget_bytes()
+        if self.config.budget is None:
+            return False
+        mine = torch.tensor([self.live_chunks(), self.used_bytes(), self.budget_bytes()],
+                            dtype=torch.float64)
+        live, used, budget = self.reducer.sum(mine).tolist()
+        return live > 0 and used > budget
 
     def export(self, slots: object) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
         """(fields int16[N], keys int64[N], masks uint32[N], values float32[N, D]) of entries,

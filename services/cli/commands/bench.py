@@ -77,6 +77,9 @@ def quality(
     ] = None,
     device: Annotated[str, typer.Option(
         help="cpu or cuda: where every policy's store and the network train")] = "cpu",
+    workers: Annotated[int, typer.Option(
+        min=1, max=64, help="train each run as one model sharded over N local ranks "
+        "(torch.distributed: gloo on cpu, NCCL on cuda), one global budget")] = 1,
 ) -> None:
     """Stream the data set once per policy and seed (progressive validation) and compare
     embedding bytes, AUC, log loss, NE, speed and paired ΔAUC against the reference."""
@@ -97,6 +100,8 @@ def quality(
 
     if device not in ("cpu", "cuda"):
         raise typer.BadParameter("expected cpu or cuda", param_hint="--device")
+    if workers > 1 and hot_start is not None:
+        raise typer.BadParameter("not supported with --workers > 1 yet", param_hint="--hot-start")
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():
@@ -112,6 +117,39 @@ def quality(
                       reference=reference, model=model, batch_size=batch_size,
                       max_rows=max_rows, n_bootstrap=bootstrap, common_dim=common_dim,
                       hot_start=hot_start, data_dir=get_settings().data_dir, device=device,
-                      show_progress=not no_progress, **options)
+                      show_progress=not no_progress, workers=workers, **options)
     except (DatasetError, PolicySpecError) as exc:
         fail_if(str(exc))  # plain: rich would read its brackets as markup
+
+
+@app.command("quality-rank")
+def quality_rank(
+    data: Annotated[str, typer.Option("--data", help="data-set spec, e.g. frappe:PATH")],
+    policy: Annotated[str, typer.Option("--policy", help="fixed, fiited or adaembed spec")],
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    model: Annotated[str, typer.Option(help="network: dlrm or mlp")] = "dlrm",
+    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    max_rows: Annotated[int | None, typer.Option(min=1, help="stop after N rows")] = None,
+    device: Annotated[str, typer.Option(help="cpu (gloo) or cuda (NCCL)")] = "cpu",
+) -> None:
+    """One rank of a sharded `bench quality` run that torchrun started (MASTER_ADDR,
+    MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK from torchrun); rank 0 prints the stream's AUC
+    and the bytes of every shard together."""
+    import torch.distributed as dist
+
+    from models.learner import DENSE_LR
+    from services.distributed.launch import init_from_env
+    from services.evaluation.sharded import metrics_of, stream_rank
+    from storage.settings import get_settings
+
+    if device not in ("cpu", "cuda"):
+        raise typer.BadParameter("expected cpu or cuda", param_hint="--device")
+    init_from_env(device)  # torchrun's variables, read by torch.distributed
+    rank, world = dist.get_rank(), dist.get_world_size()
+    out = stream_rank(rank, world, data, policy, seed, model, batch_size, max_rows, DENSE_LR, 0,
+                      get_settings().data_dir, device, True)
+    if rank == 0:
+        m = metrics_of(out).summary()
+        typer.echo(f"{policy} over {world} ranks: {m['rows']:,.0f} rows, AUC {m['auc']:.4f}, "
+                   f"{out['memory']['total_bytes']:,} bytes (budget "
+                   f"{out['budget_bytes']:,.0f})")

@@ -1,0 +1,40 @@
+"""One FIITED budget over every shard of a sharded model.
+
+    GlobalBudget(group).attach(policy.store)     # on every rank, before the first step
+
+Each shard's budget is `budget` x (a fixed-D store's bytes for its IDs + its index table), so
+the sum over shards is the budget of one store holding all the IDs. With a global budget the
+prune / regrow keeps the chunks above one threshold found over all shards together: utilities
+normalised by their (field, position) means over all shards, candidate thresholds drawn from
+every shard's scores, and the exact byte count of each candidate summed over the shards (an
+all-reduce of K + 1 counts per probe), so N ranks keep the chunks one process would keep and
+hold the same total bytes. Between prunes a shard admits new IDs' first chunks from its own
+room; the over-budget check after every step is global (one all-reduce of three numbers).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from models.distributed.group import ShardGroup
+
+
+class GlobalBudget:
+    """A storage.vhpi.reducer.Reducer over the ranks of `group`."""
+
+    is_global = True
+
+    def __init__(self, group: ShardGroup) -> None:
+        self.group = group
+
+    def attach(self, store: object) -> None:
+        store.reducer = self  # type: ignore[attr-defined]
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        return self.group.sum(values)
+
+    def max(self, values: torch.Tensor) -> torch.Tensor:
+        return self.group.max(values)
+
+    def cat(self, values: torch.Tensor) -> torch.Tensor:
+        return self.group.cat(values)

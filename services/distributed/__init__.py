@@ -1,0 +1,1 @@
+"""Starting the ranks of a sharded job: local processes, or torchrun's environment."""

@@ -1,0 +1,95 @@
+"""One prune / regrow threshold over several shards (storage/vhpi/reducer.py): two stores, each
+holding the IDs one rank owns, prune together through a reducer over two threads (a stand-in
+for torch.distributed's all-reduce), and keep exactly the chunks scored above one threshold
+common to both, within the budget of both together."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+from storage.vhpi.allocation import chunk_scores
+from storage.vhpi.store import ChunkStore, StoreConfig
+
+CONFIG = StoreConfig(dim=64, widths="4-4-8-16-32", budget=0.3, interval=5, seed=0)
+
+
+class ThreadReducer:
+    """Reducer of two threads' tensors: each call waits for the other thread's."""
+
+    is_global = True
+
+    def __init__(self, slots: list, barrier: threading.Barrier, rank: int) -> None:
+        self.slots, self.barrier, self.rank = slots, barrier, rank
+
+    def _all(self, x: torch.Tensor) -> list[torch.Tensor]:
+        self.slots[self.rank] = x.clone()
+        self.barrier.wait()
+        got = list(self.slots)
+        self.barrier.wait()
+        return got
+
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack(self._all(x)).sum(0)
+
+    def max(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack(self._all(x)).max(0).values
+
+    def cat(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat(self._all(x))
+
+
+def shard_rows(ids: np.ndarray, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fields, keys) of this rank's pairs: raw IDs of one parity per rank."""
+    fields = np.broadcast_to(np.arange(ids.shape[1]), ids.shape).reshape(-1)
+    keys = ids.reshape(-1)
+    mine = keys % 2 == rank
+    return torch.from_numpy(fields[mine].copy()), torch.from_numpy(keys[mine].copy())
+
+
+def run_shard(rank: int, reducer: ThreadReducer, out: dict) -> None:
+    store = ChunkStore(CONFIG)
+    store.reducer = reducer
+    rng = np.random.default_rng(0)  # both threads draw the same batches, keep their half
+    w = torch.from_numpy(np.random.default_rng(1).normal(size=64).astype(np.float32))
+    for _ in range(23):
+        ids = (rng.zipf(1.3, size=(256, 3)) % 3000).astype(np.int64)
+        emb, ctx = store.lookup_keys(*shard_rows(ids, rank), train=True)
+        emb.requires_grad_(True)
+        torch.sin(emb @ w).sum().backward()
+        store.apply_gradients(ctx, emb.grad)  # prunes every 5 steps, all shards together
+    store.prune_regrow()
+    slots = store.live_slots()
+    c = store.config
+    costs = store.entries.chunk_costs()
+    scores = chunk_scores(store.utilities(slots), store.index.fields[slots],
+                          store.entries.count[slots] >= c.min_count, normalize=True,
+                          prefix=c.prefix, keep_first=c.keep_first,
+                          cost=(costs / costs[0]) ** c.cost_power, reduce=reducer)
+    out[rank] = (scores, store.addresses(slots) >= 0, store.used_bytes(), store.budget_bytes())
+
+
+def test_shards_keep_the_chunks_above_one_threshold_within_one_budget() -> None:
+    slots: list = [None, None]
+    barrier = threading.Barrier(2, timeout=60)
+    out: dict = {}
+    threads = [threading.Thread(target=run_shard, args=(r, ThreadReducer(slots, barrier, r),
+                                                        out)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert set(out) == {0, 1}, "a shard failed (see the thread's exception above)"
+    scores = torch.cat([out[r][0] for r in (0, 1)])
+    kept = torch.cat([out[r][1] for r in (0, 1)])
+    dropped = ~kept & torch.isfinite(scores)
+    assert kept.any() and dropped.any()  # the budget binds
+    # one threshold: every kept chunk outscores every dropped one, whichever shard holds them
+    assert scores[kept].min() >= scores[dropped].max()
+    used = sum(out[r][2] for r in (0, 1))
+    budget = sum(out[r][3] for r in (0, 1))
+    assert used <= budget
+    assert used > 0.9 * budget  # and it is used, not left empty
+    assert min(out[r][2] for r in (0, 1)) > 0.3 * used  # both shards hold their part
