@@ -297,7 +297,7 @@ def experiment_report(session: Session, experiment_id: int, phase: int | None = 
             if pre is not None:
                 cup = inference.fit_arms(m0, ctr_m[arm.id], covariate=True)
                 est, var = inference.contrast(cup, True, 0.0)
-                if np.isfinite(var[-1]) and np.isfinite(d_var[-1]):
+                if np.isfinite(var[-1]) and np.isfinite(d_var[-1]) and d_var[-1] > 0:
                     s.diff_cuped = float(est[-1])
                     s.diff_ci_cuped, _ = _z_interval(s.diff_cuped, float(var[-1]))
                     s.variance_reduction = 1 - float(var[-1]) / float(d_var[-1])

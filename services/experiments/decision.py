@@ -187,6 +187,9 @@ def metric_test(rule: MetricRule, ctrl: ArmData, arm: ArmData, alpha: float,
     if rule.metric == "latency_p99":
         fit = inference.fit_arms(m0, m1)
         c0, c1 = fit.means[..., 0], fit.means[..., 1]
+        if not (np.isfinite(c0[-1]) and np.isfinite(c1[-1])):
+            return empty  # an arm with fewer than 2 units: no clustered share yet (and a NaN
+            # in the report would make its JSON invalid: the endpoint answered 500)
         # at least the variance at the null's edge (a share of exactly SLOW_SHARE over the
         # arm's requests): an arm without one slow request has no clustered spread at all
         requests = m1[..., inference.M["n"]]

@@ -240,3 +240,23 @@ def test_report_survives_rows_committed_between_its_queries(db_factory) -> None:
     new = next(a for a in rep.arms if a.arm == "fiited")
     assert new.exposures == 601 and new.clicks == 46  # the late outcome is counted
     assert new.diff_ci_clustered is not None and new.p_value_clustered is not None
+
+
+@pytest.mark.parametrize("units,clicks", [
+    ({"ctl": 3, "fiited": 1}, {"ctl": 1, "fiited": 0}),  # the first exposures of a run
+    ({"ctl": 1, "fiited": 1}, {"ctl": 1, "fiited": 1}),
+    ({"ctl": 4, "fiited": 4}, {"ctl": 0, "fiited": 0}),  # no spread at all
+])
+def test_report_of_a_young_experiment_is_valid_json(db_factory, units, clicks) -> None:
+    """While an arm has one unit the clustered fits are undefined: the report says
+    "undecided", never NaN (the router renders it with allow_nan=False, as JSON demands; a NaN
+    in the latency row made GET .../report answer 500 in the first seconds of `chunkrec up`,
+    which test_stack's poll sometimes hit)."""
+    from starlette.responses import JSONResponse
+
+    eid, _, _ = fill(db_factory, units, clicks)
+    with db_factory() as s:
+        rep = experiment_report(s, eid)
+    JSONResponse(rep.to_dict())  # raises ValueError on NaN or inf
+    assert rep.verdict is not None and rep.verdict.verdict == "keep running"
+    assert {t.metric: t.result for t in rep.tests}["latency_p99"] == "undecided"
