@@ -74,19 +74,44 @@ def fill(url: str, outcomes: int) -> tuple[int, float]:
     return exp.id, time.perf_counter() - t
 
 
-def measure(url: str, experiment_id: int, repeat: int) -> tuple[float, float, str]:
-    """(median seconds, peak Python heap MiB, verdict) of experiment_report; the heap from
-    one more read under tracemalloc (which slows Python down, so not timed)."""
+STEPS = ("phase_span", "pre_period_ctr", "latency_histograms", "look_moments",
+         "score_histograms")
+
+
+def measure(url: str, experiment_id: int, repeat: int) -> tuple[float, float, str,
+                                                                  dict[str, float]]:
+    """(median seconds, peak Python heap MiB, verdict, median seconds of each database step)
+    of experiment_report; the heap from one more read under tracemalloc (which slows Python
+    down, so not timed)."""
+    from services.experiments import aggregates
     from services.experiments.analysis import experiment_report
     from storage.db.session import make_engine, session_factory
 
     factory = session_factory(make_engine(url))
     times = []
-    for _ in range(repeat):
-        with factory() as s:
+    steps: dict[str, list[float]] = {name: [] for name in STEPS}
+    originals = {name: getattr(aggregates, name) for name in STEPS}
+
+    def timed(name: str):  # type: ignore[no-untyped-def]
+        def call(*args, **kwargs):  # type: ignore[no-untyped-def]
             t = time.perf_counter()
-            rep = experiment_report(s, experiment_id)
-            times.append(time.perf_counter() - t)
+            try:
+                return originals[name](*args, **kwargs)
+            finally:
+                steps[name].append(time.perf_counter() - t)
+        return call
+
+    for name in STEPS:
+        setattr(aggregates, name, timed(name))
+    try:
+        for _ in range(repeat):
+            with factory() as s:
+                t = time.perf_counter()
+                rep = experiment_report(s, experiment_id)
+                times.append(time.perf_counter() - t)
+    finally:
+        for name, fn in originals.items():
+            setattr(aggregates, name, fn)
     tracemalloc.start()
     with factory() as s:
         experiment_report(s, experiment_id)
@@ -94,7 +119,8 @@ def measure(url: str, experiment_id: int, repeat: int) -> tuple[float, float, st
     tracemalloc.stop()
     times.sort()
     assert rep.verdict is not None
-    return times[len(times) // 2], peak, rep.verdict.verdict
+    median = {name: sorted(v)[len(v) // 2] for name, v in steps.items() if v}
+    return times[len(times) // 2], peak, rep.verdict.verdict, median
 
 
 def rows_into_pandas(url: str, experiment_id: int) -> tuple[float, float]:
@@ -137,13 +163,15 @@ def main() -> None:
 
             upgrade(url)
             eid, fill_s = fill(url, n)
-            seconds, heap, verdict = measure(url, eid, args.repeat)
+            seconds, heap, verdict, steps = measure(url, eid, args.repeat)
             old = "-"
             if n <= args.pandas_max:
                 ps, pm = rows_into_pandas(url, eid)
                 old = f"{ps:.1f} s, {pm:.0f} MiB"
             print(f"{n:>11,} {n // OUTCOMES_PER_UNIT:>9,} {fill_s:>8.1f} {seconds:>9.2f} "
                   f"{heap:>9.1f} {verdict:>13} {old:>22}", flush=True)
+            print("    database steps (median s): " + ", ".join(
+                f"{k} {v:.2f}" for k, v in steps.items()), flush=True)
         finally:
             with admin.connect() as conn:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
