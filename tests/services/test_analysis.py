@@ -260,3 +260,26 @@ def test_report_of_a_young_experiment_is_valid_json(db_factory, units, clicks) -
     JSONResponse(rep.to_dict())  # raises ValueError on NaN or inf
     assert rep.verdict is not None and rep.verdict.verdict == "keep running"
     assert {t.metric: t.result for t in rep.tests}["latency_p99"] == "undecided"
+
+
+def test_failed_requests_are_the_arms_error_rate(db_factory) -> None:
+    """A request the arm failed is an exposure with nothing shown (the router logs it so):
+    the report counts it as a request and an error of its arm, never as an item of the CTR."""
+    eid, _, _ = fill(db_factory, {"ctl": 300, "fiited": 300}, {"ctl": 60, "fiited": 60})
+    with db_factory.begin() as s:
+        arm_id = next(a.id for a in store.get_experiment(s, eid).arms if a.name == "fiited")
+        s.execute(insert(Exposure), [dict(
+            request_id=f"failed-{k}", experiment_id=eid, phase=1, arm_id=arm_id,
+            unit_id=f"fiited{k}", model_version=0, ts=1000.0 + k, latency_ms=2.0, n_shown=0,
+            clicks=0, log_loss=0.0) for k in range(30)])
+    with db_factory() as s:
+        rep = experiment_report(s, eid)
+    arms = {a.arm: a for a in rep.arms}
+    assert arms["fiited"].requests == 330 and arms["fiited"].errors == 30
+    assert arms["fiited"].error_rate == pytest.approx(30 / 330)
+    assert arms["ctl"].errors == 0 and arms["ctl"].error_rate == 0.0
+    assert arms["fiited"].exposures == 600 and arms["fiited"].units == 300  # CTR unchanged
+    row = next(t for t in rep.tests if t.metric == "error_rate")
+    assert row.change == pytest.approx(30 / 330) and row.limit == 0.01
+    assert row.result == "fail" and row.lower > 0.01  # 9 points over control's 0
+    assert next(v for v in rep.arm_verdicts if v.arm == "fiited").verdict == "do not ship"
