@@ -11,7 +11,8 @@ every unit), the time to fill them (not the report's), the report's wall time (m
 (tracemalloc, in one more read). "rows into pandas" is what the report did before (load
 every outcome with its unit, arm, score and label), timed once where it fits
 (--pandas-max outcomes).
-Each database is created for the run and dropped after it.
+Each database is created for the run and dropped after it (--keep: kept as
+chunkrec_bench_<outcomes> and reused by the next run with --keep; drop it by hand).
 """
 
 from __future__ import annotations
@@ -149,20 +150,28 @@ def main() -> None:
     ap.add_argument("--admin-url", default=ADMIN_URL)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--pandas-max", type=int, default=1_000_000)
+    ap.add_argument("--keep", action="store_true", help="keep each database "
+                    "(chunkrec_bench_<outcomes>) and reuse it when it is there: a 10M fill "
+                    "takes minutes")
     args = ap.parse_args()
     admin = create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
     print(f"{'outcomes':>11} {'units':>9} {'fill s':>8} {'report s':>9} {'heap MiB':>9} "
           f"{'verdict':>13} {'rows into pandas':>22}")
     for n in args.outcomes:
-        name = f"chunkrec_bench_{uuid.uuid4().hex[:8]}"
+        name = f"chunkrec_bench_{n}" if args.keep else f"chunkrec_bench_{uuid.uuid4().hex[:8]}"
         with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
+            there = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"),
+                                 {"n": name}).first() is not None
+            if not there:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
         url = args.admin_url.rsplit("/", 1)[0] + "/" + name
         try:
             from storage.db.migrate import upgrade
 
-            upgrade(url)
-            eid, fill_s = fill(url, n)
+            eid, fill_s = (1, float("nan"))
+            if not there:
+                upgrade(url)
+                eid, fill_s = fill(url, n)
             seconds, heap, verdict, steps = measure(url, eid, args.repeat)
             old = "-"
             if n <= args.pandas_max:
@@ -173,8 +182,9 @@ def main() -> None:
             print("    database steps (median s): " + ", ".join(
                 f"{k} {v:.2f}" for k, v in steps.items()), flush=True)
         finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            if not args.keep:
+                with admin.connect() as conn:
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 if __name__ == "__main__":
