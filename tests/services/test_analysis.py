@@ -283,3 +283,29 @@ def test_failed_requests_are_the_arms_error_rate(db_factory) -> None:
     assert row.change == pytest.approx(30 / 330) and row.limit == 0.01
     assert row.result == "fail" and row.lower > 0.01  # 9 points over control's 0
     assert next(v for v in rep.arm_verdicts if v.arm == "fiited").verdict == "do not ship"
+
+
+def test_sampled_score_histogram_reads_the_sampled_requests_outcomes(db_factory,
+                                                                     monkeypatch) -> None:
+    """PostgreSQL, a phase above SAMPLE_REQUESTS: the AUC's histogram reads a page sample of
+    the requests and their outcomes by primary key (a lateral lookup); with a sample of
+    (nearly) every page it is the whole histogram."""
+    from services.experiments import aggregates
+
+    eid, _, _ = fill(db_factory, {"ctl": 300, "fiited": 300}, {"ctl": 90, "fiited": 120},
+                     items_per_unit=3)
+    with db_factory() as s:
+        if s.get_bind().dialect.name != "postgresql":
+            pytest.skip("the sample is PostgreSQL's")
+        span = aggregates.phase_span(s, eid, 1)
+        whole = aggregates.score_histograms(s, eid, 1, span, 5)
+        monkeypatch.setattr(aggregates, "SAMPLE_REQUESTS", span.requests - 1)
+        statements: list[str] = []
+        real = s.execute
+        s.execute = lambda st, *a, **k: statements.append(str(st)) or real(st, *a, **k)
+        sampled = aggregates.score_histograms(s, eid, 1, span, 5)
+    assert any("TABLESAMPLE" in t and "LATERAL" in t for t in statements)
+    assert whole.keys() == sampled.keys()
+    for arm in whole:
+        assert sampled[arm].sum() > 0.9 * whole[arm].sum()
+        assert (sampled[arm] <= whole[arm]).all()  # a subset of the same outcomes
