@@ -3,7 +3,8 @@ on PostgreSQL (rows made by SQL generate_series), then `experiment_report` on it
 and histograms computed by the database, nothing row by row in Python.
 
     .venv/bin/python bench/report_scale.py                      # 1M and 10M outcomes
-    .venv/bin/python bench/report_scale.py --outcomes 1000000 --url postgresql+psycopg://...
+    .venv/bin/python bench/report_scale.py --outcomes 1000000 --admin-url postgresql+psycopg://...
+    .venv/bin/python bench/report_scale.py --keep             # keep the databases, reuse them
 
 Per size: the rows (requests x 10 items, units = outcomes / 50, three arms, a pre-period for
 every unit), the time to fill them (not the report's), the report's wall time (median of
