@@ -3,7 +3,8 @@ on PostgreSQL (rows made by SQL generate_series), then `experiment_report` on it
 and histograms computed by the database, nothing row by row in Python.
 
     .venv/bin/python bench/report_scale.py                      # 1M and 10M outcomes
-    .venv/bin/python bench/report_scale.py --outcomes 1000000 --url postgresql+psycopg://...
+    .venv/bin/python bench/report_scale.py --outcomes 1000000 --admin-url postgresql+psycopg://...
+    .venv/bin/python bench/report_scale.py --keep             # keep the databases, reuse them
 
 Per size: the rows (requests x 10 items, units = outcomes / 50, three arms, a pre-period for
 every unit), the time to fill them (not the report's), the report's wall time (median of
@@ -11,7 +12,8 @@ every unit), the time to fill them (not the report's), the report's wall time (m
 (tracemalloc, in one more read). "rows into pandas" is what the report did before (load
 every outcome with its unit, arm, score and label), timed once where it fits
 (--pandas-max outcomes).
-Each database is created for the run and dropped after it.
+Each database is created for the run and dropped after it (--keep: kept as
+chunkrec_bench_<outcomes> and reused by the next run with --keep; drop it by hand).
 """
 
 from __future__ import annotations
@@ -74,19 +76,44 @@ def fill(url: str, outcomes: int) -> tuple[int, float]:
     return exp.id, time.perf_counter() - t
 
 
-def measure(url: str, experiment_id: int, repeat: int) -> tuple[float, float, str]:
-    """(median seconds, peak Python heap MiB, verdict) of experiment_report; the heap from
-    one more read under tracemalloc (which slows Python down, so not timed)."""
+STEPS = ("phase_span", "pre_period_ctr", "latency_histograms", "look_moments",
+         "score_histograms")
+
+
+def measure(url: str, experiment_id: int, repeat: int) -> tuple[float, float, str,
+                                                                  dict[str, float]]:
+    """(median seconds, peak Python heap MiB, verdict, median seconds of each database step)
+    of experiment_report; the heap from one more read under tracemalloc (which slows Python
+    down, so not timed)."""
+    from services.experiments import aggregates
     from services.experiments.analysis import experiment_report
     from storage.db.session import make_engine, session_factory
 
     factory = session_factory(make_engine(url))
     times = []
-    for _ in range(repeat):
-        with factory() as s:
+    steps: dict[str, list[float]] = {name: [] for name in STEPS}
+    originals = {name: getattr(aggregates, name) for name in STEPS}
+
+    def timed(name: str):  # type: ignore[no-untyped-def]
+        def call(*args, **kwargs):  # type: ignore[no-untyped-def]
             t = time.perf_counter()
-            rep = experiment_report(s, experiment_id)
-            times.append(time.perf_counter() - t)
+            try:
+                return originals[name](*args, **kwargs)
+            finally:
+                steps[name].append(time.perf_counter() - t)
+        return call
+
+    for name in STEPS:
+        setattr(aggregates, name, timed(name))
+    try:
+        for _ in range(repeat):
+            with factory() as s:
+                t = time.perf_counter()
+                rep = experiment_report(s, experiment_id)
+                times.append(time.perf_counter() - t)
+    finally:
+        for name, fn in originals.items():
+            setattr(aggregates, name, fn)
     tracemalloc.start()
     with factory() as s:
         experiment_report(s, experiment_id)
@@ -94,7 +121,8 @@ def measure(url: str, experiment_id: int, repeat: int) -> tuple[float, float, st
     tracemalloc.stop()
     times.sort()
     assert rep.verdict is not None
-    return times[len(times) // 2], peak, rep.verdict.verdict
+    median = {name: sorted(v)[len(v) // 2] for name, v in steps.items() if v}
+    return times[len(times) // 2], peak, rep.verdict.verdict, median
 
 
 def rows_into_pandas(url: str, experiment_id: int) -> tuple[float, float]:
@@ -123,30 +151,41 @@ def main() -> None:
     ap.add_argument("--admin-url", default=ADMIN_URL)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--pandas-max", type=int, default=1_000_000)
+    ap.add_argument("--keep", action="store_true", help="keep each database "
+                    "(chunkrec_bench_<outcomes>) and reuse it when it is there: a 10M fill "
+                    "takes minutes")
     args = ap.parse_args()
     admin = create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
     print(f"{'outcomes':>11} {'units':>9} {'fill s':>8} {'report s':>9} {'heap MiB':>9} "
           f"{'verdict':>13} {'rows into pandas':>22}")
     for n in args.outcomes:
-        name = f"chunkrec_bench_{uuid.uuid4().hex[:8]}"
+        name = f"chunkrec_bench_{n}" if args.keep else f"chunkrec_bench_{uuid.uuid4().hex[:8]}"
         with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
+            there = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"),
+                                 {"n": name}).first() is not None
+            if not there:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
         url = args.admin_url.rsplit("/", 1)[0] + "/" + name
         try:
             from storage.db.migrate import upgrade
 
-            upgrade(url)
-            eid, fill_s = fill(url, n)
-            seconds, heap, verdict = measure(url, eid, args.repeat)
+            eid, fill_s = (1, float("nan"))
+            if not there:
+                upgrade(url)
+                eid, fill_s = fill(url, n)
+            seconds, heap, verdict, steps = measure(url, eid, args.repeat)
             old = "-"
             if n <= args.pandas_max:
                 ps, pm = rows_into_pandas(url, eid)
                 old = f"{ps:.1f} s, {pm:.0f} MiB"
             print(f"{n:>11,} {n // OUTCOMES_PER_UNIT:>9,} {fill_s:>8.1f} {seconds:>9.2f} "
                   f"{heap:>9.1f} {verdict:>13} {old:>22}", flush=True)
+            print("    database steps (median s): " + ", ".join(
+                f"{k} {v:.2f}" for k, v in steps.items()), flush=True)
         finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            if not args.keep:
+                with admin.connect() as conn:
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 if __name__ == "__main__":

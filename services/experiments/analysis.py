@@ -76,6 +76,8 @@ class ArmStats:
     always_valid_p: float | None = None  # mSPRT, two-sided, clustered: safe at any time
     log_loss: float | None = None
     auc: float | None = None  # 1,000-bin score histogram (~1e-3); PostgreSQL: ~20k requests
+    errors: int = 0  # requests the arm failed (serving's 502 / 503), counted in `requests`
+    error_rate: float | None = None  # errors / requests
     latency_p50_ms: float | None = None  # from a 1%-wide log histogram
     latency_p99_ms: float | None = None
     embedding_bytes: int | None = None  # in the trainer (values, optimizer state, index)
@@ -252,6 +254,7 @@ def experiment_report(session: Session, experiment_id: int, phase: int | None = 
     empty = np.zeros((looks, len(inference.MOMENTS)))
     ctr_m = {a.id: lm.get(a.id, {}).get("ctr", empty) for a in arms}
     ll_m = {a.id: lm.get(a.id, {}).get("log_loss", empty) for a in arms}
+    err_m = {a.id: lm.get(a.id, {}).get("error", empty) for a in arms}
     slow = {a.id: lm[a.id]["slow"] for a in arms if "slow" in lm.get(a.id, {})}
     M = inference.M
     out: list[ArmStats] = []
@@ -264,6 +267,7 @@ def experiment_report(session: Session, experiment_id: int, phase: int | None = 
                           axis=0)
         edges, counts = lat.get(arm.id, (np.zeros(0), np.zeros(0)))
         ver = versions.get(arm.model_name)
+        reqs, errs = err_m[arm.id][-1, M["n"]], err_m[arm.id][-1, M["c"]]
         out.append(ArmStats(
             arm=arm.name, model=arm.model_name, is_control=arm is control,
             weight=weights.get(arm.id, 0.0), units=int(round(end[M["units"]])),
@@ -271,6 +275,7 @@ def experiment_report(session: Session, experiment_id: int, phase: int | None = 
             ctr_ci=ctr_interval(c, n),
             log_loss=float(ll_m[arm.id][-1, M["c"]] / n) if n else None,
             auc=aggregates.auc_from_histogram(cum_h[-1]),
+            errors=int(round(errs)), error_rate=float(errs / reqs) if reqs else None,
             latency_p50_ms=aggregates.percentile_from_histogram(edges, counts, 50),
             latency_p99_ms=p99[arm.id],
             embedding_bytes=int(ver.embedding_bytes) if ver else None,
@@ -297,7 +302,7 @@ def experiment_report(session: Session, experiment_id: int, phase: int | None = 
             if pre is not None:
                 cup = inference.fit_arms(m0, ctr_m[arm.id], covariate=True)
                 est, var = inference.contrast(cup, True, 0.0)
-                if np.isfinite(var[-1]) and np.isfinite(d_var[-1]):
+                if np.isfinite(var[-1]) and np.isfinite(d_var[-1]) and d_var[-1] > 0:
                     s.diff_cuped = float(est[-1])
                     s.diff_ci_cuped, _ = _z_interval(s.diff_cuped, float(var[-1]))
                     s.variance_reduction = 1 - float(var[-1]) / float(d_var[-1])
@@ -319,6 +324,7 @@ def experiment_report(session: Session, experiment_id: int, phase: int | None = 
     if control is not None and base is not None and base.exposures > 0 and len(arms) > 1:
         data = [ArmData(arm.name, arm is control, weights.get(arm.id, 0.0),
                         {"ctr": ctr_m[arm.id], "log_loss": ll_m[arm.id],
+                         "error_rate": err_m[arm.id],
                          **({"slow": slow[arm.id]} if arm.id in slow else {})},
                         p99_ms=p99[arm.id],
                         cost={k: getattr(s, k) for k in rules.cost})

@@ -12,6 +12,9 @@ A rule names a metric, which direction is better, a test and a relative margin:
                latency_p99   the arm's p99 latency <= (1 + margin) control's p99, tested as "at
                              most 1% of the arm's requests are slower than (1 + margin) x the
                              control's p99" (control's p99 taken as known)
+               error_rate    the share of requests the arm failed (serving's 502 / 503) at
+                             most control's + margin: an absolute margin (0.01 = one
+                             percentage point), since control's rate is often 0
     cost       reported beside, never tested: embedding bytes (trainer), Redis record bytes
 
 Every test is unit-clustered and always valid (inference.anytime_test over the report's
@@ -34,7 +37,9 @@ import numpy as np
 
 from services.experiments import inference
 
-METRICS = {"ctr": "increase", "log_loss": "decrease", "latency_p99": "decrease"}
+METRICS = {"ctr": "increase", "log_loss": "decrease", "latency_p99": "decrease",
+           "error_rate": "decrease"}
+ABSOLUTE = ("error_rate",)  # metrics whose margin is absolute, not relative
 COST_METRICS = ("embedding_bytes", "redis_embedding_bytes")
 TESTS = ("non_inferiority", "superiority")
 SLOW_SHARE = 0.01  # latency_p99: the share of requests allowed above the limit
@@ -59,8 +64,10 @@ class MetricRule:
         direction = self.direction or METRICS[self.metric]
         if direction not in ("increase", "decrease"):
             raise ValueError(f"{self.metric}: direction {direction!r}: increase or decrease")
-        if self.metric == "latency_p99" and direction != "decrease":
-            raise ValueError("latency_p99: lower is better (direction decrease)")
+        if self.metric in ("latency_p99", "error_rate") and direction != "decrease":
+            raise ValueError(f"{self.metric}: lower is better (direction decrease)")
+        if self.metric == "error_rate" and self.test != "non_inferiority":
+            raise ValueError("error_rate: a non-inferiority test (a guardrail)")
         object.__setattr__(self, "direction", direction)
 
     @property
@@ -110,7 +117,8 @@ class DecisionRules:
 
 DEFAULT_RULES = DecisionRules(
     primary=MetricRule("ctr", 0.01),
-    guardrails=(MetricRule("log_loss", 0.02), MetricRule("latency_p99", 0.25)))
+    guardrails=(MetricRule("log_loss", 0.02), MetricRule("latency_p99", 0.25),
+                MetricRule("error_rate", 0.01)))
 
 
 @dataclass
@@ -121,7 +129,8 @@ class ArmData:
     name: str
     is_control: bool
     weight: float
-    moments: dict[str, np.ndarray]  # "ctr" (with covariate if cuped), "log_loss", "slow"
+    moments: dict[str, np.ndarray]  # "ctr" (with covariate if cuped), "log_loss", "slow",
+    # "error_rate" (failed requests per request)
     p99_ms: float | None = None
     cost: dict[str, float | None] = field(default_factory=dict)
 
@@ -184,9 +193,14 @@ def metric_test(rule: MetricRule, ctrl: ArmData, arm: ArmData, alpha: float,
                        upper=None, limit=0.0, p_pass=None, p_fail=None, result="undecided")
     if m0 is None or m1 is None:
         return empty
+    if rule.metric == "error_rate":
+        return error_rate_test(rule, m0, m1, alpha, alpha_fail, base, empty)
     if rule.metric == "latency_p99":
         fit = inference.fit_arms(m0, m1)
         c0, c1 = fit.means[..., 0], fit.means[..., 1]
+        if not (np.isfinite(c0[-1]) and np.isfinite(c1[-1])):
+            return empty  # an arm with fewer than 2 units: no clustered share yet (and a NaN
+            # in the report would make its JSON invalid: the endpoint answered 500)
         # at least the variance at the null's edge (a share of exactly SLOW_SHARE over the
         # arm's requests): an arm without one slow request has no clustered spread at all
         requests = m1[..., inference.M["n"]]
@@ -227,6 +241,33 @@ def metric_test(rule: MetricRule, ctrl: ArmData, arm: ArmData, alpha: float,
                       change=change, lower=None if not np.isfinite(lower) else lower,
                       upper=None if not np.isfinite(upper) else upper, limit=limit,
                       p_pass=p_pass, p_fail=p_fail, result=result, units_needed=units)
+
+
+def error_rate_test(rule: MetricRule, m0: np.ndarray, m1: np.ndarray, alpha: float,
+                    alpha_fail: float, base: dict, empty: MetricTest) -> MetricTest:
+    """The error-rate guardrail: change = the arm's share of failed requests minus
+    control's, acceptable up to +margin (absolute). Unit-clustered like every test; the
+    variance is at least the binomial one at the null's edge (the arm failing a `margin`
+    share of its requests), since two arms without a single error have no spread at all."""
+    fit = inference.fit_arms(m0, m1)
+    c0, c1 = fit.means[..., 0], fit.means[..., 1]
+    if not (np.isfinite(c0[-1]) and np.isfinite(c1[-1])):
+        return empty
+    requests = m1[..., inference.M["n"]]
+    edge = np.divide(rule.margin * (1 - rule.margin), requests,
+                     out=np.full_like(requests, np.nan), where=requests > 0)
+    est = rule.margin - (c1 - c0)  # > 0: acceptable
+    var = np.fmax(fit.cov[..., 0, 0] + fit.cov[..., 1, 1], edge)
+    t = inference.anytime_test(est, var, rule.margin, alpha)
+    tf = inference.anytime_test(est, var, rule.margin, alpha_fail)
+    lower, upper = rule.margin - float(tf.upper), rule.margin - float(t.lower)
+    passed, failed = float(t.lower) > 0, float(tf.upper) < 0
+    return MetricTest(**base, role="", control=float(c0[-1]), treatment=float(c1[-1]),
+                      change=float(c1[-1] - c0[-1]),
+                      lower=lower if np.isfinite(lower) else None,
+                      upper=upper if np.isfinite(upper) else None, limit=rule.margin,
+                      p_pass=float(t.p_pass), p_fail=float(tf.p_fail),
+                      result="pass" if passed else "fail" if failed else "undecided")
 
 
 def _pct(x: float | None) -> str:

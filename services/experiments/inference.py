@@ -233,6 +233,10 @@ def sequential_sample_size(unit_var: float, effect: float, tau: float, alpha: fl
         return float(stats.norm.sf((h - effect) / np.sqrt(var))) - power
 
     lo = np.log(max(2.0, fixed_sample_size(unit_var, effect, alpha, power) / 4))
+    while shortfall(lo) > 0:  # enough already at lo: a tiny variance (a young experiment's
+        if lo <= np.log(2.0):  # few units) once left brentq no sign change and the report
+            return 2.0  # answered 500; a clustered fit needs 2 units an arm at least
+        lo = max(np.log(2.0), lo - np.log(8.0))
     hi = lo + np.log(64.0)
     while shortfall(hi) < 0:
         hi += np.log(8.0)

@@ -33,7 +33,8 @@ def decision_lines(report: ExperimentReport) -> list[str]:
                      f"{'change [anytime bounds]':>30}{'limit':>9}{'result':>11}")
         for t in report.tests:
             share = t.metric == "latency_p99"
-            val = (lambda x: _pct(x)) if share else (lambda x: "-" if x is None else f"{x:.4f}")
+            val = ((lambda x: _pct(x)) if share or t.metric == "error_rate"
+                   else (lambda x: "-" if x is None else f"{x:.4f}"))
             bounds = f"{_pct(t.change, not share)} [{_pct(t.lower, not share)}, " \
                      f"{_pct(t.upper, not share)}]"
             lines.append(f"{t.arm:<12}{t.metric:<13}{t.role:<10}{val(t.control):>10}"
@@ -42,7 +43,8 @@ def decision_lines(report: ExperimentReport) -> list[str]:
         t0 = report.tests[0]
         lines.append(f"(lower bound at level {t0.alpha:.3g}, upper at {t0.alpha_fail:.3g}: "
                      "Bonferroni over arms for ship, over arms x metrics for do-not-ship; "
-                     "latency_p99 rows: share of requests over (1 + margin) x control's p99)")
+                     "latency_p99 rows: share of requests over (1 + margin) x control's p99; "
+                     "error_rate rows: the arm's failed share minus control's, in points)")
     for v in report.arm_verdicts:
         lines.append(f"{v.arm}: {v.verdict.upper()}: {v.reason}")
     if report.verdict is not None:

@@ -24,11 +24,18 @@ Fairness: every trainer is its own consumer group over the whole `events` topic,
 learns from every event, the joined events of every arm's traffic included; the split only
 decides who is served by which arm.
 
-Warm-up: the replay sends the first 80% of the ratings (time order) to `events` before any
-user arrives, so the arms rank with trained models rather than random ones; the simulated
-users then replay the sessions made of the remaining ratings (`--skip-ratings`), so no
-model has seen the labels of the items it ranks: the arms' CTRs measure prediction, not
-recall of the training data.
+Warm-up: the replay sends the first half of every user's ratings (time order, UNIT_SHARE:
+`replay --unit-share`) to `events` before any user arrives, so the arms rank with trained
+models rather than random ones; the simulated users then replay sessions made of each user's
+remaining ratings, so no model has seen the labels of the items it ranks (the arms' CTRs
+measure prediction, not recall of the training data), and every user has a pre-period, the
+CUPED covariate. With `unit_share` None (`chunkrec up --split time` or `--events N`) the
+warm-up is the first `skip_ratings` ratings of all users (80% by default) and the users are
+those who rated after them (on MovieLens-100k ~300 of 943).
+
+Stopping: the report's tests are always valid, so the users are stopped as soon as every arm
+has its verdict (ship or do not ship) with at least `min_units` users an arm
+(`stop_when_decided`); every request in flight is joined before the final report.
 
 Items: the router serves item features from a table (`{run_dir}/items.csv`: item, genre;
 CHUNKREC_ROUTER_ITEM_TABLE), written from the data set before it starts; the users send item
@@ -70,33 +77,43 @@ import httpx
 from services import wire
 from services.stack.infra import create_topics, free_port, http_ok, poll, wait_until
 from services.stack.processes import Stack, StackError
+from services.stack.replay import unit_head
 
 EXPERIMENT_MODELS = (("fixed64", "fixed:64"), ("fiited", "fiited:budget=0.25"),
                      ("fixed_eq", "fixed:8,pad=64"))
 CONTROL = "fixed64"
-WARMUP_SHARE = 0.8  # of the ratings, replayed to `events` before the users arrive
+WARMUP_SHARE = 0.8  # of the ratings, replayed to `events` before the users arrive (time split)
+UNIT_SHARE = 0.5  # of each user's ratings, replayed before the users arrive (user split)
 DEMO_UNIT_REQUESTS_PER_MINUTE = 1e9  # see module docstring (rate limit)
 _USERS_DONE = re.compile(r"([\d,]+) requests, ([\d,]+) shown, ([\d,]+) clicks .*?(\d+) errors")
 
 
 def demo_rules(margin: float) -> dict[str, Any]:
     """The demo's decision rules: CTR non-inferior within `margin` (relative), served log
-    loss within 5%, p99 latency within 50% (the arms share one serving process)."""
+    loss within the same margin (at least 5%), p99 latency within 50% (the arms share one
+    serving process), error rate at most one percentage point above control's."""
     return {"primary": {"metric": "ctr", "test": "non_inferiority", "margin": margin},
-            "guardrails": [{"metric": "log_loss", "margin": 0.05},
-                           {"metric": "latency_p99", "margin": 0.5}],
+            "guardrails": [{"metric": "log_loss", "margin": max(margin, 0.05)},
+                           {"metric": "latency_p99", "margin": 0.5},
+                           {"metric": "error_rate", "margin": 0.01}],
             "alpha": 0.05, "power": 0.8}
 
 
 @dataclass
 class ExperimentPlan:
     data: str = "movielens-100k"
-    sessions: int = 6000  # simulated-user sessions (one /v1/rank each; 6,773 after warm-up)
+    sessions: int | None = None  # simulated-user sessions (one /v1/rank each; None: all)
     users_rate: float | None = None  # sessions/s (None: as fast as the router answers)
     window_s: float = 5.0  # attribution window (simulated users click at once)
     grace_s: float = 2.0
     record_every_s: float = 2.0  # the joiner copies model versions to the database this often
     margin: float = 0.05  # CTR non-inferiority margin of the decision rules (relative)
+    # the warm-up: each user's first share of their ratings (None: the first `skip_ratings`
+    # ratings of all, in time order); the users' sessions are made of the rest
+    unit_share: float | None = None
+    concurrency: int = 8  # simulated users in flight at once
+    stop_when_decided: bool = True  # stop the users once every arm has its verdict ...
+    min_units: int = 100  # ... and at least this many users (the CLT's, not the test's, need)
 
 
 @dataclass
@@ -112,6 +129,7 @@ class UsersRun:
     joined: int = 0  # exposures in the database (closed by the joiner)
     arms: dict[str, dict[str, Any]] = field(default_factory=dict)  # arm -> report row
     reason: str = ""
+    stopped: bool = False  # stopped once every arm was decided (plan.stop_when_decided)
 
 
 class StackExperiment:
@@ -213,15 +231,23 @@ class StackExperiment:
                    "serving loads the warmed-up versions")
         self.record_pre_period(skip_ratings)
         args = ["replay", "--mode", "users", "--data", self.plan.data, "--quiet",
-                "--limit", str(self.plan.sessions), "--skip-ratings", str(skip_ratings),
+                *(["--limit", str(self.plan.sessions)] if self.plan.sessions else []),
                 "--rate", f"{self.plan.users_rate:g}" if self.plan.users_rate else "max",
-                "--router-url", self.router_url]
+                "--router-url", self.router_url, "--concurrency", str(self.plan.concurrency)]
+        if self.plan.unit_share is not None:
+            args += ["--unit-share", f"{self.plan.unit_share:g}"]
+        else:
+            args += ["--skip-ratings", str(skip_ratings)]
         users = stack.spawn("users", args)
         run = UsersRun(0.0)
+        # once the users are stopped, every request in flight is joined within its window
+        # and grace; the joined count then stays put
+        settle_s = self.plan.window_s + self.plan.grace_s + 3.0
+        last = [-1, 0.0]  # joined, when it last changed
 
         def step() -> bool:
             stack.check_children()
-            if not users.alive() and run.requests is None:
+            if not users.alive() and run.requests is None and not run.stopped:
                 self._read_users(run, users.proc.returncode, users.log_tail(5))
             rep = self.report()
             run.arms = {a["arm"]: a for a in rep["arms"]}
@@ -229,17 +255,31 @@ class StackExperiment:
             run.seconds = time.monotonic() - stack.t0
             if on_tick is not None:
                 on_tick(run)
+            recorded = all(a["embedding_bytes"] is not None for a in rep["arms"])
+            if (self.plan.stop_when_decided and run.requests is None and not run.stopped
+                    and decided(rep, self.plan.min_units)):
+                users.stop()  # the always-valid tests may be read at any look: stop here
+                run.stopped = True
+            if run.stopped:
+                if run.joined != last[0]:
+                    last[:] = [run.joined, time.monotonic()]
+                return time.monotonic() - last[1] >= settle_s and recorded
             if run.requests is None:
                 return False
             expected = run.requests - (run.errors or 0)
-            recorded = all(a["embedding_bytes"] is not None for a in rep["arms"])
             return run.joined >= expected and recorded
 
         # tick_s: the refresh period of the display, not a synchronisation
         if poll(step, stack.deadline, tick_s):
-            run.done, run.reason = True, "every request joined"
+            run.done = True
+            run.reason = ("every arm decided: users stopped, every request joined"
+                          if run.stopped else "every request joined")
         else:
             run.reason = f"deadline of {stack.c.minutes:g} minutes passed"
+        if run.stopped:  # the users' own counts died with them: the database's
+            run.requests = run.joined
+            run.shown = sum(int(a["exposures"]) for a in run.arms.values())
+            run.clicks = sum(int(a["clicks"]) for a in run.arms.values())
         return run
 
     def record_pre_period(self, warmup: int) -> int:
@@ -249,7 +289,11 @@ class StackExperiment:
         from services.stack.simulated_users import load_movielens
 
         ratings, _ = load_movielens(self.plan.data, self.stack.s.data_dir)
-        r = ratings.sort_values("timestamp", kind="stable").iloc[:warmup]
+        r = ratings.sort_values("timestamp", kind="stable")
+        if self.plan.unit_share is not None:
+            r = r[unit_head(r["user"].to_numpy(), self.plan.unit_share)]
+        else:
+            r = r.iloc[:warmup]
         per = r.assign(click=(r["rating"] >= 4).astype(int)).groupby("user")["click"].agg(
             ["size", "sum"])
         units = [{"unit_id": str(u), "exposures": int(n), "clicks": int(c)}
@@ -278,6 +322,14 @@ class StackExperiment:
 
     def close(self) -> None:
         self.http.close()
+
+
+def decided(report: dict[str, Any], min_units: int) -> bool:
+    """Whether every treatment arm has its verdict (ship or do not ship) and every arm at
+    least `min_units` units: a clustered variance from a handful of users is no estimate."""
+    verdicts = report.get("arm_verdicts") or []
+    return (bool(verdicts) and all(v["verdict"] != "keep running" for v in verdicts)
+            and all(int(a["units"]) >= min_units for a in report["arms"]))
 
 
 def write_item_table(data: str, data_dir: Path, path: Path) -> None:

@@ -74,6 +74,7 @@ class StackError(RuntimeError):
 class StackConfig:
     data: str = "movielens-100k"
     events: int | None = None  # replay at most this many
+    unit_share: float | None = None  # replay only each unit's first share (replay.unit_head)
     rate: float | None = 5000.0  # replay events/s (None: as fast as the broker takes them)
     minutes: float = 9.0  # give up (and stop everything) after this long
     models: tuple[tuple[str, str], ...] = DEFAULT_MODELS  # (name, policy spec)
@@ -239,6 +240,8 @@ class Stack:
                 str(self.c.rate) if self.c.rate else "max"]
         if self.c.events:
             args += ["--limit", str(self.c.events)]
+        if self.c.unit_share is not None:
+            args += ["--unit-share", f"{self.c.unit_share:g}"]
         self._spawn("replay", args)
 
     # ---------------------------------------------------------------- watching

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 from kafka import KafkaProducer
 
 from services import wire
@@ -55,6 +56,22 @@ class TokenBucket:
             need = (min(n, self.burst) - self.tokens) / self.rate
             time.sleep(need)  # rate limiting: the wait is the point
             waited += need
+
+
+def unit_head(units: np.ndarray, share: float) -> np.ndarray:
+    """bool[N]: whether each row is among the first floor(share x n_u) rows of its unit u, in
+    the given order (n_u: the unit's rows). The replay's per-unit warm-up and the simulated
+    users' sessions (the rest) split a data set with it:
+
+        unit_head(np.array([7, 7, 3, 7, 3]), 0.5)   # -> [True, False, True, False, False]
+    """
+    units = np.asarray(units)
+    order = np.argsort(units, kind="stable")
+    _, start, counts = np.unique(units[order], return_index=True, return_counts=True)
+    rank, total = np.empty(len(units), np.int64), np.empty(len(units), np.int64)
+    rank[order] = np.arange(len(units)) - np.repeat(start, counts)
+    total[order] = np.repeat(counts, counts)
+    return rank < np.floor(share * total)
 
 
 @dataclass
@@ -111,9 +128,20 @@ def replay_dataset(settings: Settings, spec: str, topic: str = wire.EVENTS_TOPIC
                    limit: int | None = None, id_prefix: str | None = None,
                    progress: Callable[[int], None] | None = None,
                    producer: KafkaProducer | None = None,
-                   fmt: Literal["arrow", "json"] = "arrow") -> ReplayStats:
-    """Stream `spec` into `topic`; `progress(n_events)` after each message. See module doc."""
+                   fmt: Literal["arrow", "json"] = "arrow",
+                   unit_share: float | None = None) -> ReplayStats:
+    """Stream `spec` into `topic`; `progress(n_events)` after each message. See module doc.
+    `unit_share`: only each unit's first share of its events (`unit_head`; the data set must
+    have unit ids), e.g. a warm-up that leaves every user's later events to the simulated
+    users."""
     ds = open_dataset(spec, settings.data_dir)
+    head = None
+    if unit_share is not None:
+        units = [b.unit_ids for b in ds.batches(1 << 16)]
+        if any(u is None for u in units):
+            raise ValueError(f"{spec}: no unit ids, so no per-unit share")
+        head = unit_head(np.concatenate(units) if units else np.zeros(0, np.int64), unit_share)
+    read = 0
     default = settings.replay.arrow_batch_events if fmt == "arrow" else settings.replay.batch_events
     per_msg = max(1, batch_events or default)
     prefix = id_prefix if id_prefix is not None else ds.spec
@@ -125,6 +153,11 @@ def replay_dataset(settings: Settings, spec: str, topic: str = wire.EVENTS_TOPIC
     t0 = time.perf_counter()
     try:
         for batch in ds.batches(per_msg * 32):
+            if head is not None:
+                read += len(batch)
+                batch = batch.take(np.flatnonzero(head[read - len(batch):read]))
+                if not len(batch):
+                    continue
             if limit is not None:
                 if sent >= limit:
                     break

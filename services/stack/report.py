@@ -247,6 +247,8 @@ def verdict_table(report: dict, policies: dict[str, str], dashboard: str) -> Tab
         ("AUC (served)", [_f(a["auc"]) for a in arms]),
         ("latency p50 / p99 ms", [f"{ms(a['latency_p50_ms'])} / {ms(a['latency_p99_ms'])}"
                                   for a in arms]),
+        ("failed requests (error rate)", [f"{a.get('errors', 0):,} ({pct(a.get('error_rate'))})"
+                                          for a in arms]),
         ("model version", [str(a["model_version"] or "-") for a in arms]),
         ("embedding bytes (trainer)", [_kib(a["embedding_bytes"]) for a in arms]),
         ("  % of control", [share(a) for a in arms]),

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from services.stack.replay import TokenBucket
+from services.stack.replay import TokenBucket, unit_head
 from storage.datasets.spec import DatasetError, open_dataset
 from storage.settings import Settings
 
@@ -62,12 +62,16 @@ class UserStats:
     seconds: float = 0.0
 
 
-def build_sessions(ratings: pd.DataFrame, session_items: int = 3,
-                   skip_ratings: int = 0) -> list[Session]:
+def build_sessions(ratings: pd.DataFrame, session_items: int = 3, skip_ratings: int = 0,
+                   unit_share: float | None = None) -> list[Session]:
     """ratings[user, item, rating, timestamp] -> sessions in time order (stable), made of the
     ratings after the first `skip_ratings` in that order: the ones `replay --limit N` sent as
-    warm-up (the reader sorts the same way), so no model has seen a session's labels."""
+    warm-up (the reader sorts the same way), so no model has seen a session's labels. With
+    `unit_share`, of each user's ratings after their first share (what `replay
+    --unit-share` sent: replay.unit_head)."""
     r = ratings.sort_values("timestamp", kind="stable").iloc[skip_ratings:]
+    if unit_share is not None:
+        r = r[~unit_head(r["user"].to_numpy(), unit_share)]
     r = r.reset_index(drop=True)
     r["block"] = r.groupby("user").cumcount() // session_items
     out = []
@@ -134,9 +138,15 @@ def rank_request(s: Session, feats: UserFeatures, rng: np.random.Generator, nega
 def simulate(client, router_url: str, sessions: list[Session], feats: UserFeatures,  # type: ignore[no-untyped-def]
              negatives: int = 7, top_k: int = 3, rate: float | None = None, seed: int = 0,
              experiment_id: int | None = None, item_features: bool = True,
-             progress: Callable[[int], None] | None = None) -> UserStats:
+             progress: Callable[[int], None] | None = None, concurrency: int = 1) -> UserStats:
     """Drive the router with `sessions` through `client` (an httpx.Client or a TestClient);
-    `item_features=False` when the router has an item table (candidates are ids only)."""
+    `item_features=False` when the router has an item table (candidates are ids only).
+    `concurrency` > 1: that many threads, each with the sessions of its share of the users
+    (user % concurrency) in their order, each at rate / concurrency."""
+    if concurrency > 1:
+        return _simulate_concurrently(client, router_url, sessions, feats, negatives, top_k,
+                                      rate, seed, experiment_id, item_features, progress,
+                                      concurrency)
     rng = np.random.default_rng(seed)
     bucket = TokenBucket(rate, burst=max(1.0, rate * 0.1)) if rate else None
     st = UserStats()
@@ -166,8 +176,30 @@ def simulate(client, router_url: str, sessions: list[Session], feats: UserFeatur
     return st
 
 
+def _simulate_concurrently(client, router_url: str, sessions: list[Session],  # type: ignore[no-untyped-def]
+                           feats: UserFeatures, negatives: int, top_k: int, rate: float | None,
+                           seed: int, experiment_id: int | None, item_features: bool,
+                           progress: Callable[[int], None] | None,
+                           concurrency: int) -> UserStats:
+    """simulate() in `concurrency` threads over disjoint users; the stats summed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = [[s for s in sessions if s.user % concurrency == k] for k in range(concurrency)]
+    share = rate / concurrency if rate else None
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        done = list(pool.map(lambda kp: simulate(
+            client, router_url, kp[1], feats, negatives, top_k, share, seed + kp[0],
+            experiment_id, item_features, progress), enumerate(parts)))
+    st = UserStats(sum(d.requests for d in done), sum(d.shown for d in done),
+                   sum(d.clicks for d in done), sum(d.errors for d in done))
+    st.seconds = time.perf_counter() - t0
+    return st
+
+
 def run_users(settings: Settings, data: str, router_url: str, rate: float | None = None,
               limit: int | None = None, skip_ratings: int = 0,
+              unit_share: float | None = None, concurrency: int = 1,
               on_sessions: Callable[[int], None] | None = None,
               progress: Callable[[int], None] | None = None) -> UserStats:
     """`chunkrec replay --mode users`: the sessions of a MovieLens data set after its first
@@ -178,9 +210,12 @@ def run_users(settings: Settings, data: str, router_url: str, rate: float | None
     import httpx
 
     ratings, feats = load_movielens(data, settings.data_dir)
-    sessions = build_sessions(ratings, skip_ratings=skip_ratings)[:limit]
+    sessions = build_sessions(ratings, skip_ratings=skip_ratings,
+                              unit_share=unit_share)[:limit]
     if on_sessions is not None:
         on_sessions(len(sessions))
-    with httpx.Client(timeout=10.0) as client:
+    limits = httpx.Limits(max_connections=max(10, concurrency))
+    with httpx.Client(timeout=10.0, limits=limits) as client:
         return simulate(client, router_url, sessions, feats, rate=rate, seed=settings.seed,
-                        progress=progress, item_features=settings.router.item_table is None)
+                        progress=progress, item_features=settings.router.item_table is None,
+                        concurrency=concurrency)

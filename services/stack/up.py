@@ -21,6 +21,7 @@ from rich.live import Live
 
 from services.stack.experiment import (
     EXPERIMENT_MODELS,
+    UNIT_SHARE,
     ExperimentPlan,
     StackExperiment,
     UsersRun,
@@ -50,8 +51,11 @@ class UpOptions:
     no_progress: bool = False
     durable: bool = False
     experiment: bool = True
-    sessions: int = 6000
+    sessions: int | None = None  # None: every session the split leaves
     users_rate: float | None = None  # sessions/s (None: max)
+    users_concurrency: int = 8  # simulated users in flight at once
+    margin: float = 0.05  # the CTR non-inferiority margin of the experiment's rules
+    split: str = "user"  # warm-up: each user's first half ("user") or the first 80% ("time")
     keep: bool = False
     redis_cluster: int = 0  # masters of a local Redis Cluster (0: one redis-server)
 
@@ -108,16 +112,26 @@ def run_up(settings: Settings, opts: UpOptions) -> int:
         console.print(f"note: the experiment's simulated users need MovieLens, not "
                       f"{opts.data!r}: running without it (--no-experiment)", highlight=False)
         experiment = False
+    # the warm-up: each user's first half of their ratings (every user then comes back as a
+    # simulated user, with a pre-period), or with --events / --split time the first N (80%)
+    # of all ratings in time order (the users: the few who rated after them)
+    unit_share = None
     if experiment and events is None:
-        events = warmup_events(opts.data, settings.data_dir)
-    config = StackConfig(data=opts.data, events=events, rate=opts.rate, minutes=opts.minutes,
+        if opts.split == "user":
+            unit_share = UNIT_SHARE
+        else:
+            events = warmup_events(opts.data, settings.data_dir)
+    config = StackConfig(data=opts.data, events=events, unit_share=unit_share,
+                         rate=opts.rate, minutes=opts.minutes,
                          serving_port=opts.port, durable=opts.durable,
                          redis_cluster=opts.redis_cluster,
                          models=EXPERIMENT_MODELS if experiment else DEFAULT_MODELS)
     policies = dict(config.models)
     stack = Stack(settings, config)
     lab = StackExperiment(stack, ExperimentPlan(
-        data=opts.data, sessions=opts.sessions, users_rate=opts.users_rate)) if experiment else None
+        data=opts.data, sessions=opts.sessions, users_rate=opts.users_rate,
+        margin=opts.margin, unit_share=unit_share,
+        concurrency=opts.users_concurrency)) if experiment else None
     signal.signal(signal.SIGTERM, _raise_interrupt)
     every_5s = _Every(5.0)
 
@@ -148,16 +162,21 @@ def run_up(settings: Settings, opts: UpOptions) -> int:
             ok = result.done
             verdict = None
             if lab is not None and result.done:
-                console.print(f"- warm-up applied by every trainer; {opts.sessions:,} "
-                              f"simulated-user sessions from the ratings after the first "
-                              f"{result.events_sent or 0:,}")
+                which = (f"each user's ratings after their first {unit_share:.0%}"
+                         if unit_share is not None else
+                         f"the ratings after the first {result.events_sent or 0:,}")
+                many = "every" if opts.sessions is None else f"{opts.sessions:,}"
+                console.print(f"- warm-up of {result.events_sent or 0:,} events applied by "
+                              f"every trainer; {many} simulated-user session(s) from {which}, "
+                              f"{opts.users_concurrency} users at once")
                 run = lab.drive(skip_ratings=result.events_sent or 0, on_tick=users_line)
                 ok = run.done
                 report, status = lab.finish(stop_experiment=not opts.keep)
                 verdict = verdict_table(report, policies,
                                         f"{lab.dashboard_url}  (HTTP {status})")
+                errors = "" if run.errors is None else f", {run.errors} errors"
                 users = (f"simulated users: {run.requests or 0:,} requests, {run.shown or 0:,} "
-                         f"shown, {run.clicks or 0:,} clicks, {run.errors or 0} errors; "
+                         f"shown, {run.clicks or 0:,} clicks{errors}; "
                          f"{run.joined:,} requests joined ({run.reason})")
                 r = stack.client()
                 try:  # the trainers' state after learning from the joined traffic too

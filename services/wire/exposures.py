@@ -7,6 +7,10 @@ key = request_id, written by the router for every ranked request:
      "shown": [{"item": "242", "position": 0, "score": 0.61,
                 "features": {"user": "196", "item": "242", ...}}, ...]}
 
+A request the arm failed (serving unreachable, saturated or answering without a finite
+score for each candidate: the router's 502 / 503) is an exposure with `shown` empty and
+model_version 0: the report's error rate per arm (a served request shows at least one item).
+
 `ExposureMsg` / `ShownMsg` are the record, typed: the router builds its message from them and
 the joiner parses with them (`read_exposure`). Reading is strict (JSON true is not 1, "7" is
 not 7) and bounded: ints that fit the database's 32-bit columns, finite numbers, strings as

@@ -154,7 +154,7 @@ class Exposure(Base):
     model_version: Mapped[int] = mapped_column(Integer, default=0)
     ts: Mapped[float] = mapped_column(Float, index=True)  # epoch seconds at the router
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
-    n_shown: Mapped[int] = mapped_column(Integer, default=0)
+    n_shown: Mapped[int] = mapped_column(Integer, default=0)  # 0: the arm failed the request
     # sums over its outcomes, written with them: the report reads requests, not items
     clicks: Mapped[int] = mapped_column(Integer, default=0)  # clicked inside the window
     log_loss: Mapped[float] = mapped_column(Float, default=0.0)  # of the served scores

@@ -54,6 +54,16 @@ def test_create_an_experiment_through_the_router(broker: ManagedProcess, tmp_pat
         arms = {a["name"]: (a["model"], a["weight"], a["control"]) for a in got["arms"]}
         assert arms == {"fixed64": ("fixed64", 1.0, True), "fiited": ("fiited", 3.0, False),
                         "eq": ("fixed_eq", 1.0, False)}
+        assert got["decision_rules"] is None  # no --margin: the report's defaults decide
+        tight = _cli(["experiment", "create", "tight", "--arm", "fixed64", "--arm", "fiited",
+                      "--margin", "0.03", "--router-url", url], env)
+        assert tight.returncode == 0, tight.stderr
+        rules = httpx.get(url + "/v1/experiments/2", headers={"X-API-Key": KEY}).json()[
+            "decision_rules"]
+        assert rules["primary"] == {"metric": "ctr", "test": "non_inferiority",
+                                    "margin": 0.03, "direction": "increase"}
+        assert [g["metric"] for g in rules["guardrails"]] == ["log_loss", "latency_p99",
+                                                              "error_rate"]
         bad = _cli(["experiment", "create", "x", "--arm", "a", "--arm", "b:-1",
                     "--router-url", url], env)
         assert bad.returncode == 2 and "router refused (422)" in bad.stderr

@@ -18,16 +18,17 @@ from services.experiments.decision import (
 
 
 def arm(rng, name: str, control: bool, users: int, ctr: float, loss: float,
-        slow: float, looks: int = 10) -> ArmData:
+        slow: float, looks: int = 10, errors: float = 0.0) -> ArmData:
     n = rng.integers(1, 10, users).astype(float)
     c = rng.binomial(n.astype(int), ctr).astype(float)
     ll = n * loss * rng.uniform(0.8, 1.2, users)
     req = np.ceil(n / 3)
     s = rng.binomial(req.astype(int), slow).astype(float)
+    err = rng.binomial(req.astype(int), errors).astype(float)
     x = rng.normal(0, 0.1, users)
     cum = lambda *a: np.cumsum(inference.moments_of(*[v.reshape(looks, -1) for v in a]), 0)  # noqa: E731
     return ArmData(name, control, 1.0, {"ctr": cum(n, c, x), "log_loss": cum(n, ll),
-                                        "slow": cum(req, s)},
+                                        "slow": cum(req, s), "error_rate": cum(req, err)},
                    cost={"embedding_bytes": 1000.0 if control else 250.0,
                          "redis_embedding_bytes": None})
 
@@ -41,7 +42,7 @@ def test_verdict_follows_the_table(seed) -> None:
         arms.append(arm(rng, f"a{k}", False, users, 0.3 * rng.uniform(0.9, 1.05),
                         0.6 * rng.uniform(0.95, 1.1), rng.choice([0.001, 0.005, 0.03])))
     rows, verdicts, overall = decide(DEFAULT_RULES, arms, srm_flag=False, covariate=True)
-    assert len(rows) == 2 * 3
+    assert len(rows) == 2 * 4
     for t in rows:
         if t.result == "pass":
             assert (t.lower > t.limit) if t.direction == "increase" else (t.upper < t.limit)
@@ -55,8 +56,8 @@ def test_verdict_follows_the_table(seed) -> None:
     shipped = [v.arm for v in verdicts if v.verdict == "ship"]
     assert overall.verdict == ("ship" if shipped else "do not ship" if all(
         v.verdict == "do not ship" for v in verdicts) else "keep running")
-    # Bonferroni: 2 arms -> ship tests at 0.025, fail tests at 0.05 / (2 x 3)
-    assert rows[0].alpha == pytest.approx(0.025) and rows[0].alpha_fail == pytest.approx(0.05 / 6)
+    # Bonferroni: 2 arms -> ship tests at 0.025, fail tests at 0.05 / (2 x 4)
+    assert rows[0].alpha == pytest.approx(0.025) and rows[0].alpha_fail == pytest.approx(0.05 / 8)
 
 
 def test_clear_cases_and_srm() -> None:
@@ -86,3 +87,29 @@ def test_rules_refuse_what_does_not_fit() -> None:
     with pytest.raises(ValueError, match="at most once"):
         DecisionRules(primary=MetricRule("ctr", 0.01), guardrails=(MetricRule("ctr", 0.02),))
     assert DecisionRules.from_dict(DEFAULT_RULES.to_dict()) == DEFAULT_RULES
+
+
+def test_error_rate_guardrail_has_an_absolute_margin() -> None:
+    """Failed requests: control fails none; an arm failing 3% of its requests is beyond a
+    1-point margin (do not ship, on the error rate), one failing 0.2% is within it, and two
+    arms without a single failure pass on enough requests (the variance at the null's edge,
+    not the zero spread of all-zero data)."""
+    rng = np.random.default_rng(1)
+    rules = DecisionRules(primary=MetricRule("ctr", 0.05),
+                          guardrails=(MetricRule("error_rate", 0.01),))
+    ctl = arm(rng, "ctl", True, 40000, 0.3, 0.6, 0.005)
+    failing = arm(rng, "failing", False, 40000, 0.3, 0.6, 0.005, errors=0.03)
+    rare = arm(rng, "rare", False, 40000, 0.3, 0.6, 0.005, errors=0.002)
+    clean = arm(rng, "clean", False, 40000, 0.3, 0.6, 0.005)
+    rows, verdicts, _ = decide(rules, [ctl, failing, rare, clean], srm_flag=False,
+                               covariate=True)
+    err = {t.arm: t for t in rows if t.metric == "error_rate"}
+    assert err["failing"].result == "fail" and err["failing"].lower > 0.01
+    assert err["failing"].change == pytest.approx(0.03, abs=0.005)
+    assert err["rare"].result == "pass" and err["rare"].upper < 0.01
+    assert err["clean"].result == "pass" and err["clean"].change == 0.0
+    by = {v.arm: v for v in verdicts}
+    assert by["failing"].verdict == "do not ship" and "error_rate" in by["failing"].reason
+    assert by["clean"].verdict == "ship"
+    with pytest.raises(ValueError, match="lower is better"):
+        MetricRule("error_rate", 0.01, direction="increase")

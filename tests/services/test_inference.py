@@ -112,6 +112,22 @@ def test_fixed_sample_size_is_statsmodels_normal_power() -> None:
     assert stats.norm.sf((h - d) / np.sqrt(2 * sigma**2 / g)) == pytest.approx(0.8, abs=1e-6)
 
 
+@pytest.mark.parametrize("unit_var", [1e-9, 2e-5, 1e-4, 4e-4])
+def test_sequential_sample_size_when_a_few_units_already_suffice(unit_var) -> None:
+    """A young experiment's handful of units can show a tiny variance: the sample size is
+    then found below the first guess, or is the 2 units a clustered fit needs (brentq once got
+    no sign change here and GET .../report answered 500 in test_stack)."""
+    d = 0.0175  # 5% of a CTR of 0.35
+    g = inference.sequential_sample_size(unit_var, d, d, 0.025, 0.8)
+    assert g >= 2.0
+    if g > 2.0:  # the power is reached exactly there
+        h = inference.boundary(np.array([unit_var / g]), d, 0.025)[0]
+        assert stats.norm.sf((h - d) / np.sqrt(unit_var / g)) == pytest.approx(0.8, abs=1e-6)
+    else:
+        h = inference.boundary(np.array([unit_var / 2]), d, 0.025)[0]
+        assert stats.norm.sf((h - d) / np.sqrt(unit_var / 2)) >= 0.8
+
+
 # ------------------------------------------------------------------------------------------
 # simulations of the decision rule (vectorised: runs x units)
 # ------------------------------------------------------------------------------------------

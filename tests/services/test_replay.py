@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 from typer.testing import CliRunner
@@ -11,7 +12,7 @@ from typer.testing import CliRunner
 from services import wire
 from services.cli import app
 from services.stack.infra import ManagedProcess
-from services.stack.replay import TokenBucket, parse_rate
+from services.stack.replay import TokenBucket, parse_rate, unit_head
 from storage.datasets.spec import open_dataset
 
 SPEC = "synthetic:events=3000,fields=3,vocab=500,seed=2"
@@ -97,3 +98,55 @@ def test_replay_takes_a_table_spec(broker: ManagedProcess, topic: str, tmp_path)
                 values.append(m.value)
     consumer.close()
     assert good == 50
+
+
+def test_unit_head_keeps_each_units_first_share() -> None:
+    units = np.array([7, 7, 3, 7, 3, 9, 7])
+    assert unit_head(units, 0.5).tolist() == [True, True, True, False, False, False, False]
+    assert unit_head(units, 1.0).all() and not unit_head(units, 0.0).any()
+
+
+def test_unit_share_replays_each_users_first_half(broker: ManagedProcess, topic: str,
+                                                  tmp_path) -> None:  # noqa: ANN001
+    """`replay --unit-share 0.5`: each user's earlier half of their events (time order), the
+    rest left to the simulated users; build_sessions(unit_share=0.5) takes exactly the rest."""
+    import pandas as pd
+
+    from services.stack.simulated_users import build_sessions
+
+    path = tmp_path / "mine.csv"
+    frame = pd.DataFrame({"user": [i % 7 for i in range(50)], "item": list(range(50)),
+                          "click": [i % 3 == 0 for i in range(50)],
+                          "ts": list(range(1_700_000_050, 1_700_000_000, -1))})
+    frame.to_csv(path, index=False)
+    spec = f"table:{path},label=click,fields=user|item,time=ts,unit=user"
+    result = CliRunner().invoke(app, ["replay", "--data", spec, "--topic", topic,
+                                      "--bootstrap", broker.address, "--quiet",
+                                      "--unit-share", "0.5"])
+    assert result.exit_code == 0, result.output
+    ordered = frame.sort_values("ts", kind="stable")
+    head = unit_head(ordered["user"].to_numpy(), 0.5)
+    assert f"sent {int(head.sum())} events" in result.output  # 4 of user 0's 8, 3 of 7 others
+    assert int(head.sum()) == 4 + 6 * 3
+    consumer = KafkaConsumer(bootstrap_servers=broker.address, enable_auto_commit=False)
+    tps = [TopicPartition(topic, p) for p in (0, 1)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    schema = open_dataset(spec).schema
+    items = open_dataset(spec).batches(100)
+    want_ids = next(iter(items)).ids[head]  # the reader's rows in time order, as hashed
+    got: list[np.ndarray] = []
+    deadline = time.monotonic() + 30
+    while sum(len(g) for g in got) < len(want_ids) and time.monotonic() < deadline:
+        for tp, msgs in consumer.poll(timeout_ms=500).items():
+            for m in msgs:
+                batch, bad = wire.dead_letters(m.value, schema, topic, tp.partition, m.offset)
+                assert bad == []
+                got.append(batch.batch.ids)
+    consumer.close()
+    assert sorted(map(tuple, np.concatenate(got).tolist())) == sorted(
+        map(tuple, want_ids.tolist()))
+    ratings = ordered.rename(columns={"ts": "timestamp"}).assign(rating=5.0)
+    rest = build_sessions(ratings, session_items=1, unit_share=0.5)
+    assert sorted(int(s.items[0]) for s in rest) == sorted(
+        ordered["item"].to_numpy()[~head].tolist())

@@ -187,13 +187,18 @@ def test_non_finite_or_missing_score_from_serving_is_502(router, tap, scores) ->
         return httpx.Response(200, content=orjson.dumps(
             {"model": body["model"], "version": 1, "scores": scores, "unseen_ids": 0}))
 
+    unit = f"u-{uuid.uuid4().hex[:8]}"  # this test's own: the tap may hold an earlier one's
     with router(handler=serving) as c:
-        r = c.post("/v1/rank", json=rank_body(items=["1", "2", "3"]))
+        r = c.post("/v1/rank", json=rank_body(unit, items=["1", "2", "3"]))
         assert r.status_code == 502 and "score" in r.json()["detail"], r.text
         no_internals(r)
-        ok = c.post("/v1/rank", json=rank_body(items=["ok"]))
-    assert [e["request_id"] for _, e in tap.until(ok.json()["request_id"])] == \
-        [ok.json()["request_id"]]
+        ok = c.post("/v1/rank", json=rank_body(unit, items=["ok"]))
+    # the failed request is logged as the arm's failure (nothing shown: its error rate), and
+    # none of its unscored items reaches the exposure
+    seen = [e for _, e in tap.until(ok.json()["request_id"]) if e["unit_id"] == unit]
+    assert [e["request_id"] for e in seen][-1] == ok.json()["request_id"] and len(seen) == 2
+    assert seen[0]["shown"] == [] and seen[0]["model_version"] == 0
+    assert seen[0]["arm"] == seen[1]["arm"] and len(seen[1]["shown"]) == 1
 
 
 # --- finding 5: client mistakes are 4xx with serving's reason --------------------------------

@@ -8,6 +8,7 @@ import httpx
 import numpy as np
 import orjson
 import pandas as pd
+import pytest
 from fastapi.testclient import TestClient
 
 from services import wire
@@ -24,7 +25,8 @@ class ListSink:
         self.sent.append((topic, orjson.loads(value)))
 
 
-def test_simulated_users_ctr_follows_ranking(tmp_path) -> None:
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_simulated_users_ctr_follows_ranking(tmp_path, concurrency) -> None:
     from storage.db.migrate import upgrade
 
     url = f"sqlite:///{tmp_path / 'u.db'}"
@@ -60,8 +62,18 @@ def test_simulated_users_ctr_follows_ranking(tmp_path) -> None:
         sessions = build_sessions(ratings, session_items=3)
         assert len(sessions) == n_users * 3
         assert np.all(np.diff([s.ts for s in sessions]) >= 0)  # users arrive in time order
-        st = simulate(c, "", sessions, feats, negatives=5, top_k=3)
+        st = simulate(c, "", sessions, feats, negatives=5, top_k=3, concurrency=concurrency)
     assert st.requests == len(sessions) and st.errors == 0 and st.shown == 3 * len(sessions)
+    # each user's sessions in their order, whichever thread ran them: the k-th request of a
+    # unit shows items of its k-th session
+    first = {s.user: {str(i) for i in s.items} for s in reversed(sessions)}
+    seen_first: dict[str, dict] = {}
+    for t, e in sink.sent:
+        if t == wire.EXPOSURES_TOPIC:
+            seen_first.setdefault(e["unit_id"], e)
+    for unit, e in seen_first.items():
+        rated = {s["item"] for s in e["shown"]} & {str(i) for i in feats.rated[int(unit)]}
+        assert rated <= first[int(unit)], (unit, rated)
     exposures = {e["request_id"]: e for t, e in sink.sent if t == wire.EXPOSURES_TOPIC}
     clicks = [f for t, f in sink.sent if t == wire.FEEDBACK_TOPIC]
     assert len(exposures) == st.requests and len(clicks) == st.clicks > 0

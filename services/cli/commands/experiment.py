@@ -31,6 +31,10 @@ def create(
     router_url: Annotated[str | None, typer.Option(
         help="router base URL (default http://CHUNKREC_ROUTER_HOST:CHUNKREC_ROUTER_PORT)")] = None,
     start: Annotated[bool, typer.Option("--start/--no-start", help="start it at once")] = True,
+    margin: Annotated[float | None, typer.Option(
+        min=0.0001, max=0.9999, help="decision rules: the default ones with this primary "
+        "non-inferiority margin (relative: 0.01 = each arm's CTR at least 99% of control's); "
+        "without it the experiment has no rules and the report uses the defaults")] = None,
 ) -> None:
     """Create (and start) an experiment with equal weights unless given; prints its id."""
     import httpx
@@ -56,6 +60,9 @@ def create(
             made = client.post("/v1/experiments", json={"name": name, "arms": arms})
             fail_if(_refused(made))
             exp = made.json()["id"]
+            if margin is not None:
+                fail_if(_refused(client.put(f"/v1/experiments/{exp}/rules",
+                                            json=rules_with_margin(margin))))
             if start:
                 fail_if(_refused(client.post(f"/v1/experiments/{exp}/start")))
     except httpx.HTTPError as exc:
@@ -63,6 +70,17 @@ def create(
                 "(`chunkrec route`) or give --router-url")
     shown = ", ".join(f"{a['name']}{' (control)' if a['control'] else ''}" for a in arms)
     typer.echo(f"experiment {exp} {'running' if start else 'created'}: arms {shown}")
+
+
+def rules_with_margin(margin: float) -> dict[str, object]:
+    """The default decision rules (services/experiments/decision.py) with `margin` as the
+    primary metric's non-inferiority margin: the body of PUT /v1/experiments/{id}/rules."""
+    from services.experiments.decision import DEFAULT_RULES
+
+    rules = DEFAULT_RULES.to_dict()
+    rules["primary"] = {**rules["primary"], "test": "non_inferiority", "margin": margin}
+    rules["cost"] = list(rules["cost"])
+    return rules
 
 
 def _arm(spec: str) -> dict[str, object]:

@@ -44,6 +44,12 @@ def replay(
     skip_ratings: Annotated[int, typer.Option(
         min=0, help="--mode users: sessions only from the ratings after the first N in time "
                     "order (what a warm-up `replay --limit N` sent)")] = 0,
+    unit_share: Annotated[float | None, typer.Option(
+        "--unit-share", min=0.0, max=1.0, help="events: only each unit's (user's) first SHARE "
+        "of its events; --mode users: sessions only from each user's ratings after them")] = None,
+    concurrency: Annotated[int, typer.Option(
+        min=1, max=256, help="--mode users: users in flight at once (each user's sessions "
+                             "stay in order)")] = 1,
 ) -> None:
     """Stream a data set into Kafka in event-time order, several events per message; or, with
     --mode users, replay its users against the A/B router."""
@@ -51,7 +57,8 @@ def replay(
 
     settings = get_settings()
     if mode == "users":
-        _users(settings, data, rate, limit, router_url, quiet, skip_ratings)
+        _users(settings, data, rate, limit, router_url, quiet, skip_ratings, unit_share,
+               concurrency)
         return
     if mode != "events":
         raise typer.BadParameter("expected 'events' or 'users'", param_hint="--mode")
@@ -88,8 +95,9 @@ def replay(
     try:
         stats = replay_dataset(settings, data, topic=topic, rate=events_per_s,
                                batch_events=batch_events, limit=limit, id_prefix=id_prefix,
-                               progress=bar.update, fmt=fmt)  # type: ignore[arg-type]
-    except DatasetError as exc:
+                               progress=bar.update, fmt=fmt,  # type: ignore[arg-type]
+                               unit_share=unit_share)
+    except (DatasetError, ValueError) as exc:
         bar.close()
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -103,7 +111,8 @@ def replay(
 
 
 def _users(settings: Settings, data: str, rate: str, limit: int | None, router_url: str | None,
-           quiet: bool, skip_ratings: int) -> None:
+           quiet: bool, skip_ratings: int, unit_share: float | None,
+           concurrency: int) -> None:
     from tqdm import tqdm
 
     from services.stack.simulated_users import run_users
@@ -117,7 +126,8 @@ def _users(settings: Settings, data: str, rate: str, limit: int | None, router_u
 
     try:
         st = run_users(settings, data, url, rate=rate_option(rate, "--rate"), limit=limit,
-                       skip_ratings=skip_ratings, on_sessions=sessions, progress=bar.update)
+                       skip_ratings=skip_ratings, unit_share=unit_share,
+                       concurrency=concurrency, on_sessions=sessions, progress=bar.update)
     except DatasetError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

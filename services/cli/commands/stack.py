@@ -47,10 +47,20 @@ def up(
         "--experiment/--no-experiment", help=(
             "A/B experiment fixed64 (control) vs fiited vs fixed_eq driven by simulated "
             "users (MovieLens only); --no-experiment: the two-model replay"))] = True,
-    sessions: Annotated[int, typer.Option(
-        min=1, help="simulated-user sessions (one /v1/rank each)")] = 6000,
+    sessions: Annotated[int | None, typer.Option(
+        min=1, help="simulated-user sessions (one /v1/rank each; default: every one the "
+                    "warm-up leaves)")] = None,
     users_rate: Annotated[str, typer.Option(
         "--users-rate", help="simulated-user sessions/s, or 'max'")] = "max",
+    users_concurrency: Annotated[int, typer.Option(
+        "--users-concurrency", min=1, max=64, help="simulated users in flight at once")] = 8,
+    margin: Annotated[float, typer.Option(
+        min=0.001, max=0.5, help="the experiment's CTR non-inferiority margin (relative: 0.05 "
+                                 "= each arm's CTR at least 95% of fixed64's)")] = 0.05,
+    split: Annotated[str, typer.Option(
+        help="warm-up: 'user' = each user's first half of their ratings (every user then "
+             "returns as a simulated user), 'time' = the first 80% of all ratings "
+             "(--events N: the first N)")] = "user",
     keep: Annotated[bool, typer.Option(
         "--keep", help="keep everything running after the report, for inspection, until "
                        "Ctrl-C or `chunkrec down`")] = False,
@@ -75,7 +85,10 @@ def up(
                      rate=rate_option(rate_, "--rate"), port=port, no_progress=no_progress,
                      durable=durable, experiment=experiment, sessions=sessions,
                      users_rate=rate_option(users_rate, "--users-rate"), keep=keep,
-                     redis_cluster=redis_cluster)
+                     redis_cluster=redis_cluster, users_concurrency=users_concurrency,
+                     margin=margin, split=split)
+    if split not in ("user", "time"):
+        raise typer.BadParameter("expected 'user' or 'time'", param_hint="--split")
     if data == "movielens-100k":
         _ensure_movielens(settings.data_dir)
     code = run_up(settings, opts)

@@ -104,10 +104,11 @@ class WeightsUpdate(BaseModel):
 class MetricRuleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    metric: Literal["ctr", "log_loss", "latency_p99"]
+    metric: Literal["ctr", "log_loss", "latency_p99", "error_rate"]
     test: Literal["non_inferiority", "superiority"] = "non_inferiority"
     margin: float = Field(gt=0, lt=1, allow_inf_nan=False,
-                          description="relative: 0.01 = 1% (superiority: the lift to plan for)")
+                          description="relative: 0.01 = 1% (superiority: the lift to plan "
+                          "for); error_rate: absolute, 0.01 = one percentage point")
     direction: Literal["increase", "decrease"] | None = Field(
         default=None, description="which way is better (default: the metric's own)")
 
@@ -118,7 +119,7 @@ class DecisionRulesIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     primary: MetricRuleIn
-    guardrails: list[MetricRuleIn] = Field(default_factory=list, max_length=3)
+    guardrails: list[MetricRuleIn] = Field(default_factory=list, max_length=4)
     cost: list[Literal["embedding_bytes", "redis_embedding_bytes"]] = Field(
         default_factory=lambda: ["embedding_bytes", "redis_embedding_bytes"], max_length=2)
     alpha: float = Field(default=0.05, gt=0, lt=0.5, allow_inf_nan=False)

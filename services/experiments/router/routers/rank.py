@@ -170,9 +170,19 @@ async def rank(req: RankRequest, state: StateDep) -> RankResponse:
              + sum(len(orjson.dumps(c.item)) + EXPOSURE_BYTES_PER_ITEM for c in req.candidates))
     if bound > limit:
         raise _too_large(bound, limit)
-    scores, version = await _score(state, arm.model, content, len(items))
-    order = np.argsort(-scores, kind="stable")[: req.top_k or len(scores)]
     request_id = uuid.uuid4().hex
+    try:
+        scores, version = await _score(state, arm.model, content, len(items))
+    except HTTPException as exc:
+        if exc.status_code in (502, 503):  # the arm failed the user: its error rate
+            failed = wire.ExposureMsg.model_construct(
+                request_id=request_id, experiment_id=cfg.id, phase=cfg.phase, arm=arm.name,
+                arm_id=arm.id, model=arm.model, model_version=0, unit_id=unit, ts=time.time(),
+                latency_ms=(time.perf_counter() - t0) * 1e3, shown=[])
+            state.sink.send(wire.EXPOSURES_TOPIC, request_id.encode(),
+                            orjson.dumps(failed.model_dump()))
+        raise
+    order = np.argsort(-scores, kind="stable")[: req.top_k or len(scores)]
     # the record is built unvalidated (model_construct): the joiner validates it on read and
     # dead-letters what it refuses, as it does for any producer
     shown = [wire.ShownMsg.model_construct(item=req.candidates[i].item, position=pos,
