@@ -2,9 +2,11 @@
 
 FastAPI parses a JSON body with the standard library's `json.loads` (through Starlette's
 `Request.json`), a third of the parse-and-validate cost of a 100-candidate score request.
-orjson accepts strictly RFC 8259 JSON, a subset of what `json.loads` accepts (NaN, Infinity,
-integers past 64 bits, lone surrogates): a body orjson refuses is parsed again by `json.loads`,
-so every body gets exactly the value, or the 422, it got before.
+orjson refuses some of what `json.loads` accepts (NaN, Infinity, lone surrogates): a body
+orjson refuses is parsed again by `json.loads`, so it gets the value, or the 422, it got
+before. One difference stays: orjson reads an integer past 64 bits as a float, `json.loads` as
+an int; the score schema's IDs are strict int64s, so either is a 422 at the same location
+(tests/services/test_serving_json_route.py), and a dense value becomes the same float.
 
     router = APIRouter(route_class=OrjsonRoute)
 """
