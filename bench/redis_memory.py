@@ -11,10 +11,13 @@ rounding: what `chunkrec up`'s report and the issue measured), over the records'
 beside it INFO used_memory after minus before on a fresh connection, which also counts what
 the writes left in Redis' own structures (the Lua heap of the bucket scripts, the keyspace
 table's growth). The FIITED/fixed-64 ratio of that memory is
-set beside the ratio of the trainer's embedding value bytes. Last, three incremental publishes
-of 20 more training steps each show what the copy-on-write generations kept for readers cost on top
-(`dense_versions_kept` = 3). Goals (issue 13): <= 1.3x the record bytes; FIITED's Redis ratio
-within 1.1x of its trainer-bytes ratio.
+set beside the ratio of the trainer's embedding value bytes. Then where a bucketed record's
+bytes go: the record, its ID (the hash field name, an integer in the listpack), the listpack's
+entry headers, jemalloc's rounding of the listpack to a size class, the key and object; and
+the floor, a record plus its 8-byte exact ID and nothing else. Last, three incremental
+publishes of 20 more training steps each show what the copy-on-write generations kept for
+readers cost on top (`dense_versions_kept` = 3). Goals (issue 13): <= 1.3x the record
+bytes; FIITED's Redis ratio within 1.1x of its trainer-bytes ratio.
 """
 
 from __future__ import annotations
@@ -65,6 +68,62 @@ def usage(r: redis.Redis, keys: list) -> int:
     return sum(int(u or 0) for u in pipe.execute())
 
 
+def _lp_entry(value: bytes) -> tuple[int, int]:
+    """(data bytes, header + back-length bytes) of one listpack entry (Redis 7 listpack.c): a
+    string that is a canonical int64 is stored as an integer of 1-9 bytes, the first of them
+    its encoding byte (a 7-bit uint is that byte alone)."""
+    try:
+        n = int(value)
+        as_int = str(n).encode() == value and -(1 << 63) <= n < (1 << 63)
+    except ValueError:
+        as_int = False
+    if as_int:
+        size = (1 if 0 <= n < 128 else 2 if -(1 << 12) <= n < (1 << 12) else
+                3 if -(1 << 15) <= n < (1 << 15) else 4 if -(1 << 23) <= n < (1 << 23) else
+                5 if -(1 << 31) <= n < (1 << 31) else 9)
+        data, head = size - 1, 1
+    else:
+        data = len(value)
+        head = 1 if data < 64 else 2 if data < 4096 else 5
+    entry = data + head
+    return data, head + (1 if entry <= 127 else 2 if entry < 16383 else 3)
+
+
+def jemalloc_usable(n: int) -> int:
+    """jemalloc 5's size class of an n-byte allocation (4 classes per doubling past 128)."""
+    if n <= 128:
+        return max(8, -(-n // 16) * 16) if n > 8 else 8
+    step = 1 << ((n - 1).bit_length() - 3)
+    return -(-n // step) * step
+
+
+def breakdown(r: redis.Redis, keys: list) -> dict[str, int]:
+    """Where the MEMORY USAGE of listpack bucket hashes goes: the records, their IDs (the
+    field names, integers in the listpack), the listpack's entry headers and back-lengths
+    (with its own header, end byte and the sentinel field), the allocator's rounding of the
+    listpack to a jemalloc size class, and the rest (the key's string, the object, the
+    keyspace's dict entry)."""
+    out = dict(records=0, ids=0, entry_headers=0, rounding=0, key_object_dict=0, total=0)
+    for key in keys:
+        lp = 7  # header (total bytes, element count) + end byte
+        for name, value in r.hgetall(key).items():
+            nd, nh = _lp_entry(name)
+            vd, vh = _lp_entry(value)
+            lp += nd + nh + vd + vh
+            if name == wire.SENTINEL:
+                out["entry_headers"] += nd + nh + vd + vh
+            else:
+                out["records"] += vd
+                out["ids"] += nd
+                out["entry_headers"] += nh + vh
+        out["entry_headers"] += 7
+        used_now = int(r.memory_usage(key, samples=0) or 0)
+        out["rounding"] += jemalloc_usable(lp) - lp
+        out["key_object_dict"] += used_now - jemalloc_usable(lp)
+        out["total"] += used_now
+    return out
+
+
 def format1_bytes(r: redis.Redis, name: str, fields: tuple[str, ...],
                   policy: object) -> tuple[int, int]:
     """Redis memory of format 1, one string key per record (what the publisher wrote):
@@ -111,6 +170,7 @@ def main() -> None:
             new_used = used(r) - before
             buckets = wire.current_bucket_keys(r, name)
             new = usage(r, buckets)
+            parts = breakdown(r, buckets)
             listpacks = sum(r.object("encoding", k) == b"listpack" for k in buckets)
             batches = ds.batches(512)
             for v in (2, 3, 4):  # 20 more steps per version, published incrementally
@@ -122,7 +182,7 @@ def main() -> None:
                               old=old, new=new, meta=meta, old_used=old_used,
                               new_used=new_used, buckets=len(buckets),
                               listpacks=listpacks, steady=steady,
-                              value_bytes=policy.memory().value_bytes,
+                              parts=parts, value_bytes=policy.memory().value_bytes,
                               total_bytes=policy.memory().total_bytes)
     print(f"\nRedis memory per embedding record, MovieLens-100k, {args.passes} pass(es), "
           f"buckets of ~{settings.redis.bucket_records} records")
@@ -137,6 +197,18 @@ def main() -> None:
               f"{x['listpacks']:>8,} {x['steady']:>10,} "
               f"{x['old_used'] / x['record_bytes']:>12.2f}x / "
               f"{x['new_used'] / x['record_bytes']:.2f}x")
+    print("\nwhere a bucketed record's Redis bytes go (bytes per record; MEMORY USAGE of the "
+          "buckets, split by the listpack encoding and jemalloc's size classes)")
+    print(f"{'model':<9} {'record':>7} {'ID':>6} {'lp hdrs':>8} {'rounding':>9} "
+          f"{'key+obj':>8} {'total':>7} {'x rec':>6} {'floor x rec':>12}")
+    for name, x in rows.items():
+        n, p = x["records"], x["parts"]
+        floor = (x["record_bytes"] + 8 * n) / x["record_bytes"]
+        print(f"{name:<9} {p['records'] / n:>7.1f} {p['ids'] / n:>6.1f} "
+              f"{p['entry_headers'] / n:>8.1f} {p['rounding'] / n:>9.1f} "
+              f"{p['key_object_dict'] / n:>8.1f} {p['total'] / n:>7.1f} "
+              f"{p['total'] / x['record_bytes']:>6.2f} {floor:>12.2f}")
+    print("floor: the record plus its 8-byte exact ID, with no container or allocator overhead")
     a, b = rows["fiited"], rows["fixed64"]
     trainer = a["value_bytes"] / b["value_bytes"]
     total = a["total_bytes"] / b["total_bytes"]
@@ -148,6 +220,10 @@ def main() -> None:
           f"{a['old'] / b['old']:.3f} ({a['old'] / b['old'] / trainer:.2f}x the trainer "
           f"ratio), bucketed {a['new'] / b['new']:.3f} "
           f"({a['new'] / b['new'] / trainer:.2f}x the trainer ratio)")
+    floor = ((a["record_bytes"] + 8 * a["records"]) / (b["record_bytes"] + 8 * b["records"]))
+    print(f"FIITED / fixed-64 at the floor (records + 8-byte IDs, no overhead): {floor:.3f} "
+          f"({floor / trainer:.2f}x the trainer value-bytes ratio, {floor / total:.2f}x the "
+          "total-bytes ratio)")
     worst = max(x["new"] / x["record_bytes"] for x in rows.values())
     print(f"goal <= 1.3x record bytes: {'met' if worst <= 1.3 else 'NOT met'} (worst "
           f"{worst:.2f}x); FIITED ratio within 1.1x of the trainer's: total bytes "

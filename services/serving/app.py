@@ -27,6 +27,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from services.messaging.redis_clients import open_async
+from services.serving.deps import Scoring
 from services.serving.errors import LogThrottle
 from services.serving.metrics import ServingMetrics
 from services.serving.middleware import RequestMetrics
@@ -76,6 +77,9 @@ def create_app(settings: Settings) -> FastAPI:
         registry = ModelRegistry(settings, client, serving_metrics)
         app.state.redis = client
         app.state.registry = registry
+        app.state.scoring = Scoring(settings, registry, client, serving_metrics,
+                                    app.state.hasher, app.state.log_throttle,
+                                    app.state.score_slots)
         try:
             await registry.refresh()  # serve what Redis has from the first request on
         except (RedisError, OSError) as exc:

@@ -30,15 +30,21 @@ from services.serving.metrics import ServingMetrics
 from services.serving.scorer import LoadedModel
 
 # One command for all of a request's buckets on a single Redis (a cluster gets a pipeline:
-# a script may only touch one slot there). KEYS: bucket keys; ARGV: per key its field count,
-# then its fields. Returns the HMGET replies end to end (each led by the bucket's sentinel).
+# a script may only touch one slot there). KEYS: bucket keys; ARGV[1]: the hash field names of
+# all of them, bucket after bucket, separated by spaces (names are decimal integers); ARGV[2]:
+# each bucket's count of names, space-separated. Two arguments rather than one per name: the
+# client packs each argument of a command in Python, which cost more than the whole read.
+# Returns the HMGET replies end to end (each led by the bucket's sentinel).
 _READ_LUA = """
-local out, a = {}, 1
-for i = 1, #KEYS do
-  local n = tonumber(ARGV[a])
-  local got = redis.call('HMGET', KEYS[i], '', unpack(ARGV, a + 1, a + n))
+local names = {}
+for name in string.gmatch(ARGV[1], '%S+') do names[#names + 1] = name end
+local out, a, i = {}, 1, 0
+for count in string.gmatch(ARGV[2], '%d+') do
+  i = i + 1
+  local n = tonumber(count)
+  local got = redis.call('HMGET', KEYS[i], '', unpack(names, a, a + n - 1))
   for j = 1, n + 1 do out[#out + 1] = got[j] end
-  a = a + n + 1
+  a = a + n
 end
 return out
 """
@@ -86,11 +92,9 @@ async def fetch_records(client: aioredis.Redis, model: LoadedModel, fields: np.n
             pipe.hmget(key, [wire.SENTINEL, *(names[i] for i in members.tolist())])
         replies = await pipe.execute()
     else:
-        args: list[bytes | int] = []
-        for members in groups:
-            args.append(len(members))
-            args += [names[i] for i in members.tolist()]
-        flat = await client.eval(_READ_LUA, len(bucket_keys), *bucket_keys, *args)
+        joined = b" ".join([names[i] for i in order.tolist()])  # bucket after bucket
+        counts = " ".join(str(len(m)) for m in groups)
+        flat = await client.eval(_READ_LUA, len(bucket_keys), *bucket_keys, joined, counts)
         replies, a = [], 0
         for members in groups:
             replies.append(flat[a : a + len(members) + 1])
@@ -146,7 +150,8 @@ def _pad(model: LoadedModel, emb: np.ndarray) -> np.ndarray:
 
 async def _gather_uncached(model: LoadedModel, ids: np.ndarray, client: aioredis.Redis,
                            metrics: ServingMetrics | None) -> tuple[np.ndarray, int, int, int]:
-    """gather_embeddings without the cache: for a request whose version no longer owns it."""
+    """gather_embeddings without the cache: for a request whose version no longer owns it,
+    or when caching is off."""
     b, nf = ids.shape
     fields, keys = missed_pairs(ids, np.ones(b * nf, bool))
     records = await fetch_records(client, model, fields, keys)
@@ -170,7 +175,9 @@ async def gather_embeddings(model: LoadedModel, ids: np.ndarray, client: aioredi
     See the module docstring."""
     b, nf = ids.shape
     cache = model.cache
-    if cache.version != model.version:  # a newer version took the cache over
+    if cache.version != model.version or not cache.capacity:
+        # a newer version took the cache over, or caching is off (every pair is fetched, and
+        # inserting them only to forget them at the request's end costs index work)
         return await _gather_uncached(model, ids, client, metrics)
     cell_fields = np.tile(np.arange(nf, dtype=np.int64), b)
     cell_keys = ids.reshape(-1)

@@ -49,6 +49,7 @@ class ServingMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._score_series: dict[str, tuple] = {}  # model -> its labelled score series
         r = self.registry
         self.requests = Counter("chunkrec_serving_requests", "Requests answered",
                                 ["path", "code"], registry=r)
@@ -115,11 +116,17 @@ class ServingMetrics:
 
     def observe_score(self, model: str, items: int, unseen: int, hits: int,
                       misses: int, cache_entries: int) -> None:
-        self.items.labels(model).inc(items)
-        self.unseen.labels(model).inc(unseen)
-        self.cache_hits.labels(model).inc(hits)
-        self.cache_misses.labels(model).inc(misses)
-        self.cache_entries.labels(model).set(cache_entries)
+        series = self._score_series.get(model)
+        if series is None:  # labels() takes a lock and builds a key: once per model
+            series = self._score_series[model] = (
+                self.items.labels(model), self.unseen.labels(model),
+                self.cache_hits.labels(model), self.cache_misses.labels(model),
+                self.cache_entries.labels(model))
+        series[0].inc(items)
+        series[1].inc(unseen)
+        series[2].inc(hits)
+        series[3].inc(misses)
+        series[4].set(cache_entries)
 
     def observe_version(self, rec: wire.ModelVersion, load_seconds: float) -> None:
         self.version.labels(rec.model).set(rec.version)

@@ -14,6 +14,7 @@ import logging
 import sys
 import warnings
 from dataclasses import dataclass, field
+from itertools import chain
 from operator import itemgetter
 
 import numpy as np
@@ -206,7 +207,11 @@ def items_to_arrays(model: LoadedModel, items: list[Item],
     id_rows: list[int] = []
     id_vals: list[int] = []
     pick = itemgetter(*fields) if nf > 1 else (lambda d: (d[fields[0]],))  # values in field order
-    for i, it in enumerate(items):
+    features = [it.features for it in items]
+    all_raw = None not in features and all(v.keys() == fset for v in features)
+    if all_raw:  # the common request: raw values of exactly the model's fields, one pass
+        raw = list(chain.from_iterable(map(pick, features)))
+    for i, it in enumerate(() if all_raw else items):
         if it.features is not None:
             values, where = it.features, "features"
         else:
@@ -239,16 +244,16 @@ def items_to_arrays(model: LoadedModel, items: list[Item],
                 dense[i] = [vals[k] for k in schema.dense]
             if len(errors) >= max_errors:
                 break
-    else:
-        for i, it in enumerate(items):
-            if it.dense:
-                errors.append(_field_error(["items", i, "dense"],
-                                           f"model {model.name} has no dense features"))
-                break
-        if request_dense:
-            errors.append(_field_error(["dense"], f"model {model.name} has no dense features"))
+    elif any(it.dense for it in items):
+        i = next(i for i, it in enumerate(items) if it.dense)
+        errors.append(_field_error(["items", i, "dense"],
+                                   f"model {model.name} has no dense features"))
+    if not schema.num_dense and request_dense:
+        errors.append(_field_error(["dense"], f"model {model.name} has no dense features"))
     if errors:
         raise FieldError(errors[:max_errors])
+    if all_raw:
+        return hasher.hash(raw).reshape(n, nf), dense
     if raw_rows:
         ids[raw_rows] = hasher.hash(raw).reshape(len(raw_rows), nf)
     if id_rows:
