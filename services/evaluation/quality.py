@@ -257,11 +257,15 @@ def run_quality_bench(
     native = dict(zip(policies, dims, strict=True))
     base = _base_policy(policies, native, reference)
     base_bytes = float(np.mean([r.memory["total_bytes"] for r in runs if r.policy == base]))
+    base_values = float(np.mean([r.memory["value_bytes"] for r in runs if r.policy == base]))
     report = QualityReport(data, model, reference, base, policies, runs, [],
                            {"": boot_full, "_last30": boot_tail}, native)
     for spec in policies:
         mine = [r for r in runs if r.policy == spec]
         row = _policy_row(spec, mine, base_bytes)
+        # the papers' axis: values only (no optimizer state, metadata or index)
+        row["value_pct_of_base"] = (100.0 * row["value_bytes"] / base_values if base_values
+                                    else math.nan)
         for suffix in ("", "_last30"):
             # pooled over seeds: the mean of the per-seed paired differences, per resample
             row[f"delta_auc{suffix}_ci"] = report.paired_delta(spec, reference, suffix)["ci"]
@@ -270,6 +274,7 @@ def run_quality_bench(
                 r.record[f"delta_auc{suffix}_pooled"] = row[f"delta_auc{suffix}"]
                 r.record[f"delta_auc{suffix}_pooled_ci"] = row[f"delta_auc{suffix}_ci"]
             r.record["pct_of_base"] = 100.0 * r.memory["total_bytes"] / base_bytes
+            r.record["value_pct_of_base"] = row["value_pct_of_base"]
             r.record["base"] = base
         report.rows.append(row)
     return report
@@ -348,13 +353,15 @@ def render_table(report: QualityReport) -> Table:
     n = report.rows[0]["seeds"]
     table = Table(title=f"{dataset_title(report.data)} · {report.model} · {n} seed(s) · "
                         f"ΔAUC vs {report.reference} (95% paired bootstrap CI)")
-    for name in ("policy", "value bytes", "total bytes", f"% of {base_name}", "AUC", "AUC last30",
+    # value bytes with their % of the base's value bytes (the papers' axis)
+    for name in ("policy", "value bytes (%)", "total bytes", f"% of {base_name}",
+                 "AUC", "AUC last30",
                  "logloss", "NE", "samples/s", "ΔAUC", "ΔAUC last30"):
         table.add_column(name, justify="left" if name == "policy" else "right")
     for row in report.rows:
         table.add_row(
             row["policy"],
-            _bytes(row["value_bytes"]),
+            f"{_bytes(row['value_bytes'])} ({_pct(row['value_pct_of_base'])})",
             _bytes(row["embedding_bytes"]),
             _pct(row["pct_of_base"]),
             _mean_pm(row["auc"], row["auc_std"], row["seeds"]),
