@@ -158,7 +158,8 @@ def main() -> None:
                         help="--holdout: ';'-separated changes to fiited's default")
     parser.add_argument("--budgets", default=",".join(f"{b:g}" for b in BUDGETS))
     args = parser.parse_args()
-    root = get_settings().shared_data_dir
+    settings = get_settings()
+    root = settings.shared_data_dir
     if args.threads:
         import torch
 
@@ -187,7 +188,7 @@ def main() -> None:
     reports: dict[str, QualityReport] = {}
     for name, spec, batch in jobs:
         try:
-            open_dataset(spec)
+            open_dataset(spec, settings.data_dir)  # movielens-100k is cached there
         except Exception as exc:  # a missing set is reported, the others still run
             console.print(f"[yellow]{name}: skipped ({exc})[/yellow]")
             continue
@@ -200,6 +201,7 @@ def main() -> None:
             batch_size=batch,
             max_rows=args.max_rows if not spec.startswith("synthetic") else None,
             n_bootstrap=args.bootstrap,
+            data_dir=settings.data_dir,
             progress=lambda run: print(
                 f"  {run.policy} seed {run.seed}: AUC {run.metrics.summary()['auc']:.4f}, "
                 f"{run.samples_per_s:,.0f} samples/s, {run.wall_s:.0f} s",
