@@ -55,7 +55,7 @@ from services.evaluation.quality import (
 from storage.datasets import open_dataset
 from storage.settings import get_settings
 
-# Below ~16% of fixed-64 (K = 5) an ID's own record and index slot leave nothing for chunks, so the
+# Below ~14% of fixed-64 an ID's own record and index slot leave nothing for chunks, so the
 # smaller points come from admission (an ID gets an entry once seen min_count times), given to
 # FIITED and to its fixed-dim partner alike.
 POLICIES = (

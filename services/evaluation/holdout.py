@@ -31,7 +31,7 @@ from services.evaluation.quality import QualityReport
 CANDIDATES = (
     "", "K=8", "widths=8-8-16-32", "cost_power=0", "cost_power=1", "keep_first=false",
     "interval=20", "interval=200", "gamma=0.9", "gamma=0.999", "init_chunks=1",
-    "min_count=2", "tail_utilities=extension",
+    "min_count=2", "tail_utilities=all",
 )
 BUDGETS = (0.5, 0.25)
 FIXED = ("fixed:64", "fixed:32", "fixed:16", "fixed:8", "fixed:4")

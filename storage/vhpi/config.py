@@ -63,10 +63,11 @@ class StoreConfig:
     normalize: Literal["field", "none"] = "field"
     freq_power: Annotated[float, Field(ge=0)] = 1.0  # u += a**freq_power * ||g||; paper: 1
     hysteresis: Annotated[float, Field(ge=0)] = 0.0  # a pruned chunk must out-score a live one
-    # where the utilities of chunks 2..K-1 live: "all": in every ID's head record (the paper:
-    # every chunk of every ID has a utility, so a pruned chunk keeps its history); "extension":
-    # only in extension records (an ID without one reads 0 there; 2(K-2) bytes an ID fewer)
-    tail_utilities: Literal["all", "extension"] = "all"
+    # where the utilities of chunks 2..K-1 live: "extension": only in extension records (an
+    # ID without one, i.e. with chunk 1 pruned, keeps none there); "all": in every ID's head
+    # record, as the paper has it (2(K-2) bytes an ID more). The default is what the
+    # leave-one-data-set-out protocol chose (README, "leave one data set out").
+    tail_utilities: Literal["all", "extension"] = "extension"
     cost_power: Annotated[float, Field(ge=0)] = 2.0  # score / (bytes / first's)**p; 0: blind
     # accesses before an ID gets chunks (until then it reads zeros); counts saturate at 65535
     min_count: Annotated[int, Field(ge=1, le=65535)] = 1
