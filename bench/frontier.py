@@ -12,6 +12,17 @@ total bytes ("vs fixed@="), each with its 95% paired-bootstrap CI (* = the CI ex
 
 Small sets get small batches so that prune/regrow runs (at batch 256 Avazu's 8,087 rows would
 end before FIITED's first prune step): batch = clamp(rows / 400, 32, 256).
+
+Leave-one-data-set-out (`--holdout`, services/evaluation/holdout.py): every set runs the
+fixed-dim tables and every FIITED candidate (one change from the default each: chunk widths,
+cost power, keep_first, interval, gamma, a new ID's first chunks, admission, tail utilities)
+at budgets 50% and 25%; for each held-out set the candidate is chosen on the other sets and
+reported on the held-out one against the best fixed-dim table at <= equal total bytes, whole
+stream and last 30%, total and values-only bytes (`holdout.md`, `holdout.json`):
+
+    .venv/bin/python bench/frontier.py --holdout --synthetic 5000000 --seeds 3   # full size
+    .venv/bin/python bench/frontier.py --holdout --max-rows 20000 --synthetic 200000 \
+        --seeds 1 --data frappe,movielens-1m-part,movielens-100k,avazu       # reduced
 """
 
 from __future__ import annotations
@@ -26,6 +37,13 @@ from rich.console import Console
 from rich.table import Table
 
 from services.evaluation.frontier_plot import write_frontier_png
+from services.evaluation.holdout import (
+    BUDGETS,
+    CANDIDATES,
+    candidate_specs,
+    holdout_markdown,
+    holdout_rows,
+)
 from services.evaluation.quality import (
     QualityReport,
     policy_kind,
@@ -44,7 +62,8 @@ POLICIES = (
     "fixed:64,fixed:32,fixed:16,fixed:8,fixed:4,fixed:2,"
     "fiited:budget=0.5,fiited:budget=0.25,fiited:budget=0.25,cost_power=0,"
     "fiited:budget=0.25,min_count=3,sketch_width=4096,fixed:4,min_count=3,sketch_width=4096,"
-    "adaembed:budget=0.25,dml,dml:penalty=0.1,amtl,amtl:penalty=0.003"
+    "adaembed:budget=0.25,dml,dml:penalty=0.1,amtl,amtl:penalty=0.003,"
+    "dml:memory=0.25,amtl:memory=0.25"
 )
 # (name, spec relative to the shared data folder, rows) of the real sets
 REAL_SETS = (
@@ -60,6 +79,12 @@ SYNTHETIC = "synthetic:events={n},fields=8,vocab=100000,zipf=1.1,seed=1,drift=0.
 
 def batch_for(rows: int) -> int:
     return max(32, min(256, rows // 400))
+
+
+def _candidates(text: str) -> list[str]:
+    """"default;K=8;cost_power=0" -> ["", "K=8", "cost_power=0"] (the default first)."""
+    out = ["" if c.strip() in ("", "default") else c.strip() for c in text.split(";")]
+    return [""] + [c for c in dict.fromkeys(out) if c]
 
 
 def _fmt(d: dict) -> str:
@@ -125,13 +150,24 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=300)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--out-dir", type=Path, default=Path("results-frontier"))
+    parser.add_argument("--max-rows", type=int, default=None,
+                        help="reduced size: the first N rows of every set (batch sized to N)")
+    parser.add_argument("--holdout", action="store_true",
+                        help="leave-one-data-set-out choice of FIITED's settings")
+    parser.add_argument("--candidates", default=";".join(c or "default" for c in CANDIDATES),
+                        help="--holdout: ';'-separated changes to fiited's default")
+    parser.add_argument("--budgets", default=",".join(f"{b:g}" for b in BUDGETS))
     args = parser.parse_args()
-    root = get_settings().shared_data_dir
+    settings = get_settings()
+    root = settings.shared_data_dir
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    policies = split_policies(args.policies)
+    candidates = _candidates(args.candidates)
+    budgets = [float(b) for b in args.budgets.split(",")]
+    policies = (candidate_specs(candidates, budgets) if args.holdout
+                else split_policies(args.policies))
     if "fixed:64" not in policies:
         policies.insert(0, "fixed:64")
 
@@ -140,6 +176,7 @@ def main() -> None:
         wanted = None if args.data == "all" else set(args.data.split(","))
         for name, spec, rows in REAL_SETS:
             if wanted is None or name in wanted:
+                rows = min(rows, args.max_rows or rows)
                 jobs.append((name, spec.format(d=root), batch_for(rows)))
     if args.synthetic:
         jobs.append((f"synthetic-{args.synthetic // 1_000_000}M",
@@ -148,9 +185,10 @@ def main() -> None:
     console = Console(width=220)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, dict] = {}
+    reports: dict[str, QualityReport] = {}
     for name, spec, batch in jobs:
         try:
-            open_dataset(spec)
+            open_dataset(spec, settings.data_dir)  # movielens-100k is cached there
         except Exception as exc:  # a missing set is reported, the others still run
             console.print(f"[yellow]{name}: skipped ({exc})[/yellow]")
             continue
@@ -161,7 +199,9 @@ def main() -> None:
             seeds=args.seeds,
             reference="fixed:64",
             batch_size=batch,
+            max_rows=args.max_rows if not spec.startswith("synthetic") else None,
             n_bootstrap=args.bootstrap,
+            data_dir=settings.data_dir,
             progress=lambda run: print(
                 f"  {run.policy} seed {run.seed}: AUC {run.metrics.summary()['auc']:.4f}, "
                 f"{run.samples_per_s:,.0f} samples/s, {run.wall_s:.0f} s",
@@ -173,6 +213,7 @@ def main() -> None:
         write_json(report, args.out_dir / f"{name}.json")
         write_frontier_png(report, args.out_dir / f"{name}.png")
         summary[name] = summarise(report)
+        reports[name] = report
         sys.stdout.flush()
 
     table = Table(title="last 30%: % of fixed-64's total bytes · ΔAUC vs fixed-64 · ΔAUC vs the "
@@ -185,6 +226,12 @@ def main() -> None:
     console.print(table)
     (args.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (args.out_dir / "summary.md").write_text(markdown(summary, policies))
+    if args.holdout and reports:
+        rows = holdout_rows(reports, candidates, budgets)
+        text = holdout_markdown(rows)
+        console.print(text, markup=False, highlight=False)
+        (args.out_dir / "holdout.md").write_text(text)
+        (args.out_dir / "holdout.json").write_text(json.dumps(rows, indent=2) + "\n")
     console.print(f"wrote {args.out_dir}/")
 
 

@@ -18,8 +18,10 @@ How k is learned:
   mask over dims is  M = onehot_ste(p) @ prefix,  prefix[n - 1, d] = [d < offsets[n]].
 - Penalty: `penalty * mean_u(p_u . k / D)`, the expected kept fraction over the batch's unique
   values, added to the loss (the paper has no explicit penalty; we add one so the memory can
-  be set). Initially every value prefers option `start` (default K: full width) by a logit
-  margin of 1.
+  be set; `memory=0.25` adds a controlled multiplier lam that lowers option n's logit by
+  lam * (2 - a) * k_n / D, so the memory lands on 25% of fixed-D's bytes, rare values giving
+  way first; models.policies.masked).
+  Initially every value prefers option `start` (default K: full width) by a logit margin of 1.
 
 Storage: an entry holds exactly the chunks of its current k (see models.policies.masked):
 chunks past k are freed at the entry's next train lookup or at the next relayout (every
@@ -84,6 +86,8 @@ class AMTLPolicy(MaskedChunkPolicy):
 
     Params = AMTLParams
     WIDTHS = AMTL_WIDTHS
+    CONTROL_RATE = 0.05  # lam is in logits per unit of kept fraction
+    LAM_MAX = 100.0
 
     @classmethod
     def check(cls, params: AMTLParams, config: StoreConfig) -> None:  # type: ignore[override]
@@ -111,7 +115,17 @@ class AMTLPolicy(MaskedChunkPolicy):
     def probabilities(self, slots: torch.Tensor) -> torch.Tensor:
         """float32[U, K]: softmax(z / tau) over "keep n chunks", n = 1..K."""
         fields = self.store.index.fields[slots].long()
-        return torch.softmax(self.mask_module(fields, self.frequency(slots)) / self.tau, dim=1)
+        x = self.frequency(slots)
+        z = self.mask_module(fields, x) / self.tau
+        if self.lam:
+            # A memory target's multiplier: each option costs lam * its kept fraction, twice as
+            # much for a value never seen as for one seen `high` times. Without the frequency
+            # in the price every value of a field would move at once while the twin networks
+            # still ignore frequency (they start so), and the memory would move in steps of
+            # whole fields.
+            price = 2.0 - x.clamp(0.0, 1.0)
+            z = z - self.lam * price[:, None] * self._kept[None, :]
+        return torch.softmax(z, dim=1)
 
     def masks(
         self, slots: torch.Tensor, train: bool

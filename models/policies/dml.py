@@ -16,6 +16,11 @@ How N_f is learned (the paper gives the layer, not a rule; this is ours):
   help the loss push t_f up against the penalty; a field without signal shrinks to one chunk.
 - Hardening: once a field's N_f has not changed for `harden` steps, its t_f is frozen (restored
   after every optimizer step) and N_f is final.
+- With a memory target (`memory=0.25`, models.policies.masked) a controlled multiplier lam
+  lowers every t_f by lam * D so that the memory follows the target; hardening is then off.
+  N_f is per field, so the fractions DML can reach are steps (a field with most of the IDs
+  moves the memory by a whole chunk of each of its IDs at once): where the target falls between
+  two steps the controller holds the memory near it by moving a field back and forth.
 
 When the tail is freed: always. An entry stores exactly the chunks of its field's current
 N_f; a train lookup re-lays out the batch's entries first (chunks past N_f are freed to the
@@ -52,13 +57,17 @@ class DimensionMaskPolicy(MaskedChunkPolicy):
 
     Params = DMLParams
     WIDTHS = DML_WIDTHS
+    CONTROL_RATE = 0.02  # lam is in units of D: a step moves every threshold by 1.3 dims at D=64
+    TARGET_KEEPS_PENALTY = True
+    LAM_MAX = 4.0  # t_f is not clamped above: a learned t_f may sit well past D
 
     def setup(self, params: DMLParams) -> None:  # type: ignore[override]
         D = self.store.config.dim
         num_fields = self.num_fields
         self.speed = params.speed
         self.init = float(D if params.init is None else params.init)
-        self.harden_after = params.harden
+        # a memory target moves the penalty for as long as the run lasts: N_f must follow it
+        self.harden_after = params.harden if params.memory is None else 0
         self.mask_module = nn.ParameterDict({"theta": nn.Parameter(torch.zeros(num_fields))})
         dev = self.store.device
         self.mask_module.to(dev)
@@ -76,7 +85,9 @@ class DimensionMaskPolicy(MaskedChunkPolicy):
     def thresholds(self) -> torch.Tensor:
         """t_f, float32[F], in dims; differentiable in theta. Not clamped (a clamp would stop
         the gradient at the ends); the hard mask keeps at least one chunk and at most K."""
-        return self.init + self.speed * self.theta
+        t = self.init + self.speed * self.theta
+        # a memory target's multiplier lowers every threshold by lam * D (masked.py)
+        return t - self.lam * self.store.config.dim if self.lam else t
 
     def field_chunks(self) -> np.ndarray:
         """Hard N_f as a chunk count, int64[F] in 1..K: chunks starting below t_f."""

@@ -4,7 +4,9 @@
 
 Left: the memory-vs-quality frontier, x = total embedding bytes as % of fixed-64 (log scale,
 ticks at round percentages), y = AUC on the last 30% of the stream (error bars: std over
-seeds, none with one seed); policies of one kind joined in order of bytes. Right: each
+seeds, none with one seed); policies of one kind joined in order of bytes. Hollow markers on a
+dotted line: the same runs at their values-only bytes (% of fixed-64's values), the axis the
+papers report. Right: each
 policy's paired ΔAUC against the reference on the last 30%, with its 95% paired-bootstrap CI
 (filled: the CI excludes 0). Titled by the data set's name, not its path.
 """
@@ -39,6 +41,7 @@ def write_frontier_png(report: QualityReport, path: Path) -> None:
                                  gridspec_kw={"width_ratios": [3, 2]})
     kinds = list(dict.fromkeys(policy_kind(r["policy"]) for r in rows))
     xs = [r["pct_of_base"] for r in rows]
+    xs += [r["value_pct_of_base"] for r in rows if r.get("value_pct_of_base", 0) > 0]
     x_mid = (min(xs) * max(xs)) ** 0.5
     for k, kind in enumerate(kinds):
         mine = sorted((r for r in rows if policy_kind(r["policy"]) == kind),
@@ -46,6 +49,11 @@ def write_frontier_png(report: QualityReport, path: Path) -> None:
         yerr = [r["auc_last30_std"] if r["seeds"] > 1 else 0.0 for r in mine]
         ax.errorbar([r["pct_of_base"] for r in mine], [r["auc_last30"] for r in mine],
                     yerr=yerr, marker="o", capsize=3, color=f"C{k}", label=kind)
+        vals = sorted((r for r in mine if r.get("value_pct_of_base", 0) > 0),
+                      key=lambda r: r["value_pct_of_base"])
+        ax.plot([r["value_pct_of_base"] for r in vals], [r["auc_last30"] for r in vals],
+                marker="o", markerfacecolor="white", linestyle=":", color=f"C{k}",
+                label="values only (hollow)" if k == 0 else None)
         for r in mine:  # labels point inwards (none runs off the plot); one kind's above
             right = r["pct_of_base"] <= x_mid  # its points, the next kind's below
             ax.annotate(r["policy"], (r["pct_of_base"], r["auc_last30"]), fontsize=7,
@@ -57,7 +65,8 @@ def write_frontier_png(report: QualityReport, path: Path) -> None:
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}%"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.margins(x=0.12, y=0.12)
-    ax.set_xlabel(f"embedding bytes, total (% of {base_label(report)})")
+    ax.set_xlabel(f"embedding bytes, total (filled) and values only (hollow), "
+                  f"% of {base_label(report)}'s")
     ax.set_ylabel("AUC, last 30% of the stream")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8, loc="best")

@@ -74,8 +74,7 @@ class QualityReport:
     rows: list[dict[str, Any]]  # one summary per policy, in command-line order
     # bootstrap AUCs [resamples, runs] of the whole stream and of its last 30%, runs in order
     boot: dict[str, np.ndarray] = field(default_factory=dict)
-    # each policy's own embedding width, before the zero padding of common_dim
-    dims: dict[str, int] = field(default_factory=dict)
+    dims: dict[str, int] = field(default_factory=dict)  # own widths, before common_dim's pad
 
     def records(self) -> list[dict[str, Any]]:
         """The JSON: one object per policy and seed."""
@@ -258,11 +257,12 @@ def run_quality_bench(
     native = dict(zip(policies, dims, strict=True))
     base = _base_policy(policies, native, reference)
     base_bytes = float(np.mean([r.memory["total_bytes"] for r in runs if r.policy == base]))
+    base_values = float(np.mean([r.memory["value_bytes"] for r in runs if r.policy == base]))
     report = QualityReport(data, model, reference, base, policies, runs, [],
                            {"": boot_full, "_last30": boot_tail}, native)
     for spec in policies:
         mine = [r for r in runs if r.policy == spec]
-        row = _policy_row(spec, mine, base_bytes)
+        row = _policy_row(spec, mine, base_bytes, base_values)
         for suffix in ("", "_last30"):
             # pooled over seeds: the mean of the per-seed paired differences, per resample
             row[f"delta_auc{suffix}_ci"] = report.paired_delta(spec, reference, suffix)["ci"]
@@ -303,14 +303,15 @@ def _run_record(run: Run, data: str, model: str, reference: str, tail: int) -> d
     }
 
 
-def _policy_row(spec: str, runs: Sequence[Run], base_bytes: float) -> dict[str, Any]:
-    """The table row of one policy: means (and std) over its seeds."""
+def _policy_row(spec: str, runs: Sequence[Run], total: float, values: float) -> dict[str, Any]:
+    """The table row of one policy: means (and std) over its seeds; % of the base's bytes."""
     row: dict[str, Any] = {"policy": spec, "seeds": len(runs)}
     for key in ("auc", "auc_last30", "logloss", "ne", "calibration", "samples_per_s"):
         row[key], row[f"{key}_std"] = _mean_std([r.record[key] for r in runs])
     row["value_bytes"] = float(np.mean([r.memory["value_bytes"] for r in runs]))
     row["embedding_bytes"] = float(np.mean([r.memory["total_bytes"] for r in runs]))
-    row["pct_of_base"] = 100.0 * row["embedding_bytes"] / base_bytes if base_bytes else math.nan
+    row["pct_of_base"] = 100.0 * row["embedding_bytes"] / total if total else math.nan
+    row["value_pct_of_base"] = 100.0 * row["value_bytes"] / values if values else math.nan
     for suffix in ("", "_last30"):
         row[f"delta_auc{suffix}"] = float(np.mean([r.record[f"delta_auc{suffix}"] for r in runs]))
     return row
@@ -349,13 +350,13 @@ def render_table(report: QualityReport) -> Table:
     n = report.rows[0]["seeds"]
     table = Table(title=f"{dataset_title(report.data)} · {report.model} · {n} seed(s) · "
                         f"ΔAUC vs {report.reference} (95% paired bootstrap CI)")
-    for name in ("policy", "value bytes", "total bytes", f"% of {base_name}", "AUC", "AUC last30",
+    for name in ("policy", "values (%)", "total bytes", f"% of {base_name}", "AUC", "AUC last30",
                  "logloss", "NE", "samples/s", "ΔAUC", "ΔAUC last30"):
         table.add_column(name, justify="left" if name == "policy" else "right")
     for row in report.rows:
         table.add_row(
             row["policy"],
-            _bytes(row["value_bytes"]),
+            f"{_bytes(row['value_bytes'])} ({_pct(row['value_pct_of_base'])})",
             _bytes(row["embedding_bytes"]),
             _pct(row["pct_of_base"]),
             _mean_pm(row["auc"], row["auc_std"], row["seeds"]),

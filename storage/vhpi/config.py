@@ -63,6 +63,11 @@ class StoreConfig:
     normalize: Literal["field", "none"] = "field"
     freq_power: Annotated[float, Field(ge=0)] = 1.0  # u += a**freq_power * ||g||; paper: 1
     hysteresis: Annotated[float, Field(ge=0)] = 0.0  # a pruned chunk must out-score a live one
+    # where the utilities of chunks 2..K-1 live: "extension": only in extension records (an
+    # ID without one, i.e. with chunk 1 pruned, keeps none there); "all": in every ID's head
+    # record, as the paper has it (2(K-2) bytes an ID more). The default is what the
+    # leave-one-data-set-out protocol chose (README, "leave one data set out").
+    tail_utilities: Literal["all", "extension"] = "extension"
     cost_power: Annotated[float, Field(ge=0)] = 2.0  # score / (bytes / first's)**p; 0: blind
     # accesses before an ID gets chunks (until then it reads zeros); counts saturate at 65535
     min_count: Annotated[int, Field(ge=1, le=65535)] = 1
@@ -98,7 +103,7 @@ class StoreConfig:
         if self.budget is not None:
             # An ID's own record and index slot are paid before any chunk; a budget that does
             # not cover them cannot be held.
-            meta = entry_bytes(self.num_chunks, True) + INDEX_ALLOWANCE
+            meta = entry_bytes(self.num_chunks, self.head_utilities()) + INDEX_ALLOWANCE
             fixed = fixed_entry_bytes(self.dim, self.optimizer)
             if meta >= self.budget * fixed:
                 raise ValueError(
@@ -115,7 +120,14 @@ class StoreConfig:
         widths = self.chunk_widths()
         chunks = sum(4 * (w + (w if self.optimizer == "adagrad" else 1)) for w in widths)
         ext_record = 4 * (len(widths) - 1)  # chunk addresses 1..K-1, no utilities
-        return chunks + entry_bytes(len(widths), False) + ext_record + INDEX_ALLOWANCE
+        return chunks + entry_bytes(len(widths), 0) + ext_record + INDEX_ALLOWANCE
+
+    def head_utilities(self) -> int:
+        """Utilities in an ID's head record: none without a budget (nothing is pruned), all K
+        with tail_utilities="all", else those of chunks 0 and 1."""
+        if self.budget is None:
+            return 0
+        return self.num_chunks if self.tail_utilities == "all" else min(self.num_chunks, 2)
 
     def entry_limit(self) -> int | None:
         """Entries the store may hold: `max_entries`, else max_bytes // id_bytes(), else
@@ -127,14 +139,13 @@ class StoreConfig:
         return max(1, int(self.max_bytes // self.id_bytes()))
 
 
-def entry_bytes(num_chunks: int, tracks_utility: bool) -> int:
-    """Bytes of one entry's head record."""
-    head_utils = min(num_chunks, 2) if tracks_utility else 0
-    return _ENTRY_BASE_BYTES + (4 if num_chunks > 1 else 0) + 2 * head_utils
+def entry_bytes(num_chunks: int, head_utilities: int) -> int:
+    """Bytes of one entry's head record holding `head_utilities` float16 utilities."""
+    return _ENTRY_BASE_BYTES + (4 if num_chunks > 1 else 0) + 2 * head_utilities
 
 
 def fixed_entry_bytes(dim: int, optimizer: str) -> int:
     """What one ID costs in a fixed-D store of width `dim` (K = 1, same optimizer), without
     the index table: the reference a budget is a fraction of."""
     state = dim if optimizer == "adagrad" else 1
-    return 4 * (dim + state) + entry_bytes(1, False)
+    return 4 * (dim + state) + entry_bytes(1, 0)

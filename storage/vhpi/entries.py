@@ -10,21 +10,24 @@ and come out as int64 tensors on it.
 
     head_addr  int32[E]          address of chunk 0, -1 = pruned (reads zeros)
     ext        int32[E]          extension record, -1 = none (chunks 1.. all pruned)
-    head_util  float16[E, 2]     utilities of chunks 0 and 1
+    head_util  float16[E, H]     utilities of chunks 0..H-1: H = K (tail_utilities="all",
+                                 the default: every chunk of every ID), or 2 ("extension")
     count      int32[E]          accesses seen in training, saturating at 65535 (admission)
     last       int32[E]          the maintenance epoch it was last trained in (eviction)
     dirty      bool[E]           changed since the last export (incremental publishing)
   extension records:
     ext_addr   int32[R, K-1]     addresses of chunks 1..K-1
-    ext_util   float16[R, K-2]   utilities of chunks 2..K-1
+    ext_util   float16[R, K-H]   utilities of chunks H..K-1 (none when H = K)
     ext_free   int32[*]          free extension records (a stack)
 (count and last are int32 on the device, for its arithmetic; a snapshot stores them as uint16,
 and the byte accounting counts 2 bytes each.)
 
-Chunk j lives in pool j (`widths[j]` floats each). A chunk with no extension record (position
->= 2) has utility 0. Utilities are stored as the store scales them (see store.py).
+Chunk j lives in pool j (`widths[j]` floats each). With H = 2 a chunk at position >= 2 of an
+ID with no extension record has utility 0 (its history is lost when its record goes); with
+H = K every ID keeps every chunk's utility, live or pruned, as FIITED describes. Utilities are
+stored as the store scales them (see store.py).
 
-    table = EntryTable((4, 4, 8), "rowwise_adagrad", tracks_utility=True, entry_capacity=16)
+    table = EntryTable((4, 4, 8), "rowwise_adagrad", head_utilities=3, entry_capacity=16)
     table.addresses(slots)              # int64[N] -> int64[N, K], -1 = pruned
     table.gather(slots)                 # int64[N] -> float32[N, D], pruned chunks read zeros
     table.resize(slots, n, init)        # entries keep exactly their first n[i] chunks
@@ -71,19 +74,19 @@ class EntryTable:
               "ext_free")  # the arrays of a snapshot, by these names
     _UINT16 = ("count", "last")  # int32 here, uint16 in a snapshot
 
-    def __init__(self, widths: tuple[int, ...], optimizer: str, tracks_utility: bool,
+    def __init__(self, widths: tuple[int, ...], optimizer: str, head_utilities: int,
                  entry_capacity: int, pool_capacity: int = 1024,
                  device: str | torch.device = "cpu") -> None:
         self.widths = widths
         self.device = dev = torch.device(device)
         self.K = K = len(widths)
         self.offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
-        self.tracks_utility = tracks_utility
+        self.tracks_utility = tracks_utility = head_utilities > 0
         self.pools = [ChunkPool(w, optimizer, initial_capacity=pool_capacity, device=dev)
                       for w in widths]
         cap = entry_capacity
-        self._hu = min(K, 2) if tracks_utility else 0
-        self._eu = max(K - 2, 0) if tracks_utility else 0
+        self._hu = min(head_utilities, K)
+        self._eu = K - self._hu if tracks_utility else 0
         self.head_addr = torch.full((cap,), -1, dtype=torch.int32, device=dev)
         self.ext = torch.full((cap,), -1, dtype=torch.int32, device=dev)
         self.head_util = torch.zeros((cap, self._hu), dtype=torch.float16, device=dev)
@@ -198,21 +201,21 @@ class EntryTable:
         if not self.tracks_utility:
             return out
         out[:, : self._hu] = _take(self.head_util, slots)
-        if self.K > 2 and self.ext_util.shape[0]:
+        if self._eu and self.ext_util.shape[0]:
             e = _take(self.ext, slots).long()
             rec = _take(self.ext_util, e.clamp(min=0)).float()
-            out[:, 2:] = torch.where((e >= 0)[:, None], rec, 0.0)
+            out[:, self._hu :] = torch.where((e >= 0)[:, None], rec, 0.0)
         return out
 
     def store_utilities(self, slots: torch.Tensor, v: torch.Tensor) -> None:
-        """Store float32[N, K] utilities (capped to float16's range); a chunk position with no
-        extension record keeps none."""
+        """Store float32[N, K] utilities (capped to float16's range); with head_utilities < K
+        a chunk position past them with no extension record keeps none."""
         v = v.clamp(max=UTIL_MAX).to(torch.float16)
         self.head_util.index_copy_(0, slots, v[:, : self._hu])
-        if self.K > 2:
+        if self._eu:
             e = _take(self.ext, slots).long()
             has = e >= 0
-            self.ext_util[e[has]] = v[has, 2:]
+            self.ext_util[e[has]] = v[has, self._hu :]
 
     def rescale_utilities(self, factor: float) -> None:
         """Multiply every stored utility by `factor` (float32 arithmetic)."""
@@ -308,7 +311,7 @@ class EntryTable:
     # ---- sizes and snapshot --------------------------------------------------------------
     def entry_bytes(self) -> int:
         """Bytes of one entry's head record (with its index keys)."""
-        return entry_bytes(self.K, self.tracks_utility)
+        return entry_bytes(self.K, self._hu)
 
     def record_bytes(self) -> int:
         """Bytes of one extension record."""

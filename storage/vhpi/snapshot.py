@@ -49,6 +49,9 @@ def read_snapshot(path: Path, counters: tuple[str, ...]) -> Snapshot:
     arrays = read_npz(path)
     meta = json.loads(arrays.pop("meta").tobytes().decode())
     index = {k[6:]: v for k, v in arrays.items() if k.startswith("index.")}
+    # snapshots from before `tail_utilities` hold the utilities of chunks >= 2 in extension
+    # records only: read them back in that layout
+    meta["config"].setdefault("tail_utilities", "extension")
     return Snapshot(
         config=StoreConfig(**meta["config"]),
         counters={k: meta[k] for k in counters},

@@ -85,7 +85,7 @@ class ChunkStore(StoreMaintenance):
         self.tracks_utility = config.budget is not None
         self.entry_limit = config.entry_limit()
         self.index = DeviceHashIndex(initial_capacity=config.initial_capacity, device=dev)
-        self.entries = EntryTable(self.widths, config.optimizer, self.tracks_utility,
+        self.entries = EntryTable(self.widths, config.optimizer, config.head_utilities(),
                                   self.index.entry_capacity, config.initial_capacity, dev)
         self._deleted: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.step = 0

@@ -1,9 +1,12 @@
 """Invariants of the FIITED chunk store (storage/vhpi/store.py)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from storage.atomic_npz import read_npz, write_npz
 from storage.vhpi.entries import EntryTable
 from storage.vhpi.store import ChunkStore, StoreConfig
 
@@ -115,6 +118,57 @@ def test_utilities_decay_as_specified_across_rescales() -> None:
         slot = store.index.lookup(np.array([0]), np.array([5]))
         got = store.utilities(slot)[0]
         np.testing.assert_allclose(got, expected, rtol=2e-3)  # float16 storage
+
+
+@pytest.mark.parametrize("tail", ["all", "extension"])
+def test_pruned_tail_chunks_keep_their_utility_without_an_extension_record(tail: str) -> None:
+    # An ID with only its first chunk live has no extension record; FIITED still tracks the
+    # utility of every chunk, so a chunk past position 1 can earn its way back.
+    store = ChunkStore(StoreConfig(dim=64, num_chunks=4, budget=0.9, gamma=0.5, interval=1000,
+                                   tail_utilities=tail))
+    ids = np.array([[7]], dtype=np.int64)
+    store.lookup(ids, train=True)
+    slot = store.index.lookup(np.array([0]), np.array([7]))
+    store.resize(slot, [1])
+    assert int(store.entries.ext[slot]) == -1
+    expected = np.zeros(4)
+    for step in range(3):
+        emb, ctx = store.lookup(ids, train=True)
+        grad = torch.arange(1.0, 65.0).reshape(1, 1, 64) * (step + 1) / 64
+        store.apply_gradients(ctx, grad)
+        expected = 0.5 * expected + np.linalg.norm(grad.numpy().reshape(4, 16), axis=1)
+    got = host(store.utilities(slot)[0])
+    np.testing.assert_allclose(got[:2], expected[:2], rtol=2e-3)
+    if tail == "all":
+        np.testing.assert_allclose(got[2:], expected[2:], rtol=2e-3)
+        assert store.entries.record_bytes() == 4 * 3  # addresses only
+    else:
+        assert (got[2:] == 0).all()  # the old layout: no record, no history
+        assert store.entries.record_bytes() == 4 * 3 + 2 * 2
+    # the head record pays 2 bytes for each utility it holds
+    held = 4 if tail == "all" else 2
+    base = ChunkStore(StoreConfig(dim=64, num_chunks=4)).entry_bytes()
+    assert store.entry_bytes() == base + 2 * held
+
+
+def test_a_snapshot_of_the_old_layout_loads_in_that_layout(tmp_path) -> None:
+    rng = np.random.default_rng(5)
+    store = ChunkStore(StoreConfig(dim=64, num_chunks=4, budget=0.4, interval=4,
+                                   tail_utilities="extension"))
+    w = torch.randn(64)
+    for _ in range(8):
+        train_step(store, zipf_ids(rng, 64, 3), w)
+    store.save(tmp_path / "s.npz")
+    # drop the key, as saves from before it lack it
+    arrays = read_npz(tmp_path / "s.npz")
+    meta = json.loads(arrays["meta"].tobytes().decode())
+    del meta["config"]["tail_utilities"]
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    write_npz(tmp_path / "old.npz", arrays)
+    back = ChunkStore.load(tmp_path / "old.npz")
+    assert back.config.tail_utilities == "extension"
+    slots = store.live_slots()
+    np.testing.assert_array_equal(host(back.utilities(slots)), host(store.utilities(slots)))
 
 
 def test_repeated_ids_accumulate_like_a_dense_reference() -> None:
