@@ -227,7 +227,8 @@ def sync_profile(args, batches, warm) -> None:
         torch.cuda.set_sync_debug_mode(0)
     for w in caught:
         if "synchroniz" in str(w.message):
-            where[f"{w.filename.rsplit('/', 2)[-2]}/{w.filename.rsplit('/', 1)[-1]}:{w.lineno}"] += 1
+            folder, name = w.filename.rsplit("/", 2)[-2:]
+            where[f"{folder}/{name}:{w.lineno}"] += 1
     n = len(batches)
     print(f"\nFIITED step: host syncs a step, by calling line ({sum(where.values()) / n:.1f} "
           "a step in all)")

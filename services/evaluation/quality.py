@@ -14,8 +14,7 @@ Paired comparison against the reference policy (`--reference`, default the first
 - Pooled over seeds (the table's column, `delta_auc_pooled*` in the JSON): the mean of the
   per-seed differences, on the original rows and on each resample, and its percentile CI.
   This CI covers the row sampling of the stream with the seeds' noise averaged out; the
-  spread across seeds is shown by AUC's ± std.
-The last-30% rows get the same treatment (`delta_auc_last30*`), restricted to those rows.
+  spread across seeds is shown by AUC's ± std. The last 30%: the same (`delta_auc_last30*`).
 """
 
 from __future__ import annotations

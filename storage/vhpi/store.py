@@ -219,9 +219,8 @@ class ChunkStore(StoreMaintenance):
         e.last.index_fill_(0, kn, self.epoch & 0xFFFF)
         mc = self.config.min_count
         crossed = known & (before < mc) & (before + counts >= mc)
-        # Admitted IDs the budget had no room for when they came in (it grows with every new
-        # ID) get their first chunk as soon as there is room, not at the next prune. (Those
-        # crossing now are left to the first _admit: it gives each a chunk or uses up the room.)
+        # Admitted IDs the budget had no room for at first get their first chunk once there is
+        # room (crossing ones are the first _admit's: it gives each a chunk or uses the room up)
         waiting = (known & ~crossed & (e.count.index_select(0, uniq_ok) >= mc)
                    & (e.head_addr.index_select(0, uniq_ok) < 0)
                    if self.config.budget is not None and self.config.keep_first else None)
@@ -320,17 +319,13 @@ class ChunkStore(StoreMaintenance):
             self.entries.store_utilities(unique, v)
         live = addr >= 0  # a prune step can only run after this update
         parts = g.split(self.widths, dim=1)
-        masked = self.masked_updates
-        if not (masked if masked is not None else self.device.type != "cpu"):
-            # the live rows alone: less work, and on the CPU no sync to save
-            for j, pool in enumerate(self.pools):
-                on = torch.nonzero(live[:, j]).squeeze(1)
-                if on.numel():
-                    pool.adagrad_step(addr[:, j].index_select(0, on),
-                                      parts[j].index_select(0, on), c.lr, c.eps)
-        else:  # every row, pruned ones on the null chunk with a zero gradient: no host sync
-            for j, pool in enumerate(self.pools):
+        masked = self.device.type != "cpu" if self.masked_updates is None else self.masked_updates
+        for j, pool in enumerate(self.pools):
+            if masked:  # every row, pruned ones on the null chunk with a zero gradient: no sync
                 pool.adagrad_step_masked(addr[:, j], parts[j], live[:, j], c.lr, c.eps)
+            elif (on := torch.nonzero(live[:, j]).squeeze(1)).numel():  # the live rows alone
+                pool.adagrad_step(addr[:, j].index_select(0, on),
+                                  parts[j].index_select(0, on), c.lr, c.eps)
         # dirty |= has a live chunk (unique slots are distinct: no write races)
         dirty = self.entries.dirty
         dirty.index_copy_(0, unique, dirty.index_select(0, unique) | live.any(dim=1))
