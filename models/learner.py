@@ -24,7 +24,7 @@ from torch import nn
 
 from models.metrics import StreamMetrics
 from models.policy import EmbeddingPolicy
-from storage.batch import SparseBatch
+from storage.batch import SparseBatch, first_rows
 
 DENSE_LR = 1e-3  # Adam on the network's weights
 
@@ -134,18 +134,10 @@ class Learner:
     ) -> StreamMetrics:
         """Progressive validation over `batches` (at most `max_rows` rows in all, the last
         batch cut short if need be). callback(learner, batch, predictions) after each step."""
-        seen = 0
-        for batch in batches:
-            if max_rows is not None:
-                room = max_rows - seen
-                if room <= 0:
-                    break
-                if len(batch) > room:
-                    batch = batch.take(slice(0, room))
+        for batch in first_rows(batches, max_rows):
             if len(batch) == 0:
                 continue
             pred = self.step(batch)
-            seen += len(batch)
             if callback is not None:
                 callback(self, batch, pred)
         return self.metrics

@@ -140,6 +140,20 @@ def rebatch(batches: Iterable[SparseBatch], batch_size: int) -> Iterator[SparseB
         yield SparseBatch.concat(pending) if len(pending) > 1 else pending[0]
 
 
+def first_rows(batches: Iterable[SparseBatch], max_rows: int | None) -> Iterator[SparseBatch]:
+    """The batches up to `max_rows` rows in all (None: every one), the last cut short."""
+    seen = 0
+    for batch in batches:
+        if max_rows is not None:
+            room = max_rows - seen
+            if room <= 0:
+                return
+            if len(batch) > room:
+                batch = batch.take(slice(0, room))
+        yield batch
+        seen += len(batch)
+
+
 def hash_values(values: np.ndarray | pd.Series) -> np.ndarray:
     """Map raw categorical values (strings or numbers) to int64 IDs, vectorised and stable
     across processes. Missing values (None, NaN, empty string) map to MISSING_ID.

@@ -29,7 +29,7 @@ from models.policies.registry import parse_policy
 from models.policy import EmbeddingPolicy
 from services.distributed.launch import init_from_env, launch
 from services.evaluation.policy_specs import policy_kind
-from storage.batch import SparseBatch
+from storage.batch import SparseBatch, first_rows
 from storage.datasets.spec import Dataset, open_dataset
 
 
@@ -37,13 +37,7 @@ def my_rows(batches: Iterator[SparseBatch], rank: int, world: int, max_rows: int
             ) -> Iterator[tuple[SparseBatch, np.ndarray]]:
     """This rank's rows of each batch (rows i mod world = rank) and their stream positions."""
     seen = 0
-    for batch in batches:
-        if max_rows is not None:
-            room = max_rows - seen
-            if room <= 0:
-                return
-            if len(batch) > room:
-                batch = batch.take(slice(0, room))
+    for batch in first_rows(batches, max_rows):
         mine = np.arange(rank, len(batch), world)
         yield batch.take(mine), seen + mine
         seen += len(batch)
