@@ -5,7 +5,7 @@ ways. Goals: Arrow ingestion >= 1M events/s in one process, and ingestion >= 2x 
 the broker side is never what holds a trainer back. Prints a table.
 
     python bench/ingestion.py [--data movielens-100k] [--policy fiited:budget=0.25] \\
-        [--arch dlrm] [--events 100000] [--threads 1]
+        [--arch dlrm] [--events 100000] [--threads 1] [--device cpu|cuda]
 
 Starts its own tansu broker and redis-server (services/stack/infra.py) unless --bootstrap and
 --redis are given, replays the data set into a fresh topic once, then reads it with fresh
@@ -78,6 +78,8 @@ def main(
     threads: int = typer.Option(1, help="torch threads of the trainer"),
     bootstrap: str | None = typer.Option(None, help="use this broker instead of starting one"),
     redis_url: str | None = typer.Option(None, "--redis", help="use this Redis"),
+    device: str = typer.Option("cpu", help="where the trainer's store and network live: "
+                                           "cpu or cuda"),
 ) -> None:
     console = Console()
     rows: list[tuple[str, str, float, str]] = []
@@ -89,6 +91,7 @@ def main(
             redis_url = stack.enter_context(start_redis(log_dir=tmp / "logs")).url
         settings = Settings(kafka_bootstrap=bootstrap, redis_url=redis_url,
                             checkpoint_dir=tmp / "checkpoints", trainer_threads=threads,
+                            trainer_device=device,
                             kafka_max_poll_interval_ms=3000)
         schema = open_dataset(data, settings.data_dir).schema
         ingest: dict[str, float] = {}
@@ -133,7 +136,7 @@ def main(
                 rows.append((fmt, f"{mode} ({what})", stats.stream_events_per_s, note))
 
     table = Table(title=f"ingestion vs training: {data}, {policy}, {arch}, "
-                        f"{events:,} events at most, {threads} torch thread(s)")
+                        f"{events:,} events at most, {threads} torch thread(s), {device}")
     for col in ("format", "reader"):
         table.add_column(col)
     table.add_column("events/s", justify="right")
