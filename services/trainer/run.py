@@ -14,7 +14,10 @@ trainer republishes in full when it is back.)
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
+import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,27 +48,76 @@ class TrainerOptions:
     idle_exit_s: float | None = None
     hot_start: Path | None = None
     device: str | None = None  # cpu or cuda; None: settings.trainer.device
+    workers: int = 1  # local ranks of a sharded trainer (services/trainer/sharded.py)
+
+
+def _config(settings: Settings, opts: TrainerOptions) -> tuple[Settings, TrainerConfig]:
+    arch = opts.arch.strip().lower()
+    if opts.device is not None:
+        settings = settings.replace(trainer_device=opts.device)
+    wire.check_model_name(opts.model)
+    schema = open_dataset(opts.data, settings.data_dir).schema
+    return settings, TrainerConfig(
+        model=opts.model, policy=opts.policy, schema=schema, arch=arch, topic=opts.topic,
+        seed=opts.seed, max_events=opts.max_events, idle_exit_s=opts.idle_exit_s,
+        hot_start=opts.hot_start)
 
 
 def build_trainer(settings: Settings, opts: TrainerOptions) -> StreamTrainer:
     """The trainer of `opts` (restored from its newest checkpoint), not connected yet."""
-    arch = opts.arch.strip().lower()
     try:
-        if opts.device is not None:
-            settings = settings.replace(trainer_device=opts.device)
-        wire.check_model_name(opts.model)
-        schema = open_dataset(opts.data, settings.data_dir).schema
-        return StreamTrainer(settings, TrainerConfig(
-            model=opts.model, policy=opts.policy, schema=schema, arch=arch, topic=opts.topic,
-            seed=opts.seed, max_events=opts.max_events, idle_exit_s=opts.idle_exit_s,
-            hot_start=opts.hot_start))
+        return StreamTrainer(*_config(settings, opts))
     except (DatasetError, ValueError) as exc:
         raise TrainerRefused(str(exc)) from exc
 
 
+def run_sharded_trainer(settings: Settings, opts: TrainerOptions) -> TrainerStats:
+    """`opts.workers` local ranks of one model (services/trainer/sharded.py); the counters
+    summed over the ranks. Ctrl-C / SIGTERM reach every rank (final checkpoint, publish)."""
+    from models.policies.registry import parse_policy
+    from services.trainer.sharded import run_sharded
+
+    try:
+        settings, config = _config(settings, opts)
+        if opts.hot_start is not None:
+            raise ValueError("--hot-start with --workers > 1 is not supported yet")
+        parse_policy(config.policy, num_fields=config.schema.num_fields)  # a bad spec: now
+    except (DatasetError, ValueError) as exc:
+        raise TrainerRefused(str(exc)) from exc
+    problem = (broker_problem(settings.kafka.bootstrap)
+               or redis_problem(settings.redis.url, **settings.redis.client_kwargs))
+    if problem is not None:
+        raise TrainerRefused(problem)
+    # the ranks stop on a signal themselves (a terminal's Ctrl-C reaches them all); one sent
+    # to this process only is passed on; the launcher waits for their final checkpoint
+    def forward(signum: int, _frame: object) -> None:
+        for child in multiprocessing.active_children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signum)  # type: ignore[arg-type]
+
+    old = [signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)]
+    try:
+        ranks = run_sharded(settings, config, opts.workers)
+    finally:
+        for s, h in zip((signal.SIGINT, signal.SIGTERM), old, strict=True):
+            signal.signal(s, h)
+    stats = TrainerStats()
+    for r in ranks:
+        stats.events_applied += r["events_applied"]
+        stats.events_checksum = wire.add_checksums(stats.events_checksum, r["events_checksum"])
+        stats.events_invalid += r["events_invalid"]
+        stats.messages += r["messages"]
+        stats.checkpoints = max(stats.checkpoints, r["checkpoints"])
+        stats.versions_published = max(stats.versions_published, r["versions_published"])
+    stats.extra["ranks"] = ranks
+    return stats
+
+
 def run_trainer(settings: Settings, opts: TrainerOptions) -> TrainerStats:
     """Build the trainer, stop it on SIGTERM / SIGINT (final train, checkpoint, publish), run
-    it; returns its counters."""
+    it; returns its counters. With `opts.workers` > 1: run_sharded_trainer."""
+    if opts.workers > 1:
+        return run_sharded_trainer(settings, opts)
     trainer = build_trainer(settings, opts)
     # seconds, not kafka-python's ~40 s or the Redis client's retries
     problem = (broker_problem(settings.kafka.bootstrap)
