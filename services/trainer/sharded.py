@@ -335,8 +335,9 @@ class ShardedTrainer:
             if pub:
                 self.publish()
                 last_pub = time.monotonic()
-            if ckpt:
-                self.checkpoint()
+            if ckpt:  # only when some rank applied events since the last one
+                if self._agree([int(self.stats.events_applied != ckpt_events)])[0]:
+                    self.checkpoint()
                 ckpt_events = self.stats.events_applied
                 last_ckpt = time.monotonic()
             if stop or not busy or (self.c.max_events is not None

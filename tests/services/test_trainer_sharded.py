@@ -1,19 +1,30 @@
 """The sharded trainer (`chunkrec train --workers 2`: services/trainer/sharded.py) on gloo against
 the real tansu broker and redis-server: every event applied once over two ranks that read
-disjoint partitions, one version in Redis that serving loads, and a second job refused."""
+disjoint partitions, one version in Redis that serving loads, a second job refused, and a
+SIGKILL of either rank mid-stream followed by a restart applying every event exactly once."""
 
 from __future__ import annotations
 
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import redis
 
 from models.distributed.checkpoint import latest_complete
 from services import wire
 from services.serving.registry import build_loaded_model
-from services.stack.replay import replay_dataset
+from services.stack.infra import wait_until
+from services.stack.replay import ReplayStats, replay_dataset
 from services.trainer.config import TrainerConfig
 from services.trainer.lease import LeaseHeld, ModelLease
 from services.trainer.sharded import my_partitions, run_sharded
@@ -23,6 +34,7 @@ from storage.vhpi.store import ChunkStore
 
 SPEC = "synthetic:events=6000,fields=4,vocab=2000,seed=1"
 POLICY = "fiited:dim=32,budget=0.3,interval=10"  # chunk widths 2-2-4-8-16
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _config(model: str, topic: str, max_events: int | None) -> TrainerConfig:
@@ -103,3 +115,64 @@ def test_second_job_for_the_model_is_refused(stream_settings: Settings, topic: s
         assert redis_client.get(wire.version_key("shardheld")) is None  # it wrote nothing
     finally:
         owner.release()
+
+
+def _start_job(settings: Settings, topic: str, log: Path, max_events: int | None = None
+               ) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "services.cli", "train", "--model", "shardkill", "--policy",
+           POLICY, "--data", SPEC, "--topic", topic, "--workers", "2"]
+    if max_events is not None:
+        cmd += ["--max-events", str(max_events)]
+    return subprocess.Popen(cmd, env=dict(os.environ) | settings.to_env(), cwd=ROOT,
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                            start_new_session=True)
+
+
+@pytest.mark.slow
+def test_sigkill_of_either_rank_loses_nothing_and_applies_nothing_twice(
+        stream_settings: Settings, topic: str, redis_client: redis.Redis,
+        tmp_path: Path) -> None:
+    settings = stream_settings.replace(checkpoint_every_events=1000, checkpoint_interval_s=1.0)
+    root = Path(settings.trainer.checkpoint_dir) / "shardkill"
+    replayed: list[ReplayStats] = []
+    producer = threading.Thread(target=lambda: replayed.append(replay_dataset(
+        settings, SPEC, topic=topic, batch_events=100, rate=250)))
+    producer.start()
+    rng = random.Random(3)
+    for k, victim in enumerate((1, 0)):  # a SIGKILL of rank 1, then of rank 0
+        seen = latest_complete(root)
+        job = _start_job(settings, topic, tmp_path / f"job-{k}.log")
+        try:  # a new checkpoint of this job (it applied events), then a random moment
+            wait_until(lambda seen=seen: latest_complete(root) not in (None, seen), 180,
+                       f"job {k} checkpointed", alive=lambda job=job: job.poll() is None)
+            kill_at = time.monotonic() + rng.uniform(0.2, 2.0)
+            wait_until(lambda kill_at=kill_at: time.monotonic() >= kill_at, 10, "kill time",
+                       alive=lambda job=job: job.poll() is None)
+            ranks = sorted(psutil.Process(job.pid).children(), key=lambda p: p.pid)
+            ranks = [p for p in ranks if "spawn_main" in " ".join(p.cmdline())]
+            assert len(ranks) == 2
+            os.kill(ranks[victim].pid, signal.SIGKILL)  # spawned in rank order
+            assert job.wait(timeout=60) != 0  # the launcher stopped the other rank, and failed
+        finally:
+            if job.poll() is None:
+                job.kill()
+                job.wait(timeout=30)
+    producer.join()
+    sent = replayed[0]
+    assert sent.failed_messages == 0
+    final = _start_job(settings, topic, tmp_path / "final.log", max_events=sent.events)
+    try:
+        assert final.wait(timeout=300) == 0, (tmp_path / "final.log").read_text()[-3000:]
+    finally:
+        if final.poll() is None:
+            final.kill()
+    rec = wire.ModelVersion.from_json(redis_client.get(wire.version_key("shardkill")))
+    assert rec.events_applied == sent.events and int(rec.events_checksum) == sent.checksum
+    ckpt = latest_complete(root)
+    assert ckpt is not None
+    extras = [json.loads((ckpt / f"rank-{r}.json").read_text()) for r in range(2)]
+    assert sum(e["events_applied"] for e in extras) == sent.events
+    checksum = 0
+    for e in extras:
+        checksum = wire.add_checksums(checksum, int(e["events_checksum"]))
+    assert checksum == sent.checksum
