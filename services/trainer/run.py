@@ -21,6 +21,7 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from services import wire
 from services.messaging.reachable import broker_problem, redis_problem
@@ -49,6 +50,7 @@ class TrainerOptions:
     hot_start: Path | None = None
     device: str | None = None  # cpu or cuda; None: settings.trainer.device
     workers: int = 1  # local ranks of a sharded trainer (services/trainer/sharded.py)
+    torchrun: bool = False  # this process is one rank that torchrun started
 
 
 def _config(settings: Settings, opts: TrainerOptions) -> tuple[Settings, TrainerConfig]:
@@ -72,10 +74,11 @@ def build_trainer(settings: Settings, opts: TrainerOptions) -> StreamTrainer:
 
 
 def run_sharded_trainer(settings: Settings, opts: TrainerOptions) -> TrainerStats:
-    """`opts.workers` local ranks of one model (services/trainer/sharded.py); the counters
-    summed over the ranks. Ctrl-C / SIGTERM reach every rank (final checkpoint, publish)."""
+    """`opts.workers` local ranks of one model (services/trainer/sharded.py), or with
+    `opts.torchrun` this process as one rank of torchrun's; the counters summed over the
+    ranks. Ctrl-C / SIGTERM reach every rank (final checkpoint, publish)."""
     from models.policies.registry import parse_policy
-    from services.trainer.sharded import run_sharded
+    from services.trainer.sharded import run_sharded, train_rank
 
     try:
         settings, config = _config(settings, opts)
@@ -88,6 +91,8 @@ def run_sharded_trainer(settings: Settings, opts: TrainerOptions) -> TrainerStat
                or redis_problem(settings.redis.url, **settings.redis.client_kwargs))
     if problem is not None:
         raise TrainerRefused(problem)
+    if opts.torchrun:  # one rank; it stops on a signal itself
+        return _summed([train_rank(settings, config)])
     # the ranks stop on a signal themselves (a terminal's Ctrl-C reaches them all); one sent
     # to this process only is passed on; the launcher waits for their final checkpoint
     def forward(signum: int, _frame: object) -> None:
@@ -101,6 +106,10 @@ def run_sharded_trainer(settings: Settings, opts: TrainerOptions) -> TrainerStat
     finally:
         for s, h in zip((signal.SIGINT, signal.SIGTERM), old, strict=True):
             signal.signal(s, h)
+    return _summed(ranks)
+
+
+def _summed(ranks: list[dict[str, Any]]) -> TrainerStats:
     stats = TrainerStats()
     for r in ranks:
         stats.events_applied += r["events_applied"]
@@ -116,7 +125,7 @@ def run_sharded_trainer(settings: Settings, opts: TrainerOptions) -> TrainerStat
 def run_trainer(settings: Settings, opts: TrainerOptions) -> TrainerStats:
     """Build the trainer, stop it on SIGTERM / SIGINT (final train, checkpoint, publish), run
     it; returns its counters. With `opts.workers` > 1: run_sharded_trainer."""
-    if opts.workers > 1:
+    if opts.workers > 1 or opts.torchrun:
         return run_sharded_trainer(settings, opts)
     trainer = build_trainer(settings, opts)
     # seconds, not kafka-python's ~40 s or the Redis client's retries

@@ -3,6 +3,7 @@
     chunkrec train --model fiited25 --policy fiited:K=8,budget=0.25 --arch dlrm \\
         --data movielens-100k
     chunkrec train ... --workers 2          # 2 local ranks of one sharded model
+    torchrun --nproc-per-node 2 -m services.cli train ... --torchrun    # or torchrun's ranks
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ def train(
     workers: Annotated[int, typer.Option(
         min=1, max=64, help="local ranks of one sharded model (torch.distributed): rank r reads "
         "the partitions p of the topic with p mod N = r")] = 1,
+    torchrun: Annotated[bool, typer.Option(
+        "--torchrun", help="this process is one rank of a sharded job that torchrun started "
+        "(MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK)")] = False,
 ) -> None:
     """Train one model on the event stream; publish versions to Redis; checkpoint."""
     # heavy (torch, Kafka): imported when the command runs, not for `chunkrec --help`
@@ -61,7 +65,7 @@ def train(
     opts = TrainerOptions(model=model, policy=policy, data=data, arch=arch,
                           topic=topic or wire.EVENTS_TOPIC, seed=seed, max_events=max_events,
                           idle_exit_s=idle_exit, hot_start=hot_start, device=device,
-                          workers=workers)
+                          workers=workers, torchrun=torchrun)
     try:  # settings, names, schema and policy spec are all checked before any connection
         stats = run_trainer(get_settings(**overrides), opts)
     except (SettingsError, TrainerRefused, LeaseHeld, Fenced) as exc:
