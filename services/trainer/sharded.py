@@ -376,7 +376,8 @@ def train_rank(settings: Settings, config: TrainerConfig) -> dict[str, Any]:
 
 def _rank_main(rank: int, world: int, settings: Settings, config: TrainerConfig
                ) -> dict[str, Any]:
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank {rank} %(message)s")
+    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s rank {rank} %(message)s")
+    logging.getLogger("chunkrec").setLevel(logging.INFO)  # ours, not kafka-python's chatter
     return train_rank(settings, config)
 
 
