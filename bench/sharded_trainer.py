@@ -28,7 +28,7 @@ from services.stack.infra import create_topics, start_redis, start_tansu
 from services.stack.replay import replay_dataset
 from services.trainer.config import TrainerConfig
 from services.trainer.loop import StreamTrainer
-from services.trainer.sharded import run_sharded
+from services.trainer.sharded_run import run_sharded
 from storage.datasets.spec import open_dataset
 from storage.settings import Settings
 

@@ -78,7 +78,7 @@ def run_sharded_trainer(settings: Settings, opts: TrainerOptions) -> TrainerStat
     `opts.torchrun` this process as one rank of torchrun's; the counters summed over the
     ranks. Ctrl-C / SIGTERM reach every rank (final checkpoint, publish)."""
     from models.policies.registry import parse_policy
-    from services.trainer.sharded import run_sharded, train_rank
+    from services.trainer.sharded_run import run_sharded, train_rank
 
     try:
         settings, config = _config(settings, opts)
@@ -109,6 +109,18 @@ def run_sharded_trainer(settings: Settings, opts: TrainerOptions) -> TrainerStat
     return _summed(ranks)
 
 
+def _was_sharded(settings: Settings, model: str) -> bool:
+    """The model's checkpoints are a sharded job's: a single-process trainer would ignore
+    them and start over, so one rank of the sharded trainer restores them instead."""
+    from services.trainer.sharded import has_global_checkpoint
+
+    try:
+        wire.check_model_name(model)
+    except ValueError:
+        return False  # refused with its reason by build_trainer
+    return has_global_checkpoint(Path(settings.trainer.checkpoint_dir) / model)
+
+
 def _summed(ranks: list[dict[str, Any]]) -> TrainerStats:
     stats = TrainerStats()
     for r in ranks:
@@ -125,8 +137,8 @@ def _summed(ranks: list[dict[str, Any]]) -> TrainerStats:
 def run_trainer(settings: Settings, opts: TrainerOptions) -> TrainerStats:
     """Build the trainer, stop it on SIGTERM / SIGINT (final train, checkpoint, publish), run
     it; returns its counters. With `opts.workers` > 1: run_sharded_trainer."""
-    if opts.workers > 1 or opts.torchrun:
-        return run_sharded_trainer(settings, opts)
+    if opts.workers > 1 or opts.torchrun or _was_sharded(settings, opts.model):
+        return run_sharded_trainer(settings, opts)  # a sharded model goes on as one (N -> 1)
     trainer = build_trainer(settings, opts)
     # seconds, not kafka-python's ~40 s or the Redis client's retries
     problem = (broker_problem(settings.kafka.bootstrap)

@@ -2,8 +2,8 @@
 single-process trainer's protocol (services/trainer/loop.py) with a sharded model
 (models/distributed/).
 
-    stats = run_sharded(settings, config, workers=2)     # N local ranks (services.distributed)
-    # or, in a process torchrun started:  train_rank(settings, config)
+    trainer = ShardedTrainer(settings, config)   # in each rank (torch.distributed initialised)
+    trainer.run()                                # the processes: services/trainer/sharded_run.py
 
 Partitions: rank r reads the partitions p of the topic with p mod N == r, by static assignment
 (consumer.assign: no consumer group, no rebalances). A topic with fewer partitions than ranks
@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -53,7 +52,6 @@ from models.metrics import StreamMetrics
 from models.networks import build_model
 from models.policies.registry import parse_policy
 from services import wire
-from services.distributed.launch import init_from_env, launch
 from services.messaging.confirmed import ConfirmedProducer
 from services.messaging.redis_clients import open_sync
 from services.trainer.config import TrainerConfig, TrainerStats
@@ -66,6 +64,16 @@ from storage.batch import SparseBatch
 from storage.settings import Settings
 
 log = logging.getLogger("chunkrec.trainer")
+
+
+def has_single_checkpoints(root: Path) -> bool:
+    """True when `root` holds a checkpoint of the single-process trainer (its state.json)."""
+    return any((p / "state.json").exists() for p in Path(root).glob("ckpt-*"))
+
+
+def has_global_checkpoint(root: Path) -> bool:
+    """True when `root` holds a committed checkpoint of a sharded job."""
+    return latest_complete(Path(root)) is not None
 
 
 def my_partitions(partitions: list[int], rank: int, world: int) -> list[int]:
@@ -104,6 +112,10 @@ class ShardedTrainer:
 
     # ---------------------------------------------------------------- state
     def _restore(self) -> None:
+        if has_single_checkpoints(self.ckpt_root):  # every rank: none waits in the barrier
+            raise ValueError(f"{self.ckpt_root} holds checkpoints of the single-process "
+                             "trainer, which do not restore into ranks; use another --model "
+                             "name or checkpoint dir")
         if self.rank == 0:  # a crash may have left a checkpoint without its COMMIT
             for p in self.ckpt_root.glob("ckpt-*"):
                 if not (p / COMMIT).exists():
@@ -355,41 +367,3 @@ class ShardedTrainer:
 
 def _rows(batch: SparseBatch, a: int, b: int) -> SparseBatch:
     return batch if a == 0 and b >= len(batch) else batch.take(slice(a, b))
-
-
-def train_rank(settings: Settings, config: TrainerConfig) -> dict[str, Any]:
-    """One rank in a process whose torch.distributed variables are set (our launcher or
-    torchrun); SIGTERM / SIGINT stop the job at the next round (final checkpoint, publish)."""
-    if settings.trainer.threads:
-        torch.set_num_threads(settings.trainer.threads)
-    init_from_env(settings.trainer.device)
-    trainer = ShardedTrainer(settings, config)
-
-    def on_signal(_signum: int, _frame: object) -> None:
-        trainer.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    trainer.run()
-    return trainer.result()
-
-
-def _rank_main(rank: int, world: int, settings: Settings, config: TrainerConfig
-               ) -> dict[str, Any]:
-    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s rank {rank} %(message)s")
-    logging.getLogger("chunkrec").setLevel(logging.INFO)  # ours, not kafka-python's chatter
-    return train_rank(settings, config)
-
-
-def run_sharded(settings: Settings, config: TrainerConfig, workers: int,
-                timeout_s: float = 365 * 86400.0) -> list[dict[str, Any]]:
-    """N local ranks of the job (services/distributed/launch.py); each rank's counters. A
-    failing rank stops every rank and raises here."""
-    try:
-        return launch(_rank_main, world=workers, args=(settings, config),
-                      threads=settings.trainer.threads, timeout_s=timeout_s)
-    except RuntimeError as exc:
-        text = str(exc)
-        if "LeaseHeld: " in text:  # a second job for the model: the rank's own words
-            raise LeaseHeld(text.rsplit("LeaseHeld: ", 1)[1].strip()) from None
-        raise

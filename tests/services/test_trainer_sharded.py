@@ -27,7 +27,12 @@ from services.stack.infra import wait_until
 from services.stack.replay import ReplayStats, replay_dataset
 from services.trainer.config import TrainerConfig
 from services.trainer.lease import LeaseHeld, ModelLease
-from services.trainer.sharded import my_partitions, run_sharded
+from services.trainer.sharded import (
+    has_global_checkpoint,
+    has_single_checkpoints,
+    my_partitions,
+)
+from services.trainer.sharded_run import run_sharded
 from storage.datasets.spec import open_dataset
 from storage.settings import Settings
 from storage.vhpi.store import ChunkStore
@@ -46,6 +51,16 @@ def test_static_assignment() -> None:
     assert my_partitions([0, 1, 2, 3, 4], 0, 2) == [0, 2, 4]
     assert my_partitions([3, 1, 0, 2], 1, 2) == [1, 3]
     assert my_partitions([0, 1], 2, 3) == []
+
+
+def test_checkpoint_kinds_are_told_apart(tmp_path: Path) -> None:
+    (tmp_path / "ckpt-00000001").mkdir()
+    assert not has_single_checkpoints(tmp_path) and not has_global_checkpoint(tmp_path)
+    (tmp_path / "ckpt-00000001" / "COMMIT").write_text("{}")
+    assert has_global_checkpoint(tmp_path) and not has_single_checkpoints(tmp_path)
+    (tmp_path / "ckpt-00000002").mkdir()
+    (tmp_path / "ckpt-00000002" / "state.json").write_text("{}")
+    assert has_single_checkpoints(tmp_path)
 
 
 def test_two_ranks_apply_every_event_once_and_publish(stream_settings: Settings, topic: str,
@@ -102,6 +117,18 @@ def test_two_ranks_apply_every_event_once_and_publish(stream_settings: Settings,
     emb[:, :, :got.shape[1]] = got[:3 * len(rec.fields)].reshape(3, len(rec.fields), -1)
     p = loaded.predict(emb, None)
     assert p.shape == (3,) and np.isfinite(p).all()
+
+    # 2 -> 1 rank: the one rank takes both partitions' offsets and both ranks' counters, so
+    # it resumes where the two stopped (nothing to apply again) and publishes the next version
+    one = run_sharded(stream_settings, _config("shard2", topic, sent.events), workers=1,
+                      timeout_s=300)
+    assert sorted(one[0]["offsets"]) == [f"{topic}:0", f"{topic}:1"]
+    assert sum(one[0]["offsets"].values()) == sent.messages
+    assert one[0]["events_applied"] == sent.events
+    assert one[0]["events_checksum"] == sent.checksum
+    again = wire.ModelVersion.from_json(redis_client.get(wire.version_key("shard2")))
+    assert again.version > rec.version and again.events_applied == sent.events
+    assert again.redis_embedding_records == rec.redis_embedding_records
 
 
 def test_second_job_for_the_model_is_refused(stream_settings: Settings, topic: str,
