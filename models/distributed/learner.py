@@ -58,6 +58,11 @@ class DistributedLearner:
         self.train_seconds = 0.0
         self.skipped_steps = 0
 
+    @property
+    def samples_per_s(self) -> float:
+        """This rank's rows per second of training steps."""
+        return self.rows_trained / self.train_seconds if self.train_seconds > 0 else float("nan")
+
     def _agree(self, rows: int, open_: bool) -> tuple[int, int]:
         """(global rows this step, ranks whose stream is still open)."""
         out = self.group.sum(torch.tensor([rows, int(open_)], dtype=torch.int64))

@@ -8,8 +8,8 @@
 What it starts, in order, each on a free port on 127.0.0.1 and each a process of its own
 (its own session, so a Ctrl-C in the terminal reaches only `up`, which stops them in turn):
 
-1. a tansu broker and a redis-server (services/stack/infra.py), the topics `events` (2 partitions)
-   and `events.dlq`;
+1. a tansu broker and a redis-server (services/stack/infra.py), the topics `events`
+   (`CHUNKREC_KAFKA_EVENTS_PARTITIONS` partitions, default 2) and `events.dlq`;
 2. one `chunkrec train` per model (default `fiited` = fiited:budget=0.25 and `fixed64` =
    fixed:64, same network), each its own consumer group over the whole `events` topic;
 3. `chunkrec serve`, polled on /healthz;
@@ -214,7 +214,8 @@ class Stack:
             self.redis = start_redis(log_dir=self.log_dir)
             redis_url = self.redis.url
         self._write_state()
-        create_topics(self.broker.address, {wire.EVENTS_TOPIC: 2, wire.DLQ_TOPIC: 1})
+        create_topics(self.broker.address, {wire.EVENTS_TOPIC: self.s.kafka.events_partitions,
+                                            wire.DLQ_TOPIC: 1})
         port = self.c.serving_port or free_port()
         self.serving_url = f"http://127.0.0.1:{port}"
         updates: dict[str, object] = {

@@ -40,6 +40,9 @@ class KafkaSettings(Group):
     heartbeat_interval_ms: PositiveInt = Field(default=2_000, description="below the session "
         "timeout (Kafka's rule)")
     max_poll_interval_ms: PositiveInt = 5_000
+    events_partitions: int = Field(default=2, ge=1, le=1024, description="partitions of the "
+        "events topic `chunkrec up` creates: at least the largest `train --workers N` (rank r "
+        "reads partitions p mod N = r; more ranks than partitions leave ranks idle)")
 
     @field_validator("bootstrap")
     @classmethod

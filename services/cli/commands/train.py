@@ -2,6 +2,8 @@
 
     chunkrec train --model fiited25 --policy fiited:K=8,budget=0.25 --arch dlrm \\
         --data movielens-100k
+    chunkrec train ... --workers 2          # 2 local ranks of one sharded model
+    torchrun --nproc-per-node 2 -m services.cli train ... --torchrun    # or torchrun's ranks
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ def train(
     device: Annotated[str | None, typer.Option(
         help="cpu or cuda: where the store and the network train "
         "(default: CHUNKREC_TRAINER_DEVICE, else cpu)")] = None,
+    workers: Annotated[int, typer.Option(
+        min=1, max=64, help="local ranks of one sharded model (torch.distributed): rank r reads "
+        "the partitions p of the topic with p mod N = r")] = 1,
+    torchrun: Annotated[bool, typer.Option(
+        "--torchrun", help="this process is one rank of a sharded job that torchrun started "
+        "(MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK)")] = False,
 ) -> None:
     """Train one model on the event stream; publish versions to Redis; checkpoint."""
     # heavy (torch, Kafka): imported when the command runs, not for `chunkrec --help`
@@ -56,7 +64,8 @@ def train(
         raise typer.BadParameter(f"expected one of {', '.join(MODEL_NAMES)}", param_hint="--arch")
     opts = TrainerOptions(model=model, policy=policy, data=data, arch=arch,
                           topic=topic or wire.EVENTS_TOPIC, seed=seed, max_events=max_events,
-                          idle_exit_s=idle_exit, hot_start=hot_start, device=device)
+                          idle_exit_s=idle_exit, hot_start=hot_start, device=device,
+                          workers=workers, torchrun=torchrun)
     try:  # settings, names, schema and policy spec are all checked before any connection
         stats = run_trainer(get_settings(**overrides), opts)
     except (SettingsError, TrainerRefused, LeaseHeld, Fenced) as exc:
