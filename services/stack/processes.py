@@ -83,6 +83,7 @@ class StackConfig:
     publish_interval_s: float = 1.0  # unless CHUNKREC_PUBLISH_INTERVAL_S is set
     durable: bool = False  # the broker keeps its log in SeaweedFS (tansu's s3:// engine)
     redis_cluster: int = 0  # a Redis Cluster of this many masters instead of one redis-server
+    workers: int = 1  # ranks of each trainer (a sharded model over torch.distributed)
 
 
 @dataclass
@@ -193,6 +194,12 @@ class Stack:
         self._write_state()
         return mp
 
+    def train_args(self, name: str, policy: str) -> list[str]:
+        """The `chunkrec train` command line of one model's trainer."""
+        args = ["train", "--model", name, "--policy", policy, "--data", self.c.data,
+                "--arch", self.c.arch]
+        return args + (["--workers", str(self.c.workers)] if self.c.workers > 1 else [])
+
     def start(self, on_step: Callable[[str], None] | None = None) -> None:
         """Start everything (see module docstring); raises StackError / InfraError."""
         step = on_step or (lambda _msg: None)
@@ -214,8 +221,9 @@ class Stack:
             self.redis = start_redis(log_dir=self.log_dir)
             redis_url = self.redis.url
         self._write_state()
-        create_topics(self.broker.address, {wire.EVENTS_TOPIC: self.s.kafka.events_partitions,
-                                            wire.DLQ_TOPIC: 1})
+        # a partition for every rank at least: rank r reads the partitions p mod N = r
+        partitions = max(self.s.kafka.events_partitions, self.c.workers)
+        create_topics(self.broker.address, {wire.EVENTS_TOPIC: partitions, wire.DLQ_TOPIC: 1})
         port = self.c.serving_port or free_port()
         self.serving_url = f"http://127.0.0.1:{port}"
         updates: dict[str, object] = {
@@ -229,9 +237,9 @@ class Stack:
             updates["publish_interval_s"] = self.c.publish_interval_s
         self._child_settings = self.s.replace(**updates)
         for name, policy in self.c.models:
-            step(f"starting trainer {name} ({policy})")
-            self._spawn(f"train-{name}", ["train", "--model", name, "--policy", policy,
-                                          "--data", self.c.data, "--arch", self.c.arch])
+            step(f"starting trainer {name} ({policy})"
+                 + (f" over {self.c.workers} ranks" if self.c.workers > 1 else ""))
+            self._spawn(f"train-{name}", self.train_args(name, policy))
         step(f"starting serving on {self.serving_url}")
         serving = self._spawn("serve", ["serve", "--port", str(port)], port)
         wait_until(lambda: http_ok(self.serving_url + "/healthz"), 60, "serving /healthz",

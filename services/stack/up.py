@@ -58,6 +58,7 @@ class UpOptions:
     split: str = "user"  # warm-up: each user's first half ("user") or the first 80% ("time")
     keep: bool = False
     redis_cluster: int = 0  # masters of a local Redis Cluster (0: one redis-server)
+    workers: int = 1  # ranks of each sharded trainer (chunkrec train --workers)
 
 
 def _raise_interrupt(_signum: int, _frame: object) -> None:
@@ -124,7 +125,7 @@ def run_up(settings: Settings, opts: UpOptions) -> int:
     config = StackConfig(data=opts.data, events=events, unit_share=unit_share,
                          rate=opts.rate, minutes=opts.minutes,
                          serving_port=opts.port, durable=opts.durable,
-                         redis_cluster=opts.redis_cluster,
+                         redis_cluster=opts.redis_cluster, workers=opts.workers,
                          models=EXPERIMENT_MODELS if experiment else DEFAULT_MODELS)
     policies = dict(config.models)
     stack = Stack(settings, config)

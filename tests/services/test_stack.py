@@ -166,3 +166,22 @@ def test_down_stops_what_up_started_and_nothing_else(tmp_path: Path) -> None:
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL)
                 p.wait()
+
+
+def test_up_with_workers_shards_every_trainer(tmp_path: Path) -> None:
+    """`chunkrec up --workers 2`: each model trains over 2 ranks (a shard and a partition of
+    `events` each), applies every event and leaves a complete global checkpoint."""
+    log = tmp_path / "up.log"
+    done = subprocess.run(_cli("up", "--data", SPEC, "--events", "2500", "--rate", "max",
+                               "--no-progress", "--minutes", "3", "--no-experiment",
+                               "--workers", "2"),
+                          env=_env(tmp_path), cwd=ROOT, stdout=open(log, "wb"),  # noqa: SIM115
+                          stderr=subprocess.STDOUT, timeout=200)
+    out = log.read_text()
+    assert done.returncode == 0, out[-3000:]
+    assert "all events applied, 2,500 events replayed" in out, out[-3000:]
+    for model in ("fiited", "fixed64"):
+        assert f"starting trainer {model} (" in out and "over 2 ranks" in out
+        ckpts = list((tmp_path / "stack" / "runs").glob(f"*/checkpoints/{model}/ckpt-*"))
+        assert ckpts and all((c / "COMMIT").is_file() for c in ckpts)
+        assert {p.name for p in ckpts[-1].glob("shard-*.npz")} == {"shard-0.npz", "shard-1.npz"}

@@ -6,6 +6,7 @@ services/stack/state.py).
     chunkrec up --sessions 500 --keep # smaller; stays up for the dashboard until Ctrl-C
     chunkrec up --no-experiment --events 20000 --no-progress   # the two-model replay
     chunkrec up --redis-cluster 3     # the same on a local Redis Cluster of 3 masters
+    chunkrec up --workers 2           # every trainer sharded over 2 ranks
     chunkrec down                     # from another shell: stops what `up` started
     chunkrec infra                    # only the broker and Redis, for the commands by hand
 """
@@ -67,6 +68,9 @@ def up(
     redis_cluster: Annotated[int, typer.Option(
         "--redis-cluster", min=0, max=16, help="run a local Redis Cluster of N masters "
                                                "instead of one redis-server (0: off)")] = 0,
+    workers: Annotated[int, typer.Option(
+        min=1, max=64, help="ranks of each trainer: every model sharded over N local "
+                            "processes (chunkrec train --workers N)")] = 1,
 ) -> None:
     """Start broker, Redis, the trainers, serving and a replay; with the experiment (the
     default on MovieLens) also the database, the A/B router and the joiner, then simulated
@@ -86,7 +90,7 @@ def up(
                      durable=durable, experiment=experiment, sessions=sessions,
                      users_rate=rate_option(users_rate, "--users-rate"), keep=keep,
                      redis_cluster=redis_cluster, users_concurrency=users_concurrency,
-                     margin=margin, split=split)
+                     margin=margin, split=split, workers=workers)
     if split not in ("user", "time"):
         raise typer.BadParameter("expected 'user' or 'time'", param_hint="--split")
     if data == "movielens-100k":
