@@ -33,6 +33,7 @@ the stream.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -225,6 +226,20 @@ class StreamMetrics:
         if m._hist is not None:
             m._hist = np.asarray(z["hist"], np.int64).copy()
         return m
+
+    @classmethod
+    def merge(cls, states: Sequence[Mapping[str, np.ndarray]]) -> StreamMetrics:
+        """One stream's metrics from the `state()`s of several parts of it (a sharded job's
+        ranks, each with its own rows): running sums and histograms add up, the kept rows are
+        put one part after the other, the parts' `retain`s add up."""
+        retains = [int(s["retain"][0]) for s in states]
+        merged = {"predictions": np.concatenate([s["predictions"] for s in states]),
+                  "labels": np.concatenate([s["labels"] for s in states]),
+                  "sums": np.sum([np.asarray(s["sums"], np.float64) for s in states], axis=0),
+                  "retain": np.array([-1 if min(retains) < 0 else sum(retains)], np.int64)}
+        if all("hist" in s for s in states):
+            merged["hist"] = np.sum([s["hist"] for s in states], axis=0)
+        return cls.from_state(merged)
 
     def _range(self, start: int | None, stop: int | None) -> tuple[int, int]:
         """Absolute rows [a, b) of a slice; raises when it reaches rows no longer kept."""

@@ -36,6 +36,7 @@ import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import redis
@@ -293,9 +294,16 @@ class ShardedTrainer:
                 self.version = current.version
         top = self.group.max(torch.tensor([self.version], dtype=torch.int64))
         self.version = int(top[0]) + 1
+        # The record's metrics are the job's: every rank's rows (each rank keeps its newest
+        # `metrics_window`, so the window is that many of each rank's rows) and throughput.
+        parts: list[Any] = [None] * self.world
+        dist.all_gather_object(parts, (self.learner.metrics.state(),
+                                       float(self.learner.samples_per_s or 0.0)))
+        job = SimpleNamespace(metrics=StreamMetrics.merge([p[0] for p in parts]),
+                              samples_per_s=sum(p[1] for p in parts))
         record = version_record(self.c, version=self.version, policy=self.policy,
-                                learner=self.learner, counts=counts[:3], offsets=counts[3],
-                                lag=None, window=max(1, self.s.trainer.metrics_window))
+                                learner=job, counts=counts[:3], offsets=counts[3], lag=None,
+                                window=max(1, self.s.trainer.metrics_window) * self.world)
         record.metrics["ranks"] = self.world
         blob = wire.dense_to_bytes({k: v.cpu() for k, v in self.net.state_dict().items()}) \
             if self.rank == 0 else b""

@@ -161,3 +161,22 @@ def test_bounded_state_does_not_grow_and_restores_exactly() -> None:
     bounded = StreamMetrics.from_state(_fill(p, y).state(), retain=1000)
     assert bounded.running() == pytest.approx(_fill(p, y).running(), rel=1e-9)
     assert bounded.summary(start=-1000) == pytest.approx(_fill(p, y).summary(start=-1000))
+
+
+@pytest.mark.parametrize("retain", [None, 1000])
+def test_merged_parts_of_a_stream_give_the_whole_streams_metrics(retain) -> None:
+    """A sharded job's ranks each see part of the stream: merging their states gives the
+    metrics of the whole (AUC from the summed histograms once rows were dropped)."""
+    rng = np.random.default_rng(0)
+    p = rng.random(5000).astype(np.float32)
+    y = (rng.random(5000) < p).astype(np.float32)
+    whole = StreamMetrics(retain=retain and 2 * retain)
+    parts = [StreamMetrics(retain=retain), StreamMetrics(retain=retain)]
+    for k, i in enumerate(range(0, 5000, 250)):
+        parts[k % 2].update(p[i : i + 250], y[i : i + 250])
+        whole.update(p[i : i + 250], y[i : i + 250])
+    merged = StreamMetrics.merge([m.state() for m in parts])
+    assert len(merged) == 5000
+    assert merged.auc() == pytest.approx(whole.auc(), abs=1e-12)
+    assert merged.running()["logloss"] == pytest.approx(whole.running()["logloss"], rel=1e-12)
+    assert abs(parts[0].auc() - whole.auc()) > 1e-6  # one part alone is not the whole

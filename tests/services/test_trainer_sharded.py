@@ -84,6 +84,8 @@ def test_two_ranks_apply_every_event_once_and_publish(stream_settings: Settings,
     assert rec.events_applied == sent.events and int(rec.events_checksum) == sent.checksum
     assert sum(rec.offsets.values()) == sent.messages
     assert rec.widths == [2, 2, 4, 8, 16] and rec.metrics["ranks"] == 2
+    assert rec.metrics["rows"] == sent.events  # the job's rows, every rank's (not rank 0's)
+    assert 0.0 <= rec.metrics["auc"] <= 1.0
 
     # the final checkpoint's shards are exactly what Redis holds under the version
     ckpt = latest_complete(Path(stream_settings.trainer.checkpoint_dir) / "shard2")
