@@ -42,13 +42,10 @@ from services.trainer.lease import ModelLease
 
 log = logging.getLogger("chunkrec.publisher")
 
-# KEYS[1] the new generation's key, KEYS[2] (when given) the bucket's current generation, on
-# the same slot (one hash tag). ARGV[1] the generation, ARGV[2] n sets, then n (field, record)
-# pairs, then fields to delete. Returns {byte change, record change, records left}; a bucket
-# left empty is deleted (the manifest then says 0).
-_BUCKET_LUA = """
-local dst = KEYS[1]
-if KEYS[2] then redis.call('COPY', KEYS[2], dst, 'REPLACE') else redis.call('DEL', dst) end
+# A bucket's changes into the generation `dst` (ARGV[1] the generation, ARGV[2] n sets, then n
+# (field, record) pairs, then fields to delete), counting {delta, count}: the byte and record
+# change. Both bucket scripts (this one's and the sharded one's) run it.
+BUCKET_CHANGES_LUA = """
 local n = tonumber(ARGV[2])
 local delta, count = 0, 0
 for i = 3, 2 + 2 * n, 2 do
@@ -65,7 +62,14 @@ for i = 3 + 2 * n, #ARGV do
   end
 end
 redis.call('HSET', dst, '', ARGV[1])
-local left = redis.call('HLEN', dst) - 1
+"""
+# KEYS[1] the new generation's key, KEYS[2] (when given) the bucket's current generation, on
+# the same slot (one hash tag). Returns {byte change, record change, records left}; a bucket
+# left empty is deleted (the manifest then says 0).
+_BUCKET_LUA = """
+local dst = KEYS[1]
+if KEYS[2] then redis.call('COPY', KEYS[2], dst, 'REPLACE') else redis.call('DEL', dst) end
+""" + BUCKET_CHANGES_LUA + """local left = redis.call('HLEN', dst) - 1
 if left == 0 then redis.call('DEL', dst) end
 return {delta, count, left}
 """

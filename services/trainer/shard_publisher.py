@@ -34,7 +34,7 @@ from models.distributed.group import ShardGroup
 from models.policy import EmbeddingPolicy
 from services import wire
 from services.trainer.lease import ModelLease
-from services.trainer.publisher import PublishStats, RedisPublisher
+from services.trainer.publisher import BUCKET_CHANGES_LUA, PublishStats, RedisPublisher
 
 # As publisher._BUCKET_LUA, but shared by the ranks: copy the previous generation only into a
 # generation no rank has written yet; keep an emptied bucket (its sentinel). Returns
@@ -42,23 +42,7 @@ from services.trainer.publisher import PublishStats, RedisPublisher
 _SHARED_BUCKET_LUA = """
 local dst = KEYS[1]
 if redis.call('EXISTS', dst) == 0 and KEYS[2] then redis.call('COPY', KEYS[2], dst) end
-local n = tonumber(ARGV[2])
-local delta, count = 0, 0
-for i = 3, 2 + 2 * n, 2 do
-  local old = redis.call('HSTRLEN', dst, ARGV[i])
-  if old == 0 then count = count + 1 end
-  delta = delta + #ARGV[i + 1] - old
-  redis.call('HSET', dst, ARGV[i], ARGV[i + 1])
-end
-for i = 3 + 2 * n, #ARGV do
-  local old = redis.call('HSTRLEN', dst, ARGV[i])
-  if old > 0 then
-    delta = delta - old
-    count = count - redis.call('HDEL', dst, ARGV[i])
-  end
-end
-redis.call('HSET', dst, '', ARGV[1])
-return {delta, count}
+""" + BUCKET_CHANGES_LUA + """return {delta, count}
 """
 
 
