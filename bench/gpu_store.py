@@ -7,7 +7,8 @@ the embeddings, as torch.optim.Adagrad does on sparse gradients; Adam on the net
 batches (Zipf-like IDs, `vocab` a field, generated on the GPU). Rows:
 
 - torch: nn.Embedding(F x vocab, 64, sparse=True) + torch.optim.Adagrad: the anchor;
-- fixed:64 on the chunk store (K = 1, no budget), fiited:budget=0.25 (widths 4-4-8-16-32).
+- fixed:64 on the chunk store (K = 1, no budget), fiited:budget=0.25 (widths 4-4-8-16-32),
+  and with Triton where it runs: fiited's gather and Adagrad as fused kernels (kernels=triton).
 
 For each: samples/s of the whole training step, of the embedding layer alone (lookup,
 backward through a near-free model, update), bytes held, and the embedding layer's share of
@@ -29,11 +30,13 @@ import torch.nn.functional as F
 from models.networks import build_model
 from models.policies.registry import parse_policy
 from storage.batch import DatasetSchema
+from storage.vhpi import kernels
 from storage.vhpi.device_index import DeviceHashIndex, splitmix64_t
 from storage.vhpi.hash_index import HashIndex
 
 HBM_BYTES_S = 4.8e12
 DENSE = 13
+FIITED = "fiited:budget=0.25,optimizer=adagrad,max_bytes=none"
 DEVICE = "cuda"  # --device cpu: a smoke test of this script on a machine without a GPU
 
 
@@ -123,7 +126,9 @@ def run_pass(emb_layer, model, opt, batches) -> float:
 def speed_table(args, schema, batches, warm) -> None:
     # max_bytes=none: no entry limit, as the torch table holds every ID
     specs = ["torch", "fixed:64,optimizer=adagrad,max_bytes=none",
-             "fiited:budget=0.25,optimizer=adagrad,max_bytes=none"]
+             FIITED]
+    if kernels.available(torch.device(DEVICE)):  # the fused Triton kernels beside torch ops
+        specs.append(FIITED + ",kernels=triton")
     for model_name in ("dlrm", "none"):
         rows = []
         for spec in specs:
@@ -160,7 +165,7 @@ def speed_table(args, schema, batches, warm) -> None:
 
 def phase_breakdown(args, batches, warm) -> None:
     """Where a FIITED step's time goes (each phase synchronised, so slightly pessimistic)."""
-    pol = parse_policy("fiited:budget=0.25,optimizer=adagrad,max_bytes=none", args.fields, seed=0,
+    pol = parse_policy(FIITED + f",kernels={args.kernels}", args.fields, seed=0,
                        device=DEVICE)
     model = SumModel(64).to(DEVICE)
     for _rank, ids, _, labels in warm:
@@ -203,7 +208,7 @@ def sync_profile(args, batches, warm) -> None:
     import collections
     import warnings
 
-    pol = parse_policy("fiited:budget=0.25,optimizer=adagrad,max_bytes=none", args.fields, seed=0,
+    pol = parse_policy(FIITED + f",kernels={args.kernels}", args.fields, seed=0,
                        device=DEVICE)
     model = SumModel(64).to(DEVICE)
 
@@ -244,6 +249,73 @@ def sync_profile(args, batches, warm) -> None:
     key = "self_cuda_time_total" if DEVICE == "cuda" else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
     print(prof.key_averages().table(sort_by=key, row_limit=15))
+
+
+def launch_profile(args, batches, warm) -> None:
+    """Kernel launches (on the CPU: aten ops) of a FIITED step with a DLRM, by part of the step:
+    each part is a store method wrapped in a profiler scope; a launch counts for the innermost
+    scope around it."""
+    import collections
+    import functools
+
+    schema = DatasetSchema("bench", fields=tuple(f"C{i}" for i in range(args.fields)),
+                           dense=tuple(f"I{i}" for i in range(DENSE)))
+    pol = parse_policy(FIITED + f",kernels={args.kernels}", args.fields, seed=0,
+                       device=DEVICE)
+    model = build_model("dlrm", schema, 64, seed=0).to(DEVICE)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    st = pol.store
+    parts = [(st.index, "get_or_insert"), (st, "enforce_entry_limit"), (st, "_admit"),
+             (st.entries, "addresses"), (st, "gather"), (st.entries, "stored_utilities"),
+             (st.entries, "store_utilities"), (st, "maintain"), (st, "prune_regrow"),
+             (st, "_over_budget"), *[(p, "adagrad_step_masked") for p in st.pools],
+             *[(p, "adagrad_step") for p in st.pools]]
+    for obj, name in parts:
+        fn = getattr(obj, name)
+
+        def scoped(*a, _fn=fn, _label=f"part:{name}", **k):
+            with torch.profiler.record_function(_label):
+                return _fn(*a, **k)
+        setattr(obj, name, functools.wraps(fn)(scoped))
+
+    def step(_rank, ids, dense, labels):
+        with torch.profiler.record_function("part:lookup (rest)"):
+            emb = pol.lookup(ids, train=True)
+        with torch.profiler.record_function("part:model fwd+bwd+opt"):
+            loss = F.binary_cross_entropy_with_logits(model(emb, dense), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        with torch.profiler.record_function("part:apply_gradients (rest)"):
+            pol.apply_gradients()
+
+    for b in warm:
+        step(*b)
+    sync()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for b in batches:
+            step(*b)
+        sync()
+    launch = "LaunchKernel" if DEVICE == "cuda" else "aten::"
+    counts: collections.Counter[str] = collections.Counter()
+
+    def walk(ev, scope: str) -> None:
+        for c in ev.cpu_children:
+            if c.name.startswith("part:"):
+                walk(c, c.name[5:])
+            elif launch in c.name and (DEVICE == "cuda" or not ev.name.startswith("aten::")):
+                counts[scope] += 1
+            else:
+                walk(c, scope)
+
+    for ev in prof.events():
+        if ev.cpu_parent is None:
+            walk(ev, ev.name[5:] if ev.name.startswith("part:") else "outside")
+    n = len(batches)
+    print(f"\nFIITED step with a DLRM: {'kernel launches' if DEVICE == 'cuda' else 'aten ops'} "
+          f"a step by part ({sum(counts.values()) / n:.0f} in all)")
+    for k, v in counts.most_common():
+        print(f"  {v / n:8.1f}  {k}")
 
 
 def index_table(args) -> None:
@@ -296,6 +368,8 @@ def main() -> None:
     ap.add_argument("--index-keys", type=int, default=4_000_000)
     ap.add_argument("--only", default="index,speed,phases")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--kernels", default="torch", choices=("torch", "triton"),
+                    help="FIITED's gather and Adagrad in the phases, syncs and launches parts")
     args = ap.parse_args()
     global DEVICE
     DEVICE = args.device
@@ -311,6 +385,8 @@ def main() -> None:
         phase_breakdown(args, batches[:20], warm[:20])
     if "syncs" in args.only:
         sync_profile(args, batches[:10], warm[:20])
+    if "launches" in args.only:
+        launch_profile(args, batches[:10], warm[:20])
     if "speed" in args.only:
         speed_table(args, schema, batches, warm)
 

@@ -80,6 +80,9 @@ class StoreConfig:
     max_bytes: Annotated[ByteSize, Field(gt=0)] | None = DEFAULT_MAX_BYTES  # None: no limit
     initial_capacity: Positive = 1024
     device: Literal["cpu", "cuda"] = "cpu"  # where every array of the store lives
+    # the chunked gather and Adagrad: torch ops, or one fused Triton kernel each (kernels.py;
+    # a CUDA device, or the CPU under TRITON_INTERPRET=1)
+    kernels: Literal["torch", "triton"] = "torch"
 
     def on(self, device: str) -> StoreConfig:
         """This config with the store on `device` ("cpu" or "cuda")."""

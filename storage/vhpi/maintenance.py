@@ -53,6 +53,17 @@ class StoreMaintenance:
         return self.entries.stored_utilities(self._slots(slots)) * torch.tensor(
             decay, device=self.device)
 
+    def _over_budget(self) -> bool:
+        """Live chunks held and more bytes used than the budget allows (over every shard with
+        a global reducer: then a collective every shard makes each step)."""
+        if not self.reducer.is_global:
+            return bool(self.live_chunks()) and self.used_bytes() > self.budget_bytes()
+        if self.config.budget is None:
+            return False
+        mine = torch.tensor([self.live_chunks(), self.used_bytes(), self.budget_bytes()],
+                            dtype=torch.float64)
+        live, used, budget = self.reducer.sum(mine).tolist()
+        return live > 0 and used > budget
 
     # ---- sizes and accounting ------------------------------------------------------------
     def entry_bytes(self) -> int:

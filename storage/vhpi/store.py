@@ -16,9 +16,8 @@ Training step, as the trainer drives it:
 Every array is a torch tensor on `config.device` (cpu or cuda), the hash index included, and
 every operation is batched torch ops on it (on the CPU the index probes small batches in numpy
 over the same memory, device_index.py says why). Slots and results are tensors on that device
-(a method taking slots also takes numpy). The admission sketch, when there is one, stays on
-the host. A snapshot is CPU numpy arrays in one .npz, whatever the device: a GPU store's save loads
-on the CPU and back, bit-exactly.
+(a method taking slots also takes numpy); an admission sketch stays on the host. A snapshot is
+CPU numpy arrays in one .npz whatever the device: a GPU store's loads on the CPU, bit-exactly.
 
 What a policy may do beyond that, all by slot (int64[N], from a context or `live_slots()`):
 
@@ -42,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from storage.vhpi import kernels
 from storage.vhpi.admission import FrequencySketch
 from storage.vhpi.allocation import initial_chunk_count
 from storage.vhpi.chunk_pool import ChunkPool
@@ -83,6 +83,8 @@ class ChunkStore(StoreMaintenance):
         for j in range(self.K):
             self._segments[self.offsets[j] : self.offsets[j + 1], j] = 1.0
         self.tracks_utility = config.budget is not None
+        # kernels.py: one launch a gather / an update (ValueError where they cannot run)
+        self.fused = config.kernels == "triton" and kernels.require(dev)
         self.entry_limit = config.entry_limit()
         self.index = DeviceHashIndex(initial_capacity=config.initial_capacity, device=dev)
         self.entries = EntryTable(self.widths, config.optimizer, config.head_utilities(),
@@ -194,7 +196,7 @@ class ChunkStore(StoreMaintenance):
             slots = self.index.lookup(fields, keys)
             self.unseen_lookups += int((slots < 0).sum())
             uniq, inverse = torch.unique(slots, return_inverse=True)
-            return torch.nn.functional.embedding(inverse, self.gather(uniq)), None
+            return self._rows_of(uniq, inverse), None
 
         e = self.entries
         if self.sketch is None:
@@ -232,8 +234,16 @@ class ChunkStore(StoreMaintenance):
         if any_waiting:
             self._admit(uniq[waiting], max_chunks=1)
         addr = torch.where(known[:, None], self.entries.addresses(uniq_ok), -1)
-        emb = torch.nn.functional.embedding(inverse, self.gather(uniq, addr))
-        return emb, LookupContext(uniq, inverse, counts, addr)
+        return self._rows_of(uniq, inverse, addr), LookupContext(uniq, inverse, counts, addr)
+
+    def _rows_of(self, uniq: torch.Tensor, inverse: torch.Tensor,
+                 addr: torch.Tensor | None = None) -> torch.Tensor:
+        """float32[N, D]: row n holds entry uniq[inverse[n]] (-1: zeros), read at `addr`."""
+        if not self.fused:
+            return torch.nn.functional.embedding(inverse, self.gather(uniq, addr))
+        if addr is None:
+            addr = torch.where((uniq >= 0)[:, None], self.addresses(uniq.clamp(min=0)), -1)
+        return kernels.gather(self.pools, addr, inverse)
 
     def _sketch_admission(self, fields: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """Entry slots of (field, key) pairs, -1 for IDs not admitted yet. A missing ID is
@@ -306,9 +316,11 @@ class ChunkStore(StoreMaintenance):
         # Rows of IDs not admitted (only a sketch leaves any): nothing to update.
         if self.sketch is not None and U and int(unique[0]) < 0:
             unique, counts, addr, g = unique[1:], counts[1:], addr[1:], g[1:]
-        if self.tracks_utility:
-            # Per-chunk L2 norms of every entry in one matmul: (g * g) @ segment-indicator.
+        if self.fused:  # Adagrad on the live chunks and the chunk norms, one kernel
+            norms = kernels.adagrad(self.pools, g, addr, c.lr, c.eps, self.tracks_utility)
+        elif self.tracks_utility:  # per-chunk L2 norms in one matmul: (g*g) @ segment-indicator
             norms = torch.sqrt((g * g) @ self._segments)
+        if self.tracks_utility:
             a = counts.float()
             if c.freq_power != 1.0:
                 a = a**c.freq_power
@@ -320,7 +332,7 @@ class ChunkStore(StoreMaintenance):
         live = addr >= 0  # a prune step can only run after this update
         parts = g.split(self.widths, dim=1)
         masked = self.device.type != "cpu" if self.masked_updates is None else self.masked_updates
-        for j, pool in enumerate(self.pools):
+        for j, pool in enumerate(self.pools if not self.fused else ()):
             if masked:  # every row, pruned ones on the null chunk with a zero gradient: no sync
                 pool.adagrad_step_masked(addr[:, j], parts[j], live[:, j], c.lr, c.eps)
             elif (on := torch.nonzero(live[:, j]).squeeze(1)).numel():  # the live rows alone
@@ -337,18 +349,6 @@ class ChunkStore(StoreMaintenance):
             # to shed: the fixed costs alone, e.g. a large admission sketch on a young store,
             # are over the budget, and new IDs get no chunk until it has room.)
             self.prune_regrow()
-
-    def _over_budget(self) -> bool:
-        """Live chunks held and more bytes used than the budget allows (over every shard with
-        a global reducer: then a collective every shard makes each step)."""
-        if not self.reducer.is_global:
-            return bool(self.live_chunks()) and self.used_bytes() > self.budget_bytes()
-        if self.config.budget is None:
-            return False
-        mine = torch.tensor([self.live_chunks(), self.used_bytes(), self.budget_bytes()],
-                            dtype=torch.float64)
-        live, used, budget = self.reducer.sum(mine).tolist()
-        return live > 0 and used > budget
 
     def export(self, slots: object) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
         """(fields int16[N], keys int64[N], masks uint32[N], values float32[N, D]) of entries,
