@@ -25,6 +25,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from storage.vhpi import kernels
 from storage.vhpi.hash_index import HashIndex, mix64
 
 EMPTY = -1
@@ -72,8 +73,10 @@ class DeviceHashIndex:
     probe_block: int | None = None
 
     def __init__(self, initial_capacity: int = 1024, max_load: float = 0.7,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", fused: bool = False) -> None:
         self.device = torch.device(device)
+        self.fused = fused  # lookups by kernels.probe: one launch (a CUDA device, or the CPU
+        # under Triton's interpreter; the store checks that)
         size = 1 << max(4, int(np.ceil(np.log2(max(initial_capacity, 2) / max_load))))
         cap = max(initial_capacity, 16)
         self.max_load = max_load
@@ -173,19 +176,20 @@ class DeviceHashIndex:
     def lookup(self, fields: object, keys: object) -> torch.Tensor:
         """int[N] fields, int64[N] raw keys -> int64[N] entry slots, -1 where absent."""
         f, k = self._as(fields, torch.int16), self._as(keys, torch.int64)
-        return self._probe(f, k, self._hash(f, k))
+        return kernels.probe(self, f, k) if self.fused else self._probe(f, k, self._hash(f, k))
 
     def get_or_insert(self, fields: object, keys: object) -> tuple[torch.Tensor, torch.Tensor]:
         """Entry slot of every key, inserting the absent ones (duplicates get one slot).
         Returns (int64[N] slots, bool[N] true where the key was inserted by this call)."""
         fields, keys = self._as(fields, torch.int16), self._as(keys, torch.int64)
-        h = self._hash(fields, keys)
-        slots = self._probe(fields, keys, h)
+        h = None if self.fused else self._hash(fields, keys)
+        slots = kernels.probe(self, fields, keys) if h is None else self._probe(fields, keys, h)
         inserted = torch.zeros(keys.numel(), dtype=torch.bool, device=self.device)
         missing = torch.nonzero(slots < 0).squeeze(1)
         any_new = False
         while missing.numel():
             any_new = True
+            h = self._hash(fields, keys) if h is None else h
             # One representative per distinct 64-bit hash (the first, in hash order as
             # np.unique gives them: unsigned order, hence the flipped sign bit); a true
             # collision goes in on the next round.
@@ -336,9 +340,10 @@ class DeviceHashIndex:
 
     @classmethod
     def from_state(cls, state: dict[str, np.ndarray], max_load: float = 0.7,
-                   device: str | torch.device = "cpu") -> DeviceHashIndex:
+                   device: str | torch.device = "cpu", fused: bool = False) -> DeviceHashIndex:
         idx = cls.__new__(cls)
         idx.device = torch.device(device)
+        idx.fused = fused
         idx.max_load = max_load
         for name in ("table", "keys", "fields", "alive", "free_slots"):
             setattr(idx, name, torch.from_numpy(np.array(state[name])).to(idx.device))

@@ -1,5 +1,5 @@
-"""Fused Triton kernels for the chunk store's two hot loops on a GPU (StoreConfig.kernels =
-"triton"): the chunked gather and the chunked Adagrad update.
+"""Fused Triton kernels for the chunk store's hot loops on a GPU (StoreConfig.kernels =
+"triton"): the index's probe, the chunked gather and the chunked Adagrad update.
 
 In torch ops a FIITED step reads K pools with K gathers, a concatenation and one more gather
 to expand unique entries to the batch's rows, and updates them with ~13 ops a pool (masked
@@ -8,6 +8,8 @@ Adagrad) plus 3 for the chunk norms the utilities need: launches that a GPU step
 
     gather(pools, addr, inverse)        out[n] = concat_j pool_j[addr[inverse[n], j]], one
                                         launch for all K pools; address -1 reads zeros
+    probe(index, fields, keys)          the hash index's lookup: hash and linear probing
+                                        until a hit or an EMPTY cell, no round trips
     adagrad(pools, grad, addr, lr, eps, norms=True)
                                         per unique entry u and chunk j: ||grad[u, chunk j]||
                                         into norms[u, j], and where addr[u, j] >= 0 Adagrad
@@ -121,4 +123,20 @@ def adagrad(pools: list[Any], grad: torch.Tensor, addr: torch.Tensor, lr: float,
         grad, addr, out if out is not None else grad, U, float(lr), float(eps), *vals, *states,
         K=K, D=sum(widths), ROWWISE=pools[0].optimizer == "rowwise_adagrad", NORMS=norms,
         BLOCK=BLOCK_ROWS, **_layout(widths))
+    return out
+
+
+def probe(index: Any, fields: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """DeviceHashIndex.lookup in one launch (the hash and every probe round): int16[N] fields,
+    int64[N] keys -> int64[N] entry slots, -1 where absent."""
+    from storage.vhpi import kernels_triton as tk
+    from storage.vhpi.device_index import _C1, _C2, _GOLDEN, _signed
+
+    n = keys.numel()
+    out = torch.empty(n, dtype=torch.int64, device=keys.device)
+    if n:
+        tk.probe_kernel[(-(-n // 256),)](
+            index.table, index.keys, index.fields, fields.contiguous(), keys.contiguous(), out,
+            n, index.table.numel() - 1, GOLDEN=_signed(_GOLDEN), C1=_signed(_C1),
+            C2=_signed(_C2), BLOCK=256)
     return out

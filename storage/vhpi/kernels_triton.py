@@ -114,3 +114,36 @@ def adagrad_kernel(grad_ptr, addr_ptr, norms_ptr, N, lr, eps,
     if K > 7:
         _adagrad_chunk(grad_ptr, addr_ptr, norms_ptr, rows, rmask, lr, eps, K, 7, v7, s7,
                        W7, B7, O7, D, ROWWISE, NORMS)
+
+
+@triton.jit
+def _srl(x, s: tl.constexpr):
+    """Logical right shift of int64 bits (>> is arithmetic on signed integers)."""
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+@triton.jit
+def probe_kernel(table_ptr, keys_ptr, fields_ptr, qf_ptr, qk_ptr, out_ptr, N, tmask,
+                 GOLDEN: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr,
+                 BLOCK: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = i < N
+    k = tl.load(qk_ptr + i, mask=m, other=0)
+    f = tl.load(qf_ptr + i, mask=m, other=0).to(tl.int64)
+    x = k ^ ((f + 1) * GOLDEN)  # device_index.mix64_t, bit for bit
+    x = (x ^ _srl(x, 30)) * C1
+    x = (x ^ _srl(x, 27)) * C2
+    x = x ^ _srl(x, 31)
+    pos = x & tmask
+    res = tl.full([BLOCK], -1, tl.int64)
+    active = m
+    while tl.max(active.to(tl.int32), axis=0) > 0:  # linear probing until a hit or EMPTY
+        v = tl.load(table_ptr + pos, mask=active, other=-1).to(tl.int64)
+        safe = tl.maximum(v, 0)
+        kk = tl.load(keys_ptr + safe, mask=active & (v >= 0), other=0)
+        ff = tl.load(fields_ptr + safe, mask=active & (v >= 0), other=0).to(tl.int64)
+        hit = active & (v >= 0) & (kk == k) & (ff == f)
+        res = tl.where(hit, v, res)
+        active = active & ~hit & (v != -1)
+        pos = (pos + 1) & tmask
+    tl.store(out_ptr + i, res, mask=m)

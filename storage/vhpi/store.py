@@ -86,7 +86,7 @@ class ChunkStore(StoreMaintenance):
         # kernels.py: one launch a gather / an update (ValueError where they cannot run)
         self.fused = config.kernels == "triton" and kernels.require(dev)
         self.entry_limit = config.entry_limit()
-        self.index = DeviceHashIndex(initial_capacity=config.initial_capacity, device=dev)
+        self.index = DeviceHashIndex(config.initial_capacity, device=dev, fused=self.fused)
         self.entries = EntryTable(self.widths, config.optimizer, config.head_utilities(),
                                   self.index.entry_capacity, config.initial_capacity, dev)
         self._deleted: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -391,7 +391,7 @@ class ChunkStore(StoreMaintenance):
         snap = read_snapshot(Path(path), cls._COUNTERS)
         config = snap.config if device is None else snap.config.on(device)
         store = cls(config)
-        store.index = DeviceHashIndex.from_state(snap.index, device=store.device)
+        store.index = DeviceHashIndex.from_state(snap.index, device=store.device, fused=store.fused)
         store.entries.load_state(snap.entries)
         if store.sketch is not None:
             store.sketch.table = np.array(snap.sketch)

@@ -14,6 +14,7 @@ from test_vhpi_store import check_pool, host, train_step, zipf_ids
 from models.policies.registry import parse_policy
 from storage.vhpi import kernels
 from storage.vhpi.chunk_pool import ChunkPool
+from storage.vhpi.device_index import DeviceHashIndex
 from storage.vhpi.store import ChunkStore, StoreConfig
 
 if not torch.cuda.is_available():
@@ -75,7 +76,33 @@ def test_fused_gather_and_adagrad_equal_the_torch_ops(device: str, widths: tuple
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_a_store_on_fused_kernels_trains_as_the_torch_store_does(device: str) -> None:
+def test_fused_probe_finds_what_the_torch_probe_finds(device: str, monkeypatch) -> None:
+    """Hash and linear probing in one kernel: the same slots as the torch loops, over a table
+    with collisions (load up to 0.7), duplicates across fields and tombstones of deletes."""
+    monkeypatch.setattr(DeviceHashIndex, "numpy_on_cpu", False)
+    rng = np.random.default_rng(3)
+    keys = torch.from_numpy(rng.integers(-(2**63), 2**63 - 1, 6000, dtype=np.int64))
+    fields = torch.from_numpy(rng.integers(0, 26, 6000).astype(np.int16))
+    keys[:300] = keys[300:600]  # one raw ID in two fields: two entries
+    plain = DeviceHashIndex(initial_capacity=16, device=device)
+    fused = DeviceHashIndex(initial_capacity=16, device=device, fused=True)
+    got_slots = [index.get_or_insert(fields[:4000].to(device), keys[:4000].to(device))[0]
+                 for index in (plain, fused)]
+    assert torch.equal(*got_slots), "a fused index must hand out the same slots"
+    for index in (plain, fused):
+        index.delete(got_slots[0][::7].unique())
+    want = plain.lookup(fields.to(device), keys.to(device))
+    # the kernel over the torch index's own table (its cells are placed in a racy order)
+    got = kernels.probe(plain, fields.to(device), keys.to(device))
+    assert torch.equal(got, want)
+    assert torch.equal(fused.lookup(fields.to(device), keys.to(device)), want)
+    assert 3000 < int((got >= 0).sum()) < 4000 and (got[4000:] < 0).all()
+    assert int((fused.table == -2).sum()) > 0, "deletes must leave tombstones to probe past"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_store_on_fused_kernels_trains_as_the_torch_store_does(device: str,
+                                                                tmp_path) -> None:
     """FIITED under a budget with prunes and regrowth: the same live chunks, step for step,
     and the same values within float rounding (the kernels sum a chunk's norm in another
     order than the torch matmul does)."""
@@ -96,6 +123,9 @@ def test_a_store_on_fused_kernels_trains_as_the_torch_store_does(device: str) ->
                                    rtol=1e-5, atol=1e-6)
     assert torch_store.prunes > 0, "the run must prune"
     check_pool(fused)
+    fused.save(tmp_path / "fused.npz")  # a restored store keeps its fused index
+    fused = ChunkStore.load(tmp_path / "fused.npz")
+    assert fused.fused and fused.index.fused
     ids = zipf_ids(rng, 48, 3, vocab=300)  # serving's path: no train, unseen IDs read zeros
     torch.testing.assert_close(fused.lookup(ids)[0], torch_store.lookup(ids)[0],
                                rtol=1e-5, atol=1e-6)
