@@ -164,8 +164,14 @@ def test_sigkill_of_either_rank_loses_nothing_and_applies_nothing_twice(
     settings = stream_settings.replace(checkpoint_every_events=1000, checkpoint_interval_s=1.0)
     root = Path(settings.trainer.checkpoint_dir) / "shardkill"
     replayed: list[ReplayStats] = []
-    producer = threading.Thread(target=lambda: replayed.append(replay_dataset(
-        settings, SPEC, topic=topic, batch_events=100, rate=250)))
+    stop = threading.Event()
+
+    def produce() -> None:  # rounds of SPEC (own event ids) until the kills are done, so each
+        while not stop.is_set():  # job finds events to apply however slowly it starts
+            replayed.append(replay_dataset(settings, SPEC, topic=topic, batch_events=100,
+                                           rate=250, id_prefix=f"round{len(replayed)}"))
+
+    producer = threading.Thread(target=produce)
     producer.start()
     rng = random.Random(3)
     for k, victim in enumerate((1, 0)):  # a SIGKILL of rank 1, then of rank 0
@@ -186,22 +192,26 @@ def test_sigkill_of_either_rank_loses_nothing_and_applies_nothing_twice(
             if job.poll() is None:
                 job.kill()
                 job.wait(timeout=30)
+    stop.set()
     producer.join()
-    sent = replayed[0]
-    assert sent.failed_messages == 0
-    final = _start_job(settings, topic, tmp_path / "final.log", max_events=sent.events)
+    assert sum(r.failed_messages for r in replayed) == 0
+    events = sum(r.events for r in replayed)
+    sent_checksum = 0
+    for r in replayed:
+        sent_checksum = wire.add_checksums(sent_checksum, r.checksum)
+    final = _start_job(settings, topic, tmp_path / "final.log", max_events=events)
     try:
         assert final.wait(timeout=300) == 0, (tmp_path / "final.log").read_text()[-3000:]
     finally:
         if final.poll() is None:
             final.kill()
     rec = wire.ModelVersion.from_json(redis_client.get(wire.version_key("shardkill")))
-    assert rec.events_applied == sent.events and int(rec.events_checksum) == sent.checksum
+    assert rec.events_applied == events and int(rec.events_checksum) == sent_checksum
     ckpt = latest_complete(root)
     assert ckpt is not None
     extras = [json.loads((ckpt / f"rank-{r}.json").read_text()) for r in range(2)]
-    assert sum(e["events_applied"] for e in extras) == sent.events
+    assert sum(e["events_applied"] for e in extras) == events
     checksum = 0
     for e in extras:
         checksum = wire.add_checksums(checksum, int(e["events_checksum"]))
-    assert checksum == sent.checksum
+    assert checksum == sent_checksum
