@@ -12,6 +12,8 @@ import numpy as np
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: the salt step between streams
 _C1, _C2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+# the same three constants as signed int64 (what torch and Triton multiply with)
+SIGNED_CONSTANTS = tuple(c - (1 << 64) if c >= 1 << 63 else c for c in (int(GOLDEN), _C1, _C2))
 _C1_INV, _C2_INV = pow(_C1, -1, 1 << 64), pow(_C2, -1, 1 << 64)
 _U = np.uint64
 

@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from storage.splitmix import SIGNED_CONSTANTS
+
 MAX_CHUNKS = 8
 BLOCK_ROWS = 64
 
@@ -130,13 +132,12 @@ def probe(index: Any, fields: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """DeviceHashIndex.lookup in one launch (the hash and every probe round): int16[N] fields,
     int64[N] keys -> int64[N] entry slots, -1 where absent."""
     from storage.vhpi import kernels_triton as tk
-    from storage.vhpi.device_index import _C1, _C2, _GOLDEN, _signed
 
+    golden, c1, c2 = SIGNED_CONSTANTS
     n = keys.numel()
     out = torch.empty(n, dtype=torch.int64, device=keys.device)
     if n:
         tk.probe_kernel[(-(-n // 256),)](
             index.table, index.keys, index.fields, fields.contiguous(), keys.contiguous(), out,
-            n, index.table.numel() - 1, GOLDEN=_signed(_GOLDEN), C1=_signed(_C1),
-            C2=_signed(_C2), BLOCK=256)
+            n, index.table.numel() - 1, GOLDEN=golden, C1=c1, C2=c2, BLOCK=256)
     return out
