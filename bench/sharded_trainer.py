@@ -99,7 +99,7 @@ def main(
     for name, n, eps, wall, versions, ckpts, m in rows:
         table.add_row(name, f"{n:,}", f"{eps:,.0f}", f"{eps / base:.2f}x", f"{wall:.1f}",
                       str(versions), str(ckpts), f"{m['auc']:.4f}", f"{m['logloss']:.4f}",
-                      f"{m['rows']:,}")
+                      f"{int(m['rows']):,}")
     Console(width=200).print(table)
 
 
