@@ -247,13 +247,13 @@ class StoreMaintenance:
         n_init = min(n_init, max_chunks or self.K)
         order = mix64_t(self.index.fields[slots], self.index.keys[slots]) ^ -(1 << 63)
         everyone = reduce.cat(order) if reduce.is_global else order
-        rank = torch.searchsorted(everyone.sort().values, order)  # place in the global order
+        place = torch.searchsorted(everyone.sort().values, order)  # in the global order
         total, start = everyone.numel(), 0
         for width in (n_init, 1) if n_init > 1 else (1,):
             per_entry = self._prefix_cost(width)
             n = total - start if np.isinf(room) else max(0, min(total - start,
                                                                 int(room // per_entry)))
-            take = slots[(rank >= start) & (rank < start + n)]
+            take = slots[(place >= start) & (place < start + n)]
             if take.numel():
                 self.entries.give_chunks(
                     take, self._initial_values(take, int(self.offsets[width])))
