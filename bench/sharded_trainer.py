@@ -8,7 +8,12 @@ start (its own model name) to `max_events`. Prints one table.
 
 Per row: stream events/s (events applied / seconds from the first event queued to the last
 applied, over all ranks: group join and process start-up not counted), its ratio to the one
-process, the wall seconds of the whole run (start-up included), versions and checkpoints.
+process, the wall seconds of the whole run (start-up included), versions and checkpoints, and
+the final version record's online metrics (progressive validation over every row the job
+trained on: AUC, log loss, rows; the sharded job's merge every rank's), so the sharded job's
+online quality compares with the one process's on the same stream and seed. The two see the
+events in other micro-batches (each rank polls its own partitions), so they are two draws of
+the training noise, not the same trajectory.
 Every rank and the one process get `--threads` torch threads. On a shared machine only ratios
 within one run mean anything.
 """
@@ -20,10 +25,12 @@ import time
 import uuid
 from pathlib import Path
 
+import redis
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from services import wire
 from services.stack.infra import create_topics, start_redis, start_tansu
 from services.stack.replay import replay_dataset
 from services.trainer.config import TrainerConfig
@@ -59,11 +66,17 @@ def main(
             return TrainerConfig(model=model, policy=policy, schema=schema, topic=topic,
                                  max_events=sent.events)
 
+        client = redis.Redis.from_url(settings.redis.url, **settings.redis.client_kwargs)
+
+        def online(model: str) -> dict:
+            return wire.ModelVersion.from_json(client.get(wire.version_key(model))).metrics
+
         rows = []
         t0 = time.perf_counter()
         stats = StreamTrainer(settings, config("one")).run()
         rows.append(("1 process", stats.events_applied, stats.stream_events_per_s,
-                     time.perf_counter() - t0, stats.versions_published, stats.checkpoints))
+                     time.perf_counter() - t0, stats.versions_published, stats.checkpoints,
+                     online("one")))
         t0 = time.perf_counter()
         ranks = run_sharded(settings, config("sharded"), workers, timeout_s=3600)
         wall = time.perf_counter() - t0
@@ -72,19 +85,21 @@ def main(
         lasts = [r["last_applied_at"] for r in ranks if r["last_applied_at"] is not None]
         span = max(lasts) - min(firsts)  # perf_counter is CLOCK_MONOTONIC: one clock per host
         rows.append((f"{workers} ranks", applied, applied / span, wall,
-                     ranks[0]["versions_published"], ranks[0]["checkpoints"]))
+                     ranks[0]["versions_published"], ranks[0]["checkpoints"], online("sharded")))
+        client.close()
     finally:
         broker.stop()
         rds.stop()
     table = Table(title=f"Kafka trainer, {policy}, {sent.events:,} events in {partitions} "
                         f"partitions, {threads} torch thread(s) per process or rank")
     for col in ("run", "events applied", "stream events/s", "vs 1 process", "wall s",
-                "versions", "checkpoints"):
+                "versions", "checkpoints", "online AUC", "log loss", "rows"):
         table.add_column(col, justify="right")
     base = rows[0][2]
-    for name, n, eps, wall, versions, ckpts in rows:
+    for name, n, eps, wall, versions, ckpts, m in rows:
         table.add_row(name, f"{n:,}", f"{eps:,.0f}", f"{eps / base:.2f}x", f"{wall:.1f}",
-                      str(versions), str(ckpts))
+                      str(versions), str(ckpts), f"{m['auc']:.4f}", f"{m['logloss']:.4f}",
+                      f"{int(m['rows']):,}")
     Console(width=200).print(table)
 
 

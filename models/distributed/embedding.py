@@ -138,4 +138,7 @@ class ShardedPolicy(EmbeddingPolicy):
     def load(self, path: Path) -> None:
         reducer = self.local.store.reducer  # a global budget stays global
         self.local.load(path)
-        self.local.store.reducer = reducer
+        if reducer.is_global:
+            reducer.attach(self.local.store)  # type: ignore[attr-defined]
+        else:
+            self.local.store.reducer = reducer

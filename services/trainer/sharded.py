@@ -11,9 +11,12 @@ works (the extra ranks train on empty batches) but wastes them.
 
 Lock-step: every round every rank polls, validates (ingest.py) and queues; then one all-reduce
 agrees on what the round does (train, publish, checkpoint, stop: any rank's wish is every
-rank's). Training takes every rank's whole queue in micro-batches of `trainer_batch_events`;
-the ranks run the same number of steps, a rank out of rows stepping on an empty batch, so an
-idle partition never stalls the others.
+rank's). Training takes every rank's whole queue in micro-batches of `trainer_batch_events` / N
+rows (rounded up), so a step trains on as many rows over all ranks as one process's step (with
+`trainer_batch_events` a rank, 2 ranks took half as many steps of twice the rows, and their
+online log loss was 0.5623 against one process's 0.4923 on the same 20k events); the ranks run
+the same number of steps, a rank out of rows stepping on an empty batch, so an idle partition
+never stalls the others.
 
 Exactly once: a global checkpoint (models/distributed/checkpoint.py: every rank's shard, the
 dense state once, COMMIT last) carries in each rank's `extra` its partitions' applied offsets
@@ -252,7 +255,7 @@ class ShardedTrainer:
         parts = self.offsets.take()
         joined = wire.EventBatch.concat(parts) if parts else None
         n = 0 if joined is None else len(joined)
-        size = max(1, self.s.trainer.batch_events)
+        size = max(1, -(-self.s.trainer.batch_events // self.world))  # a step: one process's
         mine = -(-n // size)
         steps = int(self.group.max(torch.tensor([mine], dtype=torch.int64))[0])
         for i in range(steps):

@@ -32,11 +32,35 @@ EMPTY = -1
 TOMBSTONE = -2
 NUMPY_BELOW = 1 << 15  # CPU batches smaller than this probe in numpy (see module docstring)
 GROWN_LOAD = 0.5
+MAX_LOAD = 0.7  # a table grows past this load (live + tombstones)
+SHARD_MAX_LOAD = 0.9  # a shard's own bound: its table is sized with the others' (grown_size)
 MAX_BLOCK = 256  # the widest window a probe round reads (rounds after the first widen x4)
 
 _SIGN = -(1 << 63)
 _GOLDEN = 0x9E3779B97F4A7C15
 _C1, _C2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def grown_size(size: int, entries: int, tombstones: int, adding: int,
+               max_load: float = MAX_LOAD) -> int:
+    """The table size after inserting `adding` keys into a table of `size` cells holding
+    `entries` live keys and `tombstones`: unchanged while (entries + tombstones + adding) <=
+    max_load x size, else doubled until the live keys are at most GROWN_LOAD of it (the
+    same size when tombstones alone overflowed: a rebuild clears them). One rule for one
+    table and for the shards of a sharded store (storage/vhpi/maintenance.py sizes those by
+    their sums, so N shards' tables add up to one store's)."""
+    if entries + tombstones + adding <= max_load * size:
+        return size
+    new_size = size
+    while entries + adding > GROWN_LOAD * new_size:
+        new_size *= 2
+    return new_size
+
+
+def shard_size(size: int, world: int) -> int:
+    """Each of `world` shards' table size, so that they add up to one table of `size` cells
+    (exactly when `world` is a power of two; else the next power of two up)."""
+    return 1 << max(4, int(np.ceil(np.log2(max(size, 1) / world))))
 
 
 def _signed(x: int) -> int:
@@ -72,7 +96,7 @@ class DeviceHashIndex:
     # on a GPU one wide round beats several narrow ones. None: 8 on a GPU, 1 on the CPU.
     probe_block: int | None = None
 
-    def __init__(self, initial_capacity: int = 1024, max_load: float = 0.7,
+    def __init__(self, initial_capacity: int = 1024, max_load: float = MAX_LOAD,
                  device: str | torch.device = "cpu", fused: bool = False) -> None:
         self.device = torch.device(device)
         self.fused = fused  # lookups by kernels.probe: one launch (a CUDA device, or the CPU
@@ -284,15 +308,22 @@ class DeviceHashIndex:
             pos, slots32 = nxt[more], slots32[more]
             block = min(4 * block, MAX_BLOCK)
 
+    @property
+    def tombstones(self) -> int:
+        return self._tombstones
+
     def _ensure_table_room(self, adding: int) -> None:
-        used = self.num_entries + self._tombstones + adding
         size = self.table.numel()
-        if used <= self.max_load * size:
-            return
-        new_size = size
-        while self.num_entries + adding > GROWN_LOAD * new_size:
-            new_size *= 2
-        self._rebuild(new_size)
+        if self.num_entries + self._tombstones + adding > self.max_load * size:
+            self._rebuild(grown_size(size, self.num_entries, self._tombstones, adding,
+                                     self.max_load))
+
+    def resize_table(self, size: int) -> None:
+        """Rebuild the table at `size` cells (a power of two holding every live key)."""
+        if size & (size - 1) or size < 16 or self.num_entries > size:
+            raise ValueError(f"table size {size}: a power of two >= 16 and >= the entries "
+                             f"({self.num_entries}) is needed")
+        self._rebuild(size)
 
     def _rebuild(self, size: int) -> None:
         self.table = torch.full((size,), EMPTY, dtype=torch.int32, device=self.device)
@@ -339,7 +370,7 @@ class DeviceHashIndex:
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, np.ndarray], max_load: float = 0.7,
+    def from_state(cls, state: dict[str, np.ndarray], max_load: float = MAX_LOAD,
                    device: str | torch.device = "cpu", fused: bool = False) -> DeviceHashIndex:
         idx = cls.__new__(cls)
         idx.device = torch.device(device)

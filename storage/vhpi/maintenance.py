@@ -16,9 +16,16 @@ import numpy as np
 import torch
 
 from storage.vhpi.admission import FrequencySketch
-from storage.vhpi.allocation import chunk_scores, select_chunks
+from storage.vhpi.allocation import chunk_scores, initial_chunk_count, select_chunks
 from storage.vhpi.config import StoreConfig, fixed_entry_bytes
-from storage.vhpi.device_index import DeviceHashIndex
+from storage.vhpi.device_index import (
+    MAX_LOAD,
+    SHARD_MAX_LOAD,
+    DeviceHashIndex,
+    grown_size,
+    mix64_t,
+    shard_size,
+)
 from storage.vhpi.entries import EntryTable
 from storage.vhpi.reducer import Reducer
 
@@ -42,6 +49,7 @@ class StoreMaintenance:
     _deleted: list[tuple[torch.Tensor, torch.Tensor]]  # (fields, keys) evicted since export
     _gen: torch.Generator  # the prune's samples, on the store's device
     reducer: Reducer  # LOCAL, or every shard of a sharded model (reducer.py)
+    offsets: np.ndarray  # int64[K + 1] first dimension of each chunk
 
     def _slots(self, slots: object) -> torch.Tensor:
         """Entry slots as int64[N] on the store's device (from numpy or a tensor)."""
@@ -214,6 +222,73 @@ class StoreMaintenance:
         self.prunes += 1
         self.prune_seconds = getattr(self, "prune_seconds", 0.0) + time.perf_counter() - t0
         return {"freed": freed, "admitted": admitted}
+
+    def join_budget(self, reducer: Reducer, world: int) -> None:
+        """Make this store one of `world` shards under one budget (`reducer` global over
+        them): a fresh store's index table becomes its share of one store's table (a
+        restored one keeps its size), and the tables grow together from here (_agree_step)."""
+        self.reducer = reducer
+        index = self.index
+        index.max_load = SHARD_MAX_LOAD  # its own bound; the shared rule acts before it
+        if index.num_entries == 0 and index.tombstones == 0:
+            index.resize_table(shard_size(index.table.numel(), world))
+
+    # ---- admission of new IDs' first chunks (between prunes) ---------------------------
+    def _prefix_cost(self, n: int) -> float:
+        """Bytes of an entry's first n chunks, with the extension record they need."""
+        costs = self.entries.chunk_costs()
+        return float(costs[:n].sum()) + (self.entries.record_bytes() if n > 1 else 0)
+
+    def _admit(self, slots: torch.Tensor, max_chunks: int | None = None) -> None:
+        """Give newly admitted entries their first chunks (`initial_chunk_count`) while the
+        budget has room, one chunk to those the room cannot pay a full start for, and none to
+        the rest: they read zeros until a prune step finds them room.
+
+        Who goes first when the room is short: the lower unsigned hash of (field, ID), an
+        order one store and N shards share (for the new IDs of one step it is the order the
+        index gives them slots in). With a global reducer the room is every shard's and the
+        order runs over every shard's candidates (a collective: every shard calls it)."""
+        reduce = self.reducer
+        room = self.budget_bytes() - self.used_bytes()
+        if reduce.is_global:
+            room = float(reduce.sum(torch.tensor([room], dtype=torch.float64))[0])
+        if room < self._prefix_cost(1):
+            return
+        n_init = initial_chunk_count(self.config, self.entry_bytes(), self._prefix_cost)
+        n_init = min(n_init, max_chunks or self.K)
+        order = mix64_t(self.index.fields[slots], self.index.keys[slots]) ^ -(1 << 63)
+        everyone = reduce.cat(order) if reduce.is_global else order
+        place = torch.searchsorted(everyone.sort().values, order)  # in the global order
+        total, start = everyone.numel(), 0
+        for width in (n_init, 1) if n_init > 1 else (1,):
+            per_entry = self._prefix_cost(width)
+            n = total - start if np.isinf(room) else max(0, min(total - start,
+                                                                int(room // per_entry)))
+            take = slots[(place >= start) & (place < start + n)]
+            if take.numel():
+                self.entries.give_chunks(
+                    take, self._initial_values(take, int(self.offsets[width])))
+            room -= n * per_entry
+            start += n
+            if start >= total or room < self._prefix_cost(1):
+                return
+
+    def _agree_step(self, before: tuple[int, int], crossed: bool, waiting: bool
+                    ) -> tuple[bool, bool]:
+        """A global reducer's part of a train lookup, on every shard (one all-reduce): size
+        the index tables as one store's table would grow (`grown_size` over their sums, each
+        shard 1/N of it), so N shards pay the index bytes one store pays and their budgets
+        add up to its budget; and whether any shard admits this step (then all call
+        `_admit`). `before`: (entries, tombstones) before this lookup's inserts."""
+        idx = self.index
+        mine = [idx.table.numel(), before[0], before[1], idx.num_entries - before[0], 1,
+                int(crossed), int(waiting)]
+        size, n, tomb, add, world, crossed_n, waiting_n = (int(x) for x in self.reducer.sum(
+            torch.tensor(mine, dtype=torch.float64)).tolist())
+        if n + tomb + add > MAX_LOAD * size:  # one table would be rebuilt here
+            share = shard_size(grown_size(size, n, tomb, add), world)
+            idx.resize_table(max(share, idx.table.numel()))
+        return crossed_n > 0, waiting_n > 0
 
     # ---- introspection and export ------------------------------------------------------
     def live_chunks_per_id(self) -> np.ndarray:

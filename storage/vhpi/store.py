@@ -43,7 +43,6 @@ import torch
 
 from storage.vhpi import kernels
 from storage.vhpi.admission import FrequencySketch
-from storage.vhpi.allocation import initial_chunk_count
 from storage.vhpi.chunk_pool import ChunkPool
 from storage.vhpi.config import StoreConfig
 from storage.vhpi.device_index import DeviceHashIndex
@@ -199,6 +198,7 @@ class ChunkStore(StoreMaintenance):
             return self._rows_of(uniq, inverse), None
 
         e = self.entries
+        held = (self.index.num_entries, self.index.tombstones)  # before inserts: _agree_step
         if self.sketch is None:
             slots, inserted = self.index.get_or_insert(fields, keys)
             e.grow(self.index.entry_capacity)
@@ -229,6 +229,8 @@ class ChunkStore(StoreMaintenance):
         any_crossed, any_waiting = torch.stack(  # one host sync for both
             [crossed.any(), waiting.any() if waiting is not None else crossed.new_zeros(())]
         ).tolist()
+        if self.reducer.is_global:  # the shards size their tables and admit together
+            any_crossed, any_waiting = self._agree_step(held, any_crossed, any_waiting)
         if any_crossed:
             self._admit(uniq[crossed])
         if any_waiting:
@@ -269,33 +271,6 @@ class ChunkStore(StoreMaintenance):
             got[ok] = new.cpu().numpy()
         slots[miss] = torch.from_numpy(got[inv.ravel()]).to(self.device)
         return slots
-
-    def _prefix_cost(self, n: int) -> float:
-        """Bytes of an entry's first n chunks, with the extension record they need."""
-        costs = self.entries.chunk_costs()
-        return float(costs[:n].sum()) + (self.entries.record_bytes() if n > 1 else 0)
-
-    def _admit(self, slots: torch.Tensor, max_chunks: int | None = None) -> None:
-        """Give newly admitted entries their first chunks (`initial_chunk_count`) while the
-        budget has room, one chunk to those the room cannot pay a full start for, and none to
-        the rest: they read zeros until a prune step finds them room."""
-        room = self.budget_bytes() - self.used_bytes()
-        if room < self._prefix_cost(1):
-            return
-        n_init = initial_chunk_count(self.config, self.entry_bytes(), self._prefix_cost)
-        n_init = min(n_init, max_chunks or self.K)
-        while slots.numel():
-            per_entry = self._prefix_cost(n_init)
-            size = slots.numel()
-            n = size if np.isinf(room) else max(0, min(size, int(room // per_entry)))
-            take, slots = slots[:n], slots[n:]
-            if take.numel():
-                self.entries.give_chunks(
-                    take, self._initial_values(take, int(self.offsets[n_init])))
-                room -= n * per_entry
-            if n_init == 1 or room < self._prefix_cost(1):
-                return
-            n_init = 1
 
     def _initial_values(self, slots: torch.Tensor, width: int) -> torch.Tensor:
         """The first `width` initial values of entries: int64[N] -> float32[N, width]."""
