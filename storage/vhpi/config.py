@@ -33,7 +33,8 @@ from typing import Annotated, Literal
 from pydantic import ByteSize, ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
-_ENTRY_BASE_BYTES = 8 + 2 + 1 + 4 + 2 + 2 + 1  # key, field, alive, head address, count, last, dirty
+_ENTRY_BASE_BYTES = 8 + 2 + 1 + 4 + 1  # key, field, alive, chunk 0's address, dirty
+COUNT_MAX_BUDGET = 255  # a budgeted store's access counts are one byte
 INDEX_ALLOWANCE = 12  # index-table bytes per entry at the lowest load the table runs at
 DEFAULT_MAX_BYTES = ByteSize(512 << 20)
 
@@ -68,8 +69,12 @@ class StoreConfig:
     # record, as the paper has it (2(K-2) bytes an ID more). The default is what the
     # leave-one-data-set-out protocol chose (README, "leave one data set out").
     tail_utilities: Literal["all", "extension"] = "extension"
+    # how a utility is stored: "log8", one byte (a log code, stochastically rounded,
+    # utility_codes.py); "float16", two (the layout of snapshots from before it)
+    utility_code: Literal["log8", "float16"] = "log8"
     cost_power: Annotated[float, Field(ge=0)] = 2.0  # score / (bytes / first's)**p; 0: blind
-    # accesses before an ID gets chunks (until then it reads zeros); counts saturate at 65535
+    # accesses before an ID gets chunks (until then it reads zeros); counts saturate at 65535,
+    # with a budget at 255 (one byte: the count only decides admission there)
     min_count: Annotated[int, Field(ge=1, le=65535)] = 1
     sketch_width: NonNegative = 0  # >0: count not-yet-admitted IDs in a count-min sketch
     sketch_depth: Positive = 4
@@ -100,10 +105,13 @@ class StoreConfig:
             raise ValueError(f"dim {self.dim} is not a multiple of K={self.num_chunks}")
         if self.num_chunks > 32:
             raise ValueError("at most 32 chunks (a chunk mask is 32 bits)")
+        if self.budget is not None and self.min_count > COUNT_MAX_BUDGET:
+            raise ValueError(f"min_count {self.min_count} > {COUNT_MAX_BUDGET}: with a budget "
+                             f"an access count is one byte and saturates at {COUNT_MAX_BUDGET}")
         if self.budget is not None:
             # An ID's own record and index slot are paid before any chunk; a budget that does
             # not cover them cannot be held.
-            meta = entry_bytes(self.num_chunks, self.head_utilities()) + INDEX_ALLOWANCE
+            meta = self.entry_bytes() + INDEX_ALLOWANCE
             fixed = fixed_entry_bytes(self.dim, self.optimizer)
             if meta >= self.budget * fixed:
                 raise ValueError(
@@ -120,7 +128,7 @@ class StoreConfig:
         widths = self.chunk_widths()
         chunks = sum(4 * (w + (w if self.optimizer == "adagrad" else 1)) for w in widths)
         ext_record = 4 * (len(widths) - 1)  # chunk addresses 1..K-1, no utilities
-        return chunks + entry_bytes(len(widths), 0) + ext_record + INDEX_ALLOWANCE
+        return chunks + self.entry_bytes() + ext_record + INDEX_ALLOWANCE
 
     def head_utilities(self) -> int:
         """Utilities in an ID's head record: none without a budget (nothing is pruned), all K
@@ -128,6 +136,48 @@ class StoreConfig:
         if self.budget is None:
             return 0
         return self.num_chunks if self.tail_utilities == "all" else min(self.num_chunks, 2)
+
+    def utility_bytes(self) -> int:
+        """Bytes of one stored utility."""
+        return 1 if self.utility_code == "log8" else 2
+
+    def count_max(self) -> int:
+        """Where an access count saturates: 255 with a budget (one byte), else 65535."""
+        return COUNT_MAX_BUDGET if self.budget is not None else 65535
+
+    def keeps_last(self) -> bool:
+        """Whether entries record the epoch they were last trained in: needed to evict idle
+        entries (evict_after) and, without utilities (no budget), to rank entries for
+        eviction; a budgeted store without evict_after reads it nowhere and keeps none."""
+        return self.budget is None or self.evict_after is not None
+
+    def head_fields(self) -> dict[str, int]:
+        """Bytes of one entry's head record, field by field (what the accounting counts)."""
+        K, H = self.num_chunks, self.head_utilities()
+        fields = {"key": 8, "field": 2, "alive": 1, "chunk 0 address": 4}
+        if K > 1:
+            fields["record pointer"] = 4
+        fields["count"] = 1 if self.count_max() <= 255 else 2
+        if self.keeps_last():
+            fields["last"] = 2
+        fields["dirty"] = 1
+        if H:
+            fields[f"utilities 0..{H - 1}"] = H * self.utility_bytes()
+        return fields
+
+    def record_fields(self) -> dict[str, int]:
+        """Bytes of one extension record (an ID with a chunk past the first), field by field."""
+        K, H = self.num_chunks, self.head_utilities()
+        if K == 1:
+            return {}
+        fields = {f"chunk 1..{K - 1} addresses": 4 * (K - 1)}
+        if self.budget is not None and K > H:
+            fields[f"utilities {H}..{K - 1}"] = (K - H) * self.utility_bytes()
+        return fields
+
+    def entry_bytes(self) -> int:
+        """Bytes of one entry's head record."""
+        return sum(self.head_fields().values())
 
     def entry_limit(self) -> int | None:
         """Entries the store may hold: `max_entries`, else max_bytes // id_bytes(), else
@@ -139,9 +189,12 @@ class StoreConfig:
         return max(1, int(self.max_bytes // self.id_bytes()))
 
 
-def entry_bytes(num_chunks: int, head_utilities: int) -> int:
-    """Bytes of one entry's head record holding `head_utilities` float16 utilities."""
-    return _ENTRY_BASE_BYTES + (4 if num_chunks > 1 else 0) + 2 * head_utilities
+def entry_bytes(num_chunks: int, head_utilities: int, utility_bytes: int = 2,
+                count_bytes: int = 2, last_bytes: int = 2) -> int:
+    """Bytes of one entry's head record holding `head_utilities` utilities of `utility_bytes`
+    each (StoreConfig.head_fields itemises a store's)."""
+    return (_ENTRY_BASE_BYTES + (4 if num_chunks > 1 else 0) + utility_bytes * head_utilities
+            + count_bytes + last_bytes)
 
 
 def fixed_entry_bytes(dim: int, optimizer: str) -> int:

@@ -163,11 +163,20 @@ class StoreMaintenance:
         slots = self.live_slots()
         if slots.numel() == 0 and not self.reducer.is_global:
             return {"freed": 0, "admitted": 0}
+        keep = self.chunks_to_keep(slots, self.utilities(slots))
+        freed, admitted = self.entries.keep(slots, keep)
+        self.prunes += 1
+        self.prune_seconds = getattr(self, "prune_seconds", 0.0) + time.perf_counter() - t0
+        return {"freed": freed, "admitted": admitted}
+
+    def chunks_to_keep(self, slots: torch.Tensor, util: torch.Tensor) -> torch.Tensor:
+        """The prune step's choice, changing nothing: entries int64[N] (every live one) with
+        utilities float32[N, K] -> bool[N, K] chunks that fit the budget."""
         c = self.config
         reduce = self.reducer
         costs = self.entries.chunk_costs()
         scores = chunk_scores(
-            self.utilities(slots),
+            util,
             self.index.fields[slots],
             self.entries.count[slots] >= c.min_count,
             normalize=c.normalize == "field",
@@ -198,11 +207,7 @@ class StoreMaintenance:
             counts = reduce.sum(counts).cpu().numpy()  # one small copy: K + 1 counts
             return float(counts[:-1] @ costs) + int(counts[-1]) * ext_bytes
 
-        keep = select_chunks(scores, capacity, exact, self._gen, reduce)
-        freed, admitted = self.entries.keep(slots, keep)
-        self.prunes += 1
-        self.prune_seconds = getattr(self, "prune_seconds", 0.0) + time.perf_counter() - t0
-        return {"freed": freed, "admitted": admitted}
+        return select_chunks(scores, capacity, exact, self._gen, reduce)
 
     # ---- introspection and export ------------------------------------------------------
     def live_chunks_per_id(self) -> np.ndarray:
@@ -210,3 +215,27 @@ class StoreMaintenance:
         slots = self.live_slots()
         n = (self.entries.addresses(slots) >= 0).sum(dim=1)
         return torch.bincount(n, minlength=self.K + 1).cpu().numpy()
+
+    def export(self, slots: object) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
+        """(fields int16[N], keys int64[N], masks uint32[N], values float32[N, D]) of entries,
+        on the host (what goes to Redis); bit j of a mask is set where chunk j is live."""
+        slots = self._slots(slots)
+        addr = self.addresses(slots)
+        bits = (addr >= 0).long() << torch.arange(self.K, device=self.device)
+        masks = bits.sum(dim=1).cpu().numpy().astype(np.uint32)
+        return (self.index.fields[slots].cpu().numpy(), self.index.keys[slots].cpu().numpy(),
+                masks, self.gather(slots).cpu())
+
+    def take_changes(self, dirty_only: bool = True) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """Entry slots changed since the last call (or all live ones), and the (fields, keys)
+        evicted since then (host arrays); clears both."""
+        live = self.live_slots()
+        slots = live[self.entries.dirty[live]] if dirty_only else live
+        self.entries.dirty.zero_()
+        if self._deleted:
+            df = torch.cat([f for f, _ in self._deleted]).cpu().numpy()
+            dk = torch.cat([k for _, k in self._deleted]).cpu().numpy()
+        else:
+            df, dk = np.zeros(0, np.int16), np.zeros(0, np.int64)
+        self._deleted = []
+        return slots, df, dk

@@ -52,6 +52,9 @@ def read_snapshot(path: Path, counters: tuple[str, ...]) -> Snapshot:
     # snapshots from before `tail_utilities` hold the utilities of chunks >= 2 in extension
     # records only: read them back in that layout
     meta["config"].setdefault("tail_utilities", "extension")
+    # and from before one-byte utilities store them as float16: read them back that way (their
+    # counts and `last` load as today's layout has them: EntryTable.load_state)
+    meta["config"].setdefault("utility_code", "float16")
     return Snapshot(
         config=StoreConfig(**meta["config"]),
         counters={k: meta[k] for k in counters},

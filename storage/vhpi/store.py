@@ -47,13 +47,12 @@ from storage.vhpi.allocation import initial_chunk_count
 from storage.vhpi.chunk_pool import ChunkPool
 from storage.vhpi.config import StoreConfig
 from storage.vhpi.device_index import DeviceHashIndex
-from storage.vhpi.entries import EntryTable, initial_values
+from storage.vhpi.entries import EntryTable
 from storage.vhpi.hash_index import mix64
+from storage.vhpi.initial_values import initial_values
 from storage.vhpi.maintenance import StoreMaintenance
 from storage.vhpi.reducer import LOCAL
 from storage.vhpi.snapshot import Snapshot, read_snapshot, write_snapshot
-
-U16_MAX = 65535
 
 
 @dataclass
@@ -85,8 +84,10 @@ class ChunkStore(StoreMaintenance):
         self.tracks_utility = config.budget is not None
         self.entry_limit = config.entry_limit()
         self.index = DeviceHashIndex(initial_capacity=config.initial_capacity, device=dev)
-        self.entries = EntryTable(self.widths, config.optimizer, config.head_utilities(),
-                                  self.index.entry_capacity, config.initial_capacity, dev)
+        self.entries = EntryTable(
+            self.widths, config.optimizer, config.head_utilities(), self.index.entry_capacity,
+            config.initial_capacity, dev, utility_code=config.utility_code,
+            count_max=config.count_max(), keep_last=config.keeps_last(), seed=config.seed)
         self._deleted: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.step = 0
         self.util_origin = 0  # t0: the step the stored utilities are scaled to
@@ -114,7 +115,7 @@ class ChunkStore(StoreMaintenance):
         return self.entries.addresses(self._slots(slots))
 
     def counts(self, slots: object) -> torch.Tensor:
-        """Training accesses seen (saturating at 65535): int[N] -> int32[N]."""
+        """Training accesses seen (saturating at config.count_max()): int[N] -> int32[N]."""
         return self.entries.count[self._slots(slots)]
 
     def gather(self, slots: object, addr: torch.Tensor | None = None) -> torch.Tensor:
@@ -147,8 +148,9 @@ class ChunkStore(StoreMaintenance):
         self.entries.fill(slots, values.to(self.device))
         self.entries.count[slots] = torch.as_tensor(
             np.asarray(counts, dtype=np.int64) if not isinstance(counts, torch.Tensor)
-            else counts, device=self.device).to(torch.int32)
-        self.entries.last[slots] = self.epoch & 0xFFFF
+            else counts, device=self.device).clamp(max=self.entries.count_max).to(torch.int32)
+        if self.entries.keep_last:
+            self.entries.last[slots] = self.epoch & 0xFFFF
         self.entries.dirty[slots] = True
         return slots
 
@@ -210,13 +212,14 @@ class ChunkStore(StoreMaintenance):
         counts = torch.where(known, counts, 0)  # IDs the sketch has not admitted read zeros
         uniq_ok = uniq.clamp(min=0)
         before = e.count.index_select(0, uniq_ok).long()
-        after = (before + counts).clamp(max=U16_MAX).to(torch.int32)
+        after = (before + counts).clamp(max=e.count_max).to(torch.int32)
         if self.sketch is not None:  # without a sketch every ID is known: no mask needed
             kn, after = uniq[known], after[known]
         else:
             kn = uniq
         e.count.index_copy_(0, kn, after)
-        e.last.index_fill_(0, kn, self.epoch & 0xFFFF)
+        if e.keep_last:
+            e.last.index_fill_(0, kn, self.epoch & 0xFFFF)
         mc = self.config.min_count
         crossed = known & (before < mc) & (before + counts >= mc)
         # Admitted IDs the budget had no room for at first get their first chunk once there is
@@ -254,7 +257,7 @@ class ChunkStore(StoreMaintenance):
         if ok.any():
             new, _ = self.index.get_or_insert(uf[ok], uk[ok])
             self.entries.grow(self.index.entry_capacity)
-            start = np.minimum(est[ok] - cnt[ok], U16_MAX)
+            start = np.minimum(est[ok] - cnt[ok], self.entries.count_max)
             self.entries.reset(new, torch.from_numpy(start).to(self.device))
             got[ok] = new.cpu().numpy()
         slots[miss] = torch.from_numpy(got[inv.ravel()]).to(self.device)
@@ -349,30 +352,6 @@ class ChunkStore(StoreMaintenance):
                             dtype=torch.float64)
         live, used, budget = self.reducer.sum(mine).tolist()
         return live > 0 and used > budget
-
-    def export(self, slots: object) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
-        """(fields int16[N], keys int64[N], masks uint32[N], values float32[N, D]) of entries,
-        on the host (what goes to Redis); bit j of a mask is set where chunk j is live."""
-        slots = self._slots(slots)
-        addr = self.addresses(slots)
-        bits = (addr >= 0).long() << torch.arange(self.K, device=self.device)
-        masks = bits.sum(dim=1).cpu().numpy().astype(np.uint32)
-        return (self.index.fields[slots].cpu().numpy(), self.index.keys[slots].cpu().numpy(),
-                masks, self.gather(slots).cpu())
-
-    def take_changes(self, dirty_only: bool = True) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-        """Entry slots changed since the last call (or all live ones), and the (fields, keys)
-        evicted since then (host arrays); clears both."""
-        live = self.live_slots()
-        slots = live[self.entries.dirty[live]] if dirty_only else live
-        self.entries.dirty.zero_()
-        if self._deleted:
-            df = torch.cat([f for f, _ in self._deleted]).cpu().numpy()
-            dk = torch.cat([k for _, k in self._deleted]).cpu().numpy()
-        else:
-            df, dk = np.zeros(0, np.int16), np.zeros(0, np.int64)
-        self._deleted = []
-        return slots, df, dk
 
     # ---- snapshot ----------------------------------------------------------------------
     _COUNTERS = ("step", "util_origin", "epoch", "unseen_lookups", "prunes")
