@@ -5,9 +5,9 @@ much one-byte utilities change the prune step's choice.
     python bench/entry_bytes.py                       # frappe, the first 10,000 rows
     python bench/entry_bytes.py --rows 20000 --data movielens:PATH/movielens-1m-users3000plus
 
-1. Field by field: the head record every ID has and the extension record an ID with a chunk past
-   its first has (StoreConfig.head_fields / record_fields), for fiited's default at budget 0.25
-   and for fixed:8, whose row is an entry plus one 8-wide chunk.
+1. Field by field: the head record every ID has and what each live chunk adds at each position
+   (StoreConfig.head_fields / chunk_fields), for fiited's default at budget 0.25 and for
+   fixed:8, whose row is an entry plus one 8-wide chunk.
 2. Measured after training `--rows` rows (DLRM, seed 0): per live ID, the bytes of values,
    optimizer state, head records, extension records and the index table, and values and total
    as % of fixed-64's (the budget's reference: every ID at 64 dims, 280 bytes, plus the index).
@@ -68,19 +68,19 @@ def field_table(console: Console) -> None:
     for name in dict.fromkeys([*hf, *ff]):
         table.add_row("head", name, str(hf.get(name, "")), str(ff.get(name, "")))
     table.add_row("head", "[b]total[/b]", str(sum(hf.values())), str(sum(ff.values())))
-    for name, n in fiited.record_fields().items():
-        table.add_row("extension", name, str(n), "")
-    table.add_row("extension", "[b]total[/b]", str(sum(fiited.record_fields().values())), "—")
     widths = fiited.chunk_widths()
-    table.add_row("chunks", "values + row-wise Adagrad state",
+    table.add_row("per live chunk, positions 0..K-1", "values + row-wise Adagrad state",
                   " / ".join(str(4 * (w + 1)) for w in widths), str(4 * (8 + 1)))
+    for name, per_position in fiited.chunk_fields().items():
+        table.add_row("per live chunk, positions 0..K-1", name,
+                      " / ".join(str(b) for b in per_position), "")
     table.add_row("index", "table slot (int32 at load 0.35-0.7)", "5.7-11.4", "5.7-11.4")
     console.print(table)
 
 
 def measured_table(console: Console, data: str, rows: int, batch: int) -> None:
     table = Table(title=f"2. measured per live ID after {rows:,} rows of {data.split(':')[0]}")
-    for col in ("policy", "IDs", "values", "optimizer", "head records", "ext. records",
+    for col in ("policy", "IDs", "values", "optimizer", "head records", "links / ext. records",
                 "index", "total", "values % of fixed-64", "total % of fixed-64"):
         table.add_column(col, justify="right")
     for spec in SPECS:
@@ -88,7 +88,7 @@ def measured_table(console: Console, data: str, rows: int, batch: int) -> None:
         m = store.memory()
         n = m["live_ids"]
         head = n * store.entry_bytes()
-        ext = store.entries.ext_live * store.entries.record_bytes()
+        ext = m["metadata_bytes"] - head  # chunk links (older trees: extension records)
         total = m["value_bytes"] + m["optimizer_bytes"] + m["metadata_bytes"] + m["index_bytes"]
         reference = n * fixed_entry_bytes(64, store.config.optimizer) + m["index_bytes"]
         table.add_row(spec, f"{n:,}", *(f"{b / n:.1f}" for b in (

@@ -228,7 +228,7 @@ class MaskedChunkPolicy(ChunkedPolicy):
     # ---- the memory controller ------------------------------------------------------------
     def memory_fraction(self) -> float:
         """Total bytes of every live entry laid out to its current hard mask (entries, their
-        chunks and extension records, index table, mask parameters), as a fraction of what a
+        chunks and the chunks' links, index table, mask parameters), as a fraction of what a
         fixed-D store would take for the same IDs."""
         store = self.store
         slots = store.live_slots()
@@ -240,9 +240,7 @@ class MaskedChunkPolicy(ChunkedPolicy):
         with torch.no_grad():
             n, _, _ = self.masks(slots, train=False)
         held = torch.where(store.entries.count[slots] >= store.config.min_count, n, 0)
-        costs = store.entries.chunk_costs()
-        prefix = np.concatenate([[0.0], np.cumsum(costs)])
-        prefix[2:] += store.entries.record_bytes()  # two chunks or more need a record
+        prefix = np.concatenate([[0.0], np.cumsum(store.entries.position_costs())])
         per_n = torch.bincount(held.long(), minlength=self.store.K + 1).cpu().numpy()
         chunks = float(per_n @ prefix)
         used = chunks + E * store.entry_bytes() + table + self.mask_bytes()

@@ -62,8 +62,8 @@ class StoreMaintenance:
         return self.entries.live_chunks()
 
     def memory(self) -> dict[str, int]:
-        """Bytes measured from the arrays: live values, their optimizer state, entry and
-        extension records in use, index table; and everything allocated (capacity)."""
+        """Bytes measured from the arrays: live values, their optimizer state, entry records
+        and the links of live chunks, index table; and everything allocated (capacity)."""
         value = sum(p.live_bytes()[0] for p in self.entries.pools)
         opt = sum(p.live_bytes()[1] for p in self.entries.pools)
         n = self.index.num_entries
@@ -73,8 +73,7 @@ class StoreMaintenance:
         return {
             "value_bytes": value,
             "optimizer_bytes": opt,
-            "metadata_bytes": n * self.entry_bytes()
-            + self.entries.ext_live * self.entries.record_bytes() + sketch,
+            "metadata_bytes": n * self.entry_bytes() + self.entries.links_live_bytes() + sketch,
             "index_bytes": self.index.table_bytes,
             "allocated_bytes": self.entries.allocated_bytes() + sketch
             + int(index_alloc),
@@ -193,19 +192,11 @@ class StoreMaintenance:
         capacity = self.budget_bytes() - fixed_cost
         if reduce.is_global:  # the budget and the fixed costs of every shard
             capacity = float(reduce.sum(torch.tensor([capacity], dtype=torch.float64))[0])
-        ext_bytes = self.entries.record_bytes()
+        costs_all = self.entries.position_costs()  # values, optimizer state and links
 
         def exact(keep: torch.Tensor) -> float:
-            per_position = keep.sum(dim=0)
-            if self.K == 1:
-                n_ext = per_position.new_zeros(())
-            elif c.prefix:  # a prefix with a chunk 1 is exactly an entry with a record
-                n_ext = per_position[1]
-            else:
-                n_ext = keep[:, 1:].any(dim=1).sum()
-            counts = torch.cat([per_position, n_ext.reshape(1)]).long()
-            counts = reduce.sum(counts).cpu().numpy()  # one small copy: K + 1 counts
-            return float(counts[:-1] @ costs) + int(counts[-1]) * ext_bytes
+            counts = reduce.sum(keep.sum(dim=0).long()).cpu().numpy()  # one small copy: K
+            return float(counts @ costs_all)
 
         return select_chunks(scores, capacity, exact, self._gen, reduce)
 

@@ -1,5 +1,6 @@
 """A chunk store's state as one `.npz` file and back, bit-exactly: the index, every pool's values
-and optimizer state, the entry and extension records, the sketch, the counters and the config.
+and optimizer state, the entry records and chunk links, the sketch, the counters and the
+config.
 
     write_snapshot(path, Snapshot(config, counters, index, entries, sketch))  # atomic; CPU arrays
     snap = read_snapshot(path)    # the store rebuilds itself from it (ChunkStore.load)

@@ -264,9 +264,8 @@ class ChunkStore(StoreMaintenance):
         return slots
 
     def _prefix_cost(self, n: int) -> float:
-        """Bytes of an entry's first n chunks, with the extension record they need."""
-        costs = self.entries.chunk_costs()
-        return float(costs[:n].sum()) + (self.entries.record_bytes() if n > 1 else 0)
+        """Bytes of an entry's first n chunks, with their links."""
+        return float(self.entries.position_costs()[:n].sum())
 
     def _admit(self, slots: torch.Tensor, max_chunks: int | None = None) -> None:
         """Give newly admitted entries their first chunks (`initial_chunk_count`) while the
@@ -305,6 +304,7 @@ class ChunkStore(StoreMaintenance):
         g = torch.zeros(U, c.dim, device=self.device)
         g.index_add_(0, ctx.inverse, grad.reshape(-1, c.dim).to(self.device))
         self.step += 1
+        self.entries.seed_rounding(c.seed, self.step)  # a saved store continues identically
         unique, counts, addr = ctx.unique, ctx.counts, ctx.addresses
         # Rows of IDs not admitted (only a sketch leaves any): nothing to update.
         if self.sketch is not None and U and int(unique[0]) < 0:

@@ -3,15 +3,16 @@
 A utility is a decayed sum of gradient norms; the prune step only ranks them (relative to their
 (field, position) mean), so their order matters, not their digits. One byte a utility instead
 of float16's two: code 0 is exactly 0, code c in 1..255 is 2^(LOG2_MIN + (c - 1) / PER_OCTAVE),
-so 255 levels, PER_OCTAVE to an octave (adjacent levels 10.4% apart), cover 2^-28 .. 2^8.3.
-Values past the top saturate there (as float16's stored utilities capped at 60000). The range
-is what utilities measured (bench/entry_bytes.py's run, stored utilities at every 5th prune,
-log2): frappe 0.1% / median / max -22 / -8.1 / 5.8, the synthetic stream -24 / -16.3 / 3.3,
-where -24 is float16's own floor (its smallest subnormal).
+so 255 levels, PER_OCTAVE to an octave (adjacent levels 12.2% apart), cover 2^-26 .. 2^16.3:
+all of float16's range (its smallest subnormal is 2^-24, the old cap 60000 < 2^16), the range
+the utilities had when they were float16. Measured (stored utilities at every 5th prune, log2,
+0.1% / median / max): frappe -22 / -8.1 / 5.8, the synthetic stream -24 / -16.3 / 3.3; a hot
+start's seeds (access count x chunk norm, models/policies/hot_start.py) reach thousands, which
+a range topping at 2^8 flattened into ties. Values past the top saturate there.
 
 Rounding is stochastic: a value between two levels takes the upper one with probability
 (u - lower) / (upper - lower), so the code is unbiased, E[decode(encode(u))] = u. That matters:
-every training step adds a small a * ||g|| to an ID's utility, often much less than 9% of it;
+every training step adds a small a * ||g|| to an ID's utility, often much less than 12% of it;
 nearest rounding would drop every such increment, stochastic rounding keeps them on average.
 
     codes = encode(u, gen)     # float32[...] >= 0 -> uint8[...], on u's device
@@ -22,8 +23,8 @@ from __future__ import annotations
 
 import torch
 
-LOG2_MIN = -28.0  # level of code 1
-PER_OCTAVE = 7  # codes per doubling
+LOG2_MIN = -26.0  # level of code 1
+PER_OCTAVE = 6  # codes per doubling
 TOP = 255
 
 
