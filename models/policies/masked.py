@@ -59,6 +59,7 @@ from models.policies.params import PolicyParams, store_config
 from models.policy import MemoryReport
 from storage.atomic_npz import read_npz, write_npz
 from storage.vhpi.config import fixed_entry_bytes
+from storage.vhpi.device_index import mix64_t
 from storage.vhpi.store import ChunkStore, StoreConfig
 
 _MASK_PREFIX = "mask."  # keys of the mask state inside the policy's .npz save
@@ -170,6 +171,13 @@ class MaskedChunkPolicy(ChunkedPolicy):
 
     def after_step(self) -> None:
         """Hook after the dense optimizer's step and the embedding update."""
+
+    def id_hash01(self, slots: torch.Tensor) -> torch.Tensor:
+        """float32[U] in [0, 1), a fixed function of each entry's (field, raw ID): what spreads
+        a memory target's action over a field's IDs (dml's partial chunk, amtl's price)."""
+        index = self.store.index
+        h = mix64_t(index.fields[slots], index.keys[slots] ^ 0x5DEECE66D)
+        return ((h >> 40) & 0xFFFFFF).float() * (1.0 / (1 << 24))
 
     # ---- layout ---------------------------------------------------------------------------
     def resize(self, slots: torch.Tensor, n_chunks: torch.Tensor) -> int:

@@ -22,7 +22,7 @@ use (index 1.5x, pools 1.25x) can take up to about half as much again. `max_entr
 limit directly instead. Past the limit the least useful entries (lowest summed utility; without
 utilities the fewest accesses, then the longest unseen) are evicted, and exported as deleted so
 that serving's Redis shrinks too. At 512 MiB: fixed:64 holds 1.8M IDs, fiited (budget 0.25)
-7.3M, dml 1.6M, amtl 1.6M, above every vocabulary the benchmarks use (synthetic: 8 x 100k).
+7.3M, dml 1.6M, amtl 1.7M, above every vocabulary the benchmarks use (synthetic: 8 x 100k).
 """
 
 from __future__ import annotations
