@@ -19,9 +19,8 @@ How k is learned:
 - Penalty: `penalty * mean_u(p_u . k / D)`, the expected kept fraction over the batch's unique
   values, added to the loss (the paper has no explicit penalty; we add one so the memory can
   be set; `memory=0.25` adds a controlled multiplier lam that lowers option n's logit by
-  lam * (2 - a) * s * k_n / D, so the memory lands on 25% of fixed-D's bytes, rare values
-  giving way first (s: a fixed per-ID factor in 0.75..1.25, so that values of one frequency
-  do not all switch at once); models.policies.masked).
+  lam * (2 - a) * k_n / D, so the memory lands on 25% of fixed-D's bytes, rare values giving
+  way first; models.policies.masked).
   Initially every value prefers option `start` (default K: full width) by a logit margin of 1.
 
 Storage: an entry holds exactly the chunks of its current k (see models.policies.masked):
@@ -40,7 +39,6 @@ from models.policies.masked import MaskedChunkPolicy, MaskedParams
 from storage.vhpi.config import StoreConfig
 
 AMTL_WIDTHS = "4-4-8-16-32"
-PRICE_SPREAD = 0.5  # a memory target's price per value varies by this much (of itself) by ID
 
 
 class AMTLParams(MaskedParams):
@@ -125,10 +123,7 @@ class AMTLPolicy(MaskedChunkPolicy):
             # in the price every value of a field would move at once while the twin networks
             # still ignore frequency (they start so), and the memory would move in steps of
             # whole fields.
-            # Values of equal frequency still moved together (the networks give them one
-            # logit): a fixed per-ID factor in 1 -+ PRICE_SPREAD / 2 spreads where they switch.
-            spread = 1.0 + PRICE_SPREAD * (self.id_hash01(slots) - 0.5)
-            price = (2.0 - x.clamp(0.0, 1.0)) * spread
+            price = 2.0 - x.clamp(0.0, 1.0)
             z = z - self.lam * price[:, None] * self._kept[None, :]
         return torch.softmax(z, dim=1)
 
