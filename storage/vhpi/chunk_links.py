@@ -104,7 +104,8 @@ class ChunkLinks:
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         for j in range(len(self.next)):
             self.next[j] = torch.from_numpy(np.array(arrays[f"next{j}"])).to(self.device)
-        self.tail_util = torch.from_numpy(np.array(arrays["tail_util"])).to(self.device)
+        if "tail_util" in arrays:  # (a K = 1 snapshot of the record layout has none)
+            self.tail_util = torch.from_numpy(np.array(arrays["tail_util"])).to(self.device)
 
 
 def addresses_of_records(arrays: dict[str, np.ndarray], K: int) -> np.ndarray:

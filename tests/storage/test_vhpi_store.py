@@ -455,3 +455,19 @@ def test_live_chunks_are_always_a_prefix() -> None:
         StoreConfig(dim=64, num_chunks=4, budget=0.5, prefix=False)
     with pytest.raises(ValueError, match="one byte and saturates at 255"):
         StoreConfig(dim=64, num_chunks=4, budget=0.5, min_count=300)
+
+
+def test_a_one_chunk_snapshot_of_the_record_layout_loads(tmp_path) -> None:
+    # fixed:d's stores (K = 1) saved before chunk links had no tail_util array
+    rng = np.random.default_rng(9)
+    store = ChunkStore(StoreConfig(dim=16, num_chunks=1, budget=None))
+    for _ in range(4):
+        train_step(store, zipf_ids(rng, 64, 3), torch.randn(16))
+    store.save(tmp_path / "s.npz")
+    arrays = read_npz(tmp_path / "s.npz")
+    del arrays["tail_util"]
+    write_npz(tmp_path / "old.npz", arrays)
+    back = ChunkStore.load(tmp_path / "old.npz")
+    slots = store.live_slots()
+    np.testing.assert_array_equal(host(back.gather(slots)), host(store.gather(slots)))
+    assert back.memory() == store.memory()
