@@ -27,14 +27,14 @@ it acts at once, in the masks themselves (the subclass lowers each option's logi
 field's threshold, by lam times what it keeps), and moved by a controller: every `control`
 steps the policy measures what its current hard mask costs over every live entry
 (`memory_fraction`, what a relayout would leave) and, with e = (fraction - target) / target
-clipped to [-1, 1], sets I <- I + rate * e and lam = I + 10 * rate * e (a PI controller; the
-integral is dual ascent on the memory constraint: lam rises while the memory is above the
-target and falls below it, the proportional part answers at once to the masks' own drift). lam
-may go below 0, a reward for memory, where the loss penalty alone takes the masks below the
-target. A penalty through the loss cannot do this: Adam's momentum carries a mask past the
-target, and dims a mask has dropped read zeros and get no gradient, so nothing grows it back
-(measured: a controller on the loss penalty wound up and left every ID at one chunk on
-MovieLens-1M with a target of 50%). The loss penalty (`penalty`) still trains the masks as
+clipped to [-1, 1], sets I <- I + rate * e and lam = I + P * rate * e (P: 10, DML's 2; a PI
+controller; the integral is dual ascent on the memory constraint: lam rises while the memory
+is above the target and falls below it, the proportional part answers at once to the masks'
+own drift). lam may go below 0, a reward for memory, where the loss penalty alone takes the
+masks below the target. A penalty through the loss cannot do this: Adam's momentum carries a
+mask past the target, and dims a mask has dropped read zeros and get no gradient, so nothing
+grows it back (measured: a controller on the loss penalty wound up and left every ID at one
+chunk on MovieLens-1M with a target of 50%). The loss penalty (`penalty`) still trains the masks as
 without a target if a spec gives it (or the policy keeps it: DML, where it is what stops the
 learned thresholds from climbing without end against lam); else it is 0 under a target
 (measured: AMTL's default loss penalty alone took MovieLens-1M to 19% of the bytes, and the
@@ -59,11 +59,11 @@ from models.policies.params import PolicyParams, store_config
 from models.policy import MemoryReport
 from storage.atomic_npz import read_npz, write_npz
 from storage.vhpi.config import fixed_entry_bytes
+from storage.vhpi.device_index import mix64_t
 from storage.vhpi.store import ChunkStore, StoreConfig
 
 _MASK_PREFIX = "mask."  # keys of the mask state inside the policy's .npz save
 ADAM_SLOTS = 2  # the dense optimizer's state per mask parameter (Adam: exp_avg, exp_avg_sq)
-_PROPORTIONAL = 10.0  # the memory controller's proportional gain, in units of its rate
 
 
 class _AddLoss(torch.autograd.Function):
@@ -116,6 +116,7 @@ class MaskedChunkPolicy(ChunkedPolicy):
     CONTROL_RATE: ClassVar[float]  # the controller's default step, in the subclass's lam units
     TARGET_KEEPS_PENALTY: ClassVar[bool] = False  # the loss penalty stays on under a target
     LAM_MAX: ClassVar[float]  # |lam|'s ceiling, past where every entry is at one chunk (or K)
+    PROPORTIONAL: ClassVar[float] = 10.0  # P: the controller's proportional gain, x its rate
     mask_module: nn.Module
 
     @classmethod
@@ -170,6 +171,13 @@ class MaskedChunkPolicy(ChunkedPolicy):
 
     def after_step(self) -> None:
         """Hook after the dense optimizer's step and the embedding update."""
+
+    def id_hash01(self, slots: torch.Tensor) -> torch.Tensor:
+        """float32[U] in [0, 1), a fixed function of each entry's (field, raw ID): what spreads
+        a memory target's action over a field's IDs (dml's partial chunk)."""
+        index = self.store.index
+        h = mix64_t(index.fields[slots], index.keys[slots] ^ 0x5DEECE66D)
+        return ((h >> 40) & 0xFFFFFF).float() * (1.0 / (1 << 24))
 
     # ---- layout ---------------------------------------------------------------------------
     def resize(self, slots: torch.Tensor, n_chunks: torch.Tensor) -> int:
@@ -228,7 +236,7 @@ class MaskedChunkPolicy(ChunkedPolicy):
     # ---- the memory controller ------------------------------------------------------------
     def memory_fraction(self) -> float:
         """Total bytes of every live entry laid out to its current hard mask (entries, their
-        chunks and extension records, index table, mask parameters), as a fraction of what a
+        chunks and the chunks' links, index table, mask parameters), as a fraction of what a
         fixed-D store would take for the same IDs."""
         store = self.store
         slots = store.live_slots()
@@ -240,9 +248,7 @@ class MaskedChunkPolicy(ChunkedPolicy):
         with torch.no_grad():
             n, _, _ = self.masks(slots, train=False)
         held = torch.where(store.entries.count[slots] >= store.config.min_count, n, 0)
-        costs = store.entries.chunk_costs()
-        prefix = np.concatenate([[0.0], np.cumsum(costs)])
-        prefix[2:] += store.entries.record_bytes()  # two chunks or more need a record
+        prefix = np.concatenate([[0.0], np.cumsum(store.entries.position_costs())])
         per_n = torch.bincount(held.long(), minlength=self.store.K + 1).cpu().numpy()
         chunks = float(per_n @ prefix)
         used = chunks + E * store.entry_bytes() + table + self.mask_bytes()
@@ -255,7 +261,7 @@ class MaskedChunkPolicy(ChunkedPolicy):
         e = float(np.clip((frac - self.memory_target) / self.memory_target, -1.0, 1.0))
         bound = self.LAM_MAX
         self.lam_integral = min(max(self.lam_integral + self.control_rate * e, -bound), bound)
-        self.lam = min(max(self.lam_integral + _PROPORTIONAL * self.control_rate * e, -bound),
+        self.lam = min(max(self.lam_integral + self.PROPORTIONAL * self.control_rate * e, -bound),
                        bound)
 
     def dense_parameters(self) -> list[nn.Parameter]:

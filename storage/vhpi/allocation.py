@@ -183,7 +183,7 @@ def initial_chunk_count(config: StoreConfig, entry_bytes: int,
     """How many chunks a newly admitted ID starts with: `init_chunks` if set, all K without a
     budget, else the longest prefix that the ID's own share of the budget pays for (the budget
     grows by that share with every new ID), and at least one. `prefix_cost(n)`: bytes of an
-    entry's first n chunks with the extension record they need."""
+    entry's first n chunks with their links."""
     c, K = config, config.num_chunks
     if c.init_chunks:
         return min(c.init_chunks, K)

@@ -1,29 +1,32 @@
 """The chunk store's entry table: for every entry slot of the hash index, where its K chunks
 are (one `ChunkPool` per chunk position) and what the store knows of it.
 
-Entries are a structure of arrays in two tiers, so that the many IDs with at most one live
-chunk pay for one address, not K (the virtual entry points to a physical extension record only
-when it needs one):
+Entries are a structure of arrays; an ID's live chunks are a prefix of its K positions, and
+each live chunk but the last position's holds the next one's address (chunk_links.py), so an ID
+pays 4 bytes an address for the chunks it holds, not for K.
 
 Every array is a torch tensor on the table's device (cpu or cuda); slots and addresses go in
 and come out as int64 tensors on it.
 
-    head_addr  int32[E]          address of chunk 0, -1 = pruned (reads zeros)
-    ext        int32[E]          extension record, -1 = none (chunks 1.. all pruned)
-    head_util  float16[E, H]     utilities of chunks 0..H-1: H = K (tail_utilities="all",
-                                 the default: every chunk of every ID), or 2 ("extension")
-    count      int32[E]          accesses seen in training, saturating at 65535 (admission)
-    last       int32[E]          the maintenance epoch it was last trained in (eviction)
+    head_addr  int32[E]          address of chunk 0, -1 = pruned (reads zeros; so are 1..K-1)
+    head_util  uint8[E, H]       utilities of chunks 0..H-1 (log codes, utility_codes.py; or
+                                 float16 with utility_code="float16"): H = K
+                                 (tail_utilities="all": every chunk of every ID), or 2
+    count      int32[E]          accesses seen in training, saturating at count_max (admission)
+    last       int32[E]          the maintenance epoch it was last trained in (eviction);
+                                 empty where nothing reads it (StoreConfig.keeps_last)
     dirty      bool[E]           changed since the last export (incremental publishing)
-  extension records:
-    ext_addr   int32[R, K-1]     addresses of chunks 1..K-1
-    ext_util   float16[R, K-H]   utilities of chunks H..K-1 (none when H = K)
-    ext_free   int32[*]          free extension records (a stack)
-(count and last are int32 on the device, for its arithmetic; a snapshot stores them as uint16,
-and the byte accounting counts 2 bytes each.)
+  per live chunk (ChunkLinks, indexed by its address in its pool):
+    next{j}    int32[C_j]        address of chunk j+1 (j = 0..K-2), -1 = none
+    tail_util  uint8[C_1, K-H]   utilities of chunks H..K-1 (none when H = K), as head_util,
+                                 beside chunk 1: kept while the ID has a chunk past its first
+(count and last are int32 on the device, for its arithmetic; a snapshot stores count as uint8
+where it saturates at 255 (a budgeted store), else uint16, and last as uint16; the byte
+accounting counts what the snapshot stores. StoreConfig.head_fields and chunk_fields list the
+bytes field by field.)
 
 Chunk j lives in pool j (`widths[j]` floats each). With H = 2 a chunk at position >= 2 of an
-ID with no extension record has utility 0 (its history is lost when its record goes); with
+ID without chunk 1 has utility 0 (its history is lost when chunk 1 goes); with
 H = K every ID keeps every chunk's utility, live or pruned, as FIITED describes. Utilities are
 stored as the store scales them (see store.py).
 
@@ -40,25 +43,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from storage.vhpi import utility_codes
+from storage.vhpi.chunk_links import ChunkLinks, addresses_of_records
 from storage.vhpi.chunk_pool import ChunkPool
 from storage.vhpi.config import entry_bytes
-from storage.vhpi.device_index import mix64_t
 
 UTIL_MAX = 60000.0  # float16 headroom
-
-
-def initial_values(fields: torch.Tensor, keys: torch.Tensor, seed: int, width: int,
-                   init_std: float) -> torch.Tensor:
-    """Uniform values with standard deviation init_std for the first `width` dimensions of
-    each ID, a pure function of (seed, field, raw ID, dimension), so every policy starts an ID
-    at the same point, on any device: int16[N], int64[N] -> float32[N, width] on their device.
-    One hash per value."""
-    base = mix64_t(fields, keys ^ seed)
-    d = torch.arange(width, dtype=torch.int64, device=keys.device)
-    h = mix64_t(torch.zeros(1, dtype=torch.int16, device=keys.device), base[:, None] + d[None, :])
-    u = ((h >> 40) & 0xFFFFFF).to(torch.float32) * (1.0 / (1 << 24))  # [0, 1)
-    half_width = float(np.float32(init_std * np.sqrt(3.0)))  # a kernel argument: no copy
-    return (u * 2 - 1) * half_width
 
 
 def _take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -70,15 +60,21 @@ class EntryTable:
     """See module docstring. Slots are the hash index's entry slots; `grow` follows its
     capacity."""
 
-    ARRAYS = ("head_addr", "ext", "head_util", "count", "last", "dirty", "ext_addr", "ext_util",
-              "ext_free")  # the arrays of a snapshot, by these names
-    _UINT16 = ("count", "last")  # int32 here, uint16 in a snapshot
+    ARRAYS = ("head_addr", "head_util", "count", "last", "dirty")  # a snapshot's, by name
+    _COUNTERS = ("count", "last")  # int32 here, uint8 / uint16 in a snapshot
 
     def __init__(self, widths: tuple[int, ...], optimizer: str, head_utilities: int,
                  entry_capacity: int, pool_capacity: int = 1024,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", utility_code: str = "float16",
+                 count_max: int = 65535, keep_last: bool = True, seed: int = 0) -> None:
         self.widths = widths
         self.device = dev = torch.device(device)
+        self.log8 = utility_code == "log8"
+        self._util_dtype = torch.uint8 if self.log8 else torch.float16
+        self.count_max = count_max
+        self.keep_last = keep_last
+        self._rounding = torch.Generator(device=dev)  # draws the utilities' stochastic rounding
+        self._rounding.manual_seed(seed)
         self.K = K = len(widths)
         self.offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
         self.tracks_utility = tracks_utility = head_utilities > 0
@@ -88,15 +84,12 @@ class EntryTable:
         self._hu = min(head_utilities, K)
         self._eu = K - self._hu if tracks_utility else 0
         self.head_addr = torch.full((cap,), -1, dtype=torch.int32, device=dev)
-        self.ext = torch.full((cap,), -1, dtype=torch.int32, device=dev)
-        self.head_util = torch.zeros((cap, self._hu), dtype=torch.float16, device=dev)
+        self.head_util = torch.zeros((cap, self._hu), dtype=self._util_dtype, device=dev)
         self.count = torch.zeros(cap, dtype=torch.int32, device=dev)
-        self.last = torch.zeros(cap, dtype=torch.int32, device=dev)
+        self.last = torch.zeros(cap if keep_last else 0, dtype=torch.int32, device=dev)
         self.dirty = torch.zeros(cap, dtype=torch.bool, device=dev)
-        self.ext_addr = torch.full((0, max(K - 1, 0)), -1, dtype=torch.int32, device=dev)
-        self.ext_util = torch.zeros((0, self._eu), dtype=torch.float16, device=dev)
-        self.ext_free = torch.zeros(0, dtype=torch.int32, device=dev)
-        self._ext_live = 0
+        self.links = ChunkLinks(K, self._eu, self._util_dtype, dev)
+        self.links.follow(self.pools)
 
     # ---- slots ---------------------------------------------------------------------------
     def grow(self, capacity: int) -> None:
@@ -109,9 +102,11 @@ class EntryTable:
         def more(t: torch.Tensor, fill: float) -> torch.Tensor:
             return torch.cat([t, torch.full((n, *t.shape[1:]), fill, dtype=t.dtype, device=dev)])
 
-        self.head_addr, self.ext = more(self.head_addr, -1), more(self.ext, -1)
+        self.head_addr = more(self.head_addr, -1)
         self.head_util = more(self.head_util, 0)
-        self.count, self.last = more(self.count, 0), more(self.last, 0)
+        self.count = more(self.count, 0)
+        if self.keep_last:
+            self.last = more(self.last, 0)
         self.dirty = more(self.dirty, False)
 
     def reset(self, slots: torch.Tensor, count: torch.Tensor | int) -> None:
@@ -119,7 +114,6 @@ class EntryTable:
         # index_fill_, not t[slots] = scalar: on a GPU the latter copies the scalar from the
         # host and waits for it (a host sync each)
         self.head_addr.index_fill_(0, slots, -1)
-        self.ext.index_fill_(0, slots, -1)
         self.head_util.index_fill_(0, slots, 0)
         if isinstance(count, int):
             self.count.index_fill_(0, slots, count)
@@ -136,92 +130,62 @@ class EntryTable:
         self.head_util[slots] = 0
         self.count[slots] = 0
 
-    # ---- the two tiers -------------------------------------------------------------------
-    @property
-    def ext_live(self) -> int:
-        return self._ext_live
-
+    # ---- addresses -----------------------------------------------------------------------
     def addresses(self, slots: torch.Tensor) -> torch.Tensor:
         """Chunk addresses: int64[N] slots -> int64[N, K], -1 = pruned."""
-        head = _take(self.head_addr, slots).long()[:, None]
-        if self.K == 1:
-            return head
-        if self.ext_addr.shape[0] == 0:  # no record yet: chunks 1.. are pruned everywhere
-            return torch.cat([head, head.new_full((head.shape[0], self.K - 1), -1)], dim=1)
-        e = _take(self.ext, slots).long()
-        rec = _take(self.ext_addr, e.clamp(min=0)).long()
-        rest = torch.where((e >= 0)[:, None], rec, -1)
-        return torch.cat([head, rest], dim=1)
+        return self.links.addresses(_take(self.head_addr, slots).long())
 
     def set_addresses(self, slots: torch.Tensor, addr: torch.Tensor) -> None:
-        """Write full int[N, K] addresses, taking or returning extension records."""
+        """Write int[N, K] addresses, each row a prefix (-1 from some position on): live
+        chunks are linked, a new chunk 1 starts with no tail utilities."""
+        self.links.follow(self.pools)
+        addr = addr.long()
+        old_first = self.addresses(slots)[:, 1] if self.K > 1 else None
         self.head_addr[slots] = addr[:, 0].to(torch.int32)
-        if self.K == 1:
-            return
-        need = (addr[:, 1:] >= 0).any(dim=1)
-        e = self.ext[slots]
-        drop = ~need & (e >= 0)
-        gone = e[drop]
-        if gone.numel():
-            self.ext_free = torch.cat([self.ext_free, gone])
-            self._ext_live -= gone.numel()
-            self.ext[slots[drop]] = -1
-        take = slots[need & (e < 0)]
-        if take.numel():
-            rec = self._alloc_ext(take.numel())
-            self.ext_addr[rec] = -1
-            self.ext_util[rec] = 0
-            self.ext[take] = rec.to(torch.int32)
-        e = self.ext[slots].long()
-        has = e >= 0
-        self.ext_addr[e[has]] = addr[has, 1:].to(torch.int32)
-
-    def _alloc_ext(self, n: int) -> torch.Tensor:
-        if n > self.ext_free.numel():
-            old = self.ext_addr.shape[0]
-            new = max(old + n - self.ext_free.numel(), int(old * 1.25) + 64)
-            dev = self.device
-            self.ext_addr = torch.cat(
-                [self.ext_addr, torch.full((new - old, self.K - 1), -1, dtype=torch.int32,
-                                           device=dev)])
-            self.ext_util = torch.cat(
-                [self.ext_util, torch.zeros((new - old, self._eu), dtype=torch.float16,
-                                            device=dev)])
-            self.ext_free = torch.cat(
-                [torch.arange(new - 1, old - 1, -1, dtype=torch.int32, device=dev),
-                 self.ext_free])
-        out = self.ext_free[self.ext_free.numel() - n :].long()
-        self.ext_free = self.ext_free[: self.ext_free.numel() - n]
-        self._ext_live += n
-        return out
+        self.links.write(addr, old_first)
 
     def stored_utilities(self, slots: torch.Tensor) -> torch.Tensor:
         """Utilities as stored (not decayed): int64[N] -> float32[N, K]."""
         out = torch.zeros((slots.shape[0], self.K), dtype=torch.float32, device=self.device)
         if not self.tracks_utility:
             return out
-        out[:, : self._hu] = _take(self.head_util, slots)
-        if self._eu and self.ext_util.shape[0]:
-            e = _take(self.ext, slots).long()
-            rec = _take(self.ext_util, e.clamp(min=0)).float()
-            out[:, self._hu :] = torch.where((e >= 0)[:, None], rec, 0.0)
+        out[:, : self._hu] = self._decode(_take(self.head_util, slots))
+        if self._eu:
+            out[:, self._hu :] = self._decode(self.links.tail_utilities(self._first(slots)))
         return out
 
+    def _first(self, slots: torch.Tensor) -> torch.Tensor:
+        """int64[N] address of each entry's chunk 1, -1 = none."""
+        return self.links.addresses(_take(self.head_addr, slots).long())[:, 1]
+
+    def seed_rounding(self, seed: int, step: int) -> None:
+        """Draw the stochastic rounding from here on as a function of (seed, step)."""
+        self._rounding.manual_seed((seed << 32) + step)
+
+    def _decode(self, stored: torch.Tensor) -> torch.Tensor:
+        return utility_codes.decode(stored) if self.log8 else stored.float()
+
+    def _encode(self, v: torch.Tensor) -> torch.Tensor:
+        """float32 utilities -> what is stored: log codes (stochastically rounded, so unbiased)
+        or float16 capped at UTIL_MAX."""
+        if self.log8:
+            return utility_codes.encode(v, self._rounding)
+        return v.clamp(max=UTIL_MAX).to(torch.float16)
+
     def store_utilities(self, slots: torch.Tensor, v: torch.Tensor) -> None:
-        """Store float32[N, K] utilities (capped to float16's range); with head_utilities < K
-        a chunk position past them with no extension record keeps none."""
-        v = v.clamp(max=UTIL_MAX).to(torch.float16)
+        """Store float32[N, K] utilities (capped to what the code holds); with head_utilities
+        < K the positions past them of an entry without chunk 1 keep none."""
+        v = self._encode(v)
         self.head_util.index_copy_(0, slots, v[:, : self._hu])
         if self._eu:
-            e = _take(self.ext, slots).long()
-            has = e >= 0
-            self.ext_util[e[has]] = v[has, self._hu :]
+            self.links.store_tail(self._first(slots), v[:, self._hu :])
 
     def rescale_utilities(self, factor: float) -> None:
-        """Multiply every stored utility by `factor` (float32 arithmetic)."""
+        """Multiply every stored utility by `factor` (float32 arithmetic; log codes are
+        re-rounded stochastically)."""
         f = torch.tensor(np.float32(factor), device=self.device)
-        for arr in (self.head_util, self.ext_util):
-            arr.copy_((arr.float() * f).clamp(max=UTIL_MAX))
+        for arr in (self.head_util, self.links.tail_util):
+            arr.copy_(self._encode(self._decode(arr) * f))
 
     # ---- chunks --------------------------------------------------------------------------
     def gather(self, slots: torch.Tensor, addr: torch.Tensor | None = None) -> torch.Tensor:
@@ -309,41 +273,68 @@ class EntryTable:
         return freed, admitted
 
     # ---- sizes and snapshot --------------------------------------------------------------
-    def entry_bytes(self) -> int:
-        """Bytes of one entry's head record (with its index keys)."""
-        return entry_bytes(self.K, self._hu)
+    def _utility_bytes(self) -> int:
+        return 1 if self.log8 else 2
 
-    def record_bytes(self) -> int:
-        """Bytes of one extension record."""
-        return int(4 * self.ext_addr.shape[1] + 2 * self.ext_util.shape[1])
+    def _count_bytes(self) -> int:
+        return 1 if self.count_max <= 255 else 2
+
+    def _util_dtype_np(self) -> np.dtype:
+        return np.dtype(np.uint8 if self.log8 else np.float16)
+
+    def entry_bytes(self) -> int:
+        """Bytes of one entry's head record (with its index keys); StoreConfig.head_fields
+        itemises them."""
+        return entry_bytes(self.K, self._hu if self.tracks_utility else 0, self._utility_bytes(),
+                           self._count_bytes(), 2 if self.keep_last else 0)
 
     def chunk_costs(self) -> np.ndarray:
-        """float64[K] bytes one live chunk costs at each position (values + optimizer)."""
+        """float64[K] bytes one live chunk's values and optimizer state take at each position
+        (what the prune step's utility per byte divides by)."""
         return np.array([p.chunk_bytes for p in self.pools], dtype=np.float64)
+
+    def link_bytes(self) -> np.ndarray:
+        """float64[K] bytes a live chunk's link (and tail utilities, at position 1) take."""
+        return self.links.position_bytes(self._utility_bytes())
+
+    def position_costs(self) -> np.ndarray:
+        """float64[K] all bytes one live chunk adds at each position: chunk_costs + links."""
+        return self.chunk_costs() + self.link_bytes()
+
+    def links_live_bytes(self) -> int:
+        """Bytes of the links (and tail utilities) of every live chunk."""
+        live = np.array([p.num_live for p in self.pools], dtype=np.float64)
+        return int(live @ self.link_bytes())
 
     def live_chunks(self) -> int:
         return sum(p.num_live for p in self.pools)
 
     def allocated_bytes(self) -> int:
-        """Everything allocated: pools, entry arrays and extension records (capacity; count
-        and last at the 2 bytes each a snapshot stores)."""
+        """Everything allocated: pools, entry arrays and links (capacity; count and last at
+        the bytes a snapshot stores)."""
         arrays = sum(getattr(self, name).numel() * getattr(self, name).element_size()
-                     for name in self.ARRAYS if name not in self._UINT16)
-        return sum(p.allocated_bytes() for p in self.pools) + int(arrays) + 4 * self.count.numel()
+                     for name in self.ARRAYS if name not in self._COUNTERS)
+        counters = self._count_bytes() * self.count.numel() + 2 * self.last.numel()
+        return (sum(p.allocated_bytes() for p in self.pools) + int(arrays) + counters
+                + self.links.allocated_bytes())
 
     def state(self) -> dict[str, np.ndarray]:
-        """The pools' arrays as `pool{j}.*` and the entry arrays by name: CPU numpy arrays, in
-        the dtypes of the numpy store (count and last uint16)."""
+        """The pools' arrays as `pool{j}.*` and the entry arrays by name: CPU numpy arrays
+        (count uint8 or uint16, last uint16)."""
         arrays: dict[str, np.ndarray] = {}
         for j, pool in enumerate(self.pools):
             arrays |= {f"pool{j}.{k}": v for k, v in pool.state_dict().items()}
         for name in self.ARRAYS:
             a = getattr(self, name).cpu().numpy()
-            arrays[name] = a.astype(np.uint16) if name in self._UINT16 else a
-        return arrays
+            if name == "count":
+                a = a.astype(np.uint8 if self._count_bytes() == 1 else np.uint16)
+            arrays[name] = a.astype(np.uint16) if name == "last" else a
+        return arrays | self.links.state()
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        """Back to what `state` returned (extra arrays are ignored)."""
+        """Back to what `state` returned (extra arrays are ignored), or to a snapshot of the
+        layout before the links (extension records: `ext`, `ext_addr`, `ext_util`), relinked;
+        a ValueError where that cannot be (chunk_links.addresses_of_records)."""
         for j, pool in enumerate(self.pools):
             prefix = f"pool{j}."
             pool.load_state_dict(
@@ -351,7 +342,32 @@ class EntryTable:
             )
         for name in self.ARRAYS:
             a = np.array(arrays[name])
-            if name in self._UINT16:
+            if name in self._COUNTERS:
+                # a snapshot from before one-byte counts: counts past 255 saturate (they are
+                # compared with min_count <= 255 only); `last` where nothing reads it: dropped
                 a = a.astype(np.int32)
+                if name == "count":
+                    a = np.minimum(a, self.count_max)
+                elif not self.keep_last:
+                    a = a[:0]
+            if name == "head_util" and a.dtype != self._util_dtype_np():
+                raise ValueError(f"snapshot's {name} is {a.dtype}, the config says "
+                                 f"utility_code={'log8' if self.log8 else 'float16'}")
             setattr(self, name, torch.from_numpy(a).to(self.device))
-        self._ext_live = int(self.ext_addr.shape[0] - self.ext_free.numel())
+        if "next0" in arrays or self.K == 1:
+            self.links.load_state(arrays)
+            return
+        self._relink(arrays)
+
+    def _relink(self, arrays: dict[str, np.ndarray]) -> None:
+        """Links from a snapshot's extension records (load_state)."""
+        addr = torch.from_numpy(addresses_of_records(arrays, self.K)).to(self.device)
+        slots = torch.nonzero((addr >= 0).any(dim=1)).squeeze(1)
+        self.links.follow(self.pools)
+        self.links.write(addr[slots], None)
+        if self._eu:
+            ext = np.asarray(arrays["ext"], dtype=np.int64)
+            has = np.flatnonzero(ext >= 0)
+            tail = np.asarray(arrays["ext_util"]).reshape(-1, self._eu)[ext[has]]
+            first = addr[torch.from_numpy(has).to(self.device), 1]
+            self.links.store_tail(first, torch.from_numpy(tail).to(self.device))

@@ -81,8 +81,8 @@ class StoreMaintenance:
         return self.entries.live_chunks()
 
     def memory(self) -> dict[str, int]:
-        """Bytes measured from the arrays: live values, their optimizer state, entry and
-        extension records in use, index table; and everything allocated (capacity)."""
+        """Bytes measured from the arrays: live values, their optimizer state, entry records
+        and the links of live chunks, index table; and everything allocated (capacity)."""
         value = sum(p.live_bytes()[0] for p in self.entries.pools)
         opt = sum(p.live_bytes()[1] for p in self.entries.pools)
         n = self.index.num_entries
@@ -92,8 +92,7 @@ class StoreMaintenance:
         return {
             "value_bytes": value,
             "optimizer_bytes": opt,
-            "metadata_bytes": n * self.entry_bytes()
-            + self.entries.ext_live * self.entries.record_bytes() + sketch,
+            "metadata_bytes": n * self.entry_bytes() + self.entries.links_live_bytes() + sketch,
             "index_bytes": self.index.table_bytes,
             "allocated_bytes": self.entries.allocated_bytes() + sketch
             + int(index_alloc),
@@ -182,11 +181,20 @@ class StoreMaintenance:
         slots = self.live_slots()
         if slots.numel() == 0 and not self.reducer.is_global:
             return {"freed": 0, "admitted": 0}
+        keep = self.chunks_to_keep(slots, self.utilities(slots))
+        freed, admitted = self.entries.keep(slots, keep)
+        self.prunes += 1
+        self.prune_seconds = getattr(self, "prune_seconds", 0.0) + time.perf_counter() - t0
+        return {"freed": freed, "admitted": admitted}
+
+    def chunks_to_keep(self, slots: torch.Tensor, util: torch.Tensor) -> torch.Tensor:
+        """The prune step's choice, changing nothing: entries int64[N] (every live one) with
+        utilities float32[N, K] -> bool[N, K] chunks that fit the budget."""
         c = self.config
         reduce = self.reducer
         costs = self.entries.chunk_costs()
         scores = chunk_scores(
-            self.utilities(slots),
+            util,
             self.index.fields[slots],
             self.entries.count[slots] >= c.min_count,
             normalize=c.normalize == "field",
@@ -203,25 +211,13 @@ class StoreMaintenance:
         capacity = self.budget_bytes() - fixed_cost
         if reduce.is_global:  # the budget and the fixed costs of every shard
             capacity = float(reduce.sum(torch.tensor([capacity], dtype=torch.float64))[0])
-        ext_bytes = self.entries.record_bytes()
+        costs_all = self.entries.position_costs()  # values, optimizer state and links
 
         def exact(keep: torch.Tensor) -> float:
-            per_position = keep.sum(dim=0)
-            if self.K == 1:
-                n_ext = per_position.new_zeros(())
-            elif c.prefix:  # a prefix with a chunk 1 is exactly an entry with a record
-                n_ext = per_position[1]
-            else:
-                n_ext = keep[:, 1:].any(dim=1).sum()
-            counts = torch.cat([per_position, n_ext.reshape(1)]).long()
-            counts = reduce.sum(counts).cpu().numpy()  # one small copy: K + 1 counts
-            return float(counts[:-1] @ costs) + int(counts[-1]) * ext_bytes
+            counts = reduce.sum(keep.sum(dim=0).long()).cpu().numpy()  # one small copy: K
+            return float(counts @ costs_all)
 
-        keep = select_chunks(scores, capacity, exact, self._gen, reduce)
-        freed, admitted = self.entries.keep(slots, keep)
-        self.prunes += 1
-        self.prune_seconds = getattr(self, "prune_seconds", 0.0) + time.perf_counter() - t0
-        return {"freed": freed, "admitted": admitted}
+        return select_chunks(scores, capacity, exact, self._gen, reduce)
 
     def join_budget(self, reducer: Reducer, world: int) -> None:
         """Make this store one of `world` shards under one budget (`reducer` global over
@@ -235,9 +231,8 @@ class StoreMaintenance:
 
     # ---- admission of new IDs' first chunks (between prunes) ---------------------------
     def _prefix_cost(self, n: int) -> float:
-        """Bytes of an entry's first n chunks, with the extension record they need."""
-        costs = self.entries.chunk_costs()
-        return float(costs[:n].sum()) + (self.entries.record_bytes() if n > 1 else 0)
+        """Bytes of an entry's first n chunks, with their links."""
+        return float(self.entries.position_costs()[:n].sum())
 
     def _admit(self, slots: torch.Tensor, max_chunks: int | None = None) -> None:
         """Give newly admitted entries their first chunks (`initial_chunk_count`) while the
@@ -296,3 +291,27 @@ class StoreMaintenance:
         slots = self.live_slots()
         n = (self.entries.addresses(slots) >= 0).sum(dim=1)
         return torch.bincount(n, minlength=self.K + 1).cpu().numpy()
+
+    def export(self, slots: object) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
+        """(fields int16[N], keys int64[N], masks uint32[N], values float32[N, D]) of entries,
+        on the host (what goes to Redis); bit j of a mask is set where chunk j is live."""
+        slots = self._slots(slots)
+        addr = self.addresses(slots)
+        bits = (addr >= 0).long() << torch.arange(self.K, device=self.device)
+        masks = bits.sum(dim=1).cpu().numpy().astype(np.uint32)
+        return (self.index.fields[slots].cpu().numpy(), self.index.keys[slots].cpu().numpy(),
+                masks, self.gather(slots).cpu())
+
+    def take_changes(self, dirty_only: bool = True) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """Entry slots changed since the last call (or all live ones), and the (fields, keys)
+        evicted since then (host arrays); clears both."""
+        live = self.live_slots()
+        slots = live[self.entries.dirty[live]] if dirty_only else live
+        self.entries.dirty.zero_()
+        if self._deleted:
+            df = torch.cat([f for f, _ in self._deleted]).cpu().numpy()
+            dk = torch.cat([k for _, k in self._deleted]).cpu().numpy()
+        else:
+            df, dk = np.zeros(0, np.int16), np.zeros(0, np.int64)
+        self._deleted = []
+        return slots, df, dk

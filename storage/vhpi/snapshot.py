@@ -1,5 +1,6 @@
 """A chunk store's state as one `.npz` file and back, bit-exactly: the index, every pool's values
-and optimizer state, the entry and extension records, the sketch, the counters and the config.
+and optimizer state, the entry records and chunk links, the sketch, the counters and the
+config.
 
     write_snapshot(path, Snapshot(config, counters, index, entries, sketch))  # atomic; CPU arrays
     snap = read_snapshot(path)    # the store rebuilds itself from it (ChunkStore.load)
@@ -52,6 +53,9 @@ def read_snapshot(path: Path, counters: tuple[str, ...]) -> Snapshot:
     # snapshots from before `tail_utilities` hold the utilities of chunks >= 2 in extension
     # records only: read them back in that layout
     meta["config"].setdefault("tail_utilities", "extension")
+    # and from before one-byte utilities store them as float16: read them back that way (their
+    # counts and `last` load as today's layout has them: EntryTable.load_state)
+    meta["config"].setdefault("utility_code", "float16")
     return Snapshot(
         config=StoreConfig(**meta["config"]),
         counters={k: meta[k] for k in counters},

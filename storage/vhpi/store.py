@@ -46,13 +46,12 @@ from storage.vhpi.admission import FrequencySketch
 from storage.vhpi.chunk_pool import ChunkPool
 from storage.vhpi.config import StoreConfig
 from storage.vhpi.device_index import DeviceHashIndex
-from storage.vhpi.entries import EntryTable, initial_values
+from storage.vhpi.entries import EntryTable
 from storage.vhpi.hash_index import mix64
+from storage.vhpi.initial_values import initial_values
 from storage.vhpi.maintenance import StoreMaintenance
 from storage.vhpi.reducer import LOCAL
 from storage.vhpi.snapshot import Snapshot, read_snapshot, write_snapshot
-
-U16_MAX = 65535
 
 
 @dataclass
@@ -86,8 +85,10 @@ class ChunkStore(StoreMaintenance):
         self.fused = config.kernels == "triton" and kernels.require(dev)
         self.entry_limit = config.entry_limit()
         self.index = DeviceHashIndex(config.initial_capacity, device=dev, fused=self.fused)
-        self.entries = EntryTable(self.widths, config.optimizer, config.head_utilities(),
-                                  self.index.entry_capacity, config.initial_capacity, dev)
+        self.entries = EntryTable(
+            self.widths, config.optimizer, config.head_utilities(), self.index.entry_capacity,
+            config.initial_capacity, dev, utility_code=config.utility_code,
+            count_max=config.count_max(), keep_last=config.keeps_last(), seed=config.seed)
         self._deleted: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.step = 0
         self.util_origin = 0  # t0: the step the stored utilities are scaled to
@@ -115,7 +116,7 @@ class ChunkStore(StoreMaintenance):
         return self.entries.addresses(self._slots(slots))
 
     def counts(self, slots: object) -> torch.Tensor:
-        """Training accesses seen (saturating at 65535): int[N] -> int32[N]."""
+        """Training accesses seen (saturating at config.count_max()): int[N] -> int32[N]."""
         return self.entries.count[self._slots(slots)]
 
     def gather(self, slots: object, addr: torch.Tensor | None = None) -> torch.Tensor:
@@ -148,8 +149,9 @@ class ChunkStore(StoreMaintenance):
         self.entries.fill(slots, values.to(self.device))
         self.entries.count[slots] = torch.as_tensor(
             np.asarray(counts, dtype=np.int64) if not isinstance(counts, torch.Tensor)
-            else counts, device=self.device).to(torch.int32)
-        self.entries.last[slots] = self.epoch & 0xFFFF
+            else counts, device=self.device).clamp(max=self.entries.count_max).to(torch.int32)
+        if self.entries.keep_last:
+            self.entries.last[slots] = self.epoch & 0xFFFF
         self.entries.dirty[slots] = True
         return slots
 
@@ -212,13 +214,14 @@ class ChunkStore(StoreMaintenance):
         counts = torch.where(known, counts, 0)  # IDs the sketch has not admitted read zeros
         uniq_ok = uniq.clamp(min=0)
         before = e.count.index_select(0, uniq_ok).long()
-        after = (before + counts).clamp(max=U16_MAX).to(torch.int32)
+        after = (before + counts).clamp(max=e.count_max).to(torch.int32)
         if self.sketch is not None:  # without a sketch every ID is known: no mask needed
             kn, after = uniq[known], after[known]
         else:
             kn = uniq
         e.count.index_copy_(0, kn, after)
-        e.last.index_fill_(0, kn, self.epoch & 0xFFFF)
+        if e.keep_last:
+            e.last.index_fill_(0, kn, self.epoch & 0xFFFF)
         mc = self.config.min_count
         crossed = known & (before < mc) & (before + counts >= mc)
         # Admitted IDs the budget had no room for at first get their first chunk once there is
@@ -266,7 +269,7 @@ class ChunkStore(StoreMaintenance):
         if ok.any():
             new, _ = self.index.get_or_insert(uf[ok], uk[ok])
             self.entries.grow(self.index.entry_capacity)
-            start = np.minimum(est[ok] - cnt[ok], U16_MAX)
+            start = np.minimum(est[ok] - cnt[ok], self.entries.count_max)
             self.entries.reset(new, torch.from_numpy(start).to(self.device))
             got[ok] = new.cpu().numpy()
         slots[miss] = torch.from_numpy(got[inv.ravel()]).to(self.device)
@@ -287,6 +290,7 @@ class ChunkStore(StoreMaintenance):
         g = torch.zeros(U, c.dim, device=self.device)
         g.index_add_(0, ctx.inverse, grad.reshape(-1, c.dim).to(self.device))
         self.step += 1
+        self.entries.seed_rounding(c.seed, self.step)  # a saved store continues identically
         unique, counts, addr = ctx.unique, ctx.counts, ctx.addresses
         # Rows of IDs not admitted (only a sketch leaves any): nothing to update.
         if self.sketch is not None and U and int(unique[0]) < 0:
@@ -325,29 +329,6 @@ class ChunkStore(StoreMaintenance):
             # are over the budget, and new IDs get no chunk until it has room.)
             self.prune_regrow()
 
-    def export(self, slots: object) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
-        """(fields int16[N], keys int64[N], masks uint32[N], values float32[N, D]) of entries,
-        on the host (what goes to Redis); bit j of a mask is set where chunk j is live."""
-        slots = self._slots(slots)
-        addr = self.addresses(slots)
-        bits = (addr >= 0).long() << torch.arange(self.K, device=self.device)
-        masks = bits.sum(dim=1).cpu().numpy().astype(np.uint32)
-        return (self.index.fields[slots].cpu().numpy(), self.index.keys[slots].cpu().numpy(),
-                masks, self.gather(slots).cpu())
-
-    def take_changes(self, dirty_only: bool = True) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-        """Entry slots changed since the last call (or all live ones), and the (fields, keys)
-        evicted since then (host arrays); clears both."""
-        live = self.live_slots()
-        slots = live[self.entries.dirty[live]] if dirty_only else live
-        self.entries.dirty.zero_()
-        if self._deleted:
-            df = torch.cat([f for f, _ in self._deleted]).cpu().numpy()
-            dk = torch.cat([k for _, k in self._deleted]).cpu().numpy()
-        else:
-            df, dk = np.zeros(0, np.int16), np.zeros(0, np.int64)
-        self._deleted = []
-        return slots, df, dk
 
     # ---- snapshot ----------------------------------------------------------------------
     _COUNTERS = ("step", "util_origin", "epoch", "unseen_lookups", "prunes")

@@ -1,0 +1,28 @@
+"""One-byte utilities (storage/vhpi/utility_codes.py): unbiased, within a level, ordered."""
+
+import numpy as np
+import torch
+
+from storage.vhpi import utility_codes as codes
+
+
+def test_codes_are_unbiased_and_within_one_level() -> None:
+    gen = torch.Generator().manual_seed(0)
+    for v in (3e-8, 1e-5, 0.01, 0.7, 5.0, 250.0):
+        x = torch.full((100_000,), v)
+        got = codes.decode(codes.encode(x, gen))
+        assert abs(float(got.mean()) / v - 1) < 0.005, v  # E[decode(encode(u))] = u
+        step = 2 ** (1 / codes.PER_OCTAVE)
+        assert float(got.min()) >= v / step * 0.999 and float(got.max()) <= v * step * 1.001
+
+
+def test_zero_stays_zero_the_top_saturates_and_order_is_kept() -> None:
+    gen = torch.Generator().manual_seed(1)
+    assert int(codes.encode(torch.zeros(4), gen).max()) == 0
+    top = codes.encode(torch.tensor([1e6, float("inf")]), gen)
+    assert (top == 255).all()
+    assert abs(float(codes.decode(top)[0]) / codes.max_value() - 1) < 1e-6
+    # values two levels apart never swap places
+    x = torch.exp2(torch.arange(-25.0, 8.0, 2 / codes.PER_OCTAVE * 1.01))
+    c = codes.encode(x, gen).numpy()
+    assert (np.diff(c.astype(int)) > 0).all()
