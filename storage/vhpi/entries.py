@@ -48,7 +48,8 @@ from storage.vhpi.chunk_links import ChunkLinks, addresses_of_records
 from storage.vhpi.chunk_pool import ChunkPool
 from storage.vhpi.config import entry_bytes
 
-UTIL_MAX = 60000.0  # float16 headroom
+UTIL_MAX = 60000.0
+  # float16 headroom
 
 
 def _take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -73,8 +74,11 @@ class EntryTable:
         self._util_dtype = torch.uint8 if self.log8 else torch.float16
         self.count_max = count_max
         self.keep_last = keep_last
-        self._rounding = torch.Generator(device=dev)  # draws the utilities' stochastic rounding
-        self._rounding.manual_seed(seed)
+        # the utilities' stochastic rounding: a hash of (seed, step, the entry's key, position),
+        # so shards of one model round as one store does; `row_keys` (the store sets it) gives
+        # slots' keys (int64), else a slot is its own key
+        self.row_keys: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._round_key = seed << 32
         self.K = K = len(widths)
         self.offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
         self.tracks_utility = tracks_utility = head_utilities > 0
@@ -159,23 +163,37 @@ class EntryTable:
         return self.links.addresses(_take(self.head_addr, slots).long())[:, 1]
 
     def seed_rounding(self, seed: int, step: int) -> None:
-        """Draw the stochastic rounding from here on as a function of (seed, step)."""
-        self._rounding.manual_seed((seed << 32) + step)
+        """Key the stochastic rounding from here on by (seed, step) too."""
+        self._round_key = (seed << 32) + step
+
+    def _noise(self, slots: torch.Tensor, first: int, width: int) -> torch.Tensor:
+        """float32[N, width] uniform [0, 1): the rounding of positions first.. of entries."""
+        keys = self.row_keys(slots) if self.row_keys is not None else slots.long()
+        return utility_codes.keyed_noise(keys, self._round_key, first, width)
+
+    def _owners(self) -> torch.Tensor:
+        """int64[rows of tail_util]: the slot whose chunk 1 each row is (-1: none)."""
+        slots = torch.nonzero(self.head_addr >= 0).squeeze(1)
+        first = self._first(slots)
+        out = torch.full((self.links.tail_util.shape[0],), -1, dtype=torch.int64,
+                         device=self.device)
+        has = first >= 0
+        return out.index_put_((first[has],), slots[has])
 
     def _decode(self, stored: torch.Tensor) -> torch.Tensor:
         return utility_codes.decode(stored) if self.log8 else stored.float()
 
-    def _encode(self, v: torch.Tensor) -> torch.Tensor:
-        """float32 utilities -> what is stored: log codes (stochastically rounded, so unbiased)
-        or float16 capped at UTIL_MAX."""
+    def _encode(self, v: torch.Tensor, slots: torch.Tensor, first: int) -> torch.Tensor:
+        """float32 utilities [N, w] of positions first.. of entries `slots` -> what is stored:
+        log codes (stochastically rounded, so unbiased) or float16 capped at UTIL_MAX."""
         if self.log8:
-            return utility_codes.encode(v, self._rounding)
+            return utility_codes.encode(v, noise=self._noise(slots, first, v.shape[1]))
         return v.clamp(max=UTIL_MAX).to(torch.float16)
 
     def store_utilities(self, slots: torch.Tensor, v: torch.Tensor) -> None:
         """Store float32[N, K] utilities (capped to what the code holds); with head_utilities
         < K the positions past them of an entry without chunk 1 keep none."""
-        v = self._encode(v)
+        v = self._encode(v, slots, 0)
         self.head_util.index_copy_(0, slots, v[:, : self._hu])
         if self._eu:
             self.links.store_tail(self._first(slots), v[:, self._hu :])
@@ -184,8 +202,11 @@ class EntryTable:
         """Multiply every stored utility by `factor` (float32 arithmetic; log codes are
         re-rounded stochastically)."""
         f = torch.tensor(np.float32(factor), device=self.device)
-        for arr in (self.head_util, self.links.tail_util):
-            arr.copy_(self._encode(self._decode(arr) * f))
+        every = torch.arange(self.head_util.shape[0], device=self.device)
+        self.head_util.copy_(self._encode(self._decode(self.head_util) * f, every, 0))
+        tail = self.links.tail_util
+        if tail.numel():  # rows keyed by the slot owning them (free rows: unchanged zeros)
+            tail.copy_(self._encode(self._decode(tail) * f, self._owners(), self._hu))
 
     # ---- chunks --------------------------------------------------------------------------
     def gather(self, slots: torch.Tensor, addr: torch.Tensor | None = None) -> torch.Tensor:

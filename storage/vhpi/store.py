@@ -45,7 +45,7 @@ from storage.vhpi import kernels
 from storage.vhpi.admission import FrequencySketch
 from storage.vhpi.chunk_pool import ChunkPool
 from storage.vhpi.config import StoreConfig
-from storage.vhpi.device_index import DeviceHashIndex
+from storage.vhpi.device_index import DeviceHashIndex, mix64_t
 from storage.vhpi.entries import EntryTable
 from storage.vhpi.hash_index import mix64
 from storage.vhpi.initial_values import initial_values
@@ -89,6 +89,8 @@ class ChunkStore(StoreMaintenance):
             self.widths, config.optimizer, config.head_utilities(), self.index.entry_capacity,
             config.initial_capacity, dev, utility_code=config.utility_code,
             count_max=config.count_max(), keep_last=config.keeps_last(), seed=config.seed)
+        # utilities round by a hash of the entry's (field, ID): shards round as one store
+        self.entries.row_keys = lambda s: mix64_t(self.index.fields[s], self.index.keys[s])
         self._deleted: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.step = 0
         self.util_origin = 0  # t0: the step the stored utilities are scaled to

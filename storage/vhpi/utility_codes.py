@@ -16,12 +16,15 @@ every training step adds a small a * ||g|| to an ID's utility, often much less t
 nearest rounding would drop every such increment, stochastic rounding keeps them on average.
 
     codes = encode(u, gen)     # float32[...] >= 0 -> uint8[...], on u's device
+    codes = encode(u, noise=r) # the rounding drawn by the caller (entries.py keys it)
     u2 = decode(codes)         # uint8[...] -> float32[...]
 """
 
 from __future__ import annotations
 
 import torch
+
+from storage.vhpi.device_index import mix64_t
 
 LOG2_MIN = -26.0  # level of code 1
 PER_OCTAVE = 6  # codes per doubling
@@ -57,9 +60,11 @@ def decode(codes: torch.Tensor) -> torch.Tensor:
     return lv.index_select(0, codes.reshape(-1).long()).reshape(codes.shape)
 
 
-def encode(u: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+def encode(u: torch.Tensor, gen: torch.Generator | None = None,
+           noise: torch.Tensor | None = None) -> torch.Tensor:
     """float32[...] (>= 0; negatives and NaN read 0) -> uint8[...], stochastically rounded
-    (module docstring); `gen` draws the rounding (on u's device)."""
+    (module docstring): by `noise` (uniform [0, 1) of u's shape) when given, else drawn by
+    `gen` (on u's device)."""
     u = torch.nan_to_num(u.float(), nan=0.0).clamp(min=0.0)
     lv = levels(u.device)
     # the code just below u (0 under the first level), from its log; float error near a level
@@ -69,5 +74,17 @@ def encode(u: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
     lo = torch.where(u < lv[1], 0, lo)
     below, above = lv[lo], lv[lo + 1]
     p = ((u - below) / (above - below)).clamp(0.0, 1.0)
-    r = torch.rand(u.shape, generator=gen, device=u.device)
+    r = noise if noise is not None else torch.rand(u.shape, generator=gen, device=u.device)
     return (lo + (r < p).long()).to(torch.uint8)
+
+
+def keyed_noise(keys: torch.Tensor, round_key: int, first: int, width: int) -> torch.Tensor:
+    """float32[N, width] uniform [0, 1), a hash of (round_key, key, position first + j): a
+    rounding that depends on what is rounded, not on the order or the store it happens in."""
+    rk = round_key & ((1 << 64) - 1)
+    rk = rk - (1 << 64) if rk >= 1 << 63 else rk
+    none = torch.zeros(1, dtype=torch.int16, device=keys.device)
+    base = mix64_t(none, keys.long() ^ rk)
+    j = torch.arange(first, first + width, dtype=torch.int64, device=keys.device)
+    h = mix64_t(none, base[:, None] + j)
+    return ((h >> 40) & 0xFFFFFF).to(torch.float32) * (1.0 / (1 << 24))

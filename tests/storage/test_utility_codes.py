@@ -26,3 +26,20 @@ def test_zero_stays_zero_the_top_saturates_and_order_is_kept() -> None:
     x = torch.exp2(torch.arange(-25.0, 8.0, 2 / codes.PER_OCTAVE * 1.01))
     c = codes.encode(x, gen).numpy()
     assert (np.diff(c.astype(int)) > 0).all()
+
+
+def test_keyed_rounding_is_unbiased_and_a_function_of_what_is_rounded() -> None:
+    """The store's rounding noise is a hash of (seed and step, key, position): unbiased like a
+    generator's, and the same for an entry whichever store or order rounds it (shards of one
+    model round as one store does)."""
+    keys = torch.from_numpy(np.random.default_rng(0).integers(-(2**63), 2**63 - 1, 100_000))
+    noise = codes.keyed_noise(keys, (7 << 32) + 3, 0, 2)
+    assert noise.shape == (100_000, 2) and 0 <= float(noise.min()) and float(noise.max()) < 1
+    assert abs(float(noise.mean()) - 0.5) < 0.005 and abs(float(noise.std()) - 12**-0.5) < 0.005
+    for v in (1e-5, 0.7, 250.0):
+        got = codes.decode(codes.encode(torch.full((100_000,), v), noise=noise[:, 0]))
+        assert abs(float(got.mean()) / v - 1) < 0.005, v
+    perm = torch.randperm(100_000)
+    assert torch.equal(codes.keyed_noise(keys[perm], (7 << 32) + 3, 0, 2), noise[perm])
+    assert not torch.equal(codes.keyed_noise(keys, (7 << 32) + 4, 0, 2), noise)  # a new step
+    assert not torch.equal(noise[:, 0], noise[:, 1])  # positions round apart
