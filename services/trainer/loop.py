@@ -137,9 +137,11 @@ class StreamTrainer:
             version=self.version, rows_trained=self.learner.rows_trained,
             batches_trained=self.learner.batches_trained,
         )
+        t0 = time.perf_counter()
         path = write_checkpoint(self.ckpt_root, state, self.policy, self.net,
                                 self.learner.optimizer, self.learner.metrics,
                                 keep=self.s.trainer.checkpoints_kept)
+        self.stats.add_time("checkpoint", time.perf_counter() - t0)
         self.stats.checkpoints += 1
         log.info("checkpoint %s: %d events applied", path.name, self.stats.events_applied)
         return path
@@ -230,8 +232,10 @@ class StreamTrainer:
         joined = wire.EventBatch.concat(self.offsets.take())
         size = max(1, self.s.trainer.batch_events)
         if not self.c.decode_only:
+            t_steps = time.perf_counter()
             for a in range(0, len(joined), size):
                 self.learner.step(_rows(joined.batch, a, a + size))
+            self.stats.add_time("steps", time.perf_counter() - t_steps)
         self.stats.events_applied += len(joined)
         self.stats.events_checksum = wire.add_checksums(
             self.stats.events_checksum, wire.event_id_checksum(joined.event_ids))
@@ -262,10 +266,18 @@ class StreamTrainer:
             elif current.version > self.version:
                 self.version = current.version  # versions keep increasing across restarts
             self.version += 1
+            t0 = time.perf_counter()
             blob = wire.dense_to_bytes(
                 {k: v.cpu() for k, v in self.net.state_dict().items()})
+            t1 = time.perf_counter()
+            record = self.version_record()
+            self.stats.add_time("publish_export", t1 - t0)
+            self.stats.add_time("metrics", time.perf_counter() - t1)
             st = self.publisher.publish(self.policy, blob, self.version, self._need_full,
-                                        self.version_record())
+                                        record)
+            self.stats.add_time("publish_export", st.export_s)
+            self.stats.add_time("publish_pack", st.pack_s)
+            self.stats.add_time("publish_redis", st.redis_s)
         except Fenced:
             raise
         except (redis.RedisError, OSError) as exc:
@@ -307,7 +319,10 @@ class StreamTrainer:
         if not self.c.decode_only:
             self.publish()
         while not self._stop:
+            t_poll = time.perf_counter()
             records = self.consumer.poll(timeout_ms=100)
+            if self.stats.first_event_at is not None:  # not the wait for the stream
+                self.stats.add_time("poll", time.perf_counter() - t_poll)
             now = time.monotonic()
             if self.lease is not None and self.lease.due():
                 self._check_lease()
