@@ -18,7 +18,9 @@ Per poll: every message is validated (services.wire); invalid events and malform
 go to `events.dlq` with their reason and original bytes, counted; valid ones are queued and
 trained on in micro-batches of `trainer_batch_events` (a partial batch after
 `trainer_linger_ms`). Publishes and checkpoints happen only with the queue empty, i.e. on
-exactly the events the offsets say.
+exactly the events the offsets say. A poll takes only the messages that train within a quarter
+of `kafka_max_poll_interval_ms`, and publishing takes at most `publish_max_share` of the time
+(pacing.py); TrainerStats.phases says where the time went.
 
 The parts: offsets.py (the per-partition offsets and the queue: the protocol above), ingest.py
 (validation and dead letters), versions.py (the version record), hot_start.py (`--hot-start`),
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,7 @@ from services.trainer.hot_start import hot_start_from
 from services.trainer.ingest import ingest
 from services.trainer.lease import Fenced, ModelLease
 from services.trainer.offsets import OffsetBook
+from services.trainer.pacing import PublishPacer, poll_records
 from services.trainer.publisher import RedisPublisher
 from services.trainer.versions import version_record
 from storage.batch import SparseBatch
@@ -82,6 +86,7 @@ class StreamTrainer:
         self._stop = False
         self._need_full = True  # a full republish on start
         self._published_events = -1  # events_applied at the last publish
+        self._events_seen = 0  # valid events polled by this process (pacing.poll_records)
         self.consumer: KafkaConsumer | None = None
         self.producer: ConfirmedProducer | None = None
         self.publisher: RedisPublisher | None = None
@@ -308,11 +313,22 @@ class StreamTrainer:
         self.stats.extra["samples_per_s"] = self.learner.samples_per_s
         return self.stats
 
+    def _poll_records(self) -> int:
+        """Messages the next poll takes (pacing.poll_records; all it may while only decoding)."""
+        cap = self.s.trainer.max_poll_records
+        if self.c.decode_only:
+            return cap
+        per_message = self._events_seen / self.stats.messages if self.stats.messages else math.nan
+        return poll_records(self.learner.samples_per_s, per_message,
+                            self.s.kafka.max_poll_interval_ms / 1000, cap)
+
     def _run_loop(self) -> None:
         """The loop of `run` (raises Fenced when another trainer took the model over)."""
         assert self.consumer is not None
         now = time.monotonic()
-        last_pub = last_ckpt = last_event = now
+        last_ckpt = last_event = now
+        pacer = PublishPacer(self.s.trainer.publish_interval_s,
+                             self.s.trainer.publish_max_share, now)
         first_queued: float | None = None
         ckpt_events = self.stats.events_applied
         linger = self.s.trainer.linger_ms / 1000
@@ -320,18 +336,20 @@ class StreamTrainer:
             self.publish()
         while not self._stop:
             t_poll = time.perf_counter()
-            records = self.consumer.poll(timeout_ms=100)
+            records = self.consumer.poll(timeout_ms=100, max_records=self._poll_records())
             if self.stats.first_event_at is not None:  # not the wait for the stream
                 self.stats.add_time("poll", time.perf_counter() - t_poll)
             now = time.monotonic()
             if self.lease is not None and self.lease.due():
                 self._check_lease()
-            if records and self.ingest(records):
+            queued = self.ingest(records) if records else 0
+            self._events_seen += queued
+            if queued:
                 last_event = now
                 first_queued = first_queued or now
             if self.offsets.fresh:
                 self.offsets.resolve_fresh()
-            pub_due = now - last_pub >= self.s.trainer.publish_interval_s
+            pub_due = pacer.due(now)
             ckpt_due = now - last_ckpt >= self.s.trainer.checkpoint_interval_s or (
                 self.s.trainer.checkpoint_every_events > 0
                 and self.stats.events_applied - ckpt_events
@@ -342,8 +360,9 @@ class StreamTrainer:
                 self.train_queue()
                 first_queued = None
             if pub_due and not self.c.decode_only:
+                started = time.monotonic()
                 self.publish()
-                last_pub = time.monotonic()
+                pacer.published(started, time.monotonic())
             if ckpt_due and not self.c.decode_only:
                 if self.stats.events_applied != ckpt_events:
                     self.checkpoint()
