@@ -23,6 +23,8 @@ step is resizing), i.e. it is at most CHUNKREC_PUBLISH_INTERVAL_S old:
     chunkrec_trainer_prune_seconds{_count,_sum}  FIITED prune/regrow steps and their time
     chunkrec_trainer_publish_seconds{_count,_sum}, chunkrec_trainer_checkpoint_seconds{...}
     chunkrec_trainer_checkpoint_age_seconds      since the newest checkpoint (restored or written)
+    chunkrec_trainer_phase_seconds_total{phase}  the loop's time by phase (config.PHASES but
+                                                 "other"): poll, decode, steps, publish_*, ...
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from prometheus_client.core import (
     SummaryMetricFamily,
 )
 from prometheus_client.registry import Collector
+
+from services.trainer.config import PHASES
 
 if TYPE_CHECKING:
     from services.trainer.loop import StreamTrainer
@@ -137,6 +141,12 @@ class TrainerMetrics(Collector):
         age = None if self.last_checkpoint_wall is None else time.time() - \
             self.last_checkpoint_wall
         yield gauge("checkpoint_age_seconds", "seconds since the newest checkpoint", age)
+        phases = CounterMetricFamily("chunkrec_trainer_phase_seconds",
+                                     "seconds of the trainer loop by phase",
+                                     labels=["model", "phase"])
+        for phase in PHASES[:-1]:  # "other" is the wall's rest: the scraper has the clock
+            phases.add_metric([model, phase], st.phases.get(phase, 0.0))
+        yield phases
 
 
 def _newest_checkpoint_time(root: Path) -> float | None:
