@@ -3,7 +3,8 @@ decode, learner steps, publish: export / pack / Redis, metrics, checkpoint, othe
 more source trees side by side on the same events, broker and Redis. Prints one table.
 
     python bench/trainer_loop.py [--data synthetic:events=100000,fields=26,vocab=1000000,dense=13]
-        [--policy fiited:budget=0.25] [--tree /work/main] [--tree .] [--set publish_interval_s=2]
+        [--policy fiited:budget=0.25] [--tree /work/main] [--tree .]
+        [--tree .@trainer_publish_background=true] [--set publish_interval_s=2]
 
 A local tansu broker and redis-server are started, the data set replayed once into a topic as
 Arrow messages (`chunkrec replay` does the same), then for each `--tree` a fresh process with
@@ -14,7 +15,8 @@ group join and process start not). A tree whose trainer keeps no phase split of 
 (TrainerStats.phases) is timed from outside by wrapping its consumer, learner, publisher and
 checkpoint: the same phases, so two trees compare. `--set key=value` (repeatable) passes
 trainer settings to every tree, e.g. `publish_min_events=50000`; a tree that does not know a
-setting fails. On a shared machine only ratios within one run mean anything.
+setting fails; `--tree PATH@key=value,...` gives one tree its own. On a shared machine only ratios
+within one run mean anything.
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ def _measure(bootstrap: str, redis_url: str, topic: str, data: str, policy: str,
     return {"events": stats.events_applied, "wall_s": wall,
             "events_per_s": stats.events_applied / wall, "phases": phases,
             "versions": stats.versions_published, "checkpoints": stats.checkpoints,
+            "background_s": getattr(stats, "phases", {}).get("publish_background", 0.0),
             "own_split": own}
 
 
@@ -144,7 +147,11 @@ def main(
 
     console = Console()
     sets = _settings_kwargs(set_ or [])
-    trees = [str(Path(t).resolve()) for t in (tree or ["."])]
+    trees = []  # (path, its own settings): PATH or PATH@key=value,key=value
+    for spec in tree or ["."]:
+        path, _, own = spec.partition("@")
+        trees.append((str(Path(path).resolve()),
+                      _settings_kwargs([x for x in own.split(",") if x])))
     here = Path(__file__).resolve()
     results: list[tuple[str, dict[str, Any]]] = []
     with ExitStack() as stack:
@@ -158,10 +165,11 @@ def main(
                               limit=events, fmt="arrow")
         console.print(f"replayed {sent.events:,} events of {data} in {sent.messages:,} Arrow "
                       "messages")
-        for i, t in enumerate(trees):
+        for i, (t, own) in enumerate(trees):
             args = {"bootstrap": bootstrap, "redis_url": redis_url, "topic": topic,
                     "data": data, "policy": policy, "arch": arch, "events": sent.events,
-                    "threads": threads, "ckpt": str(tmp / f"ckpt-{i}"), "sets": sets, "log": log}
+                    "threads": threads, "ckpt": str(tmp / f"ckpt-{i}"), "sets": sets | own,
+                    "log": log}
             env = os.environ | {"PYTHONPATH": t}
             proc = subprocess.run([sys.executable, str(here), "--measure", json.dumps(args)],
                                   env=env, cwd=t, capture_output=True, text=True, check=False)
@@ -170,18 +178,21 @@ def main(
                 raise typer.Exit(1)
             if log:
                 console.print(proc.stderr, markup=False, highlight=False)
-            results.append((t, json.loads(proc.stdout.strip().splitlines()[-1])))
-            console.print(f"{t}: {results[-1][1]['events_per_s']:,.0f} events/s")
+            label = _label(t) + "".join(f" {k}={v}" for k, v in own.items())
+            results.append((label, json.loads(proc.stdout.strip().splitlines()[-1])))
+            console.print(f"{label}: {results[-1][1]['events_per_s']:,.0f} events/s")
 
     table = Table(title=f"trainer loop: {data}, {policy}, {arch}, {sent.events:,} events, "
                         f"{threads} torch thread(s), cpu; settings {sets or 'default'}")
     table.add_column("")
-    for t, _ in results:
-        table.add_column(_label(t), justify="right")
+    for label, _ in results:
+        table.add_column(label, justify="right")
     table.add_row("events/s end to end", *(f"{r['events_per_s']:,.0f}" for _, r in results))
     table.add_row("seconds in all", *(f"{r['wall_s']:.1f}" for _, r in results))
     for p in PHASES:
         table.add_row(f"  {p}", *(f"{r['phases'][p]:.1f}" for _, r in results))
+    table.add_row("Redis writes off the loop (publish_background)",
+                  *(f"{r['background_s']:.1f}" for _, r in results))
     table.add_row("versions / checkpoints",
                   *(f"{r['versions']} / {r['checkpoints']}" for _, r in results))
     table.add_row("phase split", *("own" if r["own_split"] else "wrapped" for _, r in results))

@@ -33,6 +33,7 @@ import contextlib
 import logging
 import math
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,8 @@ from services.trainer.ingest import ingest
 from services.trainer.lease import Fenced, ModelLease
 from services.trainer.offsets import OffsetBook
 from services.trainer.pacing import PublishPacer, poll_records
-from services.trainer.publisher import RedisPublisher
+from services.trainer.publisher import PublishStats, RedisPublisher
+from services.trainer.publishing import VersionPublishing
 from services.trainer.versions import version_record
 from storage.batch import SparseBatch
 from storage.settings import Settings
@@ -62,7 +64,7 @@ from storage.settings import Settings
 log = logging.getLogger("chunkrec.trainer")
 
 
-class StreamTrainer:
+class StreamTrainer(VersionPublishing):
     """See module docstring."""
 
     def __init__(self, settings: Settings, config: TrainerConfig) -> None:
@@ -87,6 +89,8 @@ class StreamTrainer:
         self._need_full = True  # a full republish on start
         self._published_events = -1  # events_applied at the last publish
         self._events_seen = 0  # valid events polled by this process (pacing.poll_records)
+        self._pool: ThreadPoolExecutor | None = None  # publish_in_background's thread
+        self._pending: tuple[Future[PublishStats], int] | None = None  # (its write, events)
         self.consumer: KafkaConsumer | None = None
         self.producer: ConfirmedProducer | None = None
         self.publisher: RedisPublisher | None = None
@@ -186,6 +190,13 @@ class StreamTrainer:
             max_block_ms=10_000))
 
     def close(self) -> None:
+        if self._pending is not None:  # a version still being written: let it finish
+            with contextlib.suppress(Exception):
+                self._pending[0].result()
+            self._pending = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         if self.lease is not None and not self.fenced:
             with contextlib.suppress(redis.RedisError):
                 self.lease.release()
@@ -257,46 +268,6 @@ class StreamTrainer:
             offsets=self.offsets.named(), lag=self.lag(),
             window=max(1, self.s.trainer.metrics_window))
 
-    def publish(self) -> bool:
-        """Publish a new version (full when due); False when Redis is unreachable or nothing
-        changed since the last version (no event applied, Redis still holding it)."""
-        assert self.publisher is not None and not self.offsets.queue
-        try:
-            if (not self._need_full and self.stats.events_applied == self._published_events
-                    and self.publisher.r.exists(wire.version_key(self.c.model))):
-                return False
-            current = self.publisher.current_version()
-            if current is None:
-                self._need_full = True  # Redis empty or restarted
-            elif current.version > self.version:
-                self.version = current.version  # versions keep increasing across restarts
-            self.version += 1
-            t0 = time.perf_counter()
-            blob = wire.dense_to_bytes(
-                {k: v.cpu() for k, v in self.net.state_dict().items()})
-            t1 = time.perf_counter()
-            record = self.version_record()
-            self.stats.add_time("publish_export", t1 - t0)
-            self.stats.add_time("metrics", time.perf_counter() - t1)
-            st = self.publisher.publish(self.policy, blob, self.version, self._need_full,
-                                        record)
-            self.stats.add_time("publish_export", st.export_s)
-            self.stats.add_time("publish_pack", st.pack_s)
-            self.stats.add_time("publish_redis", st.redis_s)
-        except Fenced:
-            raise
-        except (redis.RedisError, OSError) as exc:
-            log.warning("publish failed (%s); next publish is a full one", exc)
-            self._need_full = True
-            return False
-        self._need_full = False
-        self._published_events = self.stats.events_applied
-        self.stats.versions_published += 1
-        log.info("published v%d (%s): %d written, %d deleted, %.0f KiB, %.2f s", st.version,
-                 "full" if st.full else "incremental", st.entries_written, st.entries_deleted,
-                 st.record_bytes / 1024, st.seconds)
-        return True
-
     def run(self) -> TrainerStats:
         """Consume, train, publish and checkpoint until stopped; then a final train,
         checkpoint and publish. Returns the counters."""
@@ -349,7 +320,7 @@ class StreamTrainer:
                 first_queued = first_queued or now
             if self.offsets.fresh:
                 self.offsets.resolve_fresh()
-            pub_due = pacer.due(now)
+            pub_due = pacer.due(now) and not self.publishing()  # due again once written
             ckpt_due = now - last_ckpt >= self.s.trainer.checkpoint_interval_s or (
                 self.s.trainer.checkpoint_every_events > 0
                 and self.stats.events_applied - ckpt_events
@@ -361,7 +332,10 @@ class StreamTrainer:
                 first_queued = None
             if pub_due and not self.c.decode_only:
                 started = time.monotonic()
-                self.publish()
+                if self.s.trainer.publish_background:
+                    self.publish_in_background()
+                else:
+                    self.publish()
                 pacer.published(started, time.monotonic())
             if ckpt_due and not self.c.decode_only:
                 if self.stats.events_applied != ckpt_events:

@@ -24,7 +24,8 @@ step is resizing), i.e. it is at most CHUNKREC_PUBLISH_INTERVAL_S old:
     chunkrec_trainer_publish_seconds{_count,_sum}, chunkrec_trainer_checkpoint_seconds{...}
     chunkrec_trainer_checkpoint_age_seconds      since the newest checkpoint (restored or written)
     chunkrec_trainer_phase_seconds_total{phase}  the loop's time by phase (config.PHASES but
-                                                 "other"): poll, decode, steps, publish_*, ...
+                                                 "other"): poll, decode, steps, publish_*, ...;
+                                                 publish_background: the publishing thread's
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ class TrainerMetrics(Collector):
         self.store_readings: dict[str, Any] = {}
         self.last_checkpoint_wall = _newest_checkpoint_time(trainer.ckpt_root)
         trainer.publish = self._timed("publish", trainer.publish)  # type: ignore[method-assign]
+        trainer.publish_in_background = self._timed(  # type: ignore[method-assign]
+            "publish", trainer.publish_in_background)  # the training thread's part
         trainer.checkpoint = self._timed(  # type: ignore[method-assign]
             "checkpoint", trainer.checkpoint)
         self.read_store()
@@ -144,7 +147,9 @@ class TrainerMetrics(Collector):
         phases = CounterMetricFamily("chunkrec_trainer_phase_seconds",
                                      "seconds of the trainer loop by phase",
                                      labels=["model", "phase"])
-        for phase in PHASES[:-1]:  # "other" is the wall's rest: the scraper has the clock
+        # "other" is the wall's rest (the scraper has the clock); publish_background is the
+        # publishing thread's Redis time, beside the loop's
+        for phase in (*PHASES[:-1], "publish_background"):
             phases.add_metric([model, phase], st.phases.get(phase, 0.0))
         yield phases
 

@@ -128,6 +128,22 @@ class PublishStats:
     redis_s: float = 0.0  # everything else: Redis round trips (and their argument lists)
 
 
+@dataclass
+class PublishJob:
+    """A prepared publish (RedisPublisher.prepare): what `write` sends to Redis."""
+
+    version: int
+    full: bool
+    buckets: int  # the manifest's length
+    manifest: np.ndarray  # uint64[buckets]: the previous version's, to be updated
+    packed: wire.PackedBuckets
+    delta: int  # the byte change, from the books
+    count: int  # the record change the books expect
+    widths: list[int]
+    export_s: float
+    pack_s: float
+
+
 class RedisPublisher:
     """Writes versions of one model; holds the running count of its Redis record bytes, the
     manifest of the last version it committed, and the generations waiting for deletion."""
@@ -253,7 +269,13 @@ class RedisPublisher:
         """Publish `version` (see the module docstring); the version record is built from
         `record` (its counters are filled in here). Raises redis.RedisError on failure; the
         caller republishes in full next time, since the export has already cleared the
-        policy's dirty set."""
+        policy's dirty set. `prepare` then `write`, in one go."""
+        return self.write(self.prepare(policy, version, full), dense_blob, record)
+
+    def prepare(self, policy: EmbeddingPolicy, version: int, full: bool) -> PublishJob:
+        """The part of a publish that reads the policy: its export, packed per bucket (on the
+        thread that trains it). `write` must follow before the next `prepare`: the job is
+        relative to the books and the manifest of the version before it."""
         t0 = time.perf_counter()
         n = 0 if self.manifest is None else len(self.manifest)
         # without books that match Redis (a new publisher, a failed or odd publish), full
@@ -273,15 +295,25 @@ class RedisPublisher:
         packed = wire.pack_buckets(export, n)
         delta, count = self.books.change(packed.set_numbers, packed.set_sizes,
                                          packed.del_numbers)
-        t_pack = time.perf_counter()
+        self._books_match = False  # until the job's writes are through
+        return PublishJob(version, full, n, manifest, packed, delta, count,
+                          [int(w) for w in export.widths], t_export - t0,
+                          time.perf_counter() - t_export)
+
+    def write(self, job: PublishJob, dense_blob: bytes, record: wire.ModelVersion,
+              ) -> PublishStats:
+        """The part of a publish that talks to Redis: steps 1-3 of the module docstring for
+        a prepared job (on any one thread; Redis errors and Fenced raise as `publish`'s)."""
+        t0 = time.perf_counter()
+        version, full, n, manifest, packed = (job.version, job.full, job.buckets, job.manifest,
+                                              job.packed)
         if not self._limits_checked and packed.max_record_bytes:
             self._check_limits(packed.max_record_bytes)
-        self._books_match = False  # until these writes are through
         superseded, added, removed = self._write_buckets(packed, version, manifest, full)
-        if added - removed != count:
+        if added - removed != job.count:
             log.warning("%s: Redis added %d and deleted %d records, the books said %d in all; "
-                        "the next publish is a full one", self.model, added, removed, count)
-        self.redis_bytes += delta
+                        "the next publish is a full one", self.model, added, removed, job.count)
+        self.redis_bytes += job.delta
         self.redis_records += added - removed
         if full:
             superseded = self._stale_keys(manifest)
@@ -292,7 +324,7 @@ class RedisPublisher:
         record.dense_key = dkey
         record.manifest_key = mkey
         record.buckets = n
-        record.widths = [int(w) for w in export.widths]
+        record.widths = job.widths
         record.entries_written = packed.entries_written
         record.entries_deleted = packed.entries_deleted
         record.redis_embedding_bytes = self.redis_bytes
@@ -307,11 +339,11 @@ class RedisPublisher:
                   wire.versions_channel(self.model), str(version)])
         self.manifest = manifest
         self.books.apply(packed.set_numbers, packed.set_sizes, packed.del_numbers)
-        self._books_match = added - removed == count
+        self._books_match = added - removed == job.count
         self.retired.append((version, superseded))
         self._delete_retired(version)
         t1 = time.perf_counter()
         return PublishStats(version, full, packed.entries_written, packed.entries_deleted,
-                            packed.record_bytes, t1 - t0, len(packed.buckets),
-                            export_s=t_export - t0, pack_s=t_pack - t_export,
-                            redis_s=t1 - t_pack)
+                            packed.record_bytes, job.export_s + job.pack_s + t1 - t0,
+                            len(packed.buckets), export_s=job.export_s, pack_s=job.pack_s,
+                            redis_s=t1 - t0)

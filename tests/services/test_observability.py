@@ -80,7 +80,7 @@ def test_trainer_metrics_and_json_logs(stream_settings: Settings, topic: str,
              if k[0] == "chunkrec_trainer_phase_seconds_total"}
     assert phase["steps"] > 0 and phase["decode"] > 0 and phase["publish_redis"] > 0
     assert set(phase) == {"poll", "decode", "steps", "publish_export", "publish_pack",
-                          "publish_redis", "metrics", "checkpoint"}
+                          "publish_redis", "metrics", "checkpoint", "publish_background"}
 
     lines = [line for line in log.read_text().splitlines() if line.strip()]
     assert lines, "the trainer logged nothing"
