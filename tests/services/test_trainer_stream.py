@@ -48,8 +48,9 @@ def test_events_in_trainer_out_to_redis(stream_settings: Settings, topic: str,
     """With publish_background, the Redis writes run on the publishing thread while training
     goes on: the versions must be the same (complete, in order, exact counts)."""
     model = f"stream1-{'bg' if background else 'fg'}"
+    # due at the first poll: a background run publishes in the background at least once
     stream_settings = stream_settings.replace(trainer_publish_background=background,
-                                              publish_interval_s=0.2)
+                                              publish_interval_s=0.001)
     sent = replay_dataset(stream_settings, SPEC, topic=topic, batch_events=100)
     assert sent.events == 6000 and sent.failed_messages == 0
     pubsub = redis_client.pubsub()
