@@ -89,6 +89,7 @@ class StreamTrainer(VersionPublishing):
         self._need_full = True  # a full republish on start
         self._published_events = -1  # events_applied at the last publish
         self._events_seen = 0  # valid events polled by this process (pacing.poll_records)
+        self._polled_at = time.monotonic()  # the consumer's last poll (keep_membership)
         self._pool: ThreadPoolExecutor | None = None  # publish_in_background's thread
         self._pending: tuple[Future[PublishStats], int] | None = None  # (its write, events)
         self.consumer: KafkaConsumer | None = None
@@ -284,6 +285,28 @@ class StreamTrainer(VersionPublishing):
         self.stats.extra["samples_per_s"] = self.learner.samples_per_s
         return self.stats
 
+    def keep_membership(self) -> None:
+        """Inside a long publish (between its round trips): when the last poll is a third of
+        `kafka_max_poll_interval_ms` old, a poll with every partition paused. Kafka drops a
+        consumer that does not poll within the interval (a rejoin costs ~3 s with tansu);
+        paused partitions return no record and kafka-python keeps what it fetched for them
+        until they are resumed. A partition assigned by this very poll is not paused: what it
+        returns is sought back, to be read again by the loop. The queue is empty meanwhile
+        (publishes run only then), so a rebalance here drops nothing."""
+        c = self.consumer
+        if c is None or (time.monotonic() - self._polled_at
+                         < self.s.kafka.max_poll_interval_ms / 3000):
+            return
+        parts = c.assignment()
+        c.pause(*parts)
+        try:
+            for tp, msgs in c.poll(timeout_ms=0).items():
+                if msgs:
+                    c.seek(tp, msgs[0].offset)  # not taken now: the loop reads it again
+        finally:
+            c.resume(*(parts & c.assignment()))
+            self._polled_at = time.monotonic()
+
     def _poll_records(self) -> int:
         """Messages the next poll takes (pacing.poll_records; all it may while only decoding)."""
         cap = self.s.trainer.max_poll_records
@@ -308,6 +331,7 @@ class StreamTrainer(VersionPublishing):
         while not self._stop:
             t_poll = time.perf_counter()
             records = self.consumer.poll(timeout_ms=100, max_records=self._poll_records())
+            self._polled_at = time.monotonic()
             if self.stats.first_event_at is not None:  # not the wait for the stream
                 self.stats.add_time("poll", time.perf_counter() - t_poll)
             now = time.monotonic()

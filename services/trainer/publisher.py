@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -204,9 +205,11 @@ class RedisPublisher:
                         self.model, entries, value, 3 * self.per_bucket, max_record)
 
     def _write_buckets(self, packed: wire.PackedBuckets, version: int,
-                       manifest: np.ndarray, full: bool) -> tuple[list[str], int, int]:
+                       manifest: np.ndarray, full: bool,
+                       between: Callable[[], None] | None = None) -> tuple[list[str], int, int]:
         """Step 1 of the module docstring; updates `manifest` in place and returns the keys
-        of the generations it supersedes, and the fields Redis added and deleted."""
+        of the generations it supersedes, and the fields Redis added and deleted. `between`
+        is called after each round trip (the trainer keeps its Kafka membership)."""
         if self.lease.me is None:  # the generation carries our fencing token
             self.lease.acquire(take_over=self.lease.take_over)
         gen = wire.generation(version, self.lease.token or 0)
@@ -223,6 +226,8 @@ class RedisPublisher:
                 manifest[b] = gen if int(left) > 0 else 0
             queued.clear()
             pending = 0
+            if between is not None:
+                between()
 
         for i, b in enumerate(packed.buckets):
             dst = wire.bucket_key(self.model, b, gen)
@@ -301,15 +306,17 @@ class RedisPublisher:
                           time.perf_counter() - t_export)
 
     def write(self, job: PublishJob, dense_blob: bytes, record: wire.ModelVersion,
-              ) -> PublishStats:
+              between: Callable[[], None] | None = None) -> PublishStats:
         """The part of a publish that talks to Redis: steps 1-3 of the module docstring for
-        a prepared job (on any one thread; Redis errors and Fenced raise as `publish`'s)."""
+        a prepared job (on any one thread; Redis errors and Fenced raise as `publish`'s);
+        `between()` after each round trip of bucket writes."""
         t0 = time.perf_counter()
         version, full, n, manifest, packed = (job.version, job.full, job.buckets, job.manifest,
                                               job.packed)
         if not self._limits_checked and packed.max_record_bytes:
             self._check_limits(packed.max_record_bytes)
-        superseded, added, removed = self._write_buckets(packed, version, manifest, full)
+        superseded, added, removed = self._write_buckets(packed, version, manifest, full,
+                                                         between)
         if added - removed != job.count:
             log.warning("%s: Redis added %d and deleted %d records, the books said %d in all; "
                         "the next publish is a full one", self.model, added, removed, job.count)

@@ -107,7 +107,8 @@ class VersionPublishing:
                 self._pending = (self._pool.submit(self.publisher.write, job, blob, record),
                                  self.stats.events_applied)
                 return True
-            st = self.publisher.write(job, blob, record)
+            self.keep_membership()
+            st = self.publisher.write(job, blob, record, between=self.keep_membership)
             self.stats.add_time("publish_redis", st.redis_s)
         except Fenced:
             raise

@@ -302,3 +302,31 @@ def test_a_background_publish_fenced_out_raises_on_the_training_thread(
         trainer.fenced = True  # as run() marks it: no lease release
         trainer.close()
     usurper.release()
+
+
+def test_keeping_membership_during_a_publish_takes_no_event(
+        stream_settings: Settings, topic: str) -> None:
+    """keep_membership polls with the partitions paused (and seeks back what a partition
+    assigned by that very poll returns): afterwards the loop's own polls still read every
+    message once, from the first, in order."""
+    sent = replay_dataset(stream_settings, SPEC, topic=topic, batch_events=100, limit=1000)
+    trainer = _trainer(stream_settings, "stream-keep", topic, max_events=sent.events)
+    trainer.connect()
+    try:
+        assert trainer.consumer is not None
+        deadline = time.monotonic() + 60
+        while not trainer.consumer.assignment():  # the join, through keep_membership only
+            assert time.monotonic() < deadline, "no assignment"
+            trainer._polled_at = 0.0  # due
+            trainer.keep_membership()
+        for _ in range(3):  # a fetch lands meanwhile: kept aside while paused
+            trainer._polled_at = 0.0
+            trainer.keep_membership()
+        seen: dict[int, list[int]] = {}
+        while sum(map(len, seen.values())) < sent.messages:
+            assert time.monotonic() < deadline, seen
+            for tp, msgs in trainer.consumer.poll(timeout_ms=200).items():
+                seen.setdefault(tp.partition, []).extend(m.offset for m in msgs)
+        assert all(offs == list(range(len(offs))) for offs in seen.values()), seen
+    finally:
+        trainer.close()
