@@ -33,7 +33,7 @@ def pack_records(masks: np.ndarray, values: np.ndarray, widths: tuple[int, ...])
     """N packed records: masks uint32[N], values float32[N, D] -> [bytes] (the module's format).
     The list is cut from `packed_blob`'s one buffer."""
     blob, ends = packed_blob(masks, values, widths)
-    starts = np.r_[0, ends[:-1]]
+    starts = np.r_[0, ends][:-1]
     mv = memoryview(blob)
     return [bytes(mv[a:b]) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
 

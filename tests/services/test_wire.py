@@ -120,6 +120,9 @@ def test_pack_buckets_holds_what_pack_export_holds_as_byte_strings() -> None:
     names = [n for b in new.names for n in b.split()]
     assert [int(n) for n in names] == new.set_numbers.tolist()
     assert new.set_sizes.tolist() == [len(r) for w in old.buckets for r in w.records]
+    assert wire.pack_records(np.zeros(0, np.uint32), np.zeros((0, 16), np.float32),
+                             WIDTHS) == []
+    assert wire.pack_export(_random_export(0, 2), 64).entries_written == 0
     only_deletes = wire.pack_buckets(_random_export(0, 2), 64)  # no set: deletes alone
     assert (only_deletes.entries_written, only_deletes.entries_deleted) == (0, 40)
     assert set(only_deletes.names) == {b""} and set(only_deletes.records) == {b""}
