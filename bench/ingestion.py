@@ -128,9 +128,13 @@ def main(
                             "decode time")
                 else:
                     train_rate = stats.stream_events_per_s
+                    wall = time.perf_counter() - (stats.first_event_at or 0.0)
+                    split = ", ".join(f"{k} {v:.1f}" for k, v in
+                                      stats.phase_split(wall).items() if v >= 0.05)
                     note = (f"learner {trainer.learner.samples_per_s:,.0f} samples/s of "
                             f"step time; {stats.versions_published} versions, "
-                            f"{stats.checkpoints} checkpoints")
+                            f"{stats.checkpoints} checkpoints; seconds by phase of "
+                            f"{wall:.1f} s: {split} (bench/trainer_loop.py)")
                 what = ("consume + validate + decode" if mode == "ingest"
                         else "full trainer loop")
                 rows.append((fmt, f"{mode} ({what})", stats.stream_events_per_s, note))

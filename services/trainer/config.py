@@ -31,6 +31,16 @@ class TrainerConfig:
     hot_start: Path | None = None
 
 
+# Where a trainer's time goes (TrainerStats.phases; the bench and /metrics print them):
+# poll: consumer.poll; decode: validate + decode + dead-letter polled messages; steps: the
+# learner's steps; publish_export: the store's export of changed entries (and the dense
+# weights); publish_pack: records and bucket writes packed; publish_redis: Redis round trips
+# (bucket scripts, commit, retired generations); metrics: the version record's online
+# metrics and memory readings; checkpoint: writing checkpoints.
+PHASES = ("poll", "decode", "steps", "publish_export", "publish_pack", "publish_redis",
+          "metrics", "checkpoint", "other")
+
+
 @dataclass
 class TrainerStats:
     events_applied: int = 0
@@ -42,6 +52,8 @@ class TrainerStats:
     checkpoints: int = 0
     decode_seconds: float = 0.0  # validating and decoding polled messages
     train_seconds: float = 0.0  # training steps on queued events
+    # seconds of wall time by phase of the loop (PHASES; "other" is what none of them timed)
+    phases: dict[str, float] = field(default_factory=dict)
     first_event_at: float | None = None  # perf_counter when the first valid event was queued
     last_applied_at: float | None = None  # perf_counter when the last events were applied
 
@@ -54,3 +66,14 @@ class TrainerStats:
         span = self.last_applied_at - self.first_event_at
         return self.events_applied / span if span > 0 else float("nan")
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def add_time(self, phase: str, seconds: float) -> None:
+        self.phases[phase] = self.phases.get(phase, 0.0) + seconds
+
+    def phase_split(self, wall_s: float) -> dict[str, float]:
+        """Seconds per phase of PHASES over `wall_s` of wall time: the timed ones and "other"
+        (the loop's bookkeeping, lease renewals, idle polls' leftovers: the rest of the wall)."""
+        out = {p: self.phases.get(p, 0.0) for p in PHASES if p != "other"}
+        out["other"] = max(0.0, wall_s - sum(out.values()))
+        return out
+

@@ -52,6 +52,7 @@ def ingest(records: dict[TopicPartition, list[Any]], *, book: OffsetBook,
         if msgs:
             book.first_seen(tp, msgs[0].offset)
     stats.decode_seconds += time.perf_counter() - t0
+    stats.add_time("decode", time.perf_counter() - t0)
     if n and stats.first_event_at is None:
         stats.first_event_at = t0
     return n

@@ -18,7 +18,9 @@ Per poll: every message is validated (services.wire); invalid events and malform
 go to `events.dlq` with their reason and original bytes, counted; valid ones are queued and
 trained on in micro-batches of `trainer_batch_events` (a partial batch after
 `trainer_linger_ms`). Publishes and checkpoints happen only with the queue empty, i.e. on
-exactly the events the offsets say.
+exactly the events the offsets say. A poll takes only the messages that train within a quarter
+of `kafka_max_poll_interval_ms`, and publishing takes at most `publish_max_share` of the time
+(pacing.py); TrainerStats.phases says where the time went.
 
 The parts: offsets.py (the per-partition offsets and the queue: the protocol above), ingest.py
 (validation and dead letters), versions.py (the version record), hot_start.py (`--hot-start`),
@@ -29,7 +31,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +54,9 @@ from services.trainer.hot_start import hot_start_from
 from services.trainer.ingest import ingest
 from services.trainer.lease import Fenced, ModelLease
 from services.trainer.offsets import OffsetBook
-from services.trainer.publisher import RedisPublisher
+from services.trainer.pacing import PublishPacer, poll_records
+from services.trainer.publisher import PublishStats, RedisPublisher
+from services.trainer.publishing import VersionPublishing
 from services.trainer.versions import version_record
 from storage.batch import SparseBatch
 from storage.settings import Settings
@@ -58,7 +64,7 @@ from storage.settings import Settings
 log = logging.getLogger("chunkrec.trainer")
 
 
-class StreamTrainer:
+class StreamTrainer(VersionPublishing):
     """See module docstring."""
 
     def __init__(self, settings: Settings, config: TrainerConfig) -> None:
@@ -82,6 +88,10 @@ class StreamTrainer:
         self._stop = False
         self._need_full = True  # a full republish on start
         self._published_events = -1  # events_applied at the last publish
+        self._events_seen = 0  # valid events polled by this process (pacing.poll_records)
+        self._polled_at = time.monotonic()  # the consumer's last poll (keep_membership)
+        self._pool: ThreadPoolExecutor | None = None  # publish_in_background's thread
+        self._pending: tuple[Future[PublishStats], int] | None = None  # (its write, events)
         self.consumer: KafkaConsumer | None = None
         self.producer: ConfirmedProducer | None = None
         self.publisher: RedisPublisher | None = None
@@ -137,9 +147,11 @@ class StreamTrainer:
             version=self.version, rows_trained=self.learner.rows_trained,
             batches_trained=self.learner.batches_trained,
         )
+        t0 = time.perf_counter()
         path = write_checkpoint(self.ckpt_root, state, self.policy, self.net,
                                 self.learner.optimizer, self.learner.metrics,
                                 keep=self.s.trainer.checkpoints_kept)
+        self.stats.add_time("checkpoint", time.perf_counter() - t0)
         self.stats.checkpoints += 1
         log.info("checkpoint %s: %d events applied", path.name, self.stats.events_applied)
         return path
@@ -179,6 +191,13 @@ class StreamTrainer:
             max_block_ms=10_000))
 
     def close(self) -> None:
+        if self._pending is not None:  # a version still being written: let it finish
+            with contextlib.suppress(Exception):
+                self._pending[0].result()
+            self._pending = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         if self.lease is not None and not self.fenced:
             with contextlib.suppress(redis.RedisError):
                 self.lease.release()
@@ -230,8 +249,10 @@ class StreamTrainer:
         joined = wire.EventBatch.concat(self.offsets.take())
         size = max(1, self.s.trainer.batch_events)
         if not self.c.decode_only:
+            t_steps = time.perf_counter()
             for a in range(0, len(joined), size):
                 self.learner.step(_rows(joined.batch, a, a + size))
+            self.stats.add_time("steps", time.perf_counter() - t_steps)
         self.stats.events_applied += len(joined)
         self.stats.events_checksum = wire.add_checksums(
             self.stats.events_checksum, wire.event_id_checksum(joined.event_ids))
@@ -247,38 +268,6 @@ class StreamTrainer:
                     self.stats.events_invalid),
             offsets=self.offsets.named(), lag=self.lag(),
             window=max(1, self.s.trainer.metrics_window))
-
-    def publish(self) -> bool:
-        """Publish a new version (full when due); False when Redis is unreachable or nothing
-        changed since the last version (no event applied, Redis still holding it)."""
-        assert self.publisher is not None and not self.offsets.queue
-        try:
-            if (not self._need_full and self.stats.events_applied == self._published_events
-                    and self.publisher.r.exists(wire.version_key(self.c.model))):
-                return False
-            current = self.publisher.current_version()
-            if current is None:
-                self._need_full = True  # Redis empty or restarted
-            elif current.version > self.version:
-                self.version = current.version  # versions keep increasing across restarts
-            self.version += 1
-            blob = wire.dense_to_bytes(
-                {k: v.cpu() for k, v in self.net.state_dict().items()})
-            st = self.publisher.publish(self.policy, blob, self.version, self._need_full,
-                                        self.version_record())
-        except Fenced:
-            raise
-        except (redis.RedisError, OSError) as exc:
-            log.warning("publish failed (%s); next publish is a full one", exc)
-            self._need_full = True
-            return False
-        self._need_full = False
-        self._published_events = self.stats.events_applied
-        self.stats.versions_published += 1
-        log.info("published v%d (%s): %d written, %d deleted, %.0f KiB, %.2f s", st.version,
-                 "full" if st.full else "incremental", st.entries_written, st.entries_deleted,
-                 st.record_bytes / 1024, st.seconds)
-        return True
 
     def run(self) -> TrainerStats:
         """Consume, train, publish and checkpoint until stopped; then a final train,
@@ -296,27 +285,66 @@ class StreamTrainer:
         self.stats.extra["samples_per_s"] = self.learner.samples_per_s
         return self.stats
 
+    def keep_membership(self) -> None:
+        """Inside a long publish (between its round trips): when the last poll is a third of
+        `kafka_max_poll_interval_ms` old, a poll with every partition paused. Kafka drops a
+        consumer that does not poll within the interval (a rejoin costs ~3 s with tansu);
+        paused partitions return no record and kafka-python keeps what it fetched for them
+        until they are resumed. A partition assigned by this very poll is not paused: what it
+        returns is sought back, to be read again by the loop. The queue is empty meanwhile
+        (publishes run only then), so a rebalance here drops nothing."""
+        c = self.consumer
+        if c is None or (time.monotonic() - self._polled_at
+                         < self.s.kafka.max_poll_interval_ms / 3000):
+            return
+        parts = c.assignment()
+        c.pause(*parts)
+        try:
+            for tp, msgs in c.poll(timeout_ms=0).items():
+                if msgs:
+                    c.seek(tp, msgs[0].offset)  # not taken now: the loop reads it again
+        finally:
+            c.resume(*(parts & c.assignment()))
+            self._polled_at = time.monotonic()
+
+    def _poll_records(self) -> int:
+        """Messages the next poll takes (pacing.poll_records; all it may while only decoding)."""
+        cap = self.s.trainer.max_poll_records
+        if self.c.decode_only:
+            return cap
+        per_message = self._events_seen / self.stats.messages if self.stats.messages else math.nan
+        return poll_records(self.learner.samples_per_s, per_message,
+                            self.s.kafka.max_poll_interval_ms / 1000, cap)
+
     def _run_loop(self) -> None:
         """The loop of `run` (raises Fenced when another trainer took the model over)."""
         assert self.consumer is not None
         now = time.monotonic()
-        last_pub = last_ckpt = last_event = now
+        last_ckpt = last_event = now
+        pacer = PublishPacer(self.s.trainer.publish_interval_s,
+                             self.s.trainer.publish_max_share, now)
         first_queued: float | None = None
         ckpt_events = self.stats.events_applied
         linger = self.s.trainer.linger_ms / 1000
         if not self.c.decode_only:
             self.publish()
         while not self._stop:
-            records = self.consumer.poll(timeout_ms=100)
+            t_poll = time.perf_counter()
+            records = self.consumer.poll(timeout_ms=100, max_records=self._poll_records())
+            self._polled_at = time.monotonic()
+            if self.stats.first_event_at is not None:  # not the wait for the stream
+                self.stats.add_time("poll", time.perf_counter() - t_poll)
             now = time.monotonic()
             if self.lease is not None and self.lease.due():
                 self._check_lease()
-            if records and self.ingest(records):
+            queued = self.ingest(records) if records else 0
+            self._events_seen += queued
+            if queued:
                 last_event = now
                 first_queued = first_queued or now
             if self.offsets.fresh:
                 self.offsets.resolve_fresh()
-            pub_due = now - last_pub >= self.s.trainer.publish_interval_s
+            pub_due = pacer.due(now) and not self.publishing()  # due again once written
             ckpt_due = now - last_ckpt >= self.s.trainer.checkpoint_interval_s or (
                 self.s.trainer.checkpoint_every_events > 0
                 and self.stats.events_applied - ckpt_events
@@ -327,8 +355,12 @@ class StreamTrainer:
                 self.train_queue()
                 first_queued = None
             if pub_due and not self.c.decode_only:
-                self.publish()
-                last_pub = time.monotonic()
+                started = time.monotonic()
+                if self.s.trainer.publish_background:
+                    self.publish_in_background()
+                else:
+                    self.publish()
+                pacer.published(started, time.monotonic())
             if ckpt_due and not self.c.decode_only:
                 if self.stats.events_applied != ckpt_events:
                     self.checkpoint()

@@ -23,6 +23,9 @@ step is resizing), i.e. it is at most CHUNKREC_PUBLISH_INTERVAL_S old:
     chunkrec_trainer_prune_seconds{_count,_sum}  FIITED prune/regrow steps and their time
     chunkrec_trainer_publish_seconds{_count,_sum}, chunkrec_trainer_checkpoint_seconds{...}
     chunkrec_trainer_checkpoint_age_seconds      since the newest checkpoint (restored or written)
+    chunkrec_trainer_phase_seconds_total{phase}  the loop's time by phase (config.PHASES but
+                                                 "other"): poll, decode, steps, publish_*, ...;
+                                                 publish_background: the publishing thread's
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from services.trainer.config import PHASES
+
 if TYPE_CHECKING:
     from services.trainer.loop import StreamTrainer
 
@@ -56,6 +61,8 @@ class TrainerMetrics(Collector):
         self.store_readings: dict[str, Any] = {}
         self.last_checkpoint_wall = _newest_checkpoint_time(trainer.ckpt_root)
         trainer.publish = self._timed("publish", trainer.publish)  # type: ignore[method-assign]
+        trainer.publish_in_background = self._timed(  # type: ignore[method-assign]
+            "publish", trainer.publish_in_background)  # the training thread's part
         trainer.checkpoint = self._timed(  # type: ignore[method-assign]
             "checkpoint", trainer.checkpoint)
         self.read_store()
@@ -137,6 +144,14 @@ class TrainerMetrics(Collector):
         age = None if self.last_checkpoint_wall is None else time.time() - \
             self.last_checkpoint_wall
         yield gauge("checkpoint_age_seconds", "seconds since the newest checkpoint", age)
+        phases = CounterMetricFamily("chunkrec_trainer_phase_seconds",
+                                     "seconds of the trainer loop by phase",
+                                     labels=["model", "phase"])
+        # "other" is the wall's rest (the scraper has the clock); publish_background is the
+        # publishing thread's Redis time, beside the loop's
+        for phase in (*PHASES[:-1], "publish_background"):
+            phases.add_metric([model, phase], st.phases.get(phase, 0.0))
+        yield phases
 
 
 def _newest_checkpoint_time(root: Path) -> float | None:

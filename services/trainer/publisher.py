@@ -4,11 +4,12 @@ One publish of version V, in this order; nothing a reader resolves through V's m
 written before V's version record, and nothing the current version names is overwritten:
 
 1. embeddings, per bucket (wire/buckets.py): the policy's export (the entries touched since
-   the last publish, or all of them for a full republish) grouped by bucket; each touched
-   bucket is written under a new generation G(V, token) by one Lua script on that bucket's
-   slot (COPY of the bucket's current generation, HSET of the new records, HDEL of IDs left
-   with no chunk or evicted, the sentinel), pipelined, `write_chunk` records per round trip
-   (a Redis Cluster pipeline sends each node its share);
+   the last publish, or all of them for a full republish) grouped by bucket
+   (wire.pack_buckets: a few byte strings a bucket, no Python object per record); each
+   touched bucket is written under a new generation G(V, token) by one Lua script on that
+   bucket's slot (COPY of the bucket's current generation, variadic HSET of the new records,
+   HDEL of IDs left with no chunk or evicted, the sentinel), pipelined, `write_chunk` records
+   per round trip (a Redis Cluster pipeline sends each node its share);
 2. the commit, one fenced script on the slot of the model's tag: the dense weights, the
    manifest (every bucket's generation in V), the version record, the deletion of the dense
    blob and manifest `dense_versions_kept` versions back, then PUBLISH of V;
@@ -22,8 +23,10 @@ carry its own token, so they can never be a key the owner's manifest names.
 
 A full republish (on start, after a failure, or when buckets fill past 2x `per_bucket`
 records on average) sizes the buckets anew for the live records and writes every bucket.
-Record bytes and counts are tracked exactly: each bucket script returns its byte and record
-change (old sizes by HSTRLEN inside Redis).
+Record bytes and counts are tracked exactly: each bucket script returns the fields it added
+and deleted, and the publisher's books (record_sizes.py) hold every record's size since its
+last full republish (the first publish of a publisher is a full one); books that disagree with
+Redis's counts make the next publish a full one.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,12 +43,14 @@ import redis
 from models.policy import EmbeddingPolicy
 from services import wire
 from services.trainer.lease import ModelLease
+from services.trainer.record_sizes import RecordSizes
 
 log = logging.getLogger("chunkrec.publisher")
 
 # A bucket's changes into the generation `dst` (ARGV[1] the generation, ARGV[2] n sets, then n
 # (field, record) pairs, then fields to delete), counting {delta, count}: the byte and record
-# change. Both bucket scripts (this one's and the sharded one's) run it.
+# change (old sizes by HSTRLEN inside Redis): the sharded publisher's bucket script
+# (shard_publisher.py; the single-process one, _BUCKET_LUA, keeps books instead).
 BUCKET_CHANGES_LUA = """
 local n = tonumber(ARGV[2])
 local delta, count = 0, 0
@@ -63,15 +69,39 @@ for i = 3 + 2 * n, #ARGV do
 end
 redis.call('HSET', dst, '', ARGV[1])
 """
-# KEYS[1] the new generation's key, KEYS[2] (when given) the bucket's current generation, on
-# the same slot (one hash tag). Returns {byte change, record change, records left}; a bucket
-# left empty is deleted (the manifest then says 0).
+# One bucket of a wire.PackedBuckets: KEYS[1] the new generation's key, KEYS[2] (when given)
+# the bucket's current generation, on the same slot (one hash tag); ARGV: the generation, the
+# set names (space-separated), their records' lengths (uint32 LE), the records end to end, the
+# names to delete. Variadic HSET / HDEL, a few hundred fields a call (Lua's stack holds
+# 8000). Returns {fields added, fields deleted, records left}; a bucket left empty is deleted
+# (the manifest then says 0). Byte sizes are the publisher's books (record_sizes.py): asking
+# Redis (HSTRLEN) for each replaced record cost about a third of the script's time.
 _BUCKET_LUA = """
 local dst = KEYS[1]
 if KEYS[2] then redis.call('COPY', KEYS[2], dst, 'REPLACE') else redis.call('DEL', dst) end
-""" + BUCKET_CHANGES_LUA + """local left = redis.call('HLEN', dst) - 1
+local lens, recs = ARGV[3], ARGV[4]
+local args, n, pos, li, added, removed = {}, 0, 1, 1, 0, 0
+for name in string.gmatch(ARGV[2], '%S+') do
+  local len
+  len, li = struct.unpack('<I4', lens, li)
+  args[n + 1] = name
+  args[n + 2] = string.sub(recs, pos, pos + len - 1)
+  n = n + 2
+  pos = pos + len
+  if n >= 1000 then added = added + redis.call('HSET', dst, unpack(args, 1, n)); n = 0 end
+end
+if n > 0 then added = added + redis.call('HSET', dst, unpack(args, 1, n)) end
+n = 0
+for name in string.gmatch(ARGV[5], '%S+') do
+  n = n + 1
+  args[n] = name
+  if n >= 1000 then removed = removed + redis.call('HDEL', dst, unpack(args, 1, n)); n = 0 end
+end
+if n > 0 then removed = removed + redis.call('HDEL', dst, unpack(args, 1, n)) end
+redis.call('HSET', dst, '', ARGV[1])
+local left = redis.call('HLEN', dst) - 1
 if left == 0 then redis.call('DEL', dst) end
-return {delta, count, left}
+return {added, removed, left}
 """
 # KEYS: dense key, manifest key, version key, then old keys to delete (all on the model's
 # slot); ARGV: dense blob, manifest, version record, channel, version number.
@@ -94,6 +124,25 @@ class PublishStats:
     record_bytes: int
     seconds: float
     buckets_written: int = 0
+    export_s: float = 0.0  # the policy's export
+    pack_s: float = 0.0  # wire.pack_export
+    redis_s: float = 0.0  # everything else: Redis round trips (and their argument lists)
+
+
+@dataclass
+class PublishJob:
+    """A prepared publish (RedisPublisher.prepare): what `write` sends to Redis."""
+
+    version: int
+    full: bool
+    buckets: int  # the manifest's length
+    manifest: np.ndarray  # uint64[buckets]: the previous version's, to be updated
+    packed: wire.PackedBuckets
+    delta: int  # the byte change, from the books
+    count: int  # the record change the books expect
+    widths: list[int]
+    export_s: float
+    pack_s: float
 
 
 class RedisPublisher:
@@ -114,6 +163,8 @@ class RedisPublisher:
         self.manifest: np.ndarray | None = None  # uint64[n]: the last committed version's
         self.retired: deque[tuple[int, list[str]]] = deque()  # (superseded at V, keys)
         self._limits_checked = False
+        self.books = RecordSizes()  # every record's size, as this publisher wrote it
+        self._books_match = False  # the books are Redis's (after a full republish went through)
         # the trainer passes its lease; without one (a tool or a test publishing by hand) the
         # first write takes the model over, fencing out whoever wrote it before
         self.lease = lease if lease is not None else ModelLease(client, model, take_over=True)
@@ -134,15 +185,6 @@ class RedisPublisher:
             return None
         return record
 
-    def _current_manifest(self) -> np.ndarray | None:
-        """The manifest of the version in Redis (a restarted trainer's starting point)."""
-        rec = self.current_version()
-        blob = self.r.get(rec.manifest_key) if rec is not None and rec.manifest_key else None
-        try:
-            return None if blob is None else wire.manifest_from_bytes(blob)
-        except ValueError:
-            return None
-
     def _check_limits(self, max_record: int) -> None:
         """Warn once when the server's listpack limits turn buckets into hash tables (about
         twice the memory); a server that refuses CONFIG GET is trusted."""
@@ -162,46 +204,47 @@ class RedisPublisher:
                         "buckets will be stored as hash tables (~2x the memory); raise them",
                         self.model, entries, value, 3 * self.per_bucket, max_record)
 
-    def _write_buckets(self, packed: wire.PackedExport, version: int,
-                       manifest: np.ndarray, full: bool) -> list[str]:
+    def _write_buckets(self, packed: wire.PackedBuckets, version: int,
+                       manifest: np.ndarray, full: bool,
+                       between: Callable[[], None] | None = None) -> tuple[list[str], int, int]:
         """Step 1 of the module docstring; updates `manifest` in place and returns the keys
-        of the generations it supersedes."""
+        of the generations it supersedes, and the fields Redis added and deleted. `between`
+        is called after each round trip (the trainer keeps its Kafka membership)."""
         if self.lease.me is None:  # the generation carries our fencing token
             self.lease.acquire(take_over=self.lease.take_over)
         gen = wire.generation(version, self.lease.token or 0)
         superseded: list[str] = []
         pipe = self.r.pipeline(transaction=False)
         queued: list[int] = []
-        pending = 0
+        pending = added = removed = 0
 
         def flush() -> None:
-            nonlocal pending
-            for b, (delta, count, left) in zip(queued, pipe.execute(), strict=True):
-                self.redis_bytes += int(delta)
-                self.redis_records += int(count)
+            nonlocal pending, added, removed
+            for b, (add, rem, left) in zip(queued, pipe.execute(), strict=True):
+                added += int(add)
+                removed += int(rem)
                 manifest[b] = gen if int(left) > 0 else 0
             queued.clear()
             pending = 0
+            if between is not None:
+                between()
 
-        for w in packed.buckets:
-            dst = wire.bucket_key(self.model, w.bucket, gen)
-            old = 0 if full else int(manifest[w.bucket])
+        for i, b in enumerate(packed.buckets):
+            dst = wire.bucket_key(self.model, b, gen)
+            old = 0 if full else int(manifest[b])
             keys = [dst]
             if old:
-                keys.append(wire.bucket_key(self.model, w.bucket, old))
+                keys.append(wire.bucket_key(self.model, b, old))
                 superseded.append(keys[1])
-            args: list[bytes | int] = [gen, len(w.names)]
-            for name, rec in zip(w.names, w.records, strict=True):
-                args += (name, rec)
-            args += w.deletes
-            pipe.execute_command("EVAL", _BUCKET_LUA, len(keys), *keys, *args)
-            queued.append(w.bucket)
-            pending += len(w.names) + len(w.deletes)
+            pipe.execute_command("EVAL", _BUCKET_LUA, len(keys), *keys, gen, packed.names[i],
+                                 packed.lengths[i], packed.records[i], packed.deletes[i])
+            queued.append(b)
+            pending += packed.changes[i]
             if pending >= self.write_chunk:
                 flush()
         if queued:
             flush()
-        return superseded
+        return superseded, added, removed
 
     def _stale_keys(self, manifest: np.ndarray) -> list[str]:
         """Bucket keys of this model that `manifest` does not name (a full republish)."""
@@ -231,25 +274,54 @@ class RedisPublisher:
         """Publish `version` (see the module docstring); the version record is built from
         `record` (its counters are filled in here). Raises redis.RedisError on failure; the
         caller republishes in full next time, since the export has already cleared the
-        policy's dirty set."""
+        policy's dirty set. `prepare` then `write`, in one go."""
+        return self.write(self.prepare(policy, version, full), dense_blob, record)
+
+    def prepare(self, policy: EmbeddingPolicy, version: int, full: bool) -> PublishJob:
+        """The part of a publish that reads the policy: its export, packed per bucket (on the
+        thread that trains it). `write` must follow before the next `prepare`: the job is
+        relative to the books and the manifest of the version before it."""
         t0 = time.perf_counter()
-        if not full and self.manifest is None:
-            self.manifest = self._current_manifest()
         n = 0 if self.manifest is None else len(self.manifest)
-        full = full or n == 0 or self.redis_records > 2 * self.per_bucket * n
+        # without books that match Redis (a new publisher, a failed or odd publish), full
+        full = (full or n == 0 or not self._books_match
+                or self.redis_records > 2 * self.per_bucket * n)
         export = policy.export(dirty_only=not full)
+        t_export = time.perf_counter()
         if full:
             n = wire.bucket_count(int(np.count_nonzero(export.masks)), self.per_bucket)
             self.redis_bytes = 0
             self.redis_records = 0
+            self.books.clear()
             manifest = np.zeros(n, np.uint64)
         else:
             assert self.manifest is not None
             manifest = self.manifest.copy()
-        packed = wire.pack_export(export, n)
+        packed = wire.pack_buckets(export, n)
+        delta, count = self.books.change(packed.set_numbers, packed.set_sizes,
+                                         packed.del_numbers)
+        self._books_match = False  # until the job's writes are through
+        return PublishJob(version, full, n, manifest, packed, delta, count,
+                          [int(w) for w in export.widths], t_export - t0,
+                          time.perf_counter() - t_export)
+
+    def write(self, job: PublishJob, dense_blob: bytes, record: wire.ModelVersion,
+              between: Callable[[], None] | None = None) -> PublishStats:
+        """The part of a publish that talks to Redis: steps 1-3 of the module docstring for
+        a prepared job (on any one thread; Redis errors and Fenced raise as `publish`'s);
+        `between()` after each round trip of bucket writes."""
+        t0 = time.perf_counter()
+        version, full, n, manifest, packed = (job.version, job.full, job.buckets, job.manifest,
+                                              job.packed)
         if not self._limits_checked and packed.max_record_bytes:
             self._check_limits(packed.max_record_bytes)
-        superseded = self._write_buckets(packed, version, manifest, full)
+        superseded, added, removed = self._write_buckets(packed, version, manifest, full,
+                                                         between)
+        if added - removed != job.count:
+            log.warning("%s: Redis added %d and deleted %d records, the books said %d in all; "
+                        "the next publish is a full one", self.model, added, removed, job.count)
+        self.redis_bytes += job.delta
+        self.redis_records += added - removed
         if full:
             superseded = self._stale_keys(manifest)
         dkey, mkey = wire.dense_key(self.model, version), wire.manifest_key(self.model, version)
@@ -259,7 +331,7 @@ class RedisPublisher:
         record.dense_key = dkey
         record.manifest_key = mkey
         record.buckets = n
-        record.widths = [int(w) for w in export.widths]
+        record.widths = job.widths
         record.entries_written = packed.entries_written
         record.entries_deleted = packed.entries_deleted
         record.redis_embedding_bytes = self.redis_bytes
@@ -273,8 +345,12 @@ class RedisPublisher:
             args=[dense_blob, wire.manifest_to_bytes(manifest), record.to_json(),
                   wire.versions_channel(self.model), str(version)])
         self.manifest = manifest
+        self.books.apply(packed.set_numbers, packed.set_sizes, packed.del_numbers)
+        self._books_match = added - removed == job.count
         self.retired.append((version, superseded))
         self._delete_retired(version)
+        t1 = time.perf_counter()
         return PublishStats(version, full, packed.entries_written, packed.entries_deleted,
-                            packed.record_bytes, time.perf_counter() - t0,
-                            len(packed.buckets))
+                            packed.record_bytes, job.export_s + job.pack_s + t1 - t0,
+                            len(packed.buckets), export_s=job.export_s, pack_s=job.pack_s,
+                            redis_s=t1 - t0)

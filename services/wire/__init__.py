@@ -85,7 +85,9 @@ from services.wire.feedback import FEEDBACK_TOPIC, FeedbackMsg, read_feedback
 from services.wire.names import MODEL_NAME_PATTERN, ModelName, check_model_name
 from services.wire.records import (
     BucketWrite,
+    PackedBuckets,
     PackedExport,
+    pack_buckets,
     pack_export,
     pack_records,
     record_masks,
@@ -129,8 +131,8 @@ __all__ = [
     # names
     "MODEL_NAME_PATTERN", "ModelName", "check_model_name",
     # packed embedding records
-    "BucketWrite", "PackedExport", "pack_export", "pack_records", "record_masks",
-    "unpack_records",
+    "BucketWrite", "PackedBuckets", "PackedExport", "pack_buckets", "pack_export",
+    "pack_records", "record_masks", "unpack_records",
     # buckets and manifests
     "SENTINEL", "bucket_count", "bucket_of", "changed_buckets", "current_bucket_keys", "generation",
     "generation_version", "hash_fields", "manifest_from_bytes", "manifest_to_bytes",

@@ -55,12 +55,27 @@ def bucket_of(fields: np.ndarray, keys: np.ndarray, n_buckets: int) -> np.ndarra
     return (x & np.uint64(n_buckets - 1)).astype(np.int64)
 
 
+def field_numbers(fields: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """int64[N]: the hash field names of N (field, ID) pairs as the integers they spell."""
+    with np.errstate(over="ignore"):
+        return (np.asarray(keys, np.int64).view(np.uint64)
+                ^ (np.asarray(fields, np.uint64) * _FIELD_MIX)).view(np.int64)
+
+
 def hash_fields(fields: np.ndarray, keys: np.ndarray) -> list[bytes]:
     """The hash field names of N (field, ID) pairs (see the module docstring)."""
-    with np.errstate(over="ignore"):
-        mixed = (np.asarray(keys, np.int64).view(np.uint64)
-                 ^ (np.asarray(fields, np.uint64) * _FIELD_MIX)).view(np.int64)
-    return [str(x).encode() for x in mixed.tolist()]
+    return [str(x).encode() for x in field_numbers(fields, keys).tolist()]
+
+
+def joined_names(numbers: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """int64[N] field numbers -> (b"n0 n1 ... n(N-1) ", int64[N] end of each name's bytes
+    incl. its space): the decimal names end to end, built without per-name Python."""
+    digits = np.asarray(numbers, np.int64).astype("S20")  # an int64 has <= 20 characters
+    u = np.empty((len(digits), 21), np.uint8)
+    u[:, :20] = digits.view(np.uint8).reshape(-1, 20)
+    u[:, 20] = ord(" ")
+    keep = u != 0  # astype pads with NULs, which no decimal holds
+    return u[keep].tobytes(), np.cumsum(keep.sum(axis=1))
 
 
 def bucket_count(records: int, per_bucket: int) -> int:

@@ -111,6 +111,10 @@ class TrainerSettings(Group):
     checkpoints_kept: PositiveInt = Field(default=2, description="checkpoints kept per model")
     publish_interval_s: PositiveFloat = Field(default=2.0, description="a new model version in "
         "Redis this often")
+    publish_max_share: float = Field(default=0.25, gt=0, le=1, description="publish less often "
+        "when publishing cannot keep up: at most this share of the trainer's time (1: no limit)")
+    publish_background: bool = Field(default=False, description="write each version to Redis "
+        "on a publishing thread while training goes on (one version in flight)")
     metrics_window: PositiveInt = Field(default=10_000, description="rows of the 'recent' online "
         "metrics")
     dense_versions_kept: PositiveInt = Field(default=3, description="dense-weight blobs kept in "

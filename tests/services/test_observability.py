@@ -76,6 +76,11 @@ def test_trainer_metrics_and_json_logs(stream_settings: Settings, topic: str,
     assert got[("chunkrec_trainer_prune_seconds_sum", ())] > 0
     assert got[("chunkrec_trainer_publish_seconds_count", ())] >= 1
     assert 0 <= got[("chunkrec_trainer_checkpoint_age_seconds", ())] < 120
+    phase = {k[1][0][1]: v for k, v in got.items()
+             if k[0] == "chunkrec_trainer_phase_seconds_total"}
+    assert phase["steps"] > 0 and phase["decode"] > 0 and phase["publish_redis"] > 0
+    assert set(phase) == {"poll", "decode", "steps", "publish_export", "publish_pack",
+                          "publish_redis", "metrics", "checkpoint", "publish_background"}
 
     lines = [line for line in log.read_text().splitlines() if line.strip()]
     assert lines, "the trainer logged nothing"

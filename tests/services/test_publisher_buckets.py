@@ -107,3 +107,52 @@ def test_buckets_are_resized_when_they_fill(redis_client: redis.Redis) -> None:
     st = pub.publish(policy, b"", 3, False, _record(name))  # type: ignore[arg-type]
     rec = _check_reads(redis_client, name, policy, f, k)
     assert st.full and rec.buckets == 64  # ... then a full republish re-sizes them
+
+
+class _Readmitted(HandPolicy):
+    """Lists an evicted ID among the deleted even after it was set again (the real store's
+    export does: its eviction log is not pruned by a later admission)."""
+
+    def set(self, fields: np.ndarray, keys: np.ndarray, masks: np.ndarray,
+            rows: np.ndarray) -> None:
+        evicted = set(self.evicted)
+        super().set(fields, keys, masks, rows)
+        self.evicted |= evicted
+
+
+def test_an_id_evicted_and_admitted_again_keeps_its_record(redis_client: redis.Redis) -> None:
+    name, policy = "pub-readmit", _Readmitted(WIDTHS)
+    f, k = np.zeros(50, np.int64), np.arange(50, dtype=np.int64)
+    policy.set(f, k, np.full(50, 3), _rows(50, 0))
+    pub = RedisPublisher(redis_client, name, ("a", "b"), per_bucket=8)
+    pub.publish(policy, b"", 1, True, _record(name))  # type: ignore[arg-type]
+    policy.evict(f[:5], k[:5])
+    policy.set(f[:5], k[:5], np.full(5, 1), _rows(5, 1))  # back before the next publish
+    pub.publish(policy, b"", 2, False, _record(name))  # type: ignore[arg-type]
+    rec = _check_reads(redis_client, name, policy, f, k)
+    assert rec.redis_embedding_bytes == sum(
+        len(x) for x in wire.read_current(redis_client, name, f, k) if x)
+
+
+def test_books_that_disagree_with_redis_make_the_next_publish_full(
+        redis_client: redis.Redis) -> None:
+    """A record removed behind the publisher's back: the bucket script's counts disagree with
+    the books, so the next publish rewrites everything and the counts are exact again."""
+    name, policy = "pub-books", HandPolicy(WIDTHS)
+    f, k = np.zeros(60, np.int64), np.arange(60, dtype=np.int64)
+    policy.set(f, k, np.full(60, 7), _rows(60, 0))
+    pub = RedisPublisher(redis_client, name, ("a", "b"), per_bucket=8)
+    pub.publish(policy, b"", 1, True, _record(name))  # type: ignore[arg-type]
+    rec = wire.ModelVersion.from_json(redis_client.get(wire.version_key(name)))
+    manifest = wire.manifest_from_bytes(redis_client.get(rec.manifest_key))
+    b = int(wire.bucket_of(f[:1], k[:1], len(manifest))[0])
+    redis_client.hdel(wire.bucket_key(name, b, int(manifest[b])),
+                      wire.hash_fields(f[:1], k[:1])[0])
+    policy.set(f[:1], k[:1], np.full(1, 1), _rows(1, 1))
+    assert not pub.publish(policy, b"", 2, False, _record(name)).full  # type: ignore[arg-type]
+    policy.set(f[1:2], k[1:2], np.full(1, 1), _rows(1, 2))
+    assert pub.publish(policy, b"", 3, False, _record(name)).full  # type: ignore[arg-type]
+    rec = _check_reads(redis_client, name, policy, f, k)
+    assert rec.redis_embedding_bytes == sum(
+        len(x) for x in wire.read_current(redis_client, name, f, k) if x)
+    assert not pub.publish(policy, b"", 4, False, _record(name)).full  # type: ignore[arg-type]

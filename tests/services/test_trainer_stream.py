@@ -42,24 +42,32 @@ def _version(r: redis.Redis, model: str) -> wire.ModelVersion | None:
     return None if blob is None else wire.ModelVersion.from_json(blob)
 
 
+@pytest.mark.parametrize("background", [False, True], ids=["foreground", "background"])
 def test_events_in_trainer_out_to_redis(stream_settings: Settings, topic: str,
-                                        redis_client: redis.Redis) -> None:
+                                        redis_client: redis.Redis, background: bool) -> None:
+    """With publish_background, the Redis writes run on the publishing thread while training
+    goes on: the versions must be the same (complete, in order, exact counts)."""
+    model = f"stream1-{'bg' if background else 'fg'}"
+    # due at the first poll: a background run publishes in the background at least once
+    stream_settings = stream_settings.replace(trainer_publish_background=background,
+                                              publish_interval_s=0.001)
     sent = replay_dataset(stream_settings, SPEC, topic=topic, batch_events=100)
     assert sent.events == 6000 and sent.failed_messages == 0
     pubsub = redis_client.pubsub()
-    pubsub.subscribe(wire.versions_channel("stream1"))
-    trainer = _trainer(stream_settings, "stream1", topic, max_events=sent.events)
+    pubsub.subscribe(wire.versions_channel(model))
+    trainer = _trainer(stream_settings, model, topic, max_events=sent.events)
     stats = trainer.run()
 
     assert stats.events_applied == sent.events
+    assert (stats.phases.get("publish_background", 0.0) > 0) == background
     assert stats.events_checksum == sent.checksum
-    rec = _version(redis_client, "stream1")
+    rec = _version(redis_client, model)
     assert rec is not None
     assert rec.events_applied == sent.events and int(rec.events_checksum) == sent.checksum
     assert rec.widths == [2, 2, 4, 8, 16] and rec.dim == 32 and rec.arch == "dlrm"
     assert sum(rec.offsets.values()) == sent.messages
     assert rec.metrics["rows"] == sent.events and rec.metrics["auc"] is not None
-    assert redis_client.sismember(wire.MODELS_SET, "stream1")
+    assert redis_client.sismember(wire.MODELS_SET, model)
     assert redis_client.exists(rec.dense_key)
 
     announced: list[int] = []
@@ -73,7 +81,7 @@ def test_events_in_trainer_out_to_redis(stream_settings: Settings, topic: str,
     # every live entry of the trainer's store is in Redis and unpacks to its embedding
     export = trainer.policy.export(dirty_only=False)
     live = export.masks != 0
-    records = wire.read_current(redis_client, "stream1", export.fields[live].astype(np.int64),
+    records = wire.read_current(redis_client, model, export.fields[live].astype(np.int64),
                                 export.keys[live])
     values, found = wire.unpack_records(records, tuple(rec.widths), rec.dim)
     assert found.all()
@@ -84,7 +92,7 @@ def test_events_in_trainer_out_to_redis(stream_settings: Settings, topic: str,
     np.testing.assert_array_equal(values, current[np.arange(len(ids)),
                                                    export.fields[live].astype(np.int64)])
     # no other records, and the byte count in the record is what Redis holds
-    in_redis = wire.current_bucket_keys(redis_client, "stream1")
+    in_redis = wire.current_bucket_keys(redis_client, model)
     stored = sum(redis_client.hlen(k) - 1 for k in in_redis)  # less each sentinel
     assert stored == int(live.sum()) == rec.redis_embedding_records
     assert rec.redis_embedding_bytes == sum(len(v) for v in records)
@@ -94,17 +102,17 @@ def test_events_in_trainer_out_to_redis(stream_settings: Settings, topic: str,
         assert np.array_equal(state[name].numpy(), tensor.numpy())
 
     # Redis loses the model (a restart without persistence): the next publish is a full one
-    redis_client.delete(wire.version_key("stream1"), *in_redis)
+    redis_client.delete(wire.version_key(model), *in_redis)
     trainer.connect()
     try:
         assert trainer.publish()
     finally:
         trainer.close()
-    again = _version(redis_client, "stream1")
+    again = _version(redis_client, model)
     assert again is not None and again.full and again.version == rec.version + 1
     assert again.redis_embedding_records == rec.redis_embedding_records
     assert again.redis_embedding_bytes == rec.redis_embedding_bytes
-    assert wire.read_current(redis_client, "stream1", export.fields[live].astype(np.int64),
+    assert wire.read_current(redis_client, model, export.fields[live].astype(np.int64),
                              export.keys[live]) == records
 
 
@@ -263,3 +271,62 @@ def test_hot_start_switches_policy_from_a_fixed64_trainer_checkpoint(
     with pytest.raises(ValueError, match="no checkpoint to hot-start from"):
         StreamTrainer(stream_settings, TrainerConfig(model="hotbad", policy=POLICY, schema=schema,
                                                      topic=topic, hot_start=root.parent / "none"))
+
+
+def test_a_background_publish_fenced_out_raises_on_the_training_thread(
+        stream_settings: Settings, topic: str, redis_client: redis.Redis) -> None:
+    """The zombie case with the Redis writes on the publishing thread: its commit is refused
+    inside Redis, and the refusal reaches the training thread when the write is collected;
+    the owner's version stays."""
+    from services.trainer.lease import Fenced, ModelLease
+
+    model = "stream-bg-fenced"
+    sent = replay_dataset(stream_settings, SPEC, topic=topic, batch_events=100, limit=1000)
+    trainer = _trainer(stream_settings.replace(trainer_publish_background=True), model, topic,
+                       max_events=sent.events)
+    trainer.run()  # ends with a publish that waits
+    trainer.connect()
+    try:
+        redis_client.delete(wire.owner_key(model))
+        usurper = ModelLease(redis_client, model, ttl_s=30)
+        usurper.acquire()
+        version = redis_client.get(wire.version_key(model))
+        trainer._need_full = True  # something to publish without new events
+        assert trainer.publish_in_background()
+        in_flight = trainer.version
+        with pytest.raises(Fenced):
+            trainer.publish()  # collects the background write first ...
+        assert trainer.version == in_flight  # ... and raises there, before a version of its own
+        assert redis_client.get(wire.version_key(model)) == version
+    finally:
+        trainer.fenced = True  # as run() marks it: no lease release
+        trainer.close()
+    usurper.release()
+
+
+def test_keeping_membership_during_a_publish_takes_no_event(
+        stream_settings: Settings, topic: str) -> None:
+    """keep_membership polls with the partitions paused (and seeks back what a partition
+    assigned by that very poll returns): afterwards the loop's own polls still read every
+    message once, from the first, in order."""
+    sent = replay_dataset(stream_settings, SPEC, topic=topic, batch_events=100, limit=1000)
+    trainer = _trainer(stream_settings, "stream-keep", topic, max_events=sent.events)
+    trainer.connect()
+    try:
+        assert trainer.consumer is not None
+        deadline = time.monotonic() + 60
+        while not trainer.consumer.assignment():  # the join, through keep_membership only
+            assert time.monotonic() < deadline, "no assignment"
+            trainer._polled_at = 0.0  # due
+            trainer.keep_membership()
+        for _ in range(3):  # a fetch lands meanwhile: kept aside while paused
+            trainer._polled_at = 0.0
+            trainer.keep_membership()
+        seen: dict[int, list[int]] = {}
+        while sum(map(len, seen.values())) < sent.messages:
+            assert time.monotonic() < deadline, seen
+            for tp, msgs in trainer.consumer.poll(timeout_ms=200).items():
+                seen.setdefault(tp.partition, []).extend(m.offset for m in msgs)
+        assert all(offs == list(range(len(offs))) for offs in seen.values()), seen
+    finally:
+        trainer.close()

@@ -92,6 +92,57 @@ def test_pack_export_groups_sets_and_deletes_by_bucket() -> None:
     np.testing.assert_array_equal(out[0, :4], values[2, :4])
 
 
+def _random_export(n: int, seed: int) -> EmbeddingExport:
+    rng = np.random.default_rng(seed)
+    keys = rng.integers(-2**63, 2**63 - 1, n, dtype=np.int64)
+    keys[:min(n, 3)] = (0, -2**63, 2**63 - 1)[:n]  # the longest decimals and zero
+    return EmbeddingExport(
+        fields=rng.integers(0, 26, n).astype(np.int16), keys=keys,
+        masks=rng.integers(0, 16, n).astype(np.uint32),
+        values=rng.normal(size=(n, 16)).astype(np.float32), widths=WIDTHS,
+        deleted_fields=rng.integers(0, 26, 40).astype(np.int16),
+        deleted_keys=rng.integers(-2**63, 2**63 - 1, 40, dtype=np.int64))
+
+
+def test_pack_buckets_holds_what_pack_export_holds_as_byte_strings() -> None:
+    export = _random_export(3000, 1)
+    old, new = wire.pack_export(export, 64), wire.pack_buckets(export, 64)
+    assert [w.bucket for w in old.buckets] == new.buckets
+    for i, w in enumerate(old.buckets):
+        assert new.names[i] == b"".join(n + b" " for n in w.names)
+        assert new.lengths[i] == np.array([len(r) for r in w.records], "<u4").tobytes()
+        assert new.records[i] == b"".join(w.records)
+        assert sorted(new.deletes[i].split()) == sorted(w.deletes)
+        assert new.changes[i] == len(w.names) + len(w.deletes)
+    assert (new.entries_written, new.entries_deleted, new.record_bytes,
+            new.max_record_bytes) == (old.entries_written, old.entries_deleted,
+                                      old.record_bytes, old.max_record_bytes)
+    names = [n for b in new.names for n in b.split()]
+    assert [int(n) for n in names] == new.set_numbers.tolist()
+    assert new.set_sizes.tolist() == [len(r) for w in old.buckets for r in w.records]
+    assert wire.pack_records(np.zeros(0, np.uint32), np.zeros((0, 16), np.float32),
+                             WIDTHS) == []
+    assert wire.pack_export(_random_export(0, 2), 64).entries_written == 0
+    only_deletes = wire.pack_buckets(_random_export(0, 2), 64)  # no set: deletes alone
+    assert (only_deletes.entries_written, only_deletes.entries_deleted) == (0, 40)
+    assert set(only_deletes.names) == {b""} and set(only_deletes.records) == {b""}
+
+
+def test_an_id_evicted_and_admitted_again_is_set_not_deleted() -> None:
+    """The store lists an ID evicted since the last export among the deleted even when it was
+    admitted again (and is live, in the export): its record must be written, not deleted."""
+    export = EmbeddingExport(
+        fields=np.array([0, 1], np.int16), keys=np.array([5, 6], np.int64),
+        masks=np.array([0b1, 0b1], np.uint32), values=np.ones((2, 16), np.float32),
+        widths=WIDTHS, deleted_fields=np.array([0, 1], np.int16),
+        deleted_keys=np.array([5, 7], np.int64))
+    gone = wire.hash_fields(np.array([1]), np.array([7]))
+    for packed in (wire.pack_export(export, 1), wire.pack_buckets(export, 1)):
+        assert packed.entries_written == 2 and packed.entries_deleted == 1
+    assert wire.pack_export(export, 1).buckets[0].deletes == gone
+    assert wire.pack_buckets(export, 1).deletes[0].split() == gone
+
+
 def test_buckets_spread_ids_and_manifests_round_trip() -> None:
     keys = np.arange(100_000, dtype=np.int64)  # sequential IDs: the worst case for a modulo
     counts = np.bincount(wire.bucket_of(np.zeros_like(keys), keys, 1024), minlength=1024)
