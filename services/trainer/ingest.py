@@ -8,10 +8,12 @@ original bytes, counted. No message may stop the trainer.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import redis
 from kafka import TopicPartition
 
 from services import wire
@@ -69,3 +71,22 @@ def send_dead_letter(producer: ConfirmedProducer, record: bytes) -> bool:
         log.error("dead-letter stub refused too (%s)", producer.last_error)
         return False
     return True
+
+
+def close_trainer_io(lease: Any, release_lease: bool, consumer: Any, producer: Any,
+                     publisher: Any) -> None:
+    """A trainer's shutdown, single-process or a rank: the lease given back where this
+    process holds it (`release_lease`; a Redis error there is no reason not to close the
+    rest), the consumer closed without committing (checkpoints hold the offsets), the
+    dead-letter producer flushed and closed, the publisher's Redis connection closed. None
+    stands for a part never opened."""
+    if lease is not None and release_lease:
+        with contextlib.suppress(redis.RedisError):
+            lease.release()
+    if consumer is not None:
+        consumer.close(autocommit=False)
+    if producer is not None:
+        producer.flush()
+        producer.close()
+    if publisher is not None:
+        publisher.r.close()

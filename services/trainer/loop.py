@@ -51,7 +51,7 @@ from services.messaging.redis_clients import open_sync
 from services.trainer.checkpoint import CheckpointState, load_latest, write_checkpoint
 from services.trainer.config import TrainerConfig, TrainerStats
 from services.trainer.hot_start import hot_start_from
-from services.trainer.ingest import ingest
+from services.trainer.ingest import close_trainer_io, ingest
 from services.trainer.lease import Fenced, ModelLease
 from services.trainer.offsets import OffsetBook
 from services.trainer.pacing import PublishPacer, poll_records
@@ -198,16 +198,8 @@ class StreamTrainer(VersionPublishing):
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
-        if self.lease is not None and not self.fenced:
-            with contextlib.suppress(redis.RedisError):
-                self.lease.release()
-        if self.consumer is not None:
-            self.consumer.close(autocommit=False)
-        if self.producer is not None:
-            self.producer.flush()
-            self.producer.close()
-        if self.publisher is not None:
-            self.publisher.r.close()
+        close_trainer_io(self.lease, not self.fenced, self.consumer, self.producer,
+                         self.publisher)
 
     def lag(self) -> int | None:
         """Events (messages) behind the broker's high-water marks (OffsetBook.lag)."""

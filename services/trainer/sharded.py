@@ -33,7 +33,6 @@ carry its one token; a second job for the model is refused at start (LeaseHeld o
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
 import time
@@ -42,7 +41,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import redis
 import torch
 import torch.distributed as dist
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -59,7 +57,7 @@ from services import wire
 from services.messaging.confirmed import ConfirmedProducer
 from services.messaging.redis_clients import open_sync
 from services.trainer.config import TrainerConfig, TrainerStats
-from services.trainer.ingest import ingest
+from services.trainer.ingest import close_trainer_io, ingest
 from services.trainer.lease import LeaseHeld, ModelLease
 from services.trainer.offsets import OffsetBook, tp_name
 from services.trainer.shard_publisher import ShardPublisher
@@ -234,17 +232,9 @@ class ShardedTrainer:
                 raise RuntimeError(f"topic {self.c.topic!r} not found")
             self.consumer.poll(timeout_ms=200)  # refreshes metadata
 
-    def close(self) -> None:
-        if self.lease is not None and self.rank == 0:
-            with contextlib.suppress(redis.RedisError):
-                self.lease.release()
-        if self.consumer is not None:
-            self.consumer.close(autocommit=False)
-        if self.producer is not None:
-            self.producer.flush()
-            self.producer.close()
-        if self.publisher is not None:
-            self.publisher.r.close()
+    def close(self) -> None:  # rank 0 holds the job's lease
+        close_trainer_io(self.lease, self.rank == 0, self.consumer, self.producer,
+                         self.publisher)
 
     # ---------------------------------------------------------------- one round
     def stop(self) -> None:
