@@ -2,7 +2,8 @@
 BaseHTTPMiddleware) that serving and the router both mount: a request body over `max_bytes`
 gets 413 before the app sees it: at once from its Content-Length, or while it streams in
 (chunked bodies are counted as they arrive); a body not received in full within `timeout_s`
-gets 408 and the connection is closed.
+gets 408 and the connection is closed (after a lingering read of what is still coming, so
+the client is not reset before it reads the 408).
 
     app.add_middleware(BodyLimit, max_bytes=2 << 20, timeout_s=10,
                        setting="CHUNKREC_SERVING_MAX_BODY_BYTES")
@@ -11,20 +12,38 @@ gets 408 and the connection is closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+LINGER_S = 1.0  # after a 408, how long the rest of a body is read and dropped before closing
 
-async def _send_json(send: Send, status: int, doc: dict[str, Any], close: bool = False) -> None:
+
+async def _send_json(send: Send, status: int, doc: dict[str, Any], close: bool = False,
+                     more: bool = False) -> None:
     body = orjson.dumps(doc)
     headers = [(b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode())]
     if close:  # uvicorn closes the connection after a response that says so
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": body, "more_body": more})
+
+
+async def _linger(receive: Receive, send: Send) -> None:
+    """A lingering close: the response is all sent (its Content-Length), but the connection
+    stays open up to LINGER_S while what the client still sends of its body is read and
+    dropped. Closed at once, a socket that then receives data answers it with a reset, and a
+    reset can make the client's kernel drop the 408 before the client has read it."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(LINGER_S):
+            while True:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    break
+    await send({"type": "http.response.body", "body": b"", "more_body": False})  # closes
 
 
 class BodyLimit:
@@ -74,7 +93,8 @@ class BodyLimit:
         except TimeoutError:
             # close the connection too: the rest of the body may still be on its way
             await _send_json(send, 408, {"detail": "request body not received within "
-                                         f"{self.timeout_s:g} s"}, close=True)
+                                         f"{self.timeout_s:g} s"}, close=True, more=True)
+            await _linger(receive, send)
             return
         if seen > self.max_bytes:
             await _send_json(send, 413, self._too_large())

@@ -388,6 +388,8 @@ def _raw_request(port: int, head: bytes, pieces: list[bytes], pace_s: float,
             except TimeoutError:  # nothing yet: the client goes on trickling
                 with contextlib.suppress(OSError):
                     sock.sendall(piece)
+            except ConnectionResetError:  # closed on a piece it did not read: what came counts
+                return got, time.monotonic() - t0
             if time.monotonic() - t0 > wait_s:
                 break
         sock.settimeout(max(0.1, wait_s - (time.monotonic() - t0)))
