@@ -21,45 +21,58 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 import redis
+import torch
 
+from models.policy import EmbeddingPolicy
 from services import wire
+from services.trainer.config import TrainerConfig, TrainerStats
 from services.trainer.lease import Fenced
-from services.trainer.publisher import PublishStats
-
-if TYPE_CHECKING:
-    from services.trainer.loop import StreamTrainer
+from services.trainer.offsets import OffsetBook
+from services.trainer.publisher import PublishStats, RedisPublisher
 
 log = logging.getLogger("chunkrec.trainer")
 
 
 class VersionPublishing:
-    """The publishing methods of StreamTrainer (which holds the state they use)."""
+    """The publishing methods of StreamTrainer, which holds the state they use (declared
+    here, so this part does not import the loop that mixes it in)."""
 
+    c: TrainerConfig
+    stats: TrainerStats
+    offsets: OffsetBook
+    publisher: RedisPublisher | None
+    policy: EmbeddingPolicy
+    net: torch.nn.Module
+    version: int
+    _need_full: bool
+    _published_events: int
     _pool: ThreadPoolExecutor | None
     _pending: tuple[Future[PublishStats], int] | None
+    version_record: Callable[[], wire.ModelVersion]
+    keep_membership: Callable[[], None]
 
-    def publish(self: StreamTrainer) -> bool:
+    def publish(self) -> bool:
         """Publish a new version (full when due) and wait until it is in Redis; False when
         Redis is unreachable or nothing changed since the last version (no event applied,
         Redis still holding it)."""
         return self._publish(background=False)
 
-    def publish_in_background(self: StreamTrainer) -> bool:
+    def publish_in_background(self) -> bool:
         """As `publish`, but the Redis writes run on the publishing thread while training goes
         on: the export (the version's content, at exactly the applied events) is taken here.
         One version in flight: the next waits for it (the loop does not ask while
         `publishing()`); a failure found then makes the next publish a full one."""
         return self._publish(background=True)
 
-    def publishing(self: StreamTrainer) -> bool:
+    def publishing(self) -> bool:
         """A version is being written in the background."""
         return self._pending is not None and not self._pending[0].done()
 
-    def _collect(self: StreamTrainer) -> None:
+    def _collect(self) -> None:
         """Wait for the version being written in the background, if any, and count it (its
         Fenced raises here, on the training thread)."""
         if self._pending is None:
@@ -78,7 +91,7 @@ class VersionPublishing:
         self.stats.add_time("publish_background", st.redis_s)
         self._published(st, events)
 
-    def _publish(self: StreamTrainer, background: bool) -> bool:
+    def _publish(self, background: bool) -> bool:
         assert self.publisher is not None and not self.offsets.queue
         self._collect()  # the job is relative to the version before it: that one is through
         try:
@@ -119,7 +132,7 @@ class VersionPublishing:
         self._published(st, self.stats.events_applied)
         return True
 
-    def _published(self: StreamTrainer, st: PublishStats, events: int) -> None:
+    def _published(self, st: PublishStats, events: int) -> None:
         """Version `st.version`, holding the first `events` applied events, is in Redis."""
         self._need_full = False
         self._published_events = events
