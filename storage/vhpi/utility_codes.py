@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from storage.vhpi.device_index import mix64_t
+from storage.vhpi.initial_values import hashed_uniform
 
 LOG2_MIN = -26.0  # level of code 1
 PER_OCTAVE = 6  # codes per doubling
@@ -84,7 +84,4 @@ def keyed_noise(keys: torch.Tensor, round_key: int, first: int, width: int) -> t
     rk = round_key & ((1 << 64) - 1)
     rk = rk - (1 << 64) if rk >= 1 << 63 else rk
     none = torch.zeros(1, dtype=torch.int16, device=keys.device)
-    base = mix64_t(none, keys.long() ^ rk)
-    j = torch.arange(first, first + width, dtype=torch.int64, device=keys.device)
-    h = mix64_t(none, base[:, None] + j)
-    return ((h >> 40) & 0xFFFFFF).to(torch.float32) * (1.0 / (1 << 24))
+    return hashed_uniform(none, keys.long(), rk, first, width)
